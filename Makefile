@@ -1,0 +1,30 @@
+# lockwrap developer entry points. `make test` is what CI runs (see .ci/run).
+# Each mk/*.mk adds its own targets and appends to TEST_TARGETS.
+SHELL := /bin/bash
+CARGO ?= cargo
+TEST_TARGETS :=
+
+-include mk/*.mk
+
+.PHONY: build test test-rust consul demo fmt lint
+build:
+	$(CARGO) build --release
+
+# Provision a real Consul (PATH, .tools/bin, or Debian bullseye) for the integration tests.
+consul:
+	@scripts/ensure-consul.sh >/dev/null
+
+test-rust: consul
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(CARGO) test --all-targets -- --test-threads=4
+
+test: test-rust $(TEST_TARGETS)
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+demo: consul build
+	PATH="$(CURDIR)/.tools/bin:$$PATH" scripts/demo.sh
