@@ -1,0 +1,525 @@
+//! Spawning children (own process group, parent-death signal, terminal hand-over), stopping them
+//! (TERM → grace → KILL for the whole group), and the exit codes they produce.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::libc;
+use nix::sys::signal::Signal as NixSignal;
+use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet};
+use nix::unistd::{getpgrp, getpid, getppid, isatty, Pid};
+use tracing::{debug, info, warn};
+
+use super::reaper::{self, SharedRegistry, Slot};
+use super::signals::Signal;
+
+/// How often a stop checks whether the command's process group is empty. Group members are not
+/// our children, so no status or signal tells us when they are gone; `kill(-pgid, 0)` is a cheap
+/// probe, and 20 ms adds at most that much to a shutdown that is measured in seconds (kill-grace).
+const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// After SIGKILL, how long to wait for the group to disappear before giving up with a warning.
+/// SIGKILL cannot be caught; only processes in uninterruptible sleep, or zombies that nobody reaps
+/// (when lockwrap is neither PID 1 nor a subreaper), outlive it, and we must not hang on those.
+const KILL_SETTLE: Duration = Duration::from_secs(2);
+
+/// What the command's stdin is connected to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StdinMode {
+    /// lockwrap's own stdin (the wrapped command; spec §7).
+    #[default]
+    Inherit,
+    /// `/dev/null` (hooks, which must not consume the wrapped command's input).
+    Null,
+}
+
+/// Everything needed to start one process.
+#[derive(Clone, Debug)]
+pub struct CommandSpec {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    /// Added to (or overriding entries of) the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+    pub stdin: StdinMode,
+    /// Hooks must never write to lockwrap's stdout, which carries only JSON.
+    pub stdout_to_stderr: bool,
+    /// Own process group, so signals and stops reach the command's whole tree and never lockwrap.
+    pub own_process_group: bool,
+}
+
+impl CommandSpec {
+    /// A spec for `program` with no arguments, inherited stdio and its own process group.
+    pub fn new(program: impl Into<OsString>) -> Self {
+        CommandSpec {
+            program: program.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin: StdinMode::Inherit,
+            stdout_to_stderr: false,
+            own_process_group: true,
+        }
+    }
+}
+
+/// Why a command could not be started; [`SpawnError::exit_code`] follows the shell convention.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command not found: {}", .program.to_string_lossy())]
+    NotFound {
+        program: OsString,
+        source: io::Error,
+    },
+    #[error("command not executable: {}: {source}", .program.to_string_lossy())]
+    NotExecutable {
+        program: OsString,
+        source: io::Error,
+    },
+    #[error("cannot start {}: {source}", .program.to_string_lossy())]
+    Other {
+        program: OsString,
+        source: io::Error,
+    },
+}
+
+impl SpawnError {
+    /// Classifies a spawn error by errno, as shells do: ENOENT → not found; EACCES (no x bit or a
+    /// directory), ENOEXEC (unknown binary format) and EISDIR → found but not executable.
+    pub fn from_io(program: OsString, source: io::Error) -> Self {
+        match source.raw_os_error().map(Errno::from_raw) {
+            Some(Errno::ENOENT) => SpawnError::NotFound { program, source },
+            Some(Errno::EACCES | Errno::ENOEXEC | Errno::EISDIR) => {
+                SpawnError::NotExecutable { program, source }
+            }
+            _ => SpawnError::Other { program, source },
+        }
+    }
+
+    /// 127 when the command does not exist, 126 otherwise (spec §6).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFound { .. } => 127,
+            SpawnError::NotExecutable { .. } | SpawnError::Other { .. } => 126,
+        }
+    }
+
+    pub fn program(&self) -> &OsString {
+        match self {
+            SpawnError::NotFound { program, .. }
+            | SpawnError::NotExecutable { program, .. }
+            | SpawnError::Other { program, .. } => program,
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal number.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    /// The code lockwrap exits with: the command's own code, or 128 + the signal number.
+    pub fn code(&self) -> i32 {
+        match *self {
+            ExitStatus::Exited(code) => code,
+            ExitStatus::Signaled(signal) => 128 + signal,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        *self == ExitStatus::Exited(0)
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitStatus::Exited(code) => write!(f, "exited with code {code}"),
+            ExitStatus::Signaled(number) => match Signal::from_raw(number) {
+                Some(signal) => write!(f, "killed by {signal}"),
+                None => write!(f, "killed by signal {number}"),
+            },
+        }
+    }
+}
+
+/// Starts processes. Cheap to clone; every clone talks to the same long-lived spawner thread.
+///
+/// Why a dedicated thread: `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits,
+/// not the process. Tokio worker and blocking-pool threads can exit while lockwrap runs (idle
+/// blocking threads after 10 s, `block_in_place` hand-overs, runtime shutdown), which would SIGKILL
+/// a healthy command. The spawner thread lives until the process exits, so the parent-death signal
+/// means exactly "lockwrap is gone".
+#[derive(Clone, Debug)]
+pub struct Spawner {
+    requests: mpsc::Sender<Request>,
+    registry: SharedRegistry,
+}
+
+struct Request {
+    spec: CommandSpec,
+    reply: mpsc::SyncSender<Result<Spawned, SpawnError>>,
+}
+
+/// What the spawner thread reports back for a started, registered process.
+struct Spawned {
+    pid: Pid,
+    pgid: Option<Pid>,
+    slot: Arc<Slot>,
+}
+
+impl Spawner {
+    /// Starts the spawner thread. Called once, by [`install`](super::install).
+    pub(crate) fn start(registry: SharedRegistry) -> io::Result<Spawner> {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        let thread_registry = Arc::clone(&registry);
+        std::thread::Builder::new()
+            .name("lockwrap-spawner".into())
+            .spawn(move || {
+                for request in incoming {
+                    let result = spawn_registered(&thread_registry, &request.spec);
+                    // The caller may have given up (panicked); the child is registered either way.
+                    let _ = request.reply.send(result);
+                }
+                // Every Spawner is gone, but children may still run: exiting this thread would
+                // fire their parent-death signal, so it stays parked until the process exits.
+                loop {
+                    std::thread::park();
+                }
+            })?;
+        Ok(Spawner { requests, registry })
+    }
+
+    /// Starts `spec`. Blocks the calling thread until the program has been exec'd (or failed to),
+    /// like `std::process::Command::spawn`: a few milliseconds, fine on a tokio worker.
+    pub fn spawn(&self, spec: &CommandSpec) -> Result<Child, SpawnError> {
+        let thread_gone = || SpawnError::Other {
+            program: spec.program.clone(),
+            source: io::Error::other("the lockwrap-spawner thread is gone"),
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.requests
+            .send(Request {
+                spec: spec.clone(),
+                reply,
+            })
+            .map_err(|_| thread_gone())?;
+        let Spawned { pid, pgid, slot } = answer.recv().map_err(|_| thread_gone())??;
+        Ok(Child {
+            pid,
+            pgid,
+            slot,
+            registry: Arc::clone(&self.registry),
+            group_gone: AtomicBool::new(false),
+        })
+    }
+}
+
+/// Forks and execs `spec` on the spawner thread, registering the pid before the lock is released.
+fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spawned, SpawnError> {
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .envs(spec.env.iter().map(|(key, value)| (key, value)));
+    command.stdin(match spec.stdin {
+        StdinMode::Inherit => Stdio::inherit(),
+        StdinMode::Null => Stdio::null(),
+    });
+    if spec.stdout_to_stderr {
+        command.stdout(io::stderr());
+    }
+    if spec.own_process_group {
+        command.process_group(0);
+    }
+    // Decided here rather than in the child: isatty is not on the async-signal-safe list.
+    let take_terminal =
+        spec.own_process_group && spec.stdin == StdinMode::Inherit && we_hold_the_terminal();
+    let parent = getpid();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
+    // (prctl, getppid, sigaction, tcsetpgrp, getpid) without allocating or taking locks.
+    unsafe {
+        command.pre_exec(move || prepare_child(parent, take_terminal));
+    }
+
+    let mut registry = reaper::lock(registry);
+    let child = command
+        .spawn()
+        .map_err(|source| SpawnError::from_io(spec.program.clone(), source))?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).expect("Linux pids fit in pid_t"));
+    // The reaper owns waitpid; std's handle must never wait. Dropping it neither waits nor kills.
+    drop(child);
+    let slot = Arc::new(Slot::new(take_terminal));
+    registry.insert(pid, Arc::clone(&slot));
+    drop(registry);
+
+    let pgid = spec.own_process_group.then_some(pid);
+    debug!(%pid, program = %spec.program.to_string_lossy(), take_terminal, "spawned");
+    Ok(Spawned { pid, pgid, slot })
+}
+
+/// Whether lockwrap's stdin is a terminal whose foreground group is lockwrap's group; only then is
+/// it ours to hand to the command (a backgrounded `lockwrap … &` must not steal the terminal).
+fn we_hold_the_terminal() -> bool {
+    isatty(libc::STDIN_FILENO).unwrap_or(false) && foreground_group() == Some(getpgrp())
+}
+
+/// The foreground process group of the terminal on stdin, if stdin is a terminal.
+///
+/// Called through libc because nix gates `tcgetpgrp` behind its `term` feature, which lockwrap
+/// does not otherwise need.
+pub(crate) fn foreground_group() -> Option<Pid> {
+    // SAFETY: tcgetpgrp only reads the descriptor number; a closed or non-tty fd yields -1.
+    let pgid = unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) };
+    (pgid > 0).then(|| Pid::from_raw(pgid))
+}
+
+/// Makes `pgid` the foreground group of the terminal on stdin. Async-signal-safe (used pre-exec).
+pub(crate) fn set_foreground_group(pgid: Pid) -> nix::Result<()> {
+    // SAFETY: tcsetpgrp only passes integers to the kernel.
+    Errno::result(unsafe { libc::tcsetpgrp(libc::STDIN_FILENO, pgid.as_raw()) }).map(drop)
+}
+
+/// Runs in the forked child, after std's `setpgid(0, 0)` and signal-mask reset, before exec.
+fn prepare_child(parent: Pid, take_terminal: bool) -> io::Result<()> {
+    // Die with lockwrap, even if it is SIGKILLed: a command must never outlive the lock holder.
+    // Tied to the forking thread (see `Spawner`). Cleared by exec of a setuid binary.
+    nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL).map_err(errno_to_io)?;
+    // lockwrap died between fork and prctl: the signal will never come, so do not start.
+    if getppid() != parent {
+        return Err(io::Error::from_raw_os_error(Errno::ESRCH as i32));
+    }
+    if take_terminal {
+        // As the new foreground group is set from what is still a background group, the kernel
+        // would send SIGTTOU; ignore it for the call (as tini does), then restore the default,
+        // which is what exec would leave for a caught signal anyway.
+        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+        // SAFETY: plain dispositions, no Rust handler involved.
+        unsafe { sigaction(NixSignal::SIGTTOU, &ignore) }.map_err(errno_to_io)?;
+        // Not fatal: the command then runs as a background group, like any other job.
+        let _ = set_foreground_group(getpid());
+        // SAFETY: as above.
+        unsafe { sigaction(NixSignal::SIGTTOU, &default) }.map_err(errno_to_io)?;
+    }
+    Ok(())
+}
+
+/// Converts without allocating (the pre-exec hook must not allocate).
+fn errno_to_io(errno: Errno) -> io::Error {
+    io::Error::from_raw_os_error(errno as i32)
+}
+
+/// A spawned process. Its status comes from the reaper; it is never waited for directly.
+///
+/// Dropping a `Child` does not stop the process; the reaper still collects its status.
+#[derive(Debug)]
+pub struct Child {
+    pub pid: Pid,
+    /// `Some(pid)` when the child leads its own process group.
+    pgid: Option<Pid>,
+    slot: Arc<Slot>,
+    registry: SharedRegistry,
+    /// Set once `kill(-pgid, 0)` said ESRCH: the group is empty and its id may be reused, so it
+    /// must never be signalled again.
+    group_gone: AtomicBool,
+}
+
+impl Child {
+    /// The process group the child leads, if it was spawned with `own_process_group`.
+    pub fn pgid(&self) -> Option<Pid> {
+        self.pgid
+    }
+
+    /// Waits for the child to exit. Cancel-safe: use it in `select!` as often as needed.
+    pub async fn wait(&mut self) -> ExitStatus {
+        self.slot.wait().await
+    }
+
+    /// The status, if the child has exited and been reaped.
+    pub fn try_status(&self) -> Option<ExitStatus> {
+        self.slot.status()
+    }
+
+    /// Sends `sig` to the child's process group (or only to the child, without its own group).
+    /// A group or child that is already gone is not an error.
+    pub fn signal_group(&self, sig: Signal) -> nix::Result<()> {
+        // Holding the registry lock keeps the reaper from reaping the leader meanwhile, so the pid
+        // (and thus the group id) cannot be recycled between the check and the kill.
+        let _registry = reaper::lock(&self.registry);
+        let result = match self.pgid {
+            Some(_) if self.group_gone.load(Ordering::Relaxed) => return Ok(()),
+            Some(pgid) => kill(Pid::from_raw(-pgid.as_raw()), sig.as_nix()),
+            None if self.slot.status().is_some() => return Ok(()),
+            None => kill(self.pid, sig.as_nix()),
+        };
+        match result {
+            Err(Errno::ESRCH) => {
+                if self.pgid.is_some() {
+                    self.group_gone.store(true, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Stops the child: TERM the group, wait up to `grace` for the leader and every other member to
+    /// be gone, then SIGKILL the group and wait for the leader's reap. Returns the leader's status.
+    ///
+    /// Waiting for the leader after SIGKILL is unbounded on purpose: spec §7 requires the command to
+    /// be dead before the lock is released. Other members get [`KILL_SETTLE`] and then a warning.
+    pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
+        if let Some(status) = self.try_status() {
+            if !self.group_alive() {
+                return status;
+            }
+        }
+        debug!(pid = %self.pid, ?grace, "stopping: SIGTERM");
+        self.send_logged(Signal::TERM);
+        let gone = async {
+            self.slot.wait().await;
+            self.wait_group_empty().await;
+        };
+        if tokio::time::timeout(grace, gone).await.is_ok() {
+            return self.wait().await;
+        }
+        info!(pid = %self.pid, ?grace, "still running after the grace period: SIGKILL");
+        self.send_logged(Signal::KILL);
+        let status = self.wait().await;
+        self.settle_after_kill().await;
+        status
+    }
+
+    /// After the leader exited on its own: if other members of its group are still alive (e.g.
+    /// `sh -c 'sleep 1000 &'`), TERM them, wait up to `grace`, then KILL. No-op otherwise, including
+    /// when the leader is still running or the child has no group of its own.
+    pub async fn reap_group_leftovers(&mut self, grace: Duration) {
+        if self.pgid.is_none() || self.try_status().is_none() || !self.group_alive() {
+            return;
+        }
+        info!(pgid = %self.pid, "the command exited but left processes in its group: SIGTERM");
+        self.send_logged(Signal::TERM);
+        if tokio::time::timeout(grace, self.wait_group_empty())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        info!(pgid = %self.pid, ?grace, "leftovers still running after the grace period: SIGKILL");
+        self.send_logged(Signal::KILL);
+        self.settle_after_kill().await;
+    }
+
+    /// Whether anything of the child is left: any group member (a zombie counts until reaped), or,
+    /// without a group of its own, the unreaped child itself.
+    fn group_alive(&self) -> bool {
+        let Some(pgid) = self.pgid else {
+            return self.slot.status().is_none();
+        };
+        if self.group_gone.load(Ordering::Relaxed) {
+            return false;
+        }
+        match kill(Pid::from_raw(-pgid.as_raw()), None) {
+            Err(Errno::ESRCH) => {
+                self.group_gone.store(true, Ordering::Relaxed);
+                false
+            }
+            // EPERM: a member we may not signal (e.g. it changed uid) still exists.
+            _ => true,
+        }
+    }
+
+    async fn wait_group_empty(&self) {
+        while self.group_alive() {
+            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
+        }
+    }
+
+    async fn settle_after_kill(&self) {
+        if tokio::time::timeout(KILL_SETTLE, self.wait_group_empty())
+            .await
+            .is_err()
+        {
+            warn!(pgid = %self.pid, "process group still not empty after SIGKILL");
+        }
+    }
+
+    fn send_logged(&self, signal: Signal) {
+        if let Err(errno) = self.signal_group(signal) {
+            warn!(pid = %self.pid, %signal, %errno, "cannot signal the command");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_status_codes_follow_the_shell_convention() {
+        assert_eq!(ExitStatus::Exited(0).code(), 0);
+        assert_eq!(ExitStatus::Exited(3).code(), 3);
+        assert_eq!(ExitStatus::Signaled(15).code(), 143);
+        assert_eq!(ExitStatus::Signaled(9).code(), 137);
+        assert!(ExitStatus::Exited(0).success());
+        assert!(!ExitStatus::Signaled(15).success());
+    }
+
+    #[test]
+    fn exit_status_display_names_the_signal() {
+        assert_eq!(ExitStatus::Exited(3).to_string(), "exited with code 3");
+        assert_eq!(ExitStatus::Signaled(15).to_string(), "killed by SIGTERM");
+    }
+
+    fn classify(errno: Errno) -> SpawnError {
+        SpawnError::from_io("prog".into(), io::Error::from_raw_os_error(errno as i32))
+    }
+
+    #[test]
+    fn spawn_errors_map_to_127_and_126() {
+        assert!(matches!(
+            classify(Errno::ENOENT),
+            SpawnError::NotFound { .. }
+        ));
+        assert_eq!(classify(Errno::ENOENT).exit_code(), 127);
+        for errno in [Errno::EACCES, Errno::ENOEXEC, Errno::EISDIR] {
+            let error = classify(errno);
+            assert!(matches!(error, SpawnError::NotExecutable { .. }), "{errno}");
+            assert_eq!(error.exit_code(), 126);
+        }
+        assert!(matches!(classify(Errno::E2BIG), SpawnError::Other { .. }));
+        assert_eq!(classify(Errno::E2BIG).exit_code(), 126);
+        let not_an_os_error = SpawnError::from_io("prog".into(), io::Error::other("x"));
+        assert_eq!(not_an_os_error.exit_code(), 126);
+    }
+
+    #[test]
+    fn spawn_error_display_names_the_program() {
+        assert_eq!(
+            classify(Errno::ENOENT).to_string(),
+            "command not found: prog"
+        );
+        assert!(classify(Errno::EACCES)
+            .to_string()
+            .starts_with("command not executable: prog: "));
+        assert_eq!(classify(Errno::EACCES).program(), "prog");
+    }
+
+    #[test]
+    fn command_spec_defaults_suit_the_wrapped_command() {
+        let spec = CommandSpec::new("prog");
+        assert_eq!(spec.stdin, StdinMode::Inherit);
+        assert!(spec.own_process_group);
+        assert!(!spec.stdout_to_stderr);
+    }
+}

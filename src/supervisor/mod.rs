@@ -1,0 +1,80 @@
+//! The process layer: spawning the command and hooks, forwarding signals, reaping every zombie.
+//!
+//! Call [`install`] once in `main`, before the tokio runtime starts; it returns the channel of
+//! signals lockwrap receives and a [`Spawner`]. Linux only (`prctl`).
+//!
+//! - [`signals`]: the one place OS signals are translated ([`Signal`], [`FORWARDED`]).
+//! - [`reaper`]: the only caller of `waitpid`; hands each child's status to whoever spawned it.
+//! - [`child`]: spawning children in their own group, stopping them (TERM → grace → KILL), exit codes.
+//!
+//! Nothing else in lockwrap may wait for a process (std's or tokio's `Child::wait`, `Command::output`,
+//! `status`): the reaper would take the status first. Start every process through [`Spawner`].
+
+pub mod child;
+pub mod reaper;
+pub mod signals;
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+pub use child::{Child, CommandSpec, ExitStatus, SpawnError, Spawner, StdinMode};
+pub use signals::{Signal, FORWARDED};
+
+/// Guards against a second reaper and a second set of handlers, which would split statuses and
+/// signals between two registries.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// What [`install`] hands to the rest of lockwrap.
+#[derive(Debug)]
+pub struct ProcessControl {
+    /// Every [`FORWARDED`] signal lockwrap receives, in arrival order. The run loop decides what
+    /// each means (forward to the command's group; TERM/INT also start a graceful stop).
+    pub signals: mpsc::UnboundedReceiver<Signal>,
+    spawner: Spawner,
+}
+
+impl ProcessControl {
+    /// A handle for starting processes; clone it freely.
+    pub fn spawner(&self) -> Spawner {
+        self.spawner.clone()
+    }
+}
+
+/// Sets up signal handling and reaping. Call once, BEFORE the tokio runtime starts, so that no
+/// runtime thread exists yet when the handlers go in (none can miss a signal or a reap).
+///
+/// - `subreaper`: set `PR_SET_CHILD_SUBREAPER`, so orphaned grandchildren are re-parented to
+///   lockwrap and reaped here (as PID 1 that happens anyway).
+/// - Installs handlers for every [`FORWARDED`] signal and SIGCHLD, then starts the signal thread:
+///   on SIGCHLD it reaps with `waitpid(-1, WNOHANG)` until nothing is left, delivering statuses
+///   of spawned pids (orphans are reaped and logged at debug); any other signal goes to
+///   [`ProcessControl::signals`].
+/// - Starts the spawner thread (see [`Spawner`] for why spawning has a thread of its own).
+///
+/// A second call fails with [`io::ErrorKind::AlreadyExists`].
+pub fn install(subreaper: bool) -> Result<ProcessControl, io::Error> {
+    if INSTALLED.swap(true, Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "supervisor::install was already called",
+        ));
+    }
+    if subreaper {
+        nix::sys::prctl::set_child_subreaper(true)?;
+    }
+    let signal_source = signals::register()?;
+    let registry = Arc::new(Mutex::new(reaper::Registry::default()));
+    let (forward, received) = mpsc::unbounded_channel();
+    let thread_registry = Arc::clone(&registry);
+    std::thread::Builder::new()
+        .name("lockwrap-signals".into())
+        .spawn(move || signals::run_thread(signal_source, thread_registry, forward))?;
+    let spawner = Spawner::start(registry)?;
+    Ok(ProcessControl {
+        signals: received,
+        spawner,
+    })
+}

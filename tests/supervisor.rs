@@ -1,0 +1,415 @@
+//! Integration tests for `lockwrap::supervisor` with real processes (`/bin/sh`, `sleep`).
+//!
+//! The whole binary shares one `install(true)`: handlers and the reaper are process-wide, and
+//! being a subreaper lets the orphan tests check that re-parented grandchildren are reaped.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lockwrap::supervisor::{
+    self, Child, CommandSpec, ExitStatus, Signal, SpawnError, Spawner, StdinMode,
+};
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::{getpgid, getpid, Pid};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Upper bound for any single test; generous because CI machines can be slow, and every test
+/// finishes in well under a second when things work.
+const TEST_LIMIT: Duration = Duration::from_secs(20);
+
+/// How long a condition may take to become true (reaps, file writes by a child shell).
+const CONDITION_LIMIT: Duration = Duration::from_secs(10);
+
+struct Shared {
+    spawner: Spawner,
+    signals: tokio::sync::Mutex<UnboundedReceiver<Signal>>,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let control = supervisor::install(true).expect("install runs once per test binary");
+        Shared {
+            spawner: control.spawner(),
+            signals: tokio::sync::Mutex::new(control.signals),
+        }
+    })
+}
+
+/// Runs a test body under [`TEST_LIMIT`].
+async fn bounded<F: Future>(body: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("test exceeded its time limit")
+}
+
+/// `/bin/sh -c script sh args…`, with stdin from /dev/null so no test touches the terminal.
+fn sh(script: &str, args: &[&Path]) -> CommandSpec {
+    let mut spec = CommandSpec::new("/bin/sh");
+    spec.args = ["-c", script, "sh"].iter().map(OsString::from).collect();
+    spec.args
+        .extend(args.iter().map(|path| path.as_os_str().to_owned()));
+    spec.stdin = StdinMode::Null;
+    spec
+}
+
+fn spawn(spec: &CommandSpec) -> Child {
+    shared()
+        .spawner
+        .spawn(spec)
+        .expect("spawn the test command")
+}
+
+/// A path in the temp dir unique to this process and call.
+fn temp_path(tag: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("lockwrap-supervisor-{}-{tag}-{n}", getpid()))
+}
+
+/// Polls `condition` until it holds or [`CONDITION_LIMIT`] passes; returns whether it held.
+async fn wait_until(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + CONDITION_LIMIT;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits for a child shell to write a pid (followed by a newline) into `path`.
+async fn read_pid_file(path: &Path) -> Pid {
+    let mut pid = None;
+    let written = wait_until(|| {
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .filter(|text| text.ends_with('\n'))
+            .and_then(|text| text.trim().parse().ok());
+        pid.is_some()
+    })
+    .await;
+    assert!(written, "no pid written to {}", path.display());
+    let _ = std::fs::remove_file(path);
+    Pid::from_raw(pid.expect("checked above"))
+}
+
+/// `(state, ppid)` from `/proc/PID/stat`, or `None` once the process has been reaped.
+fn proc_state(pid: Pid) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces; fields follow the last ')'.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether the process is completely gone: not running and not a zombie.
+fn reaped(pid: Pid) -> bool {
+    proc_state(pid).is_none() && kill(pid, None) == Err(Errno::ESRCH)
+}
+
+/// Zombies whose parent is this test process, i.e. exits our reaper has not collected.
+fn our_zombies() -> Vec<i32> {
+    let me = getpid().as_raw();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| proc_state(Pid::from_raw(pid)) == Some(('Z', me)))
+        .collect()
+}
+
+#[tokio::test]
+async fn exit_code_zero_is_reported() {
+    bounded(async {
+        let status = spawn(&sh("exit 0", &[])).wait().await;
+        assert_eq!(status, ExitStatus::Exited(0));
+        assert_eq!(status.code(), 0);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exit_code_three_is_passed_through() {
+    bounded(async {
+        let status = spawn(&sh("exit 3", &[])).wait().await;
+        assert_eq!(status, ExitStatus::Exited(3));
+        assert_eq!(status.code(), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn child_killed_by_a_signal_gives_128_plus_signal() {
+    bounded(async {
+        let status = spawn(&sh("kill -KILL $$", &[])).wait().await;
+        assert_eq!(status, ExitStatus::Signaled(9));
+        assert_eq!(status.code(), 137);
+        let status = spawn(&sh("kill -TERM $$", &[])).wait().await;
+        assert_eq!(status.code(), 143);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn missing_program_is_not_found_127() {
+    for program in [
+        "/nonexistent/lockwrap-test-program",
+        "lockwrap-test-no-such-program",
+    ] {
+        let error = shared()
+            .spawner
+            .spawn(&CommandSpec::new(program))
+            .expect_err("the program does not exist");
+        assert!(matches!(error, SpawnError::NotFound { .. }), "{error:?}");
+        assert_eq!(error.exit_code(), 127);
+        assert!(error.to_string().contains(program), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn non_executable_file_or_directory_is_126() {
+    let file = temp_path("not-executable");
+    std::fs::write(&file, "#!/bin/sh\nexit 0\n").expect("write temp file");
+    let error = shared()
+        .spawner
+        .spawn(&CommandSpec::new(&file))
+        .expect_err("the file has no execute bit");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        matches!(error, SpawnError::NotExecutable { .. }),
+        "{error:?}"
+    );
+    assert_eq!(error.exit_code(), 126);
+
+    let error = shared()
+        .spawner
+        .spawn(&CommandSpec::new(std::env::temp_dir()))
+        .expect_err("a directory cannot be executed");
+    assert_eq!(error.exit_code(), 126, "{error:?}");
+}
+
+#[tokio::test]
+async fn env_is_added_to_the_inherited_environment() {
+    bounded(async {
+        let mut spec = sh(r#"test "$LOCKWRAP_TEST_VAR" = yes && test -n "$PATH""#, &[]);
+        spec.env.push(("LOCKWRAP_TEST_VAR".into(), "yes".into()));
+        assert_eq!(spawn(&spec).wait().await, ExitStatus::Exited(0));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn child_leads_its_own_group_with_null_stdin_and_stdout_on_stderr() {
+    bounded(async {
+        let mut spec = CommandSpec::new("sleep");
+        spec.args = vec!["1000".into()];
+        spec.stdin = StdinMode::Null;
+        spec.stdout_to_stderr = true;
+        let mut child = spawn(&spec);
+        assert_eq!(child.pgid(), Some(child.pid));
+        assert_eq!(getpgid(Some(child.pid)), Ok(child.pid));
+        let fd = |n: u32| std::fs::read_link(format!("/proc/{}/fd/{n}", child.pid)).ok();
+        assert_eq!(fd(0), Some(PathBuf::from("/dev/null")));
+        assert_eq!(fd(1), std::fs::read_link("/proc/self/fd/2").ok());
+        assert_eq!(child.try_status(), None);
+        assert_eq!(
+            child.stop(Duration::from_secs(5)).await,
+            ExitStatus::Signaled(15)
+        );
+        assert_eq!(child.try_status(), Some(ExitStatus::Signaled(15)));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn wait_is_cancel_safe_in_select() {
+    bounded(async {
+        let mut child = spawn(&sh("sleep 0.3; exit 4", &[]));
+        let mut cancelled = 0;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = tokio::time::sleep(Duration::from_millis(10)) => cancelled += 1,
+            }
+        };
+        assert!(
+            cancelled > 0,
+            "wait should have been cancelled at least once"
+        );
+        assert_eq!(status, ExitStatus::Exited(4));
+        // A finished child answers at once, any number of times.
+        assert_eq!(child.wait().await, ExitStatus::Exited(4));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stop_ends_a_cooperative_child_with_sigterm() {
+    bounded(async {
+        let mut child = spawn(&sh("exec sleep 1000", &[]));
+        let started = Instant::now();
+        let status = child.stop(Duration::from_secs(10)).await;
+        assert_eq!(status, ExitStatus::Signaled(15));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "should not need the grace"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stop_kills_a_child_that_ignores_sigterm_after_the_grace() {
+    bounded(async {
+        let ready = temp_path("ignores-term");
+        // SIG_IGN survives exec, so the sleep ignores TERM too.
+        let mut child = spawn(&sh(
+            r#"trap "" TERM; echo $$ > "$1"; exec sleep 1000"#,
+            &[&ready],
+        ));
+        read_pid_file(&ready).await;
+        let grace = Duration::from_millis(300);
+        let started = Instant::now();
+        let status = child.stop(grace).await;
+        assert_eq!(status, ExitStatus::Signaled(9));
+        assert_eq!(status.code(), 137);
+        assert!(
+            started.elapsed() >= grace,
+            "SIGKILL came before the grace ended"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stop_also_ends_background_grandchildren() {
+    bounded(async {
+        let pid_file = temp_path("grandchild");
+        let mut child = spawn(&sh(r#"sleep 1000 & echo $! > "$1"; wait"#, &[&pid_file]));
+        let grandchild = read_pid_file(&pid_file).await;
+        assert_eq!(kill(grandchild, None), Ok(()));
+        let status = child.stop(Duration::from_secs(5)).await;
+        assert_eq!(status, ExitStatus::Signaled(15));
+        assert!(
+            wait_until(|| reaped(grandchild)).await,
+            "grandchild {grandchild} survived"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stop_without_own_group_signals_only_the_child() {
+    bounded(async {
+        let mut spec = sh("exec sleep 1000", &[]);
+        spec.own_process_group = false;
+        let mut child = spawn(&spec);
+        assert_eq!(child.pgid(), None);
+        assert_eq!(
+            child.stop(Duration::from_secs(5)).await,
+            ExitStatus::Signaled(15)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn subreaper_reaps_double_forked_orphans() {
+    bounded(async {
+        let pid_file = temp_path("orphan");
+        // The subshell forks `sleep` and exits, so `sleep` is re-parented to us (the subreaper).
+        let script = r#"( sleep 0.5 & echo $! > "$1" ); exit 0"#;
+        let status = spawn(&sh(script, &[&pid_file])).wait().await;
+        assert_eq!(status, ExitStatus::Exited(0));
+        let orphan = read_pid_file(&pid_file).await;
+        let me = getpid().as_raw();
+        // Either still running under us, or already exited and reaped.
+        let adopted = wait_until(|| proc_state(orphan).map_or(true, |(_, ppid)| ppid == me)).await;
+        assert!(
+            adopted,
+            "orphan {orphan} was not re-parented to the subreaper"
+        );
+        assert!(
+            wait_until(|| reaped(orphan)).await,
+            "orphan {orphan} left a zombie"
+        );
+        assert!(
+            wait_until(|| our_zombies().is_empty()).await,
+            "zombies left: {:?}",
+            our_zombies()
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reap_group_leftovers_kills_a_background_grandchild() {
+    bounded(async {
+        let pid_file = temp_path("leftover");
+        let mut child = spawn(&sh(r#"sleep 1000 & echo $! > "$1"; exit 0"#, &[&pid_file]));
+        assert_eq!(child.wait().await, ExitStatus::Exited(0));
+        let leftover = read_pid_file(&pid_file).await;
+        assert_eq!(
+            kill(leftover, None),
+            Ok(()),
+            "the leftover should still run"
+        );
+        let started = Instant::now();
+        child.reap_group_leftovers(Duration::from_secs(10)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGTERM should have sufficed"
+        );
+        assert!(
+            wait_until(|| reaped(leftover)).await,
+            "leftover {leftover} survived"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reap_group_leftovers_returns_at_once_when_the_group_is_empty() {
+    bounded(async {
+        let mut child = spawn(&sh("exit 0", &[]));
+        assert_eq!(child.wait().await, ExitStatus::Exited(0));
+        let started = Instant::now();
+        child.reap_group_leftovers(Duration::from_secs(10)).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn signal_sent_to_lockwrap_arrives_on_the_channel() {
+    bounded(async {
+        let mut signals = shared().signals.lock().await;
+        nix::sys::signal::kill(getpid(), nix::sys::signal::Signal::SIGUSR1)
+            .expect("signal ourselves");
+        loop {
+            let signal = signals.recv().await.expect("the signal thread is alive");
+            if signal == Signal::USR1 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn second_install_is_refused() {
+    let _ = shared();
+    let error = supervisor::install(true).expect_err("install is once per process");
+    assert_eq!(error.kind(), std::io::ErrorKind::AlreadyExists);
+}
