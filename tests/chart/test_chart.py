@@ -1,0 +1,696 @@
+#!/usr/bin/env python3
+"""Tests of charts/lockwrap and examples/: run by tests/chart/run.sh (`make chart-test`).
+
+Renders every charts/lockwrap/ci/*-values.yaml scenario with tools/chart-render (a `helm template`
+stand-in), validates each manifest against the Kubernetes 1.30 OpenAPI schemas with
+kubernetes-validate (strict: unknown fields are errors), validates each scenario's merged values
+against values.schema.json, checks what each mode must render, and checks that bad values are
+rejected with a clear message. Also validates the plain manifests in examples/k8s/ and lints the
+example scripts. Ends with `N passed, M failed`.
+"""
+import base64
+import copy
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CHART = os.path.join(ROOT, "charts", "lockwrap")
+RENDER = os.environ.get("CHART_RENDER", os.path.join(ROOT, ".tools", "bin", "chart-render"))
+KUBE_VERSION = "1.30.0"
+SCENARIOS = sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml")))
+
+TESTS = []
+
+
+def test(fn):
+    TESTS.append((fn.__name__, fn))
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def load_yaml(path):
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def deep_merge(base, override):
+    """Helm's coalescing of user values over chart defaults: maps merge, null deletes."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+SCHEMA = json.load(open(os.path.join(CHART, "values.schema.json")))
+DEFAULTS = load_yaml(os.path.join(CHART, "values.yaml"))
+
+
+def schema_errors(values):
+    v = jsonschema.Draft7Validator(SCHEMA)
+    return sorted(
+        ("/".join(str(p) for p in e.absolute_path) or "(root)") + ": " + e.message
+        for e in v.iter_errors(values)
+    )
+
+
+class RenderError(Exception):
+    pass
+
+
+def render(values=None, files=(), sets=(), notes=False):
+    """Render the chart; returns (documents, notes_text). Raises RenderError with helm's message."""
+    args = [RENDER]
+    tmp = None
+    for f in files:
+        args += ["-f", f]
+    if values is not None:
+        tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+        yaml.safe_dump(values, tmp)
+        tmp.close()
+        args += ["-f", tmp.name]
+    for s in sets:
+        args += ["-set", s]
+    notes_file = None
+    if notes:
+        notes_file = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name
+        args += ["-notes-out", notes_file]
+    args.append(CHART)
+    try:
+        p = subprocess.run(args, capture_output=True, text=True)
+    finally:
+        if tmp:
+            os.unlink(tmp.name)
+    if p.returncode != 0:
+        raise RenderError(p.stderr.strip())
+    docs = [d for d in yaml.safe_load_all(p.stdout) if d]
+    text = ""
+    if notes_file:
+        text = open(notes_file).read()
+        os.unlink(notes_file)
+    return docs, text
+
+
+def k8s_validate(doc, where):
+    try:
+        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        path = "/".join(str(p) for p in e.path)
+        raise AssertionError(f"{where}: {doc.get('kind')}/{doc['metadata'].get('name')}: {path}: {e.message}")
+    except kubernetes_validate.SchemaNotFoundError as e:
+        raise AssertionError(f"{where}: {e.message}")
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs, kind):
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def pod_spec(docs):
+    dep = by_kind(docs, "Deployment")
+    if dep:
+        return dep[0]["spec"]["template"]["spec"]
+    return one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def container(containers, name):
+    for c in containers or []:
+        if c["name"] == name:
+            return c
+    raise AssertionError(f"no container {name!r} in {[c['name'] for c in containers or []]}")
+
+
+def env_of(c):
+    return {e["name"]: e.get("value") for e in c.get("env", [])}
+
+
+def scenario(name):
+    return os.path.join(CHART, "ci", name)
+
+
+_cache = {}
+
+
+def rendered(name):
+    if name not in _cache:
+        _cache[name] = render(files=[scenario(name)], notes=True)
+    return _cache[name]
+
+
+def expect_render_error(values, needle):
+    try:
+        render(values=values)
+    except RenderError as e:
+        assert needle in str(e), f"error does not say {needle!r}: {e}"
+        return
+    raise AssertionError(f"rendering succeeded, expected an error containing {needle!r}")
+
+
+def expect_schema_error(values, needle):
+    errs = schema_errors(deep_merge(DEFAULTS, values))
+    assert any(needle in e for e in errs), f"schema errors {errs} do not contain {needle!r}"
+
+
+BASE = {"consul": {"address": "consul:8500"}, "app": {"command": ["/app"]}}
+
+
+def with_base(extra):
+    return deep_merge(BASE, extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# every scenario: schema, render, Kubernetes validation, NOTES, shared invariants
+
+
+def scenario_tests(path):
+    name = os.path.basename(path)
+
+    def schema_ok():
+        errs = schema_errors(deep_merge(DEFAULTS, load_yaml(path)))
+        assert not errs, "\n".join(errs)
+
+    def renders_valid_manifests():
+        docs, notes = rendered(name)
+        assert docs, "nothing rendered"
+        for d in docs:
+            k8s_validate(d, name)
+        assert "lockwrap" in notes and "helm test" in notes, "NOTES.txt did not render"
+
+    def invariants():
+        docs, _ = rendered(name)
+        values = deep_merge(DEFAULTS, load_yaml(path))
+        spec = pod_spec(docs)
+        lw = values["lockwrap"]
+        assert spec["terminationGracePeriodSeconds"] > lw["killGraceSeconds"] + lw["releaseAllowanceSeconds"]
+        assert spec["automountServiceAccountToken"] is False
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            sc = c.get("securityContext", {})
+            assert sc.get("readOnlyRootFilesystem") is True, f"{c['name']}: root FS not read-only"
+            assert sc.get("allowPrivilegeEscalation") is False, f"{c['name']}: privilege escalation"
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{c['name']}: capabilities kept"
+            argv = c.get("command", []) + c.get("args", [])
+            if "run" in argv[1:2] or "sidecar" in argv[:1]:
+                env = env_of(c)
+                assert env["CONSUL_HTTP_ADDR"] == values["consul"]["address"]
+                # Pods talk to a remote agent/server: its serfHealth must not bind the session.
+                assert env["LOCKWRAP_SESSION_CHECKS"] == lw["sessionChecks"]
+                assert "CONSUL_HTTP_TOKEN" not in env, "token must come from a file"
+                assert not any(a.startswith("--consul-token") for a in argv), "token in args"
+        # The token never appears in plain text anywhere (only base64 in its Secret).
+        token = values["consul"]["token"].get("value")
+        if token:
+            dump = yaml.safe_dump_all(docs)
+            assert token not in dump, "token in plain text in the manifests"
+        for d in docs:
+            labels = d["metadata"].get("labels", {})
+            assert labels.get("app.kubernetes.io/managed-by") == "Helm", f"{d['kind']} lacks standard labels"
+
+    for suffix, fn in (("schema", schema_ok), ("renders_valid_k8s", renders_valid_manifests),
+                       ("invariants", invariants)):
+        fn.__name__ = f"{name}: {suffix}"
+        TESTS.append((fn.__name__, fn))
+
+
+for _path in SCENARIOS:
+    scenario_tests(_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# what each mode renders
+
+
+@test
+def wrapper_mode_wraps_the_app_command_and_gates_readiness_on_readyz():
+    docs, _ = rendered("wrapper-deployment-values.yaml")
+    values = load_yaml(scenario("wrapper-deployment-values.yaml"))
+    dep = one(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 3
+    spec = dep["spec"]["template"]["spec"]
+    app = container(spec["containers"], "app")
+    cmd = app["command"]
+    assert cmd[:2] == ["/lockwrap/lockwrap", "run"], cmd
+    assert cmd[cmd.index("--key") + 1] == "service/release-name-lockwrap/leader"
+    assert cmd[cmd.index("--http-addr") + 1] == "0.0.0.0:8480"
+    assert cmd[cmd.index("--") + 1:] == values["app"]["command"], cmd
+    assert "args" not in app
+    assert app["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8480}
+    assert app["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8480}
+    env = env_of(app)
+    assert env["LOCKWRAP_SESSION_TTL"] == "20s" and env["LOCKWRAP_LOCK_DELAY"] == "10s"
+    assert env["LOCKWRAP_KILL_GRACE"] == "8s" and env["CONSUL_DATACENTER"] == "dc1"
+    install = container(spec["initContainers"], "lockwrap-install")
+    assert install["image"] == "lockwrap:0.1.0"
+    assert install["command"] == ["/bin/cp", "/lockwrap", "/shared/lockwrap"]
+    assert {"name": "lockwrap-bin", "mountPath": "/shared"} in install["volumeMounts"]
+    assert {"name": "lockwrap-bin", "mountPath": "/lockwrap", "readOnly": True} in app["volumeMounts"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in app["volumeMounts"]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert "emptyDir" in vols["lockwrap-bin"] and "emptyDir" in vols["tmp"]
+    ports = {p["name"]: p["containerPort"] for p in app["ports"]}
+    assert ports == {"http": 8080, "lockwrap": 8480}
+    anti = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert anti["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    ann = dep["spec"]["template"]["metadata"]["annotations"]
+    assert ann["prometheus.io/port"] == "8480" and ann["example.com/team"] == "platform"
+    svc = one(docs, "Service")
+    assert {(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        ("http", 80, 8080), ("lockwrap", 8480, 8480)}
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == "100%"
+
+
+@test
+def wrapper_mode_pdb_lets_the_not_ready_standbys_and_the_holder_be_evicted():
+    docs, _ = rendered("wrapper-deployment-values.yaml")
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 3, pdb["spec"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["spec"]["selector"]["matchLabels"] == one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+
+
+@test
+def minimal_values_derive_the_key_from_the_release_and_create_a_service_account():
+    docs, notes = rendered("minimal-values.yaml")
+    dep = one(docs, "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    sa = one(docs, "ServiceAccount")
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    cmd = container(dep["spec"]["template"]["spec"]["containers"], "app")["command"]
+    assert "service/release-name-lockwrap/leader" in cmd
+    assert "service/release-name-lockwrap/leader" in notes
+    docs2, _ = render(files=[scenario("minimal-values.yaml")], sets=["fullnameOverride=billing"])
+    cmd2 = container(pod_spec(docs2)["containers"], "app")["command"]
+    assert "service/billing/leader" in cmd2
+
+
+@test
+def sidecar_mode_runs_a_native_sidecar_with_leader_endpoint_and_status_file():
+    docs, _ = rendered("sidecar-deployment-values.yaml")
+    spec = pod_spec(docs)
+    side = container(spec["initContainers"], "lockwrap")
+    assert side["restartPolicy"] == "Always"
+    args = side["args"]
+    assert args[:3] == ["sidecar", "--key", "service/release-name-lockwrap/leader"], args
+    assert args[args.index("--http-addr") + 1] == "0.0.0.0:8480"
+    assert args[args.index("--status-file") + 1] == "/var/run/lockwrap/status.json"
+    assert "-v" in args
+    assert env_of(side)["LOCKWRAP_WEBHOOK"].startswith("http://")
+    assert side["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"name": "lockwrap-status", "mountPath": "/var/run/lockwrap"} in side["volumeMounts"]
+    app = container(spec["containers"], "app")
+    assert "command" not in app, "sidecar mode must keep the image's ENTRYPOINT"
+    assert app["args"] == ["--leader-url", "http://localhost:8480/leader"]
+    assert app["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 9000}
+    assert {"name": "lockwrap-status", "mountPath": "/var/run/lockwrap", "readOnly": True} in app["volumeMounts"]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["lockwrap-status"]["emptyDir"]["medium"] == "Memory"
+    assert "lockwrap-bin" not in vols
+    svc = one(docs, "Service")
+    assert {p["name"] for p in svc["spec"]["ports"]} == {"api", "lockwrap"}
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+@test
+def sidecar_classic_mode_gates_app_readiness_on_the_sidecar_readyz():
+    docs, _ = rendered("sidecar-classic-gated-values.yaml")
+    spec = pod_spec(docs)
+    assert "initContainers" not in spec
+    side = container(spec["containers"], "lockwrap")
+    assert "restartPolicy" not in side and "--exit-on-loss" in side["args"]
+    app = container(spec["containers"], "app")
+    assert app["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8480}
+    assert "livenessProbe" not in app
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert "annotations" not in one(docs, "Deployment")["spec"]["template"]["metadata"]
+
+
+@test
+def init_mode_runs_the_job_under_the_lock_before_an_unwrapped_app():
+    docs, _ = rendered("init-deployment-values.yaml")
+    spec = pod_spec(docs)
+    names = [c["name"] for c in spec["initContainers"]]
+    assert names == ["lockwrap-install", "lockwrap-job"], names
+    job = container(spec["initContainers"], "lockwrap-job")
+    cmd = job["command"]
+    assert cmd[:2] == ["/lockwrap/lockwrap", "run"]
+    assert cmd[cmd.index("--timeout") + 1] == "600s"
+    assert cmd[cmd.index("--") + 1:] == ["/app/shop", "migrate", "--to", "latest"]
+    assert "--http-addr" not in cmd
+    assert job["image"] == "example/shop:5.2.0"
+    assert env_of(job)["CONSUL_HTTP_ADDR"] == "consul-server.consul.svc:8500"
+    assert "DATABASE_URL" in [e["name"] for e in job["env"]]
+    app = container(spec["containers"], "app")
+    assert app["command"] == ["/app/shop"] and app["args"] == ["serve", "--port", "8080"]
+    assert "env" not in app
+    assert app["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert "affinity" not in spec
+    svc = one(docs, "Service")
+    assert [p["name"] for p in svc["spec"]["ports"]] == ["http"]
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+@test
+def cronjob_skip_wraps_every_run_non_blocking_and_never_retries_exit_100():
+    docs, notes = rendered("cronjob-skip-values.yaml")
+    assert not by_kind(docs, "Deployment") and not by_kind(docs, "Service")
+    assert not by_kind(docs, "PodDisruptionBudget")
+    cj = one(docs, "CronJob")
+    assert cj["spec"]["schedule"] == "0 3 * * *" and cj["spec"]["timeZone"] == "Europe/Berlin"
+    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cj["spec"]["jobTemplate"]["spec"]
+    rules = job["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "app", "operator": "In", "values": [100]}}
+    spec = job["template"]["spec"]
+    assert spec["restartPolicy"] == "Never"
+    app = container(spec["containers"], "app")
+    cmd = app["command"]
+    assert cmd[:2] == ["/lockwrap/lockwrap", "run"] and "--non-blocking" in cmd
+    assert cmd[cmd.index("--key") + 1] == "jobs/nightly-report"
+    assert cmd[cmd.index("--") + 1:] == ["/usr/local/bin/nightly-report", "--all-tenants"]
+    assert "--http-addr" not in cmd and "readinessProbe" not in app and "livenessProbe" not in app
+    assert "CONSUL_HTTP_SSL" not in env_of(app), "the address already says https://"
+    assert "create job --from=cronjob/" in notes
+
+
+@test
+def cronjob_wait_waits_with_a_timeout_instead_of_skipping():
+    docs, _ = rendered("cronjob-wait-values.yaml")
+    cj = one(docs, "CronJob")
+    assert "startingDeadlineSeconds" not in cj["spec"]
+    job = cj["spec"]["jobTemplate"]["spec"]
+    assert job["activeDeadlineSeconds"] == 3000 and job["backoffLimit"] == 1
+    assert all(r["action"] != "FailJob" for r in job["podFailurePolicy"]["rules"])
+    cmd = container(job["template"]["spec"]["containers"], "app")["command"]
+    assert "--non-blocking" not in cmd and cmd[cmd.index("--timeout") + 1] == "600s"
+
+
+@test
+def tls_and_token_come_from_mounted_secrets():
+    docs, _ = rendered("tls-token-secret-values.yaml")
+    assert not by_kind(docs, "Secret") and not by_kind(docs, "ServiceAccount")
+    spec = pod_spec(docs)
+    assert spec["serviceAccountName"] == "scheduler"
+    app = container(spec["containers"], "app")
+    env = env_of(app)
+    tls_dir = "/var/run/secrets/lockwrap/consul-tls"
+    assert env["CONSUL_HTTP_SSL"] == "true"
+    assert env["CONSUL_CACERT"] == f"{tls_dir}/ca.crt"
+    assert env["CONSUL_CLIENT_CERT"] == f"{tls_dir}/tls.crt"
+    assert env["CONSUL_CLIENT_KEY"] == f"{tls_dir}/tls.key"
+    assert env["CONSUL_TLS_SERVER_NAME"] == "server.eu-west-1.consul"
+    assert env["CONSUL_DATACENTER"] == "eu-west-1"
+    assert env["CONSUL_HTTP_TOKEN_FILE"] == "/var/run/secrets/lockwrap/consul-token/token"
+    assert "CONSUL_HTTP_SSL_VERIFY" not in env
+    mounts = {m["name"]: m for m in app["volumeMounts"]}
+    assert mounts["consul-tls"]["mountPath"] == tls_dir and mounts["consul-tls"]["readOnly"]
+    assert mounts["consul-token"]["mountPath"] == "/var/run/secrets/lockwrap/consul-token"
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["consul-tls"]["secret"]["secretName"] == "consul-client-tls"
+    assert vols["consul-token"]["secret"]["secretName"] == "lockwrap-consul-acl"
+    assert vols["consul-token"]["secret"]["items"] == [{"key": "secret-id", "path": "token"}]
+
+
+@test
+def created_token_secret_is_mounted_and_rolls_the_pods_on_change():
+    docs, _ = rendered("token-create-values.yaml")
+    values = load_yaml(scenario("token-create-values.yaml"))
+    sec = one(docs, "Secret")
+    assert sec["metadata"]["name"] == "lab-singleton-consul-token"
+    assert base64.b64decode(sec["data"]["token"]).decode() == values["consul"]["token"]["value"]
+    dep = one(docs, "Deployment")
+    assert dep["metadata"]["name"] == "lab-singleton"
+    assert "checksum/consul-token" in dep["spec"]["template"]["metadata"]["annotations"]
+    spec = dep["spec"]["template"]["spec"]
+    env = env_of(container(spec["containers"], "app"))
+    assert env["CONSUL_HTTP_SSL_VERIFY"] == "false" and "CONSUL_HTTP_SSL" not in env
+    assert "CONSUL_CACERT" not in env
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["consul-token"]["secret"]["secretName"] == "lab-singleton-consul-token"
+    test_pod = [d for d in by_kind(docs, "Pod") if d["metadata"]["annotations"].get("helm.sh/hook") == "test"]
+    assert test_pod and "lab-singleton:8480/leader" in test_pod[0]["spec"]["containers"][0]["command"][2]
+
+
+@test
+def hooks_verbosity_and_extra_args_go_before_the_double_dash():
+    docs, _ = rendered("hooks-values.yaml")
+    dep = one(docs, "Deployment")
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    spec = dep["spec"]["template"]["spec"]
+    app = container(spec["containers"], "app")
+    cmd = app["command"]
+    head = cmd[:cmd.index("--")]
+    for flag in ("--on-acquired=/hooks/on-acquired", "--on-lost=/hooks/on-lost",
+                 "--on-released=/hooks/on-released", "-vv", "--monitor-retry"):
+        assert flag in head, f"{flag} missing before --: {cmd}"
+    assert cmd[cmd.index("--") + 1:] == ["/bin/billing"]
+    env = env_of(app)
+    assert env["LOCKWRAP_HEALTH_CHECK_TTL"] == "10s" and env["LOCKWRAP_LAYOUT"] == "consul-lock"
+    assert env["LOCKWRAP_HOOK_TIMEOUT"] == "10s" and env["LOCKWRAP_LOG_FORMAT"] == "text"
+    assert env["LOCKWRAP_SESSION_NAME"] == "billing-leader" and env["BILLING_MODE"] == "active"
+    assert {"name": "hooks", "mountPath": "/hooks", "readOnly": True} in app["volumeMounts"]
+    req = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert req[0]["topologyKey"] == "kubernetes.io/hostname"
+    assert spec["priorityClassName"] == "high-priority"
+
+
+@test
+def helm_test_pod_is_a_test_hook_checking_leader_or_consul():
+    for name, needle in (("wrapper-deployment-values.yaml", "/leader"),
+                         ("init-deployment-values.yaml", "/v1/status/leader"),
+                         ("cronjob-skip-values.yaml", "https://consul.example.internal:8501/v1/status/leader"),
+                         ("tls-token-secret-values.yaml", "/leader")):
+        docs, _ = rendered(name)
+        pods = by_kind(docs, "Pod")
+        assert len(pods) == 1, name
+        pod = pods[0]
+        assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        assert pod["spec"]["restartPolicy"] == "Never"
+        script = pod["spec"]["containers"][0]["command"][2]
+        assert needle in script, f"{name}: {script}"
+    docs, _ = rendered("wrapper-deployment-values.yaml")
+    assert '"isLeader": *true' in by_kind(docs, "Pod")[0]["spec"]["containers"][0]["command"][2]
+
+
+# ---------------------------------------------------------------------------------------------
+# rejected values
+
+
+@test
+def schema_rejects_replicas_given_as_a_word():
+    expect_schema_error(with_base({"replicas": "two"}), "replicas: 'two' is not of type 'integer'")
+
+
+@test
+def schema_rejects_a_missing_consul_address():
+    expect_schema_error({"app": {"command": ["/app"]}}, "consul: 'address' is a required property")
+
+
+@test
+def schema_rejects_out_of_range_and_unknown_values():
+    expect_schema_error(with_base({"mode": "leader"}), "mode: 'leader' is not one of")
+    expect_schema_error(with_base({"workload": "statefulset"}), "workload: 'statefulset' is not one of")
+    expect_schema_error(with_base({"lockwrap": {"sessionTTLSeconds": 5}}), "lockwrap/sessionTTLSeconds: 5 is less than the minimum of 10")
+    expect_schema_error(with_base({"lockwrap": {"lockDelaySeconds": 61}}), "lockwrap/lockDelaySeconds: 61 is greater than the maximum of 60")
+    expect_schema_error(with_base({"replicaCount": 2}), "Additional properties are not allowed ('replicaCount' was unexpected)")
+    expect_schema_error(with_base({"lockwrap": {"key": "/leading/slash"}}), "lockwrap/key: '/leading/slash' does not match")
+    expect_schema_error(with_base({"cronjob": {"onLocked": "queue"}}), "cronjob/onLocked: 'queue' is not one of")
+    expect_schema_error(with_base({"consul": {"address": ""}}), "consul/address: ''")
+
+
+@test
+def rendering_fails_when_termination_grace_is_too_short():
+    expect_render_error(with_base({"terminationGracePeriodSeconds": 12}),
+                        "terminationGracePeriodSeconds (12) must exceed lockwrap.killGraceSeconds + "
+                        "lockwrap.releaseAllowanceSeconds (5 + 10 = 15)")
+    expect_render_error(with_base({"terminationGracePeriodSeconds": 15}), "set it to at least 16")
+    render(values=with_base({"terminationGracePeriodSeconds": 16}))
+
+
+@test
+def rendering_fails_with_a_clear_message_on_bad_combinations():
+    expect_render_error({"app": {"command": ["/app"]}}, "consul.address is required")
+    expect_render_error({"consul": {"address": "c:8500"}}, "app.command is required in wrapper mode")
+    expect_render_error(with_base({"workload": "cronjob", "mode": "sidecar"}), "workload=cronjob needs mode=wrapper")
+    expect_render_error(with_base({"mode": "init"}), "initJob.command is required in init mode")
+    expect_render_error(with_base({"lockwrap": {"key": "a//b"}}), "is not a valid key")
+    expect_render_error(with_base({"lockwrap": {"key": "a/../b"}}), "no '.' or '..' segments")
+    expect_render_error(with_base({"lockwrap": {"killGraceSeconds": 15}}), "must be below lockwrap.sessionTTLSeconds (15)")
+    expect_render_error(with_base({"consul": {"token": {"create": True}}}), "consul.token.create=true needs consul.token.value")
+    expect_render_error(with_base({"consul": {"tls": {"enabled": True, "clientAuth": True}}}), "needs consul.tls.existingSecret")
+
+
+# ---------------------------------------------------------------------------------------------
+# chart conventions
+
+
+@test
+def chart_yaml_follows_helm_v2_conventions():
+    chart = load_yaml(os.path.join(CHART, "Chart.yaml"))
+    assert chart["apiVersion"] == "v2" and chart["name"] == "lockwrap" and chart["type"] == "application"
+    assert re.match(r"^\d+\.\d+\.\d+$", chart["version"]) and chart["appVersion"]
+    helpers = open(os.path.join(CHART, "templates", "_helpers.tpl")).read()
+    for name in ("name", "fullname", "chart", "labels", "selectorLabels", "serviceAccountName"):
+        assert f'define "lockwrap.{name}"' in helpers, f"_helpers.tpl lacks lockwrap.{name}"
+    assert os.path.exists(os.path.join(CHART, "templates", "NOTES.txt"))
+    assert os.path.exists(os.path.join(CHART, "templates", "tests", "test-connection.yaml"))
+
+
+def walk_schema(node, path):
+    yield path, node
+    for k, sub in node.get("properties", {}).items():
+        yield from walk_schema(sub, path + [k])
+
+
+@test
+def every_schema_property_has_a_description_and_type():
+    assert SCHEMA["$schema"].startswith("http://json-schema.org/draft-07/")
+    missing = [".".join(p) for p, n in walk_schema(SCHEMA, []) if p and not n.get("description")]
+    assert not missing, f"properties without description: {missing}"
+    untyped = [".".join(p) for p, n in walk_schema(SCHEMA, []) if p and "type" not in n and "anyOf" not in n]
+    assert not untyped, f"properties without type: {untyped}"
+    assert "address" in SCHEMA["properties"]["consul"]["required"]
+
+
+def leaf_paths(values, schema, path=()):
+    """Paths of values.yaml keys that the chart owns (its schema declares their children)."""
+    for k, v in values.items():
+        sub = schema.get("properties", {}).get(k)
+        assert sub is not None, f"values.yaml key {'.'.join(path + (k,))} is not in values.schema.json"
+        yield path + (k,)
+        if isinstance(v, dict) and "properties" in sub:
+            yield from leaf_paths(v, sub, path + (k,))
+
+
+@test
+def every_value_is_in_the_schema_and_commented_in_values_yaml():
+    paths = set(leaf_paths(DEFAULTS, SCHEMA))
+    # Defaults plus the one required value must pass the schema.
+    errs = schema_errors(deep_merge(DEFAULTS, BASE))
+    assert not errs, errs
+    # Walk values.yaml text: each chart-owned key must have a comment line right above it.
+    # A `# --` comment documents the value as a whole (e.g. a probe timing map): its children need none.
+    stack, uncommented, prev, whole, block = [], [], "", set(), []
+    for line in open(os.path.join(CHART, "values.yaml")):
+        m = re.match(r"^( *)([A-Za-z][\w]*):", line)
+        if m and not line.lstrip().startswith("- "):
+            depth = len(m.group(1)) // 2
+            stack = stack[:depth] + [m.group(2)]
+            path = tuple(stack)
+            if block and block[0].lstrip().startswith("# --"):
+                whole.add(path)
+            covered = any(path[:i] in whole for i in range(1, len(path)))
+            if path in paths and not covered and not prev.lstrip().startswith("#"):
+                uncommented.append(".".join(stack))
+        if line.strip():
+            block = block + [line] if line.lstrip().startswith("#") else []
+            prev = line
+    assert not uncommented, f"values.yaml keys without a comment: {uncommented}"
+
+
+# ---------------------------------------------------------------------------------------------
+# examples/
+
+
+EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "k8s", "*.yaml")))
+
+
+@test
+def example_manifests_are_valid_kubernetes():
+    assert len(EXAMPLES) >= 4, EXAMPLES
+    kinds = set()
+    for path in EXAMPLES:
+        for d in yaml.safe_load_all(open(path)):
+            if d:
+                k8s_validate(d, os.path.relpath(path, ROOT))
+                kinds.add(d["kind"])
+    assert {"Deployment", "CronJob", "Job"} <= kinds, kinds
+
+
+@test
+def example_manifests_use_the_documented_lockwrap_surface():
+    text = {os.path.basename(p): open(p).read() for p in EXAMPLES}
+    joined = "\n".join(text.values())
+    assert "/lockwrap/lockwrap" in joined and "- run" in joined and "- sidecar" in joined
+    assert "CONSUL_HTTP_TOKEN_FILE" in joined and "CONSUL_HTTP_TOKEN\n" not in joined
+    assert "--non-blocking" in joined and "/readyz" in joined
+    flags = set(re.findall(r"(--[a-z][a-z-]+)", joined))
+    surface = open(os.path.join(ROOT, "docs", "cli-surface.md")).read()
+    unknown = sorted(f for f in flags if f not in surface and f != "--")
+    assert not unknown, f"flags not in docs/cli-surface.md: {unknown}"
+    envs = set(re.findall(r"\b(LOCKWRAP_[A-Z_]+)\b", joined))
+    known = {"LOCKWRAP_KEY", "LOCKWRAP_SESSION", "LOCKWRAP_FENCING_TOKEN", "LOCKWRAP_CONFIG"}
+    for e in envs - known:
+        flag = "--" + e[len("LOCKWRAP_"):].lower().replace("_", "-")
+        assert flag in surface, f"{e} maps to {flag}, which docs/cli-surface.md does not list"
+
+
+@test
+def example_scripts_parse_and_hooks_are_executable():
+    scripts = glob.glob(os.path.join(ROOT, "examples", "ci", "*.sh")) + \
+        glob.glob(os.path.join(ROOT, "examples", "hooks", "*"))
+    assert len(scripts) >= 4, scripts
+    for s in scripts:
+        if s.endswith(".md"):
+            continue
+        assert os.access(s, os.X_OK), f"{s} is not executable"
+        shell = "bash" if open(s).readline().strip().endswith("bash") else "sh"
+        p = subprocess.run([shell, "-n", s], capture_output=True, text=True)
+        assert p.returncode == 0, f"{s}: {p.stderr}"
+
+
+@test
+def example_hooks_log_the_key_and_fencing_token():
+    env = dict(os.environ, LOCKWRAP_KEY="service/x/leader", LOCKWRAP_SESSION="abc-123",
+               LOCKWRAP_FENCING_TOKEN="42", HOOK_LOG="")
+    for hook in ("on-acquired", "on-lost", "on-released"):
+        p = subprocess.run([os.path.join(ROOT, "examples", "hooks", hook), "service/x/leader"],
+                           capture_output=True, text=True, env=env, timeout=30)
+        assert p.returncode == 0, f"{hook}: {p.returncode} {p.stderr}"
+        out = p.stdout + p.stderr
+        assert "service/x/leader" in out and "42" in out, f"{hook} output: {out!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main():
+    only = sys.argv[1:]
+    passed = failed = 0
+    for name, fn in TESTS:
+        if only and not any(o in name for o in only):
+            continue
+        try:
+            fn()
+        except Exception as e:  # a failed assertion or an unexpected error: report and go on
+            failed += 1
+            print(f"FAIL {name}\n     {type(e).__name__}: {e}")
+        else:
+            passed += 1
+            print(f"ok   {name}")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
