@@ -1,1 +1,73 @@
-fn main() {}
+//! Entry point: parse → config → logging → signal/reaper setup (before any runtime thread)
+//! → runtime → `commands::run` → the exit code, decided here and nowhere else.
+
+use clap::Parser;
+
+use lockwrap::cli::Cli;
+use lockwrap::exit::{Error, ErrorKind, Outcome};
+use lockwrap::{commands, config, logging, supervisor};
+
+fn main() {
+    let code = match Cli::try_parse() {
+        Ok(cli) => run(cli).exit_code(),
+        Err(err) => {
+            // --help / --version print and succeed; every other parse error is exit 3.
+            let _ = err.print();
+            if err.use_stderr() {
+                ErrorKind::InvalidArgument.exit_code()
+            } else {
+                0
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Outcome {
+    let verbose = cli.verbose;
+    let config = match config::load(cli) {
+        Ok(config) => config,
+        Err(err) => {
+            logging::init(verbose, false);
+            return report(Outcome::Failed(err));
+        }
+    };
+    logging::init(config.verbose, config.log_json);
+    tracing::debug!(?config, "configuration");
+
+    // As PID 1 reaping is automatic; elsewhere only with --subreaper.
+    let process = match supervisor::install(config.subreaper) {
+        Ok(process) => process,
+        Err(err) => {
+            return report(Outcome::Failed(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("cannot set up signal handling: {err}"),
+            )))
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            return report(Outcome::Failed(Error::new(
+                ErrorKind::ConsulUnavailable,
+                format!("cannot start the async runtime: {err}"),
+            )))
+        }
+    };
+    let outcome = runtime.block_on(commands::run(config, process));
+    // Background tasks (e.g. a webhook in flight) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
+    report(outcome)
+}
+
+/// Logs a failure's message once, on stderr.
+fn report(outcome: Outcome) -> Outcome {
+    if let Outcome::Failed(err) = &outcome {
+        eprintln!("lockwrap: {err}");
+    }
+    outcome
+}

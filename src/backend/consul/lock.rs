@@ -1,0 +1,363 @@
+//! Acquiring a single-holder lock (default and `consul-lock` layouts): wait with blocking
+//! queries, acquire with a fresh session, read back the fencing token (SPEC §4).
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::api::{KvPair, LOCK_FLAG_VALUE};
+use super::lease::{KeepAlive, Lease, LeaseTiming};
+use super::session::{self, OwnedSession};
+use super::value::{self, Identity};
+use super::ConsulBackend;
+use crate::backend::{
+    AcquireObserver, Acquired, BackendError, Layout, LockInfo, LockRequest, Wait,
+};
+
+/// How long a standby's blocking query waits before re-asking: long, because Consul answers
+/// at once when the key changes, and every re-ask is a request (target ≤ 1 per minute).
+pub const STANDBY_WAIT: Duration = Duration::from_secs(300);
+/// While waiting, name the current holder this often (SPEC §8).
+pub const HOLDER_LOG_EVERY: Duration = Duration::from_secs(30);
+/// Back-off bounds while a lock-delay blocks a free key: short first tries so a released key
+/// is taken within milliseconds, capped so a 15 s lock-delay costs ~30 requests at most.
+const LOCK_DELAY_RETRY_FIRST: Duration = Duration::from_millis(50);
+const LOCK_DELAY_RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// The KV key holding the lock for `key` in `layout`.
+pub fn lock_key(key: &str, layout: Layout) -> String {
+    match layout {
+        Layout::Default => key.to_string(),
+        Layout::ConsulLock => format!("{}/.lock", key.trim_end_matches('/')),
+    }
+}
+
+/// Why an acquire attempt stopped early.
+pub(crate) enum Interrupt {
+    Cancelled,
+    TimedOut,
+}
+
+/// Runs `fut` unless `stop` fires or `deadline` passes first; the future is dropped then, which
+/// aborts an in-flight read at once.
+pub(crate) async fn interruptible<T>(
+    fut: impl std::future::Future<Output = T>,
+    stop: &CancellationToken,
+    deadline: Option<Instant>,
+) -> Result<T, Interrupt> {
+    let timeout = async {
+        match deadline {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => Err(Interrupt::Cancelled),
+        _ = timeout => Err(Interrupt::TimedOut),
+        value = fut => Ok(value),
+    }
+}
+
+macro_rules! step {
+    ($fut:expr, $stop:expr, $deadline:expr) => {
+        match interruptible($fut, $stop, $deadline).await {
+            Ok(value) => value,
+            Err(Interrupt::Cancelled) => return Ok(Attempt::Cancelled),
+            Err(Interrupt::TimedOut) => return Ok(Attempt::TimedOut),
+        }
+    };
+}
+
+enum Attempt {
+    Held(Box<Lease>),
+    Locked(Option<LockInfo>),
+    TimedOut,
+    Cancelled,
+}
+
+impl ConsulBackend {
+    /// The acquire loop for a single-holder lock. Never leaves a session behind unless it
+    /// returns `Held`.
+    pub(crate) async fn acquire_lock(
+        &self,
+        request: &LockRequest,
+        observer: &dyn AcquireObserver,
+        stop: &CancellationToken,
+    ) -> Result<Acquired<Lease>, BackendError> {
+        let started = Instant::now();
+        let deadline = request
+            .wait
+            .timeout()
+            .filter(|t| !t.is_zero())
+            .map(|t| started + t);
+        let mut session: Option<OwnedSession> = None;
+        let result = self
+            .acquire_loop(request, observer, stop, started, deadline, &mut session)
+            .await;
+        let outcome = match result {
+            Ok(Attempt::Held(lease)) => return Ok(Acquired::Held(*lease)),
+            Ok(Attempt::Locked(info)) => Ok(Acquired::Locked(info)),
+            Ok(Attempt::TimedOut) => Ok(Acquired::TimedOut),
+            Ok(Attempt::Cancelled) => Ok(Acquired::Cancelled),
+            Err(err) => Err(err),
+        };
+        if let Some(owned) = session.take() {
+            session::destroy(&self.client, &owned).await;
+        }
+        outcome
+    }
+
+    async fn acquire_loop(
+        &self,
+        request: &LockRequest,
+        observer: &dyn AcquireObserver,
+        stop: &CancellationToken,
+        started: Instant,
+        deadline: Option<Instant>,
+        session: &mut Option<OwnedSession>,
+    ) -> Result<Attempt, BackendError> {
+        let key = request.key.as_str();
+        let lock_key = lock_key(key, request.layout);
+        let mut delay_backoff = LOCK_DELAY_RETRY_FIRST;
+        loop {
+            step!(observer.before_attempt(key), stop, deadline);
+            let read = step!(self.client.kv_get_retry(&lock_key), stop, deadline)?;
+            check_flags(read.value.as_ref(), &lock_key, request.layout)?;
+
+            if let Some(pair) = read.value.as_ref().filter(|p| p.holder().is_some()) {
+                let info = value::decode(key, pair);
+                tracing::debug!(key, holder = %info.holder_summary(), "lock is taken");
+                self.telemetry.observed_holder(Some(&info));
+                step!(observer.already_locked(key, Some(&info)), stop, deadline);
+                if request.wait == Wait::NonBlocking {
+                    return Ok(Attempt::Locked(Some(info)));
+                }
+                // A standby needs no session: drop ours until the key is free again.
+                if let Some(owned) = session.take() {
+                    session::destroy(&self.client, &owned).await;
+                }
+                step!(
+                    self.wait_until_free(
+                        key,
+                        &lock_key,
+                        request.layout,
+                        read.index,
+                        info,
+                        request.wait.poll()
+                    ),
+                    stop,
+                    deadline
+                )?;
+                delay_backoff = LOCK_DELAY_RETRY_FIRST;
+                continue;
+            }
+
+            // The key is free: take it with a session of our own.
+            if session.is_none() {
+                *session = Some(
+                    session::create(&self.client, key, &request.session, &self.identity).await?,
+                );
+            }
+            let owned = session.as_ref().expect("session was just created");
+            let value = value::encode(
+                key,
+                &owned.id,
+                &value::now_iso8601(),
+                started.elapsed().as_secs_f64(),
+                request.metadata.as_ref(),
+                &self.identity,
+            );
+            let params = [
+                ("acquire", owned.id.clone()),
+                ("flags", LOCK_FLAG_VALUE.to_string()),
+            ];
+            let acquired = match self.client.kv_put(&lock_key, value.clone(), &params).await {
+                Ok(acquired) => acquired,
+                // The write may have landed: the entry says whether it is ours.
+                Err(BackendError::Unknown(err)) => {
+                    tracing::warn!(%err, "acquire outcome unknown; re-reading the key");
+                    false
+                }
+                Err(err) => return Err(err),
+            };
+            // Read back: confirms the holder and gives the fencing token (ModifyIndex).
+            let after = self.client.kv_get_retry(&lock_key).await?;
+            match after.value.as_ref() {
+                Some(pair) if pair.holder() == Some(owned.id.as_str()) => {
+                    let info = value::decode(key, pair);
+                    let owned = session.take().expect("session is set");
+                    let keep_alive = self.keep_alive(request, after.index)?;
+                    let lease = Lease::start(
+                        self.client.clone(),
+                        info,
+                        lock_key,
+                        request.layout,
+                        owned,
+                        value,
+                        None,
+                        keep_alive,
+                    );
+                    return Ok(Attempt::Held(Box::new(lease)));
+                }
+                Some(pair) if pair.holder().is_some() => {
+                    // Someone else won the race; go round and wait for them.
+                    tracing::debug!(key, "another contender took the lock first");
+                    continue;
+                }
+                _ if acquired => continue,
+                _ => {
+                    // Free but refused: a lock-delay from an invalidated session is running.
+                    if request.wait == Wait::NonBlocking {
+                        return Ok(Attempt::Locked(None));
+                    }
+                    tracing::debug!(key, retry_in = ?delay_backoff, "key is free but in lock-delay");
+                    step!(tokio::time::sleep(delay_backoff), stop, deadline);
+                    delay_backoff = (delay_backoff * 2).min(LOCK_DELAY_RETRY_MAX);
+                    if let Some(owned) = session.as_mut() {
+                        self.refresh_session(request, owned).await?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps a session alive while it waits out a lock-delay longer than half its TTL.
+    async fn refresh_session(
+        &self,
+        request: &LockRequest,
+        owned: &mut OwnedSession,
+    ) -> Result<(), BackendError> {
+        if let Some(ttl) = request.session.ttl {
+            if owned.sent_at.elapsed() > ttl / 2 {
+                let sent = Instant::now();
+                self.client
+                    .session_renew(&owned.id, super::client::REQUEST_TIMEOUT)
+                    .await?;
+                owned.sent_at = sent;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until `lock_key` has no holder: blocking queries, or polling every `poll`.
+    /// Logs the holder every 30 s.
+    async fn wait_until_free(
+        &self,
+        key: &str,
+        lock_key: &str,
+        layout: Layout,
+        mut index: u64,
+        mut holder: LockInfo,
+        poll: Option<Duration>,
+    ) -> Result<(), BackendError> {
+        if let Some(every) = poll {
+            tokio::time::sleep(every).await;
+            return Ok(());
+        }
+        let mut next_log = Instant::now() + HOLDER_LOG_EVERY;
+        let mut failures = 0u32;
+        loop {
+            let wait = STANDBY_WAIT.min(next_log.saturating_duration_since(Instant::now()));
+            let wait = wait.max(Duration::from_millis(10));
+            match self.client.kv_get(lock_key, Some((index, wait))).await {
+                Ok(read) => {
+                    failures = 0;
+                    self.telemetry.set_consul_healthy(true);
+                    check_flags(read.value.as_ref(), lock_key, layout)?;
+                    match read.value.as_ref().filter(|p| p.holder().is_some()) {
+                        None => return Ok(()),
+                        Some(pair) => {
+                            holder = value::decode(key, pair);
+                            self.telemetry.observed_holder(Some(&holder));
+                            index = super::api::next_index(index, read.index);
+                        }
+                    }
+                }
+                Err(err) if err.is_transient() => {
+                    failures += 1;
+                    self.telemetry.set_consul_healthy(false);
+                    tracing::warn!(%err, failures, "waiting for the lock: Consul read failed; retrying");
+                    let pause = Duration::from_millis(250 * u64::from(failures.min(20)));
+                    tokio::time::sleep(pause).await;
+                }
+                Err(err) => return Err(err),
+            }
+            if Instant::now() >= next_log {
+                tracing::info!(key, holder = %holder.holder_summary(), "waiting for the lock");
+                next_log = Instant::now() + HOLDER_LOG_EVERY;
+            }
+        }
+    }
+
+    pub(crate) fn keep_alive(
+        &self,
+        request: &LockRequest,
+        watch_index: u64,
+    ) -> Result<Option<KeepAlive>, BackendError> {
+        if !request.hold.keep_alive {
+            return Ok(None);
+        }
+        let timing = match request.session.ttl {
+            Some(ttl) => Some(
+                LeaseTiming::plan(ttl, request.hold.kill_grace).map_err(BackendError::Invalid)?,
+            ),
+            None => None,
+        };
+        Ok(Some(KeepAlive {
+            timing,
+            monitor_retry: request.hold.monitor_retry,
+            health_check_ttl: request.session.health_check_ttl,
+            watch_index,
+            telemetry: self.telemetry.clone(),
+        }))
+    }
+
+    /// Forces `key` free: destroys the holder's session (so it stops renewing), then removes
+    /// the entry if it is still unheld. Returns whether it was held.
+    pub(crate) async fn force_release(
+        &self,
+        key: &str,
+        layout: Layout,
+    ) -> Result<bool, BackendError> {
+        let lock_key = lock_key(key, layout);
+        let read = self.client.kv_get_retry(&lock_key).await?;
+        let Some(pair) = read.value else {
+            return Ok(false);
+        };
+        check_flags(Some(&pair), &lock_key, layout)?;
+        let Some(holder) = pair.holder().map(str::to_string) else {
+            return Ok(false);
+        };
+        self.client.session_destroy(&holder).await?;
+        // Only delete what is still unheld, so a new holder's entry is never removed.
+        let after = self.client.kv_get_retry(&lock_key).await?;
+        if let Some(pair) = after.value.filter(|p| p.holder().is_none()) {
+            self.client
+                .kv_delete(&lock_key, Some(pair.modify_index))
+                .await?;
+        }
+        Ok(true)
+    }
+}
+
+/// An entry with foreign flags belongs to something else (a semaphore, or a plain value):
+/// refuse to touch it (SPEC §3). consullock writes flags 0, so the default layout accepts 0;
+/// the `consul-lock` layout accepts only Consul's lock flags, as Go's `api.Lock` does.
+fn check_flags(pair: Option<&KvPair>, lock_key: &str, layout: Layout) -> Result<(), BackendError> {
+    let Some(p) = pair else { return Ok(()) };
+    let ok = p.flags == LOCK_FLAG_VALUE || (layout == Layout::Default && p.flags == 0);
+    if ok {
+        return Ok(());
+    }
+    Err(BackendError::Conflict(format!(
+        "{lock_key} exists with flags {} instead of Consul's lock flags {LOCK_FLAG_VALUE}: it is \
+         not a lock of this layout (a semaphore or another tool's key); refusing to touch it",
+        p.flags
+    )))
+}
+
+/// Identity used for values and session names.
+pub fn identity() -> Identity {
+    Identity::current()
+}

@@ -1,0 +1,106 @@
+//! Everything Consul-specific: the HTTP client, API types, sessions, the lock and semaphore
+//! recipes, and the [`Lease`] that holds a lock.
+
+pub mod api;
+pub mod client;
+pub mod lease;
+pub mod lock;
+pub mod semaphore;
+pub mod session;
+pub mod value;
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+pub use client::{ConsulClient, ConsulSettings, SettingsError};
+pub use lease::{Lease, LeaseTiming};
+
+use crate::backend::{
+    AcquireObserver, Acquired, BackendError, Layout, LockBackend, LockInfo, LockRequest,
+};
+use crate::telemetry::Telemetry;
+use value::Identity;
+
+/// The Consul lock store.
+#[derive(Clone, Debug)]
+pub struct ConsulBackend {
+    pub(crate) client: ConsulClient,
+    pub(crate) identity: Identity,
+    pub(crate) telemetry: Arc<Telemetry>,
+}
+
+impl ConsulBackend {
+    pub fn new(client: ConsulClient) -> Self {
+        Self::with_telemetry(client, Arc::new(Telemetry::default()))
+    }
+
+    pub fn with_telemetry(client: ConsulClient, telemetry: Arc<Telemetry>) -> Self {
+        ConsulBackend {
+            client,
+            identity: Identity::current(),
+            telemetry,
+        }
+    }
+
+    pub fn client(&self) -> &ConsulClient {
+        &self.client
+    }
+
+    pub fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+}
+
+impl LockBackend for ConsulBackend {
+    type Lease = Lease;
+
+    async fn acquire(
+        &self,
+        request: &LockRequest,
+        observer: &dyn AcquireObserver,
+        stop: &CancellationToken,
+    ) -> Result<Acquired<Lease>, BackendError> {
+        if request.limit > 1 {
+            self.acquire_semaphore(request, observer, stop).await
+        } else {
+            self.acquire_lock(request, observer, stop).await
+        }
+    }
+
+    async fn find(&self, key: &str, layout: Layout) -> Result<Option<LockInfo>, BackendError> {
+        let read = self
+            .client
+            .kv_get_retry(&lock::lock_key(key, layout))
+            .await?;
+        Ok(read
+            .value
+            .filter(|p| p.holder().is_some())
+            .map(|p| value::decode(key, &p)))
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        layout: Layout,
+    ) -> Result<Vec<(String, Option<LockInfo>)>, BackendError> {
+        let read = self.client.kv_list(prefix, None).await?;
+        let mut out = Vec::new();
+        for pair in read.value {
+            let key = match layout {
+                Layout::Default => pair.key.clone(),
+                Layout::ConsulLock => match pair.key.strip_suffix("/.lock") {
+                    Some(prefix) => prefix.to_string(),
+                    None => continue,
+                },
+            };
+            let info = pair.holder().map(|_| value::decode(&key, &pair));
+            out.push((key, info));
+        }
+        Ok(out)
+    }
+
+    async fn release(&self, key: &str, layout: Layout) -> Result<bool, BackendError> {
+        self.force_release(key, layout).await
+    }
+}

@@ -1,0 +1,387 @@
+//! Consul's semaphore recipe (`-n N`), compatible with `consul lock -n` and Go's
+//! `api.Semaphore`: a contender key `<prefix>/<session>` held by our session, and the
+//! coordination key `<prefix>/.lock` holding `{"Limit":N,"Holders":{…}}`, changed only by
+//! check-and-set on its ModifyIndex (SPEC §3).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::api::{next_index, KvPair, SEMAPHORE_FLAG_VALUE};
+use super::client::ConsulClient;
+use super::lease::{declare, Lease};
+use super::lock::{interruptible, Interrupt, STANDBY_WAIT};
+use super::session::{self, OwnedSession};
+use super::value;
+use super::ConsulBackend;
+use crate::backend::{
+    AcquireObserver, Acquired, BackendError, Layout, LockInfo, LockRequest, LossReason, Wait,
+};
+
+/// Where one semaphore slot lives.
+#[derive(Debug, Clone)]
+pub struct SemaphoreSlot {
+    pub lock_key: String,
+    pub contender_key: String,
+    pub limit: u32,
+}
+
+/// The coordination entry, in Go's field names.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+struct SemaphoreLock {
+    #[serde(rename = "Limit")]
+    limit: u32,
+    #[serde(rename = "Holders", default)]
+    holders: BTreeMap<String, bool>,
+}
+
+fn decode_lock(pair: Option<&KvPair>, lock_key: &str) -> Result<SemaphoreLock, BackendError> {
+    let Some(pair) = pair else {
+        return Ok(SemaphoreLock::default());
+    };
+    if pair.flags != SEMAPHORE_FLAG_VALUE {
+        return Err(BackendError::Conflict(format!(
+            "{lock_key} exists with flags {} instead of Consul's semaphore flags \
+             {SEMAPHORE_FLAG_VALUE}: it is a single lock or another tool's key",
+            pair.flags
+        )));
+    }
+    let bytes = pair.value_bytes();
+    if bytes.is_empty() {
+        return Ok(SemaphoreLock::default());
+    }
+    serde_json::from_slice(&bytes).map_err(|err| {
+        BackendError::Conflict(format!("{lock_key} is not a semaphore entry: {err}"))
+    })
+}
+
+pub fn slot(prefix: &str, session: &str, limit: u32) -> SemaphoreSlot {
+    let prefix = prefix.trim_end_matches('/');
+    SemaphoreSlot {
+        lock_key: format!("{prefix}/.lock"),
+        contender_key: format!("{prefix}/{session}"),
+        limit,
+    }
+}
+
+impl ConsulBackend {
+    /// Takes one of `limit` slots; never leaves a session or contender key behind unless it
+    /// returns `Held`.
+    pub(crate) async fn acquire_semaphore(
+        &self,
+        request: &LockRequest,
+        observer: &dyn AcquireObserver,
+        stop: &CancellationToken,
+    ) -> Result<Acquired<Lease>, BackendError> {
+        let started = Instant::now();
+        let deadline = request
+            .wait
+            .timeout()
+            .filter(|t| !t.is_zero())
+            .map(|t| started + t);
+        let key = request.key.as_str();
+        let prefix = key.trim_end_matches('/');
+        // Refuse a conflicting entry before creating anything.
+        let first = self.client.kv_get_retry(&format!("{prefix}/.lock")).await?;
+        check_limit(&decode_lock(first.value.as_ref(), key)?, request.limit, key)?;
+
+        let owned = session::create(&self.client, key, &request.session, &self.identity).await?;
+        let slot = slot(prefix, &owned.id, request.limit);
+        let outcome = self
+            .semaphore_loop(request, observer, stop, started, deadline, &owned, &slot)
+            .await;
+        match outcome {
+            Ok(Some((info, value, index))) => {
+                let keep_alive = self.keep_alive(request, index)?;
+                Ok(Acquired::Held(Lease::start(
+                    self.client.clone(),
+                    info,
+                    slot.contender_key.clone(),
+                    Layout::ConsulLock,
+                    owned,
+                    value,
+                    Some(slot),
+                    keep_alive,
+                )))
+            }
+            other => {
+                let _ = self.client.kv_delete(&slot.contender_key, None).await;
+                session::destroy(&self.client, &owned).await;
+                match other {
+                    Ok(None) => Ok(Acquired::Locked(None)),
+                    Err(Ok(interrupt)) => Ok(match interrupt {
+                        Interrupt::Cancelled => Acquired::Cancelled,
+                        Interrupt::TimedOut => Acquired::TimedOut,
+                    }),
+                    Err(Err(err)) => Err(err),
+                    Ok(Some(_)) => unreachable!("handled above"),
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    async fn semaphore_loop(
+        &self,
+        request: &LockRequest,
+        observer: &dyn AcquireObserver,
+        stop: &CancellationToken,
+        started: Instant,
+        deadline: Option<Instant>,
+        owned: &OwnedSession,
+        slot: &SemaphoreSlot,
+    ) -> Result<Option<(LockInfo, Vec<u8>, u64)>, Result<Interrupt, BackendError>> {
+        let key = request.key.as_str();
+        let value = value::encode(
+            key,
+            &owned.id,
+            &value::now_iso8601(),
+            started.elapsed().as_secs_f64(),
+            request.metadata.as_ref(),
+            &self.identity,
+        );
+        let params = [
+            ("acquire", owned.id.clone()),
+            ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
+        ];
+        if !self
+            .client
+            .kv_put(&slot.contender_key, value.clone(), &params)
+            .await
+            .map_err(Err)?
+        {
+            return Err(Err(BackendError::Invalid(format!(
+                "could not create the contender key {}",
+                slot.contender_key
+            ))));
+        }
+        let prefix = key.trim_end_matches('/');
+        let mut index = 0u64;
+        loop {
+            interruptible(observer.before_attempt(key), stop, deadline)
+                .await
+                .map_err(Ok)?;
+            let wait = if index == 0 {
+                None
+            } else {
+                Some((index, STANDBY_WAIT))
+            };
+            let read = interruptible(
+                self.client.kv_list(&format!("{prefix}/"), wait),
+                stop,
+                deadline,
+            )
+            .await
+            .map_err(Ok)?
+            .map_err(Err)?;
+            index = next_index(index, read.index).max(1);
+            let lock_pair = read.value.iter().find(|p| p.key == slot.lock_key);
+            let mut lock = decode_lock(lock_pair, key).map_err(Err)?;
+            if lock_pair.is_some() {
+                check_limit(&lock, request.limit, key).map_err(Err)?;
+            }
+            lock.limit = request.limit;
+            // Prune holders whose contender key is gone or no longer held by them.
+            let alive: HashSet<&str> = read.value.iter().filter_map(KvPair::holder).collect();
+            lock.holders.retain(|sid, _| alive.contains(sid.as_str()));
+
+            if lock.holders.len() >= lock.limit as usize && !lock.holders.contains_key(&owned.id) {
+                interruptible(observer.already_locked(key, None), stop, deadline)
+                    .await
+                    .map_err(Ok)?;
+                if request.wait == Wait::NonBlocking {
+                    return Ok(None);
+                }
+                if let Some(poll) = request.wait.poll() {
+                    interruptible(tokio::time::sleep(poll), stop, deadline)
+                        .await
+                        .map_err(Ok)?;
+                    index = 0;
+                }
+                continue;
+            }
+            lock.holders.insert(owned.id.clone(), true);
+            let body = serde_json::to_vec(&lock).unwrap_or_default();
+            let cas = lock_pair.map(|p| p.modify_index).unwrap_or(0);
+            let params = [
+                ("cas", cas.to_string()),
+                ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
+            ];
+            match self.client.kv_put(&slot.lock_key, body, &params).await {
+                Ok(true) => {}
+                Ok(false) | Err(BackendError::Unknown(_)) => {
+                    index = 0;
+                    continue;
+                }
+                Err(err) => return Err(Err(err)),
+            }
+            let after = self
+                .client
+                .kv_get_retry(&slot.lock_key)
+                .await
+                .map_err(Err)?;
+            let Some(pair) = after.value.as_ref() else {
+                index = 0;
+                continue;
+            };
+            if !decode_lock(Some(pair), key)
+                .map_err(Err)?
+                .holders
+                .contains_key(&owned.id)
+            {
+                index = 0;
+                continue;
+            }
+            let mut info = value::decode(key, pair);
+            info.session = Some(owned.id.clone());
+            let contender = self
+                .client
+                .kv_get_retry(&slot.contender_key)
+                .await
+                .map_err(Err)?;
+            if let Some(c) = contender.value.as_ref() {
+                let mine = value::decode(key, c);
+                info.created = mine.created;
+                info.seconds_to_lock = mine.seconds_to_lock;
+                info.metadata = mine.metadata;
+                info.holder = mine.holder;
+            }
+            info.fencing_token = Some(pair.modify_index);
+            return Ok(Some((info, value, after.index)));
+        }
+    }
+}
+
+fn check_limit(lock: &SemaphoreLock, limit: u32, key: &str) -> Result<(), BackendError> {
+    if lock.limit != 0 && lock.limit != limit {
+        return Err(BackendError::Conflict(format!(
+            "semaphore {key} has limit {} but -n {limit} was asked: every holder must agree on -n",
+            lock.limit
+        )));
+    }
+    Ok(())
+}
+
+/// Watches the coordination entry and our contender key; loss when we are no longer a holder.
+pub(crate) async fn watch(
+    client: ConsulClient,
+    slot: SemaphoreSlot,
+    session: String,
+    monitor_retry: u32,
+    loss: Arc<watch::Sender<Option<LossReason>>>,
+    stop: CancellationToken,
+) {
+    let prefix = slot
+        .lock_key
+        .strip_suffix(".lock")
+        .unwrap_or(&slot.lock_key)
+        .to_string();
+    let mut index = 0u64;
+    let mut failures = 0u32;
+    loop {
+        let wait = if index == 0 {
+            None
+        } else {
+            Some((index, Duration::from_secs(300)))
+        };
+        let read = tokio::select! {
+            _ = stop.cancelled() => return,
+            read = client.kv_list(&prefix, wait) => read,
+        };
+        match read {
+            Ok(read) => {
+                failures = 0;
+                index = next_index(index, read.index).max(1);
+                let contender = read.value.iter().find(|p| p.key == slot.contender_key);
+                if contender.and_then(KvPair::holder) != Some(session.as_str()) {
+                    return declare(&loss, LossReason::SessionInvalidated);
+                }
+                let lock_pair = read.value.iter().find(|p| p.key == slot.lock_key);
+                let held = lock_pair.is_some()
+                    && decode_lock(lock_pair, &slot.lock_key)
+                        .map(|l| l.holders.contains_key(&session))
+                        .unwrap_or(false);
+                if !held {
+                    return declare(&loss, LossReason::KeyDeleted);
+                }
+            }
+            Err(err) => {
+                failures += 1;
+                if failures > monitor_retry {
+                    return declare(&loss, LossReason::ConsulUnreachable(err.to_string()));
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Gives our slot back: removes us from the holders (check-and-set loop), deletes the
+/// contender key.
+pub(crate) async fn release(
+    client: &ConsulClient,
+    slot: &SemaphoreSlot,
+    session: &str,
+) -> Result<(), BackendError> {
+    // Bounded: each failed CAS means someone else changed the entry in between.
+    for _ in 0..20 {
+        let read = client.kv_get_retry(&slot.lock_key).await?;
+        let Some(pair) = read.value else { break };
+        let mut lock = decode_lock(Some(&pair), &slot.lock_key)?;
+        if lock.holders.remove(session).is_none() {
+            break;
+        }
+        let body = serde_json::to_vec(&lock).unwrap_or_default();
+        let params = [
+            ("cas", pair.modify_index.to_string()),
+            ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
+        ];
+        if client
+            .kv_put(&slot.lock_key, body, &params)
+            .await
+            .unwrap_or(false)
+        {
+            break;
+        }
+    }
+    client.kv_delete(&slot.contender_key, None).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_entry_uses_go_field_names() {
+        let mut lock = SemaphoreLock {
+            limit: 2,
+            ..Default::default()
+        };
+        lock.holders.insert("abc".into(), true);
+        assert_eq!(
+            serde_json::to_string(&lock).unwrap(),
+            r#"{"Limit":2,"Holders":{"abc":true}}"#
+        );
+    }
+
+    #[test]
+    fn limit_conflict_is_reported() {
+        let lock = SemaphoreLock {
+            limit: 3,
+            ..Default::default()
+        };
+        assert!(matches!(
+            check_limit(&lock, 2, "k"),
+            Err(BackendError::Conflict(_))
+        ));
+        check_limit(&lock, 3, "k").unwrap();
+    }
+}

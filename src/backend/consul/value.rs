@@ -1,0 +1,174 @@
+//! The lock entry's value: consullock's JSON (`created`, `key`, `metadata`?, `secondsToLock`,
+//! `session`) plus lockwrap's `holder`; pretty-printed with sorted keys (SPEC §3).
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::backend::consul::api::KvPair;
+use crate::backend::LockInfo;
+
+/// Who this process is, for the `holder` field and session names.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub hostname: String,
+    pub pid: u32,
+    /// Kubernetes pod and node names when the downward API provides them.
+    pub pod: Option<String>,
+    pub node: Option<String>,
+}
+
+impl Identity {
+    pub fn current() -> Self {
+        let hostname = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown".to_string());
+        let from_env = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+        };
+        Identity {
+            hostname,
+            pid: std::process::id(),
+            pod: from_env(&["LOCKWRAP_POD_NAME", "POD_NAME"]),
+            node: from_env(&["LOCKWRAP_NODE_NAME", "NODE_NAME"]),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        let mut holder = BTreeMap::new();
+        holder.insert("hostname", json!(self.hostname));
+        holder.insert("pid", json!(self.pid));
+        if let Some(pod) = &self.pod {
+            holder.insert("pod", json!(pod));
+        }
+        if let Some(node) = &self.node {
+            holder.insert("node", json!(node));
+        }
+        json!(holder)
+    }
+}
+
+/// The value written with the acquire.
+pub fn encode(
+    key: &str,
+    session: &str,
+    created: &str,
+    seconds_to_lock: f64,
+    metadata: Option<&Value>,
+    identity: &Identity,
+) -> Vec<u8> {
+    let mut map = BTreeMap::new();
+    map.insert("created", json!(created));
+    map.insert("holder", identity.to_json());
+    map.insert("key", json!(key));
+    if let Some(meta) = metadata {
+        map.insert("metadata", meta.clone());
+    }
+    map.insert("secondsToLock", json!(seconds_to_lock));
+    map.insert("session", json!(session));
+    // Serialising a map of JSON values cannot fail.
+    serde_json::to_vec_pretty(&map).unwrap_or_default()
+}
+
+/// Reads a lock entry written by lockwrap, consullock or anything else (unknown values are
+/// kept as "no details"); `key` is the user's name for the lock.
+pub fn decode(key: &str, pair: &KvPair) -> LockInfo {
+    let parsed: Option<Value> = serde_json::from_slice(&pair.value_bytes()).ok();
+    let field = |name: &str| parsed.as_ref().and_then(|v| v.get(name)).cloned();
+    LockInfo {
+        key: key.to_string(),
+        session: pair.holder().map(str::to_string),
+        created: field("created").and_then(|v| v.as_str().map(str::to_string)),
+        seconds_to_lock: field("secondsToLock").and_then(|v| v.as_f64()),
+        metadata: field("metadata"),
+        holder: field("holder"),
+        fencing_token: Some(pair.modify_index),
+    }
+}
+
+/// Now in UTC, as consullock writes it (`2017-11-30T14:55:49.322108`).
+pub fn now_iso8601() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]"
+    );
+    now.format(&format).unwrap_or_else(|_| now.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    fn pair(value: &str, session: Option<&str>) -> KvPair {
+        KvPair {
+            key: "k".into(),
+            create_index: 1,
+            modify_index: 42,
+            lock_index: 1,
+            flags: 0,
+            value: Some(base64::engine::general_purpose::STANDARD.encode(value)),
+            session: session.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn value_is_pretty_with_sorted_keys() {
+        let identity = Identity {
+            hostname: "h".into(),
+            pid: 7,
+            pod: None,
+            node: None,
+        };
+        let bytes = encode(
+            "a/b",
+            "s1",
+            "2020-01-01T00:00:00.000000",
+            0.5,
+            Some(&json!({"x": 1})),
+            &identity,
+        );
+        let text = String::from_utf8(bytes).unwrap();
+        let order: Vec<usize> = [
+            "created",
+            "holder",
+            "key",
+            "metadata",
+            "secondsToLock",
+            "session",
+        ]
+        .iter()
+        .map(|k| text.find(&format!("\"{k}\"")).unwrap())
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        assert!(text.contains('\n'));
+    }
+
+    #[test]
+    fn reads_consullock_values() {
+        let written_by_consullock = r#"{"created": "2017-12-05T12:26:13.717995", "key": "my/lock", "metadata": {"testing": 123}, "secondsToLock": 4.3, "session": "6ad662de"}"#;
+        let info = decode("my/lock", &pair(written_by_consullock, Some("6ad662de")));
+        assert_eq!(info.created.as_deref(), Some("2017-12-05T12:26:13.717995"));
+        assert_eq!(info.metadata, Some(json!({"testing": 123})));
+        assert_eq!(info.session.as_deref(), Some("6ad662de"));
+        assert_eq!(info.fencing_token, Some(42));
+        assert!(info.holder.is_none());
+    }
+
+    #[test]
+    fn tolerates_foreign_values() {
+        let info = decode("k", &pair("not json", Some("")));
+        assert_eq!(info.session, None);
+        assert_eq!(info.created, None);
+    }
+
+    #[test]
+    fn timestamp_shape() {
+        let ts = now_iso8601();
+        assert_eq!(ts.len(), 26, "{ts}");
+        assert_eq!(&ts[10..11], "T");
+    }
+}

@@ -1,0 +1,298 @@
+//! The lock-store boundary: request/answer types shared by every backend, the small
+//! [`LockBackend`] trait the library API is written against, and the Consul implementation.
+
+pub mod consul;
+pub mod error;
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+pub use error::BackendError;
+
+/// Where the lock lives in the KV store (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// consullock-compatible: the lock is the key itself.
+    #[default]
+    Default,
+    /// HashiCorp `consul lock PREFIX` / Go `api.Lock`: the lock is `<prefix>/.lock`.
+    ConsulLock,
+}
+
+/// What Consul does with the key when the session is invalidated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Behavior {
+    #[default]
+    Release,
+    Delete,
+}
+
+impl Behavior {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Behavior::Release => "release",
+            Behavior::Delete => "delete",
+        }
+    }
+}
+
+/// Health checks the session is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Checks {
+    /// The agent's default: `serfHealth` of the node the agent runs on.
+    #[default]
+    AgentDefault,
+    /// No checks: the session lives by TTL alone (right for pods talking to a remote agent).
+    None,
+    /// Exactly these check IDs.
+    List(Vec<String>),
+}
+
+/// How the session that holds the lock is created and kept alive.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionSettings {
+    /// Session name; `None` = `lockwrap <key> on <hostname> pid <pid>`.
+    pub name: Option<String>,
+    /// `None` = a session without TTL (invalidated only by checks or explicitly).
+    pub ttl: Option<Duration>,
+    pub lock_delay: Duration,
+    pub behavior: Behavior,
+    pub checks: Checks,
+    /// Register an agent TTL check of this TTL, keep it passing, and bind the session to it.
+    pub health_check_ttl: Option<Duration>,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            name: None,
+            ttl: Some(Duration::from_secs(15)),
+            lock_delay: Duration::from_secs(15),
+            behavior: Behavior::Release,
+            checks: Checks::AgentDefault,
+            health_check_ttl: None,
+        }
+    }
+}
+
+/// How long to wait for a lock held by someone else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wait {
+    /// One attempt only.
+    NonBlocking,
+    /// Wait, woken by blocking queries, or by polling every `poll` when given
+    /// (consullock's `-i`); give up after `timeout` when given.
+    #[default]
+    Blocking,
+    BlockingFor {
+        timeout: Option<Duration>,
+        poll: Option<Duration>,
+    },
+}
+
+impl Wait {
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            Wait::BlockingFor { timeout, .. } => *timeout,
+            _ => None,
+        }
+    }
+
+    pub fn poll(&self) -> Option<Duration> {
+        match self {
+            Wait::BlockingFor { poll, .. } => *poll,
+            _ => None,
+        }
+    }
+}
+
+/// Once held, how the lease is watched (SPEC §7).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HoldSettings {
+    /// Renew the session and watch the key in the background. Off for CLI `lock`, which
+    /// leaves the lock behind on purpose.
+    pub keep_alive: bool,
+    /// Time the holder needs to stop its work once loss is declared; the local lease deadline
+    /// fires this much (plus a margin) before the session can expire.
+    pub kill_grace: Duration,
+    /// Consecutive failed watch reads tolerated before the lock counts as lost.
+    pub monitor_retry: u32,
+}
+
+impl Default for HoldSettings {
+    fn default() -> Self {
+        HoldSettings {
+            keep_alive: true,
+            kill_grace: Duration::from_secs(5),
+            monitor_retry: 3,
+        }
+    }
+}
+
+/// Everything needed to acquire one lock.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockRequest {
+    pub key: String,
+    pub layout: Layout,
+    /// Number of holders: 1 = a lock, more = Consul's semaphore recipe.
+    pub limit: u32,
+    pub session: SessionSettings,
+    pub wait: Wait,
+    pub metadata: Option<Value>,
+    pub hold: HoldSettings,
+}
+
+impl LockRequest {
+    pub fn new(key: impl Into<String>) -> Self {
+        LockRequest {
+            key: key.into(),
+            layout: Layout::Default,
+            limit: 1,
+            session: SessionSettings::default(),
+            wait: Wait::Blocking,
+            metadata: None,
+            hold: HoldSettings::default(),
+        }
+    }
+}
+
+/// Who holds (or held) a lock, read from the store.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LockInfo {
+    /// The lock's name as the user gave it.
+    pub key: String,
+    /// The holding session (`None` when the key exists but is not held).
+    pub session: Option<String>,
+    /// When the holder acquired it, as the holder wrote it.
+    pub created: Option<String>,
+    #[serde(rename = "secondsToLock")]
+    pub seconds_to_lock: Option<f64>,
+    pub metadata: Option<Value>,
+    /// lockwrap's `{"hostname","pid","pod"?,"node"?}`.
+    pub holder: Option<Value>,
+    /// The entry's `ModifyIndex`: for the current holder, its fencing token.
+    #[serde(rename = "fencingToken")]
+    pub fencing_token: Option<u64>,
+}
+
+impl LockInfo {
+    /// A short "who" for log lines: `host pid 123 (session abc…)`.
+    pub fn holder_summary(&self) -> String {
+        let who = self.holder.as_ref().and_then(|h| {
+            let host = h.get("pod").or_else(|| h.get("hostname"))?.as_str()?;
+            let pid = h.get("pid").and_then(Value::as_u64);
+            Some(match pid {
+                Some(pid) => format!("{host} pid {pid}"),
+                None => host.to_string(),
+            })
+        });
+        match (who, &self.session) {
+            (Some(who), Some(s)) => format!("{who} (session {s})"),
+            (Some(who), None) => who,
+            (None, Some(s)) => format!("session {s}"),
+            (None, None) => "nobody".to_string(),
+        }
+    }
+}
+
+/// Why a held lock stopped being ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LossReason {
+    /// Another session holds the key now.
+    HolderChanged(String),
+    /// The key was deleted.
+    KeyDeleted,
+    /// The session was destroyed or invalidated (renew answered 404).
+    SessionInvalidated,
+    /// No successful renew for so long that the session may expire before the child could be
+    /// stopped: the local lease deadline passed.
+    LeaseDeadline,
+    /// Watching the key failed more often than `monitor_retry` allows.
+    ConsulUnreachable(String),
+}
+
+impl std::fmt::Display for LossReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LossReason::HolderChanged(s) => write!(f, "the key is now held by session {s}"),
+            LossReason::KeyDeleted => f.write_str("the key was deleted"),
+            LossReason::SessionInvalidated => f.write_str("the session was invalidated"),
+            LossReason::LeaseDeadline => {
+                f.write_str("no successful renew before the local lease deadline")
+            }
+            LossReason::ConsulUnreachable(e) => write!(f, "Consul unreachable: {e}"),
+        }
+    }
+}
+
+/// The answer to an acquire.
+#[derive(Debug)]
+pub enum Acquired<L> {
+    /// The lock is ours.
+    Held(L),
+    /// Someone else holds it and the request said not to wait (their info, if readable).
+    Locked(Option<LockInfo>),
+    /// `timeout` passed.
+    TimedOut,
+    /// The stop token fired while waiting.
+    Cancelled,
+}
+
+/// Side effects around acquire attempts (the `--on-before-lock` / `--on-already-locked`
+/// hooks); the backend calls them, the caller decides what they do.
+pub trait AcquireObserver: Send + Sync {
+    fn before_attempt<'a>(&'a self, _key: &'a str) -> futures_lite::future::Boxed<()> {
+        Box::pin(async {})
+    }
+    fn already_locked<'a>(
+        &'a self,
+        _key: &'a str,
+        _holder: Option<&'a LockInfo>,
+    ) -> futures_lite::future::Boxed<()> {
+        Box::pin(async {})
+    }
+}
+
+/// An observer that does nothing.
+pub struct NoObserver;
+impl AcquireObserver for NoObserver {}
+
+/// The operations a lock store offers; the library API (`crate::locks`) is written against it.
+#[allow(async_fn_in_trait)]
+pub trait LockBackend {
+    /// A held lock: reports loss and releases.
+    type Lease: HeldLock;
+
+    async fn acquire(
+        &self,
+        request: &LockRequest,
+        observer: &dyn AcquireObserver,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<Acquired<Self::Lease>, BackendError>;
+
+    /// The current holder of `key` (`None` when absent or unheld).
+    async fn find(&self, key: &str, layout: Layout) -> Result<Option<LockInfo>, BackendError>;
+
+    /// Every key under `prefix` with its holder (`None` when unheld).
+    async fn list(
+        &self,
+        prefix: &str,
+        layout: Layout,
+    ) -> Result<Vec<(String, Option<LockInfo>)>, BackendError>;
+
+    /// Forces `key` free whoever holds it; returns whether it was held.
+    async fn release(&self, key: &str, layout: Layout) -> Result<bool, BackendError>;
+}
+
+/// A lock this process holds.
+#[allow(async_fn_in_trait)]
+pub trait HeldLock {
+    fn info(&self) -> &LockInfo;
+    /// Resolves when the lock is lost (never, while it is held).
+    async fn lost(&mut self) -> LossReason;
+    /// Releases the lock and destroys the session (and check) it created.
+    async fn release(self) -> Result<(), BackendError>;
+}

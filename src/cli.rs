@@ -1,0 +1,321 @@
+//! Command-line definitions (clap). Flags are raw strings here; `config` validates them
+//! together with the environment and the YAML file.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// lockwrap: run a program only while holding a distributed lock in Consul.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lockwrap",
+    version,
+    about = "Run a program only while holding a distributed lock in Consul",
+    long_about = "Run a program only while holding a distributed lock in Consul (sessions + KV).\n\
+                  Container ENTRYPOINT wrapper and PID 1, Kubernetes leader-election sidecar, and a \
+                  consullock-compatible CLI. JSON on stdout, logs on stderr.",
+    after_help = "Exit codes: 0 ok, 1 missing setting, 2 bad env/config file, 3 bad argument, \
+                  4 ACL denied, 5 timeout, 6 bad key, 7 bad TTL, 8 Consul unreachable, \
+                  100 locked, 101 lock lost, 126/127 command not executable/not found, \
+                  otherwise the command's own code (128+N when killed by signal N)."
+)]
+pub struct Cli {
+    /// Increase log verbosity on stderr (-v info of every transition, -vv debug, -vvv trace).
+    #[arg(short = 'v', action = ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Log format on stderr: text or json (env LOCKWRAP_LOG_FORMAT).
+    #[arg(long, global = true, value_name = "text|json")]
+    pub log_format: Option<String>,
+
+    /// YAML config file (env LOCKWRAP_CONFIG); flags override env, env overrides the file.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub consul: ConsulArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Consul connection flags; each also reads Consul's own environment variable.
+#[derive(Debug, Args, Default, Clone)]
+pub struct ConsulArgs {
+    /// Consul agent address: host:port, http://… or https://… [env CONSUL_HTTP_ADDR; default 127.0.0.1:8500]
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub consul_addr: Option<String>,
+    /// Use HTTPS when the address has no scheme [env CONSUL_HTTP_SSL]
+    #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub consul_ssl: Option<String>,
+    /// ACL token, sent as X-Consul-Token and never logged [env CONSUL_HTTP_TOKEN]
+    #[arg(long, global = true, value_name = "TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// File holding the ACL token [env CONSUL_HTTP_TOKEN_FILE]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub consul_token_file: Option<String>,
+    /// CA certificate file (PEM) to verify Consul's TLS certificate [env CONSUL_CACERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub consul_cacert: Option<String>,
+    /// Directory of CA certificates (PEM) [env CONSUL_CAPATH]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub consul_capath: Option<String>,
+    /// Client certificate for mutual TLS [env CONSUL_CLIENT_CERT]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub consul_client_cert: Option<String>,
+    /// Client key for mutual TLS [env CONSUL_CLIENT_KEY]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub consul_client_key: Option<String>,
+    /// Server name (SNI) expected in Consul's certificate [env CONSUL_TLS_SERVER_NAME]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub consul_tls_server_name: Option<String>,
+    /// Verify Consul's TLS certificate (default true) [env CONSUL_HTTP_SSL_VERIFY]
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub consul_ssl_verify: Option<String>,
+    /// Consul datacenter to use [env CONSUL_DATACENTER]
+    #[arg(long, global = true, value_name = "DC")]
+    pub datacenter: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Acquire a lock and leave it held (consullock `lock`); prints the lock as JSON.
+    #[command(
+        after_help = "Example:\n  lockwrap lock --session-ttl 600 --metadata '{\"job\":42}' my/lock\n  \
+                            lockwrap lock --non-blocking my/lock || echo \"taken (exit $?)\""
+    )]
+    Lock(LockCmd),
+    /// Release a lock, or every lock matching a regex with -r; prints what was released.
+    #[command(after_help = "Example:\n  lockwrap unlock my/lock\n  lockwrap unlock -r 'jobs/.*'")]
+    Unlock(UnlockCmd),
+    /// Run a shell string while holding the lock (consullock `execute`); exits with its code.
+    #[command(
+        after_help = "Example:\n  lockwrap execute --timeout 300 deploy/prod './deploy.sh --all'"
+    )]
+    Execute(ExecuteCmd),
+    /// Show who holds a lock (or every lock matching a regex with -r) as JSON.
+    #[command(after_help = "Example:\n  lockwrap status my/lock\n  lockwrap status -r 'jobs/.*'")]
+    Status(StatusCmd),
+    /// Run a command only while holding the lock: the container ENTRYPOINT / PID 1 mode.
+    #[command(
+        after_help = "Example:\n  lockwrap run --key service/billing/leader --http-addr :8080 -- ./billing --serve\n  \
+                            LOCKWRAP_KEY=cron/report lockwrap run --shell -- 'make report && upload'"
+    )]
+    Run(RunCmd),
+    /// Campaign for leadership with no command; report it over HTTP and a status file.
+    #[command(
+        after_help = "Example:\n  lockwrap sidecar --key service/app/leader --http-addr 0.0.0.0:8080 \\\n    \
+                            --status-file /var/run/lockwrap/status.json --on-acquired /hooks/promote"
+    )]
+    Sidecar(SidecarCmd),
+}
+
+/// Options shared by every command that acquires a lock.
+#[derive(Debug, Args, Default, Clone)]
+pub struct LockArgs {
+    /// Session TTL: 10s…86400s, or 0 for none (lock default 86400s; run/execute/sidecar 15s)
+    #[arg(long, value_name = "DURATION")]
+    pub session_ttl: Option<String>,
+    /// Consul lock-delay after the session is invalidated, 0…60s (default 15s; explicit 0 honoured)
+    #[arg(long, value_name = "DURATION")]
+    pub lock_delay: Option<String>,
+    /// What happens to the key when the session is invalidated: release or delete
+    #[arg(long, value_name = "release|delete")]
+    pub session_behavior: Option<String>,
+    /// Health checks bound to the session: `none`, or check IDs separated by commas (default: the agent's serfHealth)
+    #[arg(long, value_name = "none|CHECK,…")]
+    pub session_checks: Option<String>,
+    /// Session name (default "lockwrap <key> on <hostname> pid <pid>")
+    #[arg(long, value_name = "NAME")]
+    pub session_name: Option<String>,
+    /// Register an agent TTL check kept passing while lockwrap is healthy and bind the session to it: a crashed holder's lock is freed ~this long after the crash
+    #[arg(long, value_name = "DURATION")]
+    pub health_check_ttl: Option<String>,
+    /// Do not wait: exit 100 if the lock is taken
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub non_blocking: bool,
+    /// Give up waiting after this long (exit 5); 0 = never
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Poll every DURATION instead of waiting with blocking queries (consullock's -i)
+    #[arg(short = 'i', long = "poll-interval", value_name = "DURATION")]
+    pub poll_interval: Option<String>,
+    /// Extra JSON stored with the lock (visible to `status` and other holders)
+    #[arg(long, value_name = "JSON")]
+    pub metadata: Option<String>,
+    /// Executable(s) run as `EXE <key>` before every acquire attempt; failures ignored
+    #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    pub on_before_lock: Vec<String>,
+    /// Executable(s) run as `EXE <key>` after every attempt that found the lock taken
+    #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    pub on_already_locked: Vec<String>,
+    /// Key layout: default (consullock: the key is the lock) or consul-lock (`<prefix>/.lock`, interoperates with `consul lock`)
+    #[arg(long, value_name = "default|consul-lock")]
+    pub layout: Option<String>,
+    /// Number of holders allowed; more than 1 uses Consul's semaphore recipe (like `consul lock -n`)
+    #[arg(short = 'n', long = "limit", value_name = "N")]
+    pub limit: Option<String>,
+}
+
+/// Options of the supervising commands (execute, run, sidecar).
+#[derive(Debug, Args, Default, Clone)]
+pub struct SupervisorArgs {
+    /// Time between SIGTERM and SIGKILL when the command must stop (default 5s)
+    #[arg(long, value_name = "DURATION")]
+    pub kill_grace: Option<String>,
+    /// Executable(s) run as `EXE <key>` once the lock is held
+    #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    pub on_acquired: Vec<String>,
+    /// Executable(s) run as `EXE <key>` when the lock is lost (started as the command is stopped)
+    #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    pub on_lost: Vec<String>,
+    /// Executable(s) run as `EXE <key>` after the lock was released
+    #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    pub on_released: Vec<String>,
+    /// Upper bound for each hook run and webhook call (default 30s)
+    #[arg(long, value_name = "DURATION")]
+    pub hook_timeout: Option<String>,
+    /// URL receiving every lock event as a JSON POST (in the background)
+    #[arg(long, value_name = "URL")]
+    pub webhook: Option<String>,
+    /// Consecutive failed reads while watching the lock before it counts as lost (default 3)
+    #[arg(long, value_name = "N")]
+    pub monitor_retry: Option<String>,
+    /// Become a child subreaper (PR_SET_CHILD_SUBREAPER) and reap orphaned descendants (automatic as PID 1)
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub subreaper: bool,
+    /// Serve /healthz, /readyz, /leader and /metrics on this address (e.g. 0.0.0.0:8080 or :8080)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
+    /// /readyz answers 200 on standbys too (for pods whose traffic should not follow the lock)
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub ready_always: bool,
+    /// Write the leadership state as JSON to this file on every change (atomically)
+    #[arg(long, value_name = "PATH")]
+    pub status_file: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LockCmd {
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// The lock key
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UnlockCmd {
+    /// Treat KEY as a regular expression that must match whole keys; release every match
+    #[arg(short = 'r', long = "regex", action = ArgAction::SetTrue)]
+    pub regex: bool,
+    /// Key layout: default or consul-lock
+    #[arg(long, value_name = "default|consul-lock")]
+    pub layout: Option<String>,
+    /// The lock key (or regex with -r)
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusCmd {
+    /// Treat KEY as a regular expression that must match whole keys
+    #[arg(short = 'r', long = "regex", action = ArgAction::SetTrue)]
+    pub regex: bool,
+    /// Key layout: default or consul-lock
+    #[arg(long, value_name = "default|consul-lock")]
+    pub layout: Option<String>,
+    /// The lock key (or regex with -r)
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecuteCmd {
+    #[command(flatten)]
+    pub lock: LockArgs,
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
+    /// The lock key
+    pub key: Option<String>,
+    /// Shell string run with /bin/sh -c while the lock is held
+    pub executable: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunCmd {
+    /// The lock key [env LOCKWRAP_KEY]
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
+    /// Run the command through /bin/sh -c (the arguments are joined with spaces)
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub shell: bool,
+    /// The command and its arguments (after `--`)
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct SidecarCmd {
+    /// The lock key [env LOCKWRAP_KEY]
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    #[command(flatten)]
+    pub supervisor: SupervisorArgs,
+    /// Exit 101 when the lock is lost instead of campaigning again
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub exit_on_loss: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_command_after_double_dash() {
+        let cli = Cli::try_parse_from(["lockwrap", "run", "--key", "k", "--", "sleep", "-x", "1"])
+            .unwrap();
+        match cli.command {
+            Command::Run(run) => {
+                assert_eq!(run.key.as_deref(), Some("k"));
+                assert_eq!(run.command, vec!["sleep", "-x", "1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn hooks_take_several_values_before_double_dash() {
+        let cli = Cli::try_parse_from([
+            "lockwrap",
+            "lock",
+            "--on-before-lock",
+            "a",
+            "b",
+            "--",
+            "my/lock",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Lock(lock) => {
+                assert_eq!(lock.lock.on_before_lock, vec!["a", "b"]);
+                assert_eq!(lock.key.as_deref(), Some("my/lock"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

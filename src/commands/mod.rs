@@ -1,0 +1,43 @@
+//! One file per subcommand; [`run`] dispatches. Commands turn results into an [`Outcome`]
+//! and never pick exit codes themselves.
+
+mod acquire;
+mod lock;
+mod query;
+mod sidecar;
+mod supervise;
+
+use std::sync::Arc;
+
+use crate::backend::consul::{ConsulBackend, ConsulClient};
+use crate::config::{Config, Mode};
+use crate::exit::{Error, ErrorKind, Outcome};
+use crate::locks::LockManager;
+use crate::supervisor::ProcessControl;
+use crate::telemetry::Telemetry;
+
+/// Runs the configured subcommand to completion.
+pub async fn run(config: Config, process: ProcessControl) -> Outcome {
+    let telemetry = Arc::new(Telemetry::new(&config.request.key));
+    let manager = match manager(&config, telemetry.clone()) {
+        Ok(m) => m,
+        Err(err) => return Outcome::Failed(err),
+    };
+    let result = match config.mode {
+        Mode::Lock => lock::lock(&config, &manager, process).await,
+        Mode::Unlock => query::unlock(&config, &manager).await,
+        Mode::Status => query::status(&config, &manager).await,
+        Mode::Execute | Mode::Run => supervise::run(&config, &manager, process, telemetry).await,
+        Mode::Sidecar => sidecar::run(&config, &manager, process, telemetry).await,
+    };
+    result.unwrap_or_else(Outcome::Failed)
+}
+
+fn manager(config: &Config, telemetry: Arc<Telemetry>) -> Result<LockManager, Error> {
+    let client = ConsulClient::new(&config.consul)
+        .map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
+    Ok(
+        LockManager::new(ConsulBackend::with_telemetry(client, telemetry))
+            .with_layout(config.request.layout),
+    )
+}

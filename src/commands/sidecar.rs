@@ -1,0 +1,99 @@
+//! `lockwrap sidecar`: campaign for leadership with no command, report it (HTTP, status file,
+//! hooks), and campaign again after a loss unless `--exit-on-loss`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::acquire;
+use super::supervise::start_reporting;
+use crate::backend::consul::value::now_iso8601;
+use crate::backend::{Acquired, HeldLock, Wait};
+use crate::config::Config;
+use crate::exit::{Error, ErrorKind, Outcome, Result};
+use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
+use crate::locks::LockManager;
+use crate::supervisor::ProcessControl;
+use crate::telemetry::Telemetry;
+
+/// Pause before campaigning again after a loss, so a flapping Consul is not hammered.
+const RECAMPAIGN_PAUSE: Duration = Duration::from_secs(1);
+
+pub async fn run(
+    config: &Config,
+    manager: &LockManager,
+    mut process: ProcessControl,
+    telemetry: Arc<Telemetry>,
+) -> Result<Outcome> {
+    start_reporting(config, &telemetry).await?;
+    let hooks = Hooks::new(config.hooks.clone(), process.spawner(), config.hook_timeout);
+    let observer = AcquireHooks {
+        hooks: hooks.clone(),
+    };
+    loop {
+        let started = Instant::now();
+        let (result, _signal) =
+            acquire::until_signal(manager, &config.request, &observer, &mut process.signals).await;
+        let mut lease = match result? {
+            Acquired::Held(lease) => lease,
+            Acquired::Cancelled => return Ok(Outcome::Success),
+            Acquired::TimedOut => {
+                return Ok(Outcome::Failed(Error::new(
+                    ErrorKind::Timeout,
+                    format!("timed out waiting for lock {}", config.request.key),
+                )))
+            }
+            Acquired::Locked(_) if config.request.wait == Wait::NonBlocking => {
+                return Ok(Outcome::Failed(Error::new(
+                    ErrorKind::Locked,
+                    format!("lock {} is taken", config.request.key),
+                )))
+            }
+            Acquired::Locked(_) => continue,
+        };
+        telemetry.acquired(lease.info(), started.elapsed(), now_iso8601());
+        tracing::info!(key = %config.request.key, session = lease.session(), fencing_token = lease.fencing_token(), "leader");
+        let ctx = EventContext::from_info(lease.info());
+        hooks.fire(Event::Acquired, &ctx).await;
+
+        let stop_signal = loop {
+            tokio::select! {
+                reason = lease.lost() => break Err(reason),
+                Some(signal) = process.signals.recv() => {
+                    if signal.requests_stop() {
+                        break Ok(signal);
+                    }
+                }
+            }
+        };
+        match stop_signal {
+            Ok(signal) => {
+                tracing::info!(signal = signal.name(), "stepping down");
+                telemetry.not_leader(false);
+                let _ = lease.release().await;
+                hooks.fire(Event::Released, &ctx).await;
+                return Ok(Outcome::Success);
+            }
+            Err(reason) => {
+                telemetry.not_leader(true);
+                let _ = lease.release().await;
+                hooks
+                    .fire(
+                        Event::Lost,
+                        &EventContext {
+                            detail: Some(reason.to_string()),
+                            ..ctx.clone()
+                        },
+                    )
+                    .await;
+                if config.exit_on_loss {
+                    return Ok(Outcome::Failed(Error::new(
+                        ErrorKind::LockLost,
+                        format!("lock {} lost: {reason}", config.request.key),
+                    )));
+                }
+                tracing::warn!(%reason, "leadership lost; campaigning again");
+                tokio::time::sleep(RECAMPAIGN_PAUSE).await;
+            }
+        }
+    }
+}

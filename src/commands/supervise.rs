@@ -1,0 +1,223 @@
+//! `lockwrap run` and `lockwrap execute`: hold the lock, run the command, and make sure the
+//! command is dead before anyone else can hold the lock (SPEC §7).
+//!
+//! States: waiting → holding+running → (child exited | lock lost | stop signal) → released.
+
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::acquire;
+use crate::backend::consul::value::now_iso8601;
+use crate::backend::consul::Lease;
+use crate::backend::{Acquired, HeldLock};
+use crate::config::Config;
+use crate::exit::{Error, ErrorKind, Outcome, Result};
+use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
+use crate::locks::LockManager;
+use crate::supervisor::{Child, CommandSpec, ExitStatus, ProcessControl, Signal, StdinMode};
+use crate::telemetry::Telemetry;
+
+/// Starts the optional HTTP server and status file shared by run and sidecar.
+pub async fn start_reporting(config: &Config, telemetry: &Arc<Telemetry>) -> Result<()> {
+    if let Some(addr) = config.http_addr {
+        crate::http::serve(addr, telemetry.clone(), config.ready_always).await?;
+    }
+    if let Some(path) = &config.status_file {
+        crate::http::spawn_status_file(path.clone(), telemetry);
+    }
+    Ok(())
+}
+
+pub async fn run(
+    config: &Config,
+    manager: &LockManager,
+    mut process: ProcessControl,
+    telemetry: Arc<Telemetry>,
+) -> Result<Outcome> {
+    start_reporting(config, &telemetry).await?;
+    let hooks = Hooks::new(config.hooks.clone(), process.spawner(), config.hook_timeout);
+    let observer = AcquireHooks {
+        hooks: hooks.clone(),
+    };
+    let started = Instant::now();
+    tracing::info!(key = %config.request.key, "waiting for the lock");
+    let (result, signal) =
+        acquire::until_signal(manager, &config.request, &observer, &mut process.signals).await;
+    let lease = match result? {
+        Acquired::Held(lease) => lease,
+        Acquired::Locked(holder) => {
+            let who = holder
+                .map(|h| format!(" (held by {})", h.holder_summary()))
+                .unwrap_or_default();
+            return Ok(Outcome::Failed(Error::new(
+                ErrorKind::Locked,
+                format!("lock {} is taken{who}", config.request.key),
+            )));
+        }
+        Acquired::TimedOut => {
+            return Ok(Outcome::Failed(Error::new(
+                ErrorKind::Timeout,
+                format!("timed out waiting for lock {}", config.request.key),
+            )))
+        }
+        Acquired::Cancelled => {
+            return Ok(Outcome::Interrupted(
+                signal.map(|s| s.number()).unwrap_or(15),
+            ))
+        }
+    };
+    telemetry.acquired(lease.info(), started.elapsed(), now_iso8601());
+    tracing::info!(key = %config.request.key, session = lease.session(), fencing_token = lease.fencing_token(), "lock acquired");
+    let ctx = EventContext::from_info(lease.info());
+    // Hooks run beside the command: the command's start must not wait on them.
+    let acquired_hooks = hooks.fire_detached(Event::Acquired, &ctx);
+
+    let spec = command_spec(config, &lease);
+    let child = match process.spawner().spawn(&spec) {
+        Ok(child) => child,
+        Err(err) => {
+            let kind = if err.exit_code() == 127 {
+                ErrorKind::CommandNotFound
+            } else {
+                ErrorKind::NotExecutable
+            };
+            finish(lease, &hooks, &ctx, &telemetry, false).await;
+            let _ = acquired_hooks.await;
+            return Ok(Outcome::Failed(Error::new(kind, err.to_string())));
+        }
+    };
+    tracing::info!(pid = child.pid.as_raw(), "command started");
+    let outcome = hold(config, lease, child, &mut process, &hooks, &ctx, &telemetry).await;
+    let _ = acquired_hooks.await;
+    Ok(outcome)
+}
+
+/// The loop while the command runs: returns when it exits, the lock is lost, or lockwrap is
+/// told to stop.
+async fn hold(
+    config: &Config,
+    mut lease: Lease,
+    mut child: Child,
+    process: &mut ProcessControl,
+    hooks: &Hooks,
+    ctx: &EventContext,
+    telemetry: &Telemetry,
+) -> Outcome {
+    let grace = config.request.hold.kill_grace;
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                tracing::info!(code = status.code(), "command exited");
+                // Nothing of the command may outlive the lock.
+                child.reap_group_leftovers(grace).await;
+                telemetry.child_exited(status.code());
+                finish(lease, hooks, ctx, telemetry, false).await;
+                return Outcome::Child(status.code());
+            }
+            reason = lease.lost() => {
+                let lost_hooks = hooks.fire_detached(Event::Lost, &EventContext {
+                    detail: Some(reason.to_string()),
+                    ..ctx.clone()
+                });
+                telemetry.not_leader(true);
+                tracing::warn!(%reason, grace = ?grace, "lock lost: stopping the command");
+                let status = child.stop(grace).await;
+                telemetry.child_exited(status.code());
+                let _ = lease.release().await;
+                let _ = tokio::time::timeout(config.hook_timeout, lost_hooks).await;
+                return Outcome::Failed(Error::new(
+                    ErrorKind::LockLost,
+                    format!(
+                        "lock {} lost ({reason}); the command was stopped ({})",
+                        ctx.key,
+                        describe(status)
+                    ),
+                ));
+            }
+            Some(signal) = process.signals.recv() => {
+                forward(&child, signal);
+                if signal.requests_stop() {
+                    let status = stop_after_signal(&mut child, grace).await;
+                    telemetry.child_exited(status.code());
+                    finish(lease, hooks, ctx, telemetry, false).await;
+                    return Outcome::Child(status.code());
+                }
+            }
+        }
+    }
+}
+
+/// After TERM/INT was forwarded: wait up to the grace for the command, then SIGKILL its group.
+async fn stop_after_signal(child: &mut Child, grace: Duration) -> ExitStatus {
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            tracing::warn!(grace = ?grace, "command still running after the grace period: SIGKILL");
+            let _ = child.signal_group(Signal::KILL);
+            child.wait().await
+        }
+    };
+    child.reap_group_leftovers(Duration::from_secs(1)).await;
+    status
+}
+
+fn forward(child: &Child, signal: Signal) {
+    tracing::debug!(signal = signal.name(), "forwarding signal to the command");
+    if let Err(err) = child.signal_group(signal) {
+        tracing::debug!(signal = signal.name(), %err, "could not forward signal");
+    }
+}
+
+/// Releases the lock, destroys the session, runs the released hooks.
+async fn finish(
+    lease: Lease,
+    hooks: &Hooks,
+    ctx: &EventContext,
+    telemetry: &Telemetry,
+    lost: bool,
+) {
+    telemetry.not_leader(lost);
+    if let Err(err) = lease.release().await {
+        tracing::warn!(%err, "releasing the lock failed; the session was destroyed");
+    }
+    hooks.fire(Event::Released, ctx).await;
+}
+
+fn command_spec(config: &Config, lease: &Lease) -> CommandSpec {
+    let (program, args): (OsString, Vec<OsString>) = if config.shell {
+        let joined = config
+            .command
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        ("/bin/sh".into(), vec!["-c".into(), joined.into()])
+    } else {
+        let mut parts = config.command.clone().into_iter();
+        (parts.next().unwrap_or_default(), parts.collect())
+    };
+    CommandSpec {
+        program,
+        args,
+        env: vec![
+            ("CONSUL_LOCK_HELD".into(), "true".into()),
+            ("LOCKWRAP_KEY".into(), config.request.key.clone().into()),
+            ("LOCKWRAP_SESSION".into(), lease.session().into()),
+            (
+                "LOCKWRAP_FENCING_TOKEN".into(),
+                lease.fencing_token().to_string().into(),
+            ),
+        ],
+        stdin: StdinMode::Inherit,
+        stdout_to_stderr: false,
+        own_process_group: true,
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Exited(code) => format!("exit code {code}"),
+        ExitStatus::Signaled(sig) => format!("killed by signal {sig}"),
+    }
+}

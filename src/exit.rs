@@ -1,0 +1,138 @@
+//! The exit-code table (SPEC §6) and the one place where an outcome becomes a process exit code.
+
+use std::fmt;
+
+/// Every failure lockwrap reports, each with its documented exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A required setting (e.g. the key) is missing.
+    MissingSetting,
+    /// An environment variable or the YAML config file holds an invalid value.
+    InvalidEnvironment,
+    /// A command-line argument is invalid (incl. layout/flags and semaphore limit conflicts).
+    InvalidArgument,
+    /// Consul's ACL system refused the request (HTTP 403).
+    PermissionDenied,
+    /// The lock could not be acquired within `--timeout`.
+    Timeout,
+    /// The key breaks the key rules (SPEC §3).
+    InvalidKey,
+    /// The session TTL is outside 10 s … 86400 s (or 0).
+    InvalidTtl,
+    /// Consul could not be reached, or answered unexpectedly, after retries.
+    ConsulUnavailable,
+    /// The lock is held by someone else and the caller asked not to wait.
+    Locked,
+    /// The lock was lost while the command ran; the command was stopped.
+    LockLost,
+    /// The command exists but cannot be executed.
+    NotExecutable,
+    /// The command does not exist.
+    CommandNotFound,
+}
+
+impl ErrorKind {
+    /// The process exit code documented for this failure.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::MissingSetting => 1,
+            ErrorKind::InvalidEnvironment => 2,
+            ErrorKind::InvalidArgument => 3,
+            ErrorKind::PermissionDenied => 4,
+            ErrorKind::Timeout => 5,
+            ErrorKind::InvalidKey => 6,
+            ErrorKind::InvalidTtl => 7,
+            ErrorKind::ConsulUnavailable => 8,
+            ErrorKind::Locked => 100,
+            ErrorKind::LockLost => 101,
+            ErrorKind::NotExecutable => 126,
+            ErrorKind::CommandNotFound => 127,
+        }
+    }
+}
+
+/// A failure with its kind (which decides the exit code) and a one-line message for stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Prefixes the message with what was being done, keeping the kind.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        Error {
+            kind: self.kind,
+            message: format!("{what}: {}", self.message),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a subcommand ended; `main` turns it into the process exit code and nothing else does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything went as asked.
+    Success,
+    /// The wrapped command's own code (N, or 128+S when a signal killed it).
+    Child(i32),
+    /// A documented failure; its message has already been logged or is printed by `main`.
+    Failed(Error),
+    /// Exiting because lockwrap itself received a signal while waiting (128+S).
+    Interrupted(i32),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Child(code) => *code,
+            Outcome::Failed(err) => err.kind.exit_code(),
+            Outcome::Interrupted(signal) => 128 + signal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_match_the_spec_table() {
+        let table = [
+            (ErrorKind::MissingSetting, 1),
+            (ErrorKind::InvalidEnvironment, 2),
+            (ErrorKind::InvalidArgument, 3),
+            (ErrorKind::PermissionDenied, 4),
+            (ErrorKind::Timeout, 5),
+            (ErrorKind::InvalidKey, 6),
+            (ErrorKind::InvalidTtl, 7),
+            (ErrorKind::ConsulUnavailable, 8),
+            (ErrorKind::Locked, 100),
+            (ErrorKind::LockLost, 101),
+            (ErrorKind::NotExecutable, 126),
+            (ErrorKind::CommandNotFound, 127),
+        ];
+        for (kind, code) in table {
+            assert_eq!(kind.exit_code(), code, "{kind:?}");
+        }
+        assert_eq!(Outcome::Interrupted(15).exit_code(), 143);
+        assert_eq!(Outcome::Child(3).exit_code(), 3);
+    }
+}

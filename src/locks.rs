@@ -1,0 +1,270 @@
+//! The library API, the same operations as the CLI (consullock's `ConsulLockManager`):
+//! acquire (a guard that releases), find, find_regex, release, release_all, release_regex,
+//! execute.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lockwrap::exit::Error> {
+//! use lockwrap::locks::LockManager;
+//! let manager = LockManager::from_env()?;
+//! let lease = manager.acquire("my/lock").await?;   // blocks until held
+//! // ... work while holding it; `lease.lost()` resolves if it is lost ...
+//! lease.release().await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeMap;
+
+use regex::Regex;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::consul::{ConsulBackend, ConsulClient, ConsulSettings, Lease};
+use crate::backend::{
+    AcquireObserver, Acquired, HeldLock, Layout, LockBackend, LockInfo, LockRequest, NoObserver,
+};
+use crate::exit::{Error, ErrorKind, Result};
+use crate::key;
+
+/// Lock operations against one lock store.
+pub struct LockManager<B: LockBackend = ConsulBackend> {
+    backend: B,
+    layout: Layout,
+}
+
+impl LockManager<ConsulBackend> {
+    /// A manager for the Consul agent named by `CONSUL_HTTP_ADDR` and friends (SPEC §1).
+    pub fn from_env() -> Result<Self> {
+        let settings = crate::config::consul_settings_from_env()?;
+        Self::connect(&settings)
+    }
+
+    pub fn connect(settings: &ConsulSettings) -> Result<Self> {
+        let client = ConsulClient::new(settings)
+            .map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
+        Ok(Self::new(ConsulBackend::new(client)))
+    }
+}
+
+impl<B: LockBackend> LockManager<B> {
+    pub fn new(backend: B) -> Self {
+        LockManager {
+            backend,
+            layout: Layout::Default,
+        }
+    }
+
+    /// Use HashiCorp `consul lock`'s layout (`<prefix>/.lock`) for every operation.
+    pub fn with_layout(mut self, layout: Layout) -> Self {
+        self.layout = layout;
+        self
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Blocks until `key` is held, with default settings (renewed session, TTL 15 s).
+    pub async fn acquire(&self, key: &str) -> Result<B::Lease> {
+        let mut request = LockRequest::new(key);
+        request.layout = self.layout;
+        match self
+            .acquire_with(&request, &NoObserver, &CancellationToken::new())
+            .await?
+        {
+            Acquired::Held(lease) => Ok(lease),
+            Acquired::Locked(_) => Err(Error::new(ErrorKind::Locked, format!("{key} is locked"))),
+            Acquired::TimedOut => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("timed out acquiring {key}"),
+            )),
+            Acquired::Cancelled => Err(Error::new(
+                ErrorKind::Timeout,
+                format!("cancelled acquiring {key}"),
+            )),
+        }
+    }
+
+    /// Acquire with every option: blocking mode, timeout, session settings, hooks, and a stop
+    /// token that aborts the wait (the session is destroyed, nothing is left in the store).
+    pub async fn acquire_with(
+        &self,
+        request: &LockRequest,
+        observer: &dyn AcquireObserver,
+        stop: &CancellationToken,
+    ) -> Result<Acquired<B::Lease>> {
+        key::validate(&request.key)?;
+        self.backend
+            .acquire(request, observer, stop)
+            .await
+            .map_err(|e| Error::from(e).context(format!("acquiring {}", request.key)))
+    }
+
+    /// The holder of `key`, or `None` when it is not locked.
+    pub async fn find(&self, key: &str) -> Result<Option<LockInfo>> {
+        key::validate(key)?;
+        Ok(self.backend.find(key, self.layout).await?)
+    }
+
+    /// Every key whose whole name matches `pattern`, with its holder (`None` = not locked).
+    /// Only the regex's literal prefix is listed from the store.
+    pub async fn find_regex(&self, pattern: &str) -> Result<BTreeMap<String, Option<LockInfo>>> {
+        let regex = whole_match(pattern)?;
+        let prefix = literal_prefix(pattern);
+        let found = self.backend.list(&prefix, self.layout).await?;
+        Ok(found
+            .into_iter()
+            .filter(|(k, _)| regex.is_match(k))
+            .collect())
+    }
+
+    /// Forces `key` free; returns whether it was locked.
+    pub async fn release(&self, key: &str) -> Result<bool> {
+        key::validate(key)?;
+        Ok(self.backend.release(key, self.layout).await?)
+    }
+
+    /// Releases each key; returns the ones that were locked.
+    pub async fn release_all<I, S>(&self, keys: I) -> Result<Vec<String>>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut released = Vec::new();
+        for key in keys {
+            if self.release(key.as_ref()).await? {
+                released.push(key.as_ref().to_string());
+            }
+        }
+        Ok(released)
+    }
+
+    /// Releases every locked key whose whole name matches `pattern`; sorted.
+    pub async fn release_regex(&self, pattern: &str) -> Result<Vec<String>> {
+        let locked: Vec<String> = self
+            .find_regex(pattern)
+            .await?
+            .into_iter()
+            .filter(|(_, info)| info.is_some())
+            .map(|(k, _)| k)
+            .collect();
+        let mut released = self.release_all(locked).await?;
+        released.sort();
+        Ok(released)
+    }
+
+    /// Runs `shell` (`/bin/sh -c`) while holding `key`; returns its exit code (128+N when
+    /// killed by signal N). If the lock is lost the command is stopped and this returns
+    /// an error of kind `LockLost`. For the full supervisor (signals, reaping, hooks) use the
+    /// `execute` / `run` subcommands.
+    pub async fn execute(&self, key: &str, shell: &str) -> Result<i32>
+    where
+        B::Lease: Send,
+    {
+        let mut lease = self.acquire(key).await?;
+        let mut child = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(shell)
+            .env("CONSUL_LOCK_HELD", "true")
+            .env("LOCKWRAP_KEY", key)
+            .env(
+                "LOCKWRAP_FENCING_TOKEN",
+                lease.info().fencing_token.unwrap_or_default().to_string(),
+            )
+            .env(
+                "LOCKWRAP_SESSION",
+                lease.info().session.clone().unwrap_or_default(),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::new(ErrorKind::CommandNotFound, format!("/bin/sh: {e}")))?;
+        let outcome = tokio::select! {
+            status = child.wait() => Ok(status),
+            reason = lease.lost() => Err(reason),
+        };
+        match outcome {
+            Ok(status) => {
+                lease.release().await?;
+                let status = status.map_err(|e| {
+                    Error::new(
+                        ErrorKind::ConsulUnavailable,
+                        format!("waiting for the command: {e}"),
+                    )
+                })?;
+                use std::os::unix::process::ExitStatusExt;
+                Ok(status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+            }
+            Err(reason) => {
+                let _ = child.kill().await;
+                let _ = lease.release().await;
+                Err(Error::new(
+                    ErrorKind::LockLost,
+                    format!("lock {key} lost while the command ran: {reason}"),
+                ))
+            }
+        }
+    }
+}
+
+/// `pattern` anchored at both ends, so it must match the whole key (consullock semantics).
+pub fn whole_match(pattern: &str) -> Result<Regex> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("invalid regular expression {pattern:?}: {e}"),
+        )
+    })
+}
+
+/// The literal text every match of `pattern` starts with; listing only under it keeps
+/// `unlock -r` from reading the whole KV store.
+pub fn literal_prefix(pattern: &str) -> String {
+    let body = pattern.strip_prefix('^').unwrap_or(pattern);
+    let mut prefix = String::new();
+    let mut chars = body.chars().peekable();
+    while let Some(c) = chars.next() {
+        if "\\.^$*+?()[]{}|".contains(c) {
+            break;
+        }
+        // A quantifier makes the previous character optional or repeated.
+        if matches!(chars.peek(), Some('*' | '?' | '{')) {
+            break;
+        }
+        prefix.push(c);
+    }
+    // An alternation anywhere means no common literal prefix is guaranteed.
+    if pattern.contains('|') {
+        return String::new();
+    }
+    prefix
+}
+
+/// Used by `execute`/`lock` callers that want the observer to call hook executables.
+pub use crate::hooks::AcquireHooks;
+
+/// Compile-time reminder that the default manager's lease is the Consul one.
+pub type ConsulLease = Lease;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_prefixes() {
+        assert_eq!(literal_prefix("my/.*"), "my/");
+        assert_eq!(literal_prefix("^a/b[0-9]"), "a/b");
+        assert_eq!(literal_prefix("a/bc?"), "a/b");
+        assert_eq!(literal_prefix("a|b"), "");
+        assert_eq!(literal_prefix(".*"), "");
+        assert_eq!(literal_prefix("x\\.y"), "x");
+    }
+
+    #[test]
+    fn whole_key_must_match() {
+        let re = whole_match("a/b.*").unwrap();
+        assert!(re.is_match("a/bc"));
+        assert!(!re.is_match("x/a/bc"));
+        assert!(whole_match("(").is_err());
+        assert_eq!(whole_match("(").unwrap_err().kind.exit_code(), 3);
+    }
+}

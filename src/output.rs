@@ -1,0 +1,21 @@
+//! JSON on stdout: one line per invocation, keys sorted. Nothing else writes to stdout.
+
+use std::io::Write;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Prints `value` as one line of JSON with sorted keys.
+pub fn print<T: Serialize>(value: &T) {
+    // Going through `Value` sorts object keys (serde_json's map is ordered).
+    let value = serde_json::to_value(value).unwrap_or(Value::Null);
+    let mut stdout = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut stdout, &value);
+    let _ = stdout.write_all(b"\n");
+    let _ = stdout.flush();
+}
+
+/// Prints `null`.
+pub fn null() {
+    print(&Value::Null);
+}
