@@ -1,0 +1,28 @@
+# Benchmarks and chaos suite (issue 5). Owned by bench/ and chaos/; Python 3 standard library only.
+#   make bench        lockwrap vs `consul lock` (not part of `make test`; ~15 min)
+#   make bench-quick  small iteration counts (~5 min), results not written
+#   make chaos        full fault-injection run: >= 1,000 trials, bounded by CHAOS_BUDGET seconds
+#   make chaos-short  ~2 minute chaos run; part of `make test`
+PYTHON ?= python3
+BENCH_ARGS ?=
+CHAOS_ARGS ?=
+CHAOS_TRIALS ?= 1000
+CHAOS_BUDGET ?= 5400
+LOCKWRAP_BIN ?= $(CURDIR)/target/release/lockwrap
+
+.PHONY: bench bench-quick chaos chaos-short
+
+bench: consul build
+	$(PYTHON) bench/bench.py --lockwrap $(LOCKWRAP_BIN) $(BENCH_ARGS)
+
+bench-quick: consul build
+	$(PYTHON) bench/bench.py --lockwrap $(LOCKWRAP_BIN) --quick --out '' $(BENCH_ARGS)
+
+chaos: consul build
+	$(PYTHON) chaos/chaos.py --lockwrap $(LOCKWRAP_BIN) --trials $(CHAOS_TRIALS) \
+	  --budget $(CHAOS_BUDGET) --report chaos/results/latest.json $(CHAOS_ARGS)
+
+chaos-short: consul build
+	$(PYTHON) chaos/chaos.py --lockwrap $(LOCKWRAP_BIN) --short $(CHAOS_ARGS)
+
+TEST_TARGETS += chaos-short
