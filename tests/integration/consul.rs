@@ -1,0 +1,299 @@
+//! A real Consul agent for the tests: `consul agent -dev` on free loopback ports, one shared
+//! per test binary (stopped at exit) or a private one per test (stopped on drop).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running dev agent.
+pub struct Consul {
+    pub http_port: u16,
+    ports: [u16; 4],
+    extra: Vec<String>,
+    child: Mutex<Option<Child>>,
+}
+
+static SHARED: OnceLock<Consul> = OnceLock::new();
+static SHARED_PID: Mutex<Option<u32>> = Mutex::new(None);
+
+extern "C" fn stop_shared_agent() {
+    if let Ok(pid) = SHARED_PID.lock() {
+        if let Some(pid) = *pid {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+extern "C" {
+    fn atexit(cb: extern "C" fn()) -> i32;
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// The consul binary: on PATH (the Makefile puts .tools/bin first) or .tools/bin.
+pub fn consul_binary() -> String {
+    let local = concat!(env!("CARGO_MANIFEST_DIR"), "/.tools/bin/consul");
+    if std::path::Path::new(local).exists() {
+        local.to_string()
+    } else {
+        "consul".to_string()
+    }
+}
+
+impl Consul {
+    /// The agent shared by every test of this binary.
+    pub fn shared() -> &'static Consul {
+        SHARED.get_or_init(|| {
+            let consul = Consul::start();
+            *SHARED_PID.lock().expect("pid lock") = consul.pid();
+            // SAFETY: registering a plain extern "C" function.
+            unsafe { atexit(stop_shared_agent) };
+            consul
+        })
+    }
+
+    /// A private agent for tests that freeze, restart or reconfigure it.
+    pub fn start() -> Consul {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Consul {
+        let ports = [free_port(), free_port(), free_port(), free_port()];
+        let consul = Consul {
+            http_port: ports[0],
+            ports,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: Mutex::new(None),
+        };
+        consul.spawn();
+        consul
+    }
+
+    fn spawn(&self) {
+        let [http, lan, wan, server] = self.ports;
+        let child = Command::new(consul_binary())
+            .args([
+                "agent",
+                "-dev",
+                "-bind=127.0.0.1",
+                "-client=127.0.0.1",
+                "-log-level=warn",
+                &format!("-http-port={http}"),
+                "-dns-port=-1",
+                "-grpc-port=-1",
+                &format!("-serf-lan-port={lan}"),
+                &format!("-serf-wan-port={wan}"),
+                &format!("-server-port={server}"),
+            ])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start consul agent -dev (run `make consul` first)");
+        *self.child.lock().expect("child lock") = Some(child);
+        let ready = wait_until(Duration::from_secs(30), || {
+            matches!(self.get("/v1/status/leader"), Some((200, body)) if body.contains(':'))
+        });
+        assert!(ready, "consul agent on port {http} did not elect a leader");
+        // ACL-enabled agents need a moment more before the KV store answers.
+        wait_until(Duration::from_secs(10), || {
+            self.request("GET", "/v1/kv/?keys", None, Some("root"))
+                .map(|(s, _)| s == 200 || s == 404)
+                .unwrap_or(false)
+        });
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().ok()?.as_ref().map(|c| c.id())
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.http_port)
+    }
+
+    /// SIGSTOP the agent (no answers, connections hang).
+    pub fn freeze(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    pub fn thaw(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// Stops and starts the agent on the same ports (a dev agent loses all state).
+    pub fn restart(&self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&self) {
+        if let Some(mut child) = self.child.lock().expect("child lock").take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    // ---- a tiny HTTP/1.1 client, enough for test assertions ----
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        token: Option<&str>,
+    ) -> Option<(u16, String)> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let body = body.unwrap_or("");
+        let token = token
+            .map(|t| format!("X-Consul-Token: {t}\r\n"))
+            .unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{token}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).ok()?;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, rest) = text.split_once("\r\n\r\n")?;
+        let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        };
+        Some((status, body))
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        self.request("GET", path, None, Some("root"))
+    }
+
+    pub fn put(&self, path: &str, body: &str) -> Option<(u16, String)> {
+        self.request("PUT", path, Some(body), Some("root"))
+    }
+
+    /// The KV entry of `key` as Consul returns it (`None` when absent).
+    pub fn kv(&self, key: &str) -> Option<Value> {
+        match self.get(&format!("/v1/kv/{key}")) {
+            Some((200, body)) => serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get(0).cloned()),
+            _ => None,
+        }
+    }
+
+    /// The stored value of `key` parsed as JSON.
+    pub fn kv_json(&self, key: &str) -> Option<Value> {
+        match self.get(&format!("/v1/kv/{key}?raw")) {
+            Some((200, body)) => serde_json::from_str(&body).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn holder(&self, key: &str) -> Option<String> {
+        self.kv(key)?
+            .get("Session")?
+            .as_str()
+            .map(str::to_string)
+            .filter(|s| !s.is_empty())
+    }
+
+    pub fn put_kv(&self, key: &str, value: &str) {
+        self.put(&format!("/v1/kv/{key}"), value);
+    }
+
+    pub fn delete_kv(&self, key: &str) {
+        self.request("DELETE", &format!("/v1/kv/{key}"), None, Some("root"));
+    }
+
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        match self.get(&format!("/v1/kv/{prefix}?keys")) {
+            Some((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn sessions(&self) -> Vec<Value> {
+        match self.get("/v1/session/list") {
+            Some((200, body)) => serde_json::from_str(&body).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Sessions whose name mentions `key` (the default session name does).
+    pub fn sessions_for(&self, key: &str) -> Vec<Value> {
+        self.sessions()
+            .into_iter()
+            .filter(|s| {
+                s.get("Name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| n.contains(&format!(" {key} ")))
+            })
+            .collect()
+    }
+
+    pub fn destroy_session(&self, id: &str) {
+        self.put(&format!("/v1/session/destroy/{id}"), "");
+    }
+}
+
+impl Drop for Consul {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,10 @@
+//! lockwrap's integration tests: the built binary against a real Consul agent
+//! (`consul agent -dev` on free loopback ports; see `consul.rs`).
+
+mod consul;
+mod harness;
+
+mod bad_input;
+mod cli;
+mod run;
+mod sidecar;
