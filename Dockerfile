@@ -1,0 +1,52 @@
+# syntax=docker/dockerfile:1
+# lockwrap container image: one static binary at /lockwrap in an otherwise empty (scratch) image,
+# running as uid 65532. It works as PID 1: lockwrap forwards signals to the command's process group
+# and, as PID 1, reaps every zombie itself (no tini, and no --subreaper: that flag is for running
+# under another PID 1). See docs/kubernetes.md.
+#
+#   docker build -t lockwrap:0.1.0 .
+#   docker run --rm lockwrap:0.1.0 --version
+#
+# The image also ships /bin/cp (busybox, static) and nothing else: the Helm chart's init container
+# uses it to copy /lockwrap into a shared emptyDir, because scratch has no cp of its own.
+
+ARG RUST_IMAGE=rust:1-bookworm
+
+FROM ${RUST_IMAGE} AS builder
+ARG TARGET=x86_64-unknown-linux-gnu
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends busybox-static ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+# crt-static links glibc statically (static-pie), so the binary needs no loader or libc in the
+# final image; with an explicit --target, build scripts and proc macros stay dynamic as they must.
+# The cache mounts keep the registry and target dir between builds (BuildKit).
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    RUSTFLAGS="-C target-feature=+crt-static" \
+      cargo build --release --locked --target "${TARGET}" \
+ && mkdir -p /out \
+ && cp "target/${TARGET}/release/lockwrap" /out/lockwrap
+# Fail the build if the binary is not static or does not run.
+RUN ldd /out/lockwrap 2>&1 | grep -Eq 'not a dynamic executable|statically linked' \
+ && /out/lockwrap --version \
+ && echo 'nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin' > /out/passwd \
+ && echo 'nonroot:x:65532:' > /out/group
+
+FROM scratch
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="lockwrap" \
+      org.opencontainers.image.description="Run a program only while holding a distributed lock in Consul: CLI, container entrypoint (PID 1), Kubernetes sidecar" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.base.name="scratch"
+# CA bundle for CONSUL_HTTP_ADDR=https://… without CONSUL_CACERT, and for webhooks.
+COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=builder /out/passwd /etc/passwd
+COPY --from=builder /out/group /etc/group
+COPY --from=builder /bin/busybox /bin/cp
+COPY --from=builder /out/lockwrap /lockwrap
+USER 65532:65532
+ENTRYPOINT ["/lockwrap"]
+CMD ["--help"]
