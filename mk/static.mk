@@ -14,7 +14,11 @@ static:
 	RUSTFLAGS="$(STATIC_RUSTFLAGS)" $(CARGO) build --release --target $(STATIC_TARGET)
 	@$(MAKE) --no-print-directory static-check
 
+# static-test: the checks above, then the chart's wrapper-mode command line and env run with this
+# binary against a Consul dev agent (two replicas: one Ready holder, failover on SIGTERM).
 static-test: static
+	LOCKWRAP_BIN="$(CURDIR)/$(STATIC_BIN)" CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
+	  tests/chart/run.sh real_binary
 
 # Four checks: ldd and file say static; it runs; it runs in an empty root (like `scratch`) as uid
 # 65532 (the image's user), which needs root for chroot and is skipped otherwise.

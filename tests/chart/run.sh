@@ -32,7 +32,14 @@ venv="$tools/chart-venv"
 kv_version=1.37.0
 if ! "$venv/bin/python" -c "import kubernetes_validate.version as v, sys; sys.exit(v.__version__ != '$kv_version')" 2>/dev/null; then
   echo "chart-test: installing kubernetes-validate $kv_version into $venv" >&2
-  python3 -m venv "$venv"
+  if ! python3 -m venv --clear "$venv" >&2; then
+    # Debian's system python3 keeps venv in a separate package.
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >&2
+    python3 -m venv --clear "$venv" >&2
+  fi
   "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$kv_version" >&2
 fi
 
