@@ -344,6 +344,38 @@ fn lock_when_locked_blocks_until_unlocked() {
 }
 
 #[test]
+fn lock_wait_cancelled_by_sigterm_exits_143_and_destroys_its_session() {
+    let consul = Consul::shared();
+    let key = unique_key("lock_sigterm");
+    let dir = scratch("lock_sigterm");
+    let held = lock_ok(consul, &key, &[]);
+    let (hook, seen_locked) = recording_hook(&dir, "already", 0);
+    let mut waiter = Background::spawn(cli_cmd(
+        consul,
+        &["lock", "--on-already-locked", path_str(&hook), "--", &key],
+    ));
+    assert!(wait_until(QUICK, || !lines(&seen_locked).is_empty()));
+    assert!(waiter.running());
+    let pid = nix::unistd::Pid::from_raw(waiter.child().id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let sent = Instant::now();
+    let (out, exited) = waiter.finish(QUICK);
+    assert_eq!(code(&out), 128 + 15, "{}", describe(&out));
+    assert!(
+        exited - sent < Duration::from_secs(2),
+        "the wait ended {:?} after SIGTERM",
+        exited - sent
+    );
+    assert_eq!(consul.holder(&key), Some(session_of(&held)));
+    assert_eq!(
+        consul.sessions_for(&key).len(),
+        1,
+        "only the holder's session"
+    );
+    unlock_and_check(consul, &key);
+}
+
+#[test]
 fn lock_non_blocking_when_locked_prints_null_and_exits_100() {
     let consul = Consul::shared();
     let key = unique_key("lock_non_blocking");
@@ -596,6 +628,8 @@ fn hooks_get_the_key_once_per_attempt_and_failures_are_ignored() {
     let (before_b, before_b_log) = recording_hook(&dir, "before_b", 0);
     let (failing, failing_log) = recording_hook(&dir, "failing", 3);
     let (already, already_log) = recording_hook(&dir, "already", 0);
+    let once = vec![key.clone()];
+    let twice = vec![key.clone(), key.clone()];
 
     // Free lock: every before-lock hook runs once (several per flag); no already-locked call.
     let out = cli(
@@ -619,9 +653,9 @@ fn hooks_get_the_key_once_per_attempt_and_failures_are_ignored() {
         describe(&out)
     );
     json_line(&out);
-    assert_eq!(lines(&before_a_log), [key.clone()]);
-    assert_eq!(lines(&before_b_log), [key.clone()]);
-    assert_eq!(lines(&failing_log), [key.clone()]);
+    assert_eq!(lines(&before_a_log), once);
+    assert_eq!(lines(&before_b_log), once);
+    assert_eq!(lines(&failing_log), once);
     assert!(lines(&already_log).is_empty(), "{:?}", lines(&already_log));
 
     // Taken lock, non-blocking: one attempt, so one call of each, the failing one included.
@@ -641,10 +675,10 @@ fn hooks_get_the_key_once_per_attempt_and_failures_are_ignored() {
     );
     assert_eq!(code(&out), 100, "{}", describe(&out));
     assert_eq!(stdout(&out), "null");
-    assert_eq!(lines(&before_a_log), [key.clone(), key.clone()]);
-    assert_eq!(lines(&before_b_log), [key.clone()]);
-    assert_eq!(lines(&already_log), [key.clone()]);
-    assert_eq!(lines(&failing_log), [key.clone(), key.clone()]);
+    assert_eq!(lines(&before_a_log), twice);
+    assert_eq!(lines(&before_b_log), once);
+    assert_eq!(lines(&already_log), once);
+    assert_eq!(lines(&failing_log), twice);
     unlock_and_check(consul, &key);
 }
 
