@@ -420,7 +420,8 @@ fn run_sigkills_child_that_ignores_sigterm_after_kill_grace() {
         took >= Duration::from_millis(900),
         "SIGKILL came before the 1 s kill grace: {took:?}"
     );
-    assert!(took < Duration::from_secs(4), "stopping took {took:?}");
+    // grace 1 s + up to 2 s for the killed group's orphans to be reaped by init + release.
+    assert!(took < Duration::from_secs(5), "stopping took {took:?}");
     assert_no_sessions(consul, &key);
 }
 
@@ -623,7 +624,7 @@ fn run_sigterm_kills_child_ignoring_it_after_kill_grace() {
         took >= Duration::from_millis(900),
         "grace not honoured: {took:?}"
     );
-    assert!(took < Duration::from_secs(4), "stop took {took:?}");
+    assert!(took < Duration::from_secs(5), "stop took {took:?}");
     assert_no_sessions(consul, &key);
 }
 
@@ -796,19 +797,33 @@ fn run_stops_child_before_ttl_when_consul_is_frozen() {
     let frozen_at = now_ns();
     consul.freeze();
     let termed = dir.wait_for("term", Duration::from_secs(12));
-    let out = wrapper.finish(Duration::from_secs(25));
+    let dead = wait_until(Duration::from_secs(3), || !alive(child_pid));
+    let dead_ms = ms(now_ns() - frozen_at);
+    // The agent stays frozen until lockwrap exits: a dead agent must not keep lockwrap alive.
+    let out = wrapper.finish(Duration::from_secs(30));
+    let exit_ms = ms(now_ns() - frozen_at);
     drop(thaw);
 
     assert!(termed, "the child got no SIGTERM within 12 s of the freeze");
     let term_ms = ms(dir.ns("term").expect("term timestamp") - frozen_at);
-    let exit_ms = ms(now_ns() - frozen_at);
-    eprintln!("run frozen agent (TTL 10 s, grace 2 s): freeze → SIGTERM {term_ms} ms, → exit ≤ {exit_ms} ms");
+    eprintln!(
+        "run frozen agent (TTL 10 s, grace 2 s): freeze → SIGTERM {term_ms} ms, \
+         child dead ≤ {dead_ms} ms, lockwrap exit ≤ {exit_ms} ms"
+    );
     assert!(
         term_ms < 10_000,
         "the child was stopped {term_ms} ms after the freeze (TTL 10 s)"
     );
+    assert!(dead && dead_ms < 10_000, "the child outlived the TTL");
     assert_eq!(code(&out), 101, "{}", describe(&out));
-    assert!(!alive(child_pid));
+    // lockwrap could not destroy its session while the agent was frozen; Consul expires it.
+    let thawed = Instant::now();
+    let expired = wait_until(Duration::from_secs(30), || consul.sessions().is_empty());
+    eprintln!(
+        "run frozen agent: session gone {} ms after the thaw",
+        thawed.elapsed().as_millis()
+    );
+    assert!(expired, "sessions left: {:?}", consul.sessions());
 }
 
 #[test]
