@@ -253,11 +253,7 @@ pub struct RunCmd {
     #[arg(long, action = ArgAction::SetTrue)]
     pub shell: bool,
     /// The command and its arguments (after `--`)
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "CMD"
-    )]
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
 

@@ -12,7 +12,7 @@ use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 use serde_json::Value;
 
-use crate::backend::consul::{ConsulSettings, LeaseTiming};
+use crate::backend::consul::{ConsulClient, ConsulSettings, LeaseTiming};
 use crate::backend::{Behavior, Checks, HoldSettings, Layout, LockRequest, SessionSettings, Wait};
 use crate::cli::{Cli, Command, ConsulArgs, LockArgs, SupervisorArgs};
 use crate::duration;
@@ -131,6 +131,9 @@ impl Source {
 pub struct Config {
     pub mode: Mode,
     pub consul: ConsulSettings,
+    /// The client built from `consul` during validation (so bad TLS files fail early and the
+    /// TLS setup is paid once).
+    pub client: ConsulClient,
     /// The lock request (key validated) for modes that take a key.
     pub request: LockRequest,
     pub hooks: HookSet,
@@ -274,6 +277,18 @@ pub fn consul_settings_from_env() -> Result<ConsulSettings> {
 }
 
 fn merge(file: Option<&Path>, flags: BTreeMap<String, Value>) -> Result<Values> {
+    // figment reads the environment lossily; a non-UTF-8 value would silently become a
+    // different key or token, so refuse it by name first.
+    for (name, value) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let ours = name.starts_with("LOCKWRAP_") || CONSUL_ENV.iter().any(|(var, _)| *var == name);
+        if ours && value.to_str().is_none() {
+            return Err(Error::new(
+                ErrorKind::InvalidEnvironment,
+                format!("invalid environment variable {name}: not valid UTF-8"),
+            ));
+        }
+    }
     let mut figment = Figment::new();
     if let Some(path) = file {
         if !path.is_file() {
@@ -491,6 +506,10 @@ fn supervisor_flags<'a>(
 }
 
 fn consul_settings(v: &Values) -> Result<ConsulSettings> {
+    consul_settings_and_client(v).map(|(settings, _)| settings)
+}
+
+fn consul_settings_and_client(v: &Values) -> Result<(ConsulSettings, ConsulClient)> {
     let address = v
         .string("consul_addr")?
         .filter(|s| !s.trim().is_empty())
@@ -534,10 +553,9 @@ fn consul_settings(v: &Values) -> Result<ConsulSettings> {
         ssl_verify: v.bool("consul_ssl_verify")?.unwrap_or(true),
         datacenter: v.string("datacenter")?.filter(|s| !s.is_empty()),
     };
-    // Build a client once now, so bad TLS files or addresses fail validation, not later.
-    crate::backend::consul::ConsulClient::new(&settings)
-        .map_err(|e| v.bad(e.setting, e.message))?;
-    Ok(settings)
+    // Built now, so bad TLS files or addresses fail validation, before anything else happens.
+    let client = ConsulClient::new(&settings).map_err(|e| v.bad(e.setting, e.message))?;
+    Ok((settings, client))
 }
 
 fn rank(source: &Source) -> u8 {
@@ -606,7 +624,7 @@ fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
             return Err(v.bad("layout", format!("`{other}` is not default or consul-lock")))
         }
     };
-    let consul = consul_settings(v)?;
+    let (consul, client) = consul_settings_and_client(v)?;
 
     let request = lock_request(mode, key, layout, v)?;
     let hook_timeout = v
@@ -641,6 +659,7 @@ fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
     Ok(Config {
         mode,
         consul,
+        client,
         request,
         hooks,
         hook_timeout,
@@ -663,6 +682,20 @@ fn lock_request(mode: Mode, key: String, layout: Layout, v: &Values) -> Result<L
     } else {
         Duration::from_secs(15)
     };
+    let negative = match v.get("session_ttl") {
+        Some(Value::String(s)) => s.trim().starts_with('-'),
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f < 0.0),
+        _ => false,
+    };
+    if negative {
+        return Err(Error::new(
+            ErrorKind::InvalidTtl,
+            format!(
+                "invalid {}: a negative TTL is outside 10s…86400s (or 0 for no TTL)",
+                v.source("session_ttl").describe("session_ttl")
+            ),
+        ));
+    }
     let ttl = v.duration("session_ttl")?.unwrap_or(default_ttl);
     let ttl_ok =
         ttl.is_zero() || (Duration::from_secs(10)..=Duration::from_secs(86400)).contains(&ttl);
@@ -677,7 +710,12 @@ fn lock_request(mode: Mode, key: String, layout: Layout, v: &Values) -> Result<L
             ),
         ));
     }
-    let lock_delay = v.duration("lock_delay")?.unwrap_or(Duration::from_secs(15));
+    // consullock creates its sessions with no lock-delay; `consul lock` keeps Consul's 15 s.
+    let default_delay = match mode {
+        Mode::Lock | Mode::Execute => Duration::ZERO,
+        _ => Duration::from_secs(15),
+    };
+    let lock_delay = v.duration("lock_delay")?.unwrap_or(default_delay);
     if lock_delay > Duration::from_secs(60) {
         return Err(v.bad(
             "lock_delay",

@@ -77,9 +77,8 @@ pub fn display(duration: Duration) -> String {
     } else if millis % 1000 == 0 {
         format!("{}s", millis / 1000)
     } else {
-        format!("{:.3}s", duration.as_secs_f64())
-            .trim_end_matches('0')
-            .to_string()
+        let seconds = format!("{:.3}", duration.as_secs_f64());
+        format!("{}s", seconds.trim_end_matches('0').trim_end_matches('.'))
     }
 }
 
@@ -116,5 +115,7 @@ mod tests {
         assert_eq!(to_consul(Duration::from_secs(15)), "15s");
         assert_eq!(to_consul(Duration::from_millis(1500)), "1500ms");
         assert_eq!(display(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(display(Duration::from_millis(9500)), "9.5s");
+        assert_eq!(display(Duration::from_secs(12)), "12s");
     }
 }

@@ -62,7 +62,8 @@ pub struct Hooks {
     set: Arc<HookSet>,
     spawner: Spawner,
     timeout: Duration,
-    http: reqwest::Client,
+    /// Built only when a webhook is configured: a TLS-capable client costs memory.
+    http: Option<reqwest::Client>,
 }
 
 /// The lock facts hooks receive in their environment and webhooks in their body.
@@ -94,11 +95,13 @@ impl EventContext {
 
 impl Hooks {
     pub fn new(set: HookSet, spawner: Spawner, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .use_rustls_tls()
-            .build()
-            .unwrap_or_default();
+        let http = set.webhook.as_ref().and_then(|_| {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .use_rustls_tls()
+                .build()
+                .ok()
+        });
         Hooks {
             set: Arc::new(set),
             spawner,
@@ -171,7 +174,7 @@ impl Hooks {
     }
 
     fn post_webhook(&self, event: Event, ctx: &EventContext) {
-        let Some(url) = self.set.webhook.clone() else {
+        let (Some(url), Some(http)) = (self.set.webhook.clone(), self.http.clone()) else {
             return;
         };
         let body = json!({
@@ -183,7 +186,6 @@ impl Hooks {
             "holder": crate::backend::consul::value::Identity::current().to_json(),
             "timestamp": crate::backend::consul::value::now_iso8601(),
         });
-        let http = self.http.clone();
         tokio::spawn(async move {
             match http.post(&url).json(&body).send().await {
                 Ok(r) if r.status().is_success() => {

@@ -211,9 +211,20 @@ pub fn whole_match(pattern: &str) -> Result<Regex> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
         Error::new(
             ErrorKind::InvalidArgument,
-            format!("invalid regular expression {pattern:?}: {e}"),
+            format!(
+                "invalid regular expression {pattern:?}: {}",
+                one_line(&e.to_string())
+            ),
         )
     })
+}
+
+/// regex's errors draw a caret diagram over several lines; keep the `error:` line.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| text.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
 /// The literal text every match of `pattern` starts with; listing only under it keeps

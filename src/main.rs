@@ -10,14 +10,22 @@ use lockwrap::{commands, config, logging, supervisor};
 fn main() {
     let code = match Cli::try_parse() {
         Ok(cli) => run(cli).exit_code(),
+        Err(err) if err.use_stderr() => {
+            // One line, like every other lockwrap error; `--help` has the details.
+            let text = err.render().to_string();
+            let first = text
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty())
+                .unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("lockwrap: {first} (see lockwrap --help)");
+            ErrorKind::InvalidArgument.exit_code()
+        }
         Err(err) => {
-            // --help / --version print and succeed; every other parse error is exit 3.
+            // --help and --version print and succeed.
             let _ = err.print();
-            if err.use_stderr() {
-                ErrorKind::InvalidArgument.exit_code()
-            } else {
-                0
-            }
+            0
         }
     };
     std::process::exit(code);
@@ -45,8 +53,9 @@ fn run(cli: Cli) -> Outcome {
             )))
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread is plenty: every task waits on the network or a timer, and a standby's memory
+    // footprint (one of lockwrap's promises) grows with every worker thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -9,9 +9,9 @@ mod supervise;
 
 use std::sync::Arc;
 
-use crate::backend::consul::{ConsulBackend, ConsulClient};
+use crate::backend::consul::ConsulBackend;
 use crate::config::{Config, Mode};
-use crate::exit::{Error, ErrorKind, Outcome};
+use crate::exit::Outcome;
 use crate::locks::LockManager;
 use crate::supervisor::ProcessControl;
 use crate::telemetry::Telemetry;
@@ -19,10 +19,11 @@ use crate::telemetry::Telemetry;
 /// Runs the configured subcommand to completion.
 pub async fn run(config: Config, process: ProcessControl) -> Outcome {
     let telemetry = Arc::new(Telemetry::new(&config.request.key));
-    let manager = match manager(&config, telemetry.clone()) {
-        Ok(m) => m,
-        Err(err) => return Outcome::Failed(err),
-    };
+    let manager = LockManager::new(ConsulBackend::with_telemetry(
+        config.client.clone(),
+        telemetry.clone(),
+    ))
+    .with_layout(config.request.layout);
     let result = match config.mode {
         Mode::Lock => lock::lock(&config, &manager, process).await,
         Mode::Unlock => query::unlock(&config, &manager).await,
@@ -31,13 +32,4 @@ pub async fn run(config: Config, process: ProcessControl) -> Outcome {
         Mode::Sidecar => sidecar::run(&config, &manager, process, telemetry).await,
     };
     result.unwrap_or_else(Outcome::Failed)
-}
-
-fn manager(config: &Config, telemetry: Arc<Telemetry>) -> Result<LockManager, Error> {
-    let client = ConsulClient::new(&config.consul)
-        .map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
-    Ok(
-        LockManager::new(ConsulBackend::with_telemetry(client, telemetry))
-            .with_layout(config.request.layout),
-    )
 }

@@ -35,6 +35,8 @@ pub async fn run(
     mut process: ProcessControl,
     telemetry: Arc<Telemetry>,
 ) -> Result<Outcome> {
+    // A typo in the command must not take the lock from a healthy standby set.
+    check_program(config)?;
     start_reporting(config, &telemetry).await?;
     let hooks = Hooks::new(config.hooks.clone(), process.spawner(), config.hook_timeout);
     let observer = AcquireHooks {
@@ -213,6 +215,59 @@ fn command_spec(config: &Config, lease: &Lease) -> CommandSpec {
         stdout_to_stderr: false,
         own_process_group: true,
     }
+}
+
+/// Finds the program the way exec will (PATH search for bare names) and checks it can run:
+/// 127 when missing, 126 when not an executable file, before anything touches Consul.
+fn check_program(config: &Config) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let program: &std::path::Path = if config.shell {
+        std::path::Path::new("/bin/sh")
+    } else {
+        match config.command.first() {
+            Some(p) => std::path::Path::new(p),
+            None => return Ok(()),
+        }
+    };
+    let shown = program.display().to_string();
+    let candidates: Vec<std::path::PathBuf> = if shown.contains('/') {
+        vec![program.to_path_buf()]
+    } else {
+        std::env::var_os("PATH")
+            .map(|path| {
+                std::env::split_paths(&path)
+                    .map(|d| d.join(program))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut found_unusable = None;
+    for candidate in &candidates {
+        let Ok(meta) = std::fs::metadata(candidate) else {
+            continue;
+        };
+        if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
+            return Ok(());
+        }
+        found_unusable.get_or_insert((candidate.clone(), meta.is_dir()));
+    }
+    Err(match found_unusable {
+        Some((path, true)) => Error::new(
+            ErrorKind::NotExecutable,
+            format!("command not executable: {} is a directory", path.display()),
+        ),
+        Some((path, false)) => Error::new(
+            ErrorKind::NotExecutable,
+            format!(
+                "command not executable: {} (no execute permission)",
+                path.display()
+            ),
+        ),
+        None => Error::new(
+            ErrorKind::CommandNotFound,
+            format!("command not found: {shown}"),
+        ),
+    })
 }
 
 fn describe(status: ExitStatus) -> String {

@@ -116,6 +116,14 @@ impl ConsulClient {
         }
     }
 
+    /// A 200 whose body is not Consul's JSON: probably not a Consul agent at that address.
+    fn not_consul(&self, request: &str, err: reqwest::Error) -> BackendError {
+        BackendError::Invalid(format!(
+            "{} answered {request} with a body that is not Consul's JSON ({err}); is it a Consul agent?",
+            self.address()
+        ))
+    }
+
     // ---- sessions ----
 
     pub async fn session_create(&self, req: &SessionRequest) -> Result<String, BackendError> {
@@ -199,7 +207,7 @@ impl ConsulClient {
         let mut pairs: Vec<KvPair> = response
             .json()
             .await
-            .map_err(|err| BackendError::Invalid(format!("unexpected KV answer: {err}")))?;
+            .map_err(|err| self.not_consul(&format!("GET /v1/kv/{key}"), err))?;
         Ok(KvRead {
             value: pairs.pop(),
             index,
@@ -240,7 +248,7 @@ impl ConsulClient {
             let pairs: Vec<KvPair> = response
                 .json()
                 .await
-                .map_err(|err| BackendError::Invalid(format!("unexpected KV answer: {err}")))?;
+                .map_err(|err| self.not_consul(&format!("GET /v1/kv/{prefix}?recurse"), err))?;
             Ok(KvRead {
                 value: pairs,
                 index,

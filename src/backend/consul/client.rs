@@ -126,14 +126,14 @@ impl ConsulClient {
             }
             (Some(_), None) => {
                 return Err(SettingsError {
-                    setting: "consul_client_key",
-                    message: "a client certificate needs a client key too".into(),
+                    setting: "consul_client_cert",
+                    message: "a client certificate needs a client key too (--consul-client-key / CONSUL_CLIENT_KEY)".into(),
                 })
             }
             (None, Some(_)) => {
                 return Err(SettingsError {
-                    setting: "consul_client_cert",
-                    message: "a client key needs a client certificate too".into(),
+                    setting: "consul_client_key",
+                    message: "a client key needs a client certificate too (--consul-client-cert / CONSUL_CLIENT_CERT)".into(),
                 })
             }
             (None, None) => {}
@@ -203,6 +203,13 @@ impl ConsulClient {
         let body = body.trim().to_string();
         Err(match status {
             StatusCode::FORBIDDEN => BackendError::Denied(body),
+            s if s.is_server_error() && body.contains("No path to datacenter") => {
+                BackendError::Invalid(format!(
+                    "Consul at {} does not know datacenter {:?} ({body})",
+                    self.display_address,
+                    self.datacenter.as_deref().unwrap_or_default()
+                ))
+            }
             // Some Consul versions surface RPC ACL denials as 500.
             s if s.is_server_error() && body.contains("Permission denied") => {
                 BackendError::Denied(body)
@@ -231,7 +238,7 @@ impl ConsulClient {
         let value = response.json::<T>().await.map_err(|err| {
             if err.is_decode() {
                 BackendError::Invalid(format!(
-                    "unexpected answer from Consul at {}: {err}",
+                    "{} answered with a body that is not Consul's JSON ({err}); is it a Consul agent?",
                     self.display_address
                 ))
             } else {
