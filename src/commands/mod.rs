@@ -9,6 +9,8 @@ mod supervise;
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::backend::consul::ConsulBackend;
 use crate::config::{Config, Mode};
 use crate::exit::Outcome;
@@ -24,12 +26,21 @@ pub async fn run(config: Config, process: ProcessControl) -> Outcome {
         telemetry.clone(),
     ))
     .with_layout(config.request.layout);
-    let result = match config.mode {
-        Mode::Lock => lock::lock(&config, &manager, process).await,
-        Mode::Unlock => query::unlock(&config, &manager).await,
-        Mode::Status => query::status(&config, &manager).await,
-        Mode::Execute | Mode::Run => supervise::run(&config, &manager, process, telemetry).await,
-        Mode::Sidecar => sidecar::run(&config, &manager, process, telemetry).await,
-    };
+    // Every log line of this invocation carries the key (and the session, once held).
+    let span =
+        tracing::info_span!("lockwrap", key = %config.request.key, session = tracing::field::Empty);
+    let result = async {
+        match config.mode {
+            Mode::Lock => lock::lock(&config, &manager, process).await,
+            Mode::Unlock => query::unlock(&config, &manager).await,
+            Mode::Status => query::status(&config, &manager).await,
+            Mode::Execute | Mode::Run => {
+                supervise::run(&config, &manager, process, telemetry).await
+            }
+            Mode::Sidecar => sidecar::run(&config, &manager, process, telemetry).await,
+        }
+    }
+    .instrument(span)
+    .await;
     result.unwrap_or_else(Outcome::Failed)
 }

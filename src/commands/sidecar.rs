@@ -51,7 +51,12 @@ pub async fn run(
             Acquired::Locked(_) => continue,
         };
         telemetry.acquired(lease.info(), started.elapsed(), now_iso8601());
-        tracing::info!(key = %config.request.key, session = lease.session(), fencing_token = lease.fencing_token(), "leader");
+        tracing::Span::current().record("session", lease.session());
+        tracing::info!(
+            event = "acquired",
+            fencing_token = lease.fencing_token(),
+            "leader"
+        );
         let ctx = EventContext::from_info(lease.info());
         hooks.fire(Event::Acquired, &ctx).await;
 
@@ -67,7 +72,7 @@ pub async fn run(
         };
         match stop_signal {
             Ok(signal) => {
-                tracing::info!(signal = signal.name(), "stepping down");
+                tracing::info!(event = "released", signal = signal.name(), "stepping down");
                 telemetry.not_leader(false);
                 let _ = lease.release().await;
                 hooks.fire(Event::Released, &ctx).await;
@@ -91,7 +96,7 @@ pub async fn run(
                         format!("lock {} lost: {reason}", config.request.key),
                     )));
                 }
-                tracing::warn!(%reason, "leadership lost; campaigning again");
+                tracing::warn!(event = "lost", %reason, "leadership lost; campaigning again");
                 tokio::time::sleep(RECAMPAIGN_PAUSE).await;
             }
         }

@@ -43,7 +43,7 @@ pub async fn run(
         hooks: hooks.clone(),
     };
     let started = Instant::now();
-    tracing::info!(key = %config.request.key, "waiting for the lock");
+    tracing::info!(event = "waiting", "waiting for the lock");
     let (result, signal) =
         acquire::until_signal(manager, &config.request, &observer, &mut process.signals).await;
     let lease = match result? {
@@ -70,7 +70,12 @@ pub async fn run(
         }
     };
     telemetry.acquired(lease.info(), started.elapsed(), now_iso8601());
-    tracing::info!(key = %config.request.key, session = lease.session(), fencing_token = lease.fencing_token(), "lock acquired");
+    tracing::Span::current().record("session", lease.session());
+    tracing::info!(
+        event = "acquired",
+        fencing_token = lease.fencing_token(),
+        "lock acquired"
+    );
     let ctx = EventContext::from_info(lease.info());
     // Hooks run beside the command: the command's start must not wait on them.
     let acquired_hooks = hooks.fire_detached(Event::Acquired, &ctx);
@@ -89,7 +94,11 @@ pub async fn run(
             return Ok(Outcome::Failed(Error::new(kind, err.to_string())));
         }
     };
-    tracing::info!(pid = child.pid.as_raw(), "command started");
+    tracing::info!(
+        event = "started",
+        pid = child.pid.as_raw(),
+        "command started"
+    );
     let outcome = hold(config, lease, child, &mut process, &hooks, &ctx, &telemetry).await;
     let _ = acquired_hooks.await;
     Ok(outcome)
@@ -110,7 +119,7 @@ async fn hold(
     loop {
         tokio::select! {
             status = child.wait() => {
-                tracing::info!(code = status.code(), "command exited");
+                tracing::info!(event = "exited", code = status.code(), "command exited");
                 // Nothing of the command may outlive the lock.
                 child.reap_group_leftovers(grace).await;
                 telemetry.child_exited(status.code());
@@ -123,7 +132,7 @@ async fn hold(
                     ..ctx.clone()
                 });
                 telemetry.not_leader(true);
-                tracing::warn!(%reason, grace = ?grace, "lock lost: stopping the command");
+                tracing::warn!(event = "lost", %reason, grace = ?grace, "lock lost: stopping the command");
                 let status = child.stop(grace).await;
                 telemetry.child_exited(status.code());
                 let _ = lease.release().await;
