@@ -1189,6 +1189,80 @@ fn run_consul_lock_layout_excludes_hashicorp_consul_lock_both_ways() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Hooks
+// ---------------------------------------------------------------------------------------------
+
+/// A hook that appends `EVENT KEY-ARG LOCKWRAP_KEY LOCKWRAP_EVENT` to `hooks`.
+fn hook(dir: &Dir, event: &str) -> String {
+    dir.script(
+        &format!("hook-{event}.sh"),
+        &format!(
+            "echo \"{event} $1 $LOCKWRAP_KEY $LOCKWRAP_EVENT\" >> '{}/hooks'",
+            dir.display()
+        ),
+    )
+}
+
+#[test]
+fn run_calls_acquired_released_and_lost_hooks() {
+    let consul = Consul::shared();
+
+    // Normal exit: acquired, then released.
+    let key = unique_key("run-hooks");
+    let dir = Dir::new("run-hooks");
+    let (acquired, released, lost) = (
+        hook(&dir, "acquired"),
+        hook(&dir, "released"),
+        hook(&dir, "lost"),
+    );
+    let opts = [
+        "--on-acquired",
+        &acquired,
+        "--on-released",
+        &released,
+        "--on-lost",
+        &lost,
+    ];
+    let out = run_bounded(
+        run_cmd(consul, &key, &opts, &["sh", "-c", "exit 0"]),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let lines = dir.lines("hooks");
+    assert!(
+        lines.contains(&format!("acquired {key} {key} acquired")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&format!("released {key} {key} released")),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("lost")), "{lines:?}");
+    assert_no_sessions(consul, &key);
+
+    // Loss: the lost hook runs too.
+    let key = unique_key("run-hooks");
+    let dir = Dir::new("run-hooks-lost");
+    let (acquired, lost) = (hook(&dir, "acquired"), hook(&dir, "lost"));
+    let child = term_recorder(&dir);
+    let opts = ["--on-acquired", &acquired, "--on-lost", &lost];
+    let wrapper = Proc::spawn(run_cmd(consul, &key, &opts, &[&child]));
+    assert!(
+        dir.wait_for("ready", Duration::from_secs(10)),
+        "child did not start"
+    );
+    consul.delete_kv(&key);
+    let out = wrapper.finish(Duration::from_secs(15));
+    assert_eq!(code(&out), 101, "{}", describe(&out));
+    let lines = dir.lines("hooks");
+    assert!(
+        lines.contains(&format!("lost {key} {key} lost")),
+        "{lines:?}"
+    );
+    assert_no_sessions(consul, &key);
+}
+
+// ---------------------------------------------------------------------------------------------
 // execute
 // ---------------------------------------------------------------------------------------------
 
@@ -1372,6 +1446,41 @@ fn run_config_precedence_file_then_env_then_flags() {
     assert!(
         err_text(&out).contains("LOCKWRAP_SESSION_TTL"),
         "{}",
+        describe(&out)
+    );
+    assert_no_sessions(consul, &key);
+
+    // Consul's address: YAML < CONSUL_HTTP_ADDR < --consul-addr (127.0.0.1:1 refuses connections).
+    let key = unique_key("cfg-addr");
+    let config = write_yaml(
+        &dir,
+        "addr.yaml",
+        &format!("key: {key}\nlock_delay: 0\nconsul_addr: 127.0.0.1:1\n"),
+    );
+    let mut cmd = lockwrap(consul);
+    cmd.args(["run", "--config", &config, "--", "true"]);
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert_eq!(
+        code(&out),
+        0,
+        "CONSUL_HTTP_ADDR beats the file: {}",
+        describe(&out)
+    );
+    let mut cmd = lockwrap(consul);
+    cmd.env("CONSUL_HTTP_ADDR", "127.0.0.1:1").args([
+        "run",
+        "--config",
+        &config,
+        "--consul-addr",
+        &consul.addr(),
+        "--",
+        "true",
+    ]);
+    let out = run_bounded(cmd, Duration::from_secs(30));
+    assert_eq!(
+        code(&out),
+        0,
+        "--consul-addr beats the env: {}",
         describe(&out)
     );
     assert_no_sessions(consul, &key);
