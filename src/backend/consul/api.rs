@@ -158,8 +158,13 @@ impl ConsulClient {
     }
 
     pub async fn session_destroy(&self, id: &str) -> Result<(), BackendError> {
-        self.send(self.request(Method::PUT, &format!("session/destroy/{id}")))
-            .await?;
+        // Short: on exit paths with an unresponsive agent the session expires by itself, and a
+        // PID-1 container should not wait long to restart.
+        self.send(
+            self.request(Method::PUT, &format!("session/destroy/{id}"))
+                .timeout(CLEANUP_TIMEOUT),
+        )
+        .await?;
         Ok(())
     }
 
@@ -328,11 +333,18 @@ impl ConsulClient {
     }
 
     pub async fn check_deregister(&self, id: &str) -> Result<(), BackendError> {
-        self.send(self.request(Method::PUT, &format!("agent/check/deregister/{id}")))
-            .await?;
+        self.send(
+            self.request(Method::PUT, &format!("agent/check/deregister/{id}"))
+                .timeout(CLEANUP_TIMEOUT),
+        )
+        .await?;
         Ok(())
     }
 }
+
+/// Bound for best-effort cleanup calls (destroy, deregister): a healthy agent answers in
+/// milliseconds; an unresponsive one must not hold an exit for the full request timeout.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// HTTP timeout for a blocking query of `wait`: Consul adds up to wait/16 of jitter.
 pub fn blocking_timeout(wait: Duration) -> Duration {
