@@ -233,6 +233,69 @@ async fn child_leads_its_own_group_with_null_stdin_and_stdout_on_stderr() {
 }
 
 #[tokio::test]
+async fn child_starts_with_default_ttin_and_ttou_although_lockwrap_ignores_them() {
+    bounded(async {
+        let mut spec = CommandSpec::new("sleep");
+        spec.args = vec!["1000".into()];
+        spec.stdin = StdinMode::Null;
+        let mut child = spawn(&spec);
+        let ignored_mask = |pid: Pid| -> Option<u64> {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|line| line.starts_with("SigIgn:"))?;
+            u64::from_str_radix(line["SigIgn:".len()..].trim(), 16).ok()
+        };
+        let bit = |signal: i32| 1u64 << (signal - 1);
+        let ttin_ttou = bit(nix::sys::signal::Signal::SIGTTIN as i32)
+            | bit(nix::sys::signal::Signal::SIGTTOU as i32);
+        let ours = ignored_mask(getpid()).expect("read our own SigIgn");
+        assert_eq!(
+            ours & ttin_ttou,
+            ttin_ttou,
+            "lockwrap ignores TTIN and TTOU"
+        );
+        let theirs = ignored_mask(child.pid).expect("read the child's SigIgn");
+        assert_eq!(
+            theirs & ttin_ttou,
+            0,
+            "the child must get the default dispositions"
+        );
+        child.stop(Duration::from_secs(5)).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn child_survives_the_exit_of_the_thread_that_asked_for_it() {
+    bounded(async {
+        // PR_SET_PDEATHSIG fires when the forking *thread* exits; spawning on the long-lived
+        // spawner thread keeps a short-lived caller thread from killing the command.
+        let mut child = std::thread::spawn(|| {
+            let mut spec = CommandSpec::new("sleep");
+            spec.args = vec!["1000".into()];
+            spec.stdin = StdinMode::Null;
+            spawn(&spec)
+        })
+        .join()
+        .expect("the spawning thread does not panic");
+        // Give a wrongly aimed SIGKILL time to land: another spawn + reap takes a few ms.
+        assert_eq!(
+            spawn(&sh("exit 0", &[])).wait().await,
+            ExitStatus::Exited(0)
+        );
+        assert_eq!(
+            child.try_status(),
+            None,
+            "the child died with its spawning thread"
+        );
+        assert_eq!(
+            child.stop(Duration::from_secs(5)).await,
+            ExitStatus::Signaled(15)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn wait_is_cancel_safe_in_select() {
     bounded(async {
         let mut child = spawn(&sh("sleep 0.3; exit 4", &[]));

@@ -18,7 +18,7 @@ use nix::unistd::{getpgrp, getpid, getppid, isatty, Pid};
 use tracing::{debug, info, warn};
 
 use super::reaper::{self, SharedRegistry, Slot};
-use super::signals::Signal;
+use super::signals::{Signal, IGNORED};
 
 /// How often a stop checks whether the command's process group is empty. Group members are not
 /// our children, so no status or signal tells us when they are gone; `kill(-pgid, 0)` is a cheap
@@ -246,11 +246,14 @@ fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spa
         spec.own_process_group && spec.stdin == StdinMode::Inherit && we_hold_the_terminal();
     let parent = getpid();
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, sigaction, tcsetpgrp, getpid) without allocating or taking locks.
+    // (prctl, getppid, tcsetpgrp, getpid, sigaction) without allocating or taking locks.
     unsafe {
         command.pre_exec(move || prepare_child(parent, take_terminal));
     }
 
+    // Held across fork + registration: the reaper takes this lock before waitpid, so it cannot reap
+    // the pid before it is registered. It also keeps the reaper away while std handles a failed
+    // exec, where std itself waits for the child (and would panic on ECHILD had we reaped it).
     let mut registry = reaper::lock(registry);
     let child = command
         .spawn()
@@ -292,24 +295,26 @@ pub(crate) fn set_foreground_group(pgid: Pid) -> nix::Result<()> {
 /// Runs in the forked child, after std's `setpgid(0, 0)` and signal-mask reset, before exec.
 fn prepare_child(parent: Pid, take_terminal: bool) -> io::Result<()> {
     // Die with lockwrap, even if it is SIGKILLed: a command must never outlive the lock holder.
-    // Tied to the forking thread (see `Spawner`). Cleared by exec of a setuid binary.
+    // Tied to the forking thread (see `Spawner`). Cleared by exec of a setuid binary. Only this
+    // process gets it: its own children survive a SIGKILLed lockwrap unless lockwrap is PID 1 of a
+    // PID namespace (a container), whose death kills every process in it.
     nix::sys::prctl::set_pdeathsig(NixSignal::SIGKILL).map_err(errno_to_io)?;
     // lockwrap died between fork and prctl: the signal will never come, so do not start.
     if getppid() != parent {
         return Err(io::Error::from_raw_os_error(Errno::ESRCH as i32));
     }
     if take_terminal {
-        // As the new foreground group is set from what is still a background group, the kernel
-        // would send SIGTTOU; ignore it for the call (as tini does), then restore the default,
-        // which is what exec would leave for a caught signal anyway.
-        let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
-        let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-        // SAFETY: plain dispositions, no Rust handler involved.
-        unsafe { sigaction(NixSignal::SIGTTOU, &ignore) }.map_err(errno_to_io)?;
-        // Not fatal: the command then runs as a background group, like any other job.
+        // SIGTTOU is still ignored (inherited from lockwrap), so setting the foreground group from
+        // what is a background group does not stop us. Failure is not fatal: the command then
+        // runs as a background group, like any other job.
         let _ = set_foreground_group(getpid());
-        // SAFETY: as above.
-        unsafe { sigaction(NixSignal::SIGTTOU, &default) }.map_err(errno_to_io)?;
+    }
+    // lockwrap ignores these (see `signals::IGNORED`) and SIG_IGN survives exec; the command must
+    // start with the defaults. (Caught signals are reset by exec itself.)
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in IGNORED {
+        // SAFETY: installs the SIG_DFL disposition, no handler code.
+        unsafe { sigaction(signal.as_nix(), &default) }.map_err(errno_to_io)?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! Call [`install`] once in `main`, before the tokio runtime starts; it returns the channel of
 //! signals lockwrap receives and a [`Spawner`]. Linux only (`prctl`).
 //!
-//! - [`signals`]: the one place OS signals are translated ([`Signal`], [`FORWARDED`]).
+//! - [`signals`]: the one place OS signals are translated ([`Signal`], [`FORWARDED`], [`IGNORED`]).
 //! - [`reaper`]: the only caller of `waitpid`; hands each child's status to whoever spawned it.
 //! - [`child`]: spawning children in their own group, stopping them (TERM → grace → KILL), exit codes.
 //!
@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 pub use child::{Child, CommandSpec, ExitStatus, SpawnError, Spawner, StdinMode};
-pub use signals::{Signal, FORWARDED};
+pub use signals::{Signal, FORWARDED, IGNORED};
 
 /// Guards against a second reaper and a second set of handlers, which would split statuses and
 /// signals between two registries.
@@ -48,7 +48,8 @@ impl ProcessControl {
 ///
 /// - `subreaper`: set `PR_SET_CHILD_SUBREAPER`, so orphaned grandchildren are re-parented to
 ///   lockwrap and reaped here (as PID 1 that happens anyway).
-/// - Installs handlers for every [`FORWARDED`] signal and SIGCHLD, then starts the signal thread:
+/// - Ignores [`IGNORED`] (SIGTTIN, SIGTTOU) like tini, installs handlers for every [`FORWARDED`]
+///   signal and SIGCHLD, then starts the signal thread:
 ///   on SIGCHLD it reaps with `waitpid(-1, WNOHANG)` until nothing is left, delivering statuses
 ///   of spawned pids (orphans are reaped and logged at debug); any other signal goes to
 ///   [`ProcessControl::signals`].

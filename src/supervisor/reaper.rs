@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use nix::errno::Errno;
-use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal as NixSignal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgrp, Pid};
 use tokio::sync::Notify;
@@ -120,25 +119,15 @@ pub(crate) fn reap_all(registry: &Mutex<Registry>) {
 }
 
 /// Makes lockwrap's own group the terminal's foreground group again after a child that took the
-/// terminal has exited, so lockwrap's final output is not stopped by SIGTTOU. Only done if the dead
-/// child's group still holds the terminal (an interactive command may have handed it elsewhere).
+/// terminal has exited: a terminal whose foreground group is gone sends ^C to nobody, and the shell
+/// that started lockwrap expects its job back. Only done if the dead child's group still holds the
+/// terminal (an interactive command may have handed it elsewhere).
 fn reclaim_terminal(child_pgid: Pid) {
     if foreground_group() != Some(child_pgid) {
         return;
     }
-    // We are now a background group: tcsetpgrp would raise SIGTTOU unless it is blocked or ignored.
-    // Blocking it on this thread alone leaves the process-wide handler untouched.
-    let mut ttou = SigSet::empty();
-    ttou.add(NixSignal::SIGTTOU);
-    let mut previous = SigSet::empty();
-    if let Err(errno) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&ttou), Some(&mut previous)) {
-        warn!(%errno, "cannot block SIGTTOU; terminal stays with the exited command's group");
-        return;
-    }
+    // We are a background group now; that needs SIGTTOU ignored, which it is (`signals::IGNORED`).
     if let Err(errno) = set_foreground_group(getpgrp()) {
         debug!(%errno, "could not take the terminal back");
-    }
-    if let Err(errno) = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None) {
-        warn!(%errno, "cannot restore the signal mask of the reaper thread");
     }
 }

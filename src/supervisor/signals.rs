@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use nix::sys::signal::Signal as NixSignal;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal as NixSignal};
 use signal_hook::iterator::Signals;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
@@ -80,8 +80,9 @@ impl fmt::Display for Signal {
 /// - SIGILL, SIGFPE, SIGSEGV (forbidden by signal-hook) and SIGBUS: synchronous faults in lockwrap
 ///   itself; a handler that returns would re-run the faulting instruction forever.
 ///
-/// Catching TSTP/TTIN/TTOU means lockwrap never stops itself on job-control signals; it passes them
-/// to the command's group instead, like tini does.
+/// - SIGTTIN, SIGTTOU: ignored instead (see [`IGNORED`]).
+///
+/// Catching SIGTSTP means lockwrap never stops itself on `kill -TSTP`; the command's group gets it.
 pub const FORWARDED: &[Signal] = &[
     Signal(NixSignal::SIGHUP),
     Signal(NixSignal::SIGINT),
@@ -94,8 +95,6 @@ pub const FORWARDED: &[Signal] = &[
     Signal(NixSignal::SIGTERM),
     Signal(NixSignal::SIGCONT),
     Signal(NixSignal::SIGTSTP),
-    Signal(NixSignal::SIGTTIN),
-    Signal(NixSignal::SIGTTOU),
     Signal(NixSignal::SIGURG),
     Signal(NixSignal::SIGXCPU),
     Signal(NixSignal::SIGXFSZ),
@@ -107,10 +106,22 @@ pub const FORWARDED: &[Signal] = &[
     Signal(NixSignal::SIGSYS),
 ];
 
-/// Registers process-wide handlers for [`FORWARDED`] and SIGCHLD. Done on the calling thread (before
-/// the runtime exists) so that no signal that arrives from now on is lost: signal-hook records it
-/// and the signal thread picks it up even if that thread has not started yet.
+/// Signals lockwrap ignores, as tini does. The kernel sends them to a background process group
+/// that touches the terminal, which lockwrap is while the command owns the foreground. If they were
+/// caught, a write to a `stty tostop` terminal or a `tcsetpgrp` would be restarted after every
+/// handler run and raise the signal again, forever; ignored, the write simply proceeds. Children
+/// get the default disposition back before exec (see `child::prepare_child`).
+pub const IGNORED: &[Signal] = &[Signal(NixSignal::SIGTTIN), Signal(NixSignal::SIGTTOU)];
+
+/// Ignores [`IGNORED`] and registers process-wide handlers for [`FORWARDED`] and SIGCHLD. Done on
+/// the calling thread (before the runtime exists) so that no signal that arrives from now on is
+/// lost: signal-hook records it and the signal thread picks it up even if it has not started yet.
 pub(crate) fn register() -> std::io::Result<Signals> {
+    let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
+    for signal in IGNORED {
+        // SAFETY: installs the SIG_IGN disposition, no handler code.
+        unsafe { sigaction(signal.as_nix(), &ignore) }?;
+    }
     let raw = FORWARDED
         .iter()
         .map(|signal| signal.number())
@@ -172,6 +183,13 @@ mod tests {
                 !FORWARDED.contains(&Signal::from(excluded)),
                 "{excluded} must not be forwarded"
             );
+        }
+    }
+
+    #[test]
+    fn ignored_signals_are_not_forwarded() {
+        for signal in IGNORED {
+            assert!(!FORWARDED.contains(signal), "{signal}");
         }
     }
 
