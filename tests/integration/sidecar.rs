@@ -122,9 +122,7 @@ fn parse_prometheus(text: &str) -> Result<BTreeMap<String, f64>, String> {
             }
             continue;
         }
-        let name_end = line
-            .find(|c: char| c == '{' || c == ' ')
-            .ok_or_else(|| bad("no value"))?;
+        let name_end = line.find(['{', ' ']).ok_or_else(|| bad("no value"))?;
         let name = &line[..name_end];
         if !valid_name(name) {
             return Err(bad("bad metric name"));
