@@ -15,7 +15,7 @@ consul:
 	@scripts/ensure-consul.sh >/dev/null
 
 test-rust: consul
-	PATH="$(CURDIR)/.tools/bin:$$PATH" $(CARGO) test --all-targets -- --test-threads=4
+	PATH="$(CURDIR)/.tools/bin:$$PATH" $(CARGO) test --no-fail-fast --all-targets -- --test-threads=4
 
 test: test-rust $(TEST_TARGETS)
 
