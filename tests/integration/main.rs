@@ -8,3 +8,4 @@ mod bad_input;
 mod cli;
 mod run;
 mod sidecar;
+mod tls;
