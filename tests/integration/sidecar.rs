@@ -583,6 +583,12 @@ fn sidecar_sigterm_releases_the_lock_so_the_standby_takes_over_at_once() {
         1,
         "only b's session remains"
     );
+    // Whoever reads the status file after a's exit must not think a still leads.
+    let last = a.status_file().expect("a's status file after exit");
+    assert_eq!(
+        last["isLeader"], false,
+        "a's status file after SIGTERM: {last}"
+    );
 }
 
 #[test]
@@ -651,6 +657,102 @@ fn run_with_http_addr_serves_readyz_while_holding() {
         r.stderr()
     );
     assert_eq!(consul.holder(&key), None);
+}
+
+#[test]
+fn sidecar_exit_on_loss_leaves_a_status_file_saying_not_leader() {
+    let consul = Consul::shared();
+    let key = unique_key("sidecar-exit-status");
+    let dir = scratch("sidecar-exit-status");
+    let mut a = sidecar(consul, &dir, "a", &key, &["--exit-on-loss"]);
+    assert!(
+        wait_until(SOON, || a.ready() == Some(200)),
+        "{}",
+        a.stderr()
+    );
+    assert!(wait_until(SOON, || a.status_file() == a.leader()));
+    consul.destroy_session(&consul.holder(&key).expect("a holds"));
+    assert_eq!(a.wait_exit(SOON).and_then(|s| s.code()), Some(101));
+    let last = a.status_file().expect("status file after exit");
+    assert_eq!(
+        last["isLeader"], false,
+        "status file after loss + exit: {last}"
+    );
+}
+
+/// Partition: the agent stops answering (SIGSTOP) for a minute. The holder cannot renew, so
+/// it must stop claiming leadership (/readyz 503) before its TTL could run out in Consul,
+/// report itself unhealthy (/healthz 503: no healthy session), keep campaigning instead of
+/// exiting, and lead again once the agent is back.
+#[test]
+fn sidecar_steps_down_before_the_ttl_when_consul_stops_answering() {
+    let consul = Consul::start();
+    let key = unique_key("sidecar-partition");
+    let dir = scratch("sidecar-partition");
+    let ttl = Duration::from_secs(10);
+    let mut a = sidecar(&consul, &dir, "a", &key, &["--session-ttl", "10s"]);
+    assert!(
+        wait_until(SOON, || a.ready() == Some(200)),
+        "{}",
+        a.stderr()
+    );
+    assert_eq!(status_of(a.port, "/healthz"), Some(200));
+
+    consul.freeze();
+    let frozen = Instant::now();
+    // The last successful renew was before the freeze, so Consul may expire the session
+    // as early as `frozen + ttl`: /readyz must say 503 before that.
+    let stepped_down = wait_until(ttl, || a.ready() == Some(503));
+    let took = frozen.elapsed();
+    let leader_doc = a.leader();
+    let unhealthy = wait_until(Duration::from_secs(20), || {
+        status_of(a.port, "/healthz") == Some(503)
+    });
+    let renew_failures = http_get(a.port, "/metrics")
+        .and_then(|(_, body)| parse_prometheus(&body).ok())
+        .and_then(|m| m.get("lockwrap_session_renew_failures_total").copied());
+    // A Consul outage of a minute is not a reason for a sidecar to exit.
+    let exited = loop {
+        if let Ok(Some(status)) = a.child.try_wait() {
+            break Some((status, frozen.elapsed()));
+        }
+        if frozen.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    consul.thaw();
+    let stderr = a.stderr();
+    assert!(
+        stepped_down,
+        "still ready {took:?} after the agent froze (TTL {ttl:?}); stderr:\n{stderr}"
+    );
+    assert!(
+        !leader_doc.as_ref().is_some_and(|d| d["isLeader"] == true),
+        "{leader_doc:?}"
+    );
+    assert!(
+        renew_failures.is_some_and(|n| n >= 1.0),
+        "renew failures counted: {renew_failures:?}"
+    );
+    assert!(
+        exited.is_none(),
+        "the sidecar exited during the Consul outage: {exited:?}; stderr:\n{stderr}"
+    );
+    assert!(
+        unhealthy,
+        "/healthz stayed 200 for 20 s after losing the lock to a frozen Consul; stderr:\n{stderr}"
+    );
+    assert_eq!(metric(a.port, "lockwrap_lock_lost_total"), 1.0);
+
+    // Back: the sidecar leads again and is healthy.
+    assert!(
+        wait_until(Duration::from_secs(60), || a.ready() == Some(200)),
+        "no re-acquire after thaw; stderr:\n{}",
+        a.stderr()
+    );
+    assert!(wait_until(SOON, || status_of(a.port, "/healthz") == Some(200)));
+    assert_eq!(metric(a.port, "lockwrap_acquisitions_total"), 2.0);
 }
 
 #[test]
