@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::api::{KvPair, LOCK_FLAG_VALUE};
+use super::api::{KvPair, KvRead, LOCK_FLAG_VALUE};
 use super::lease::{KeepAlive, Lease, LeaseTiming};
 use super::session::{self, OwnedSession};
 use super::value::{self, Identity};
@@ -120,9 +120,14 @@ impl ConsulBackend {
         let key = request.key.as_str();
         let lock_key = lock_key(key, request.layout);
         let mut delay_backoff = LOCK_DELAY_RETRY_FIRST;
+        // A read already known to be current (the one that woke a waiter): saves a round trip.
+        let mut fresh: Option<KvRead<Option<KvPair>>> = None;
         loop {
             step!(observer.before_attempt(key), stop, deadline);
-            let read = step!(self.client.kv_get_retry(&lock_key), stop, deadline)?;
+            let read = match fresh.take() {
+                Some(read) => read,
+                None => step!(self.client.kv_get_retry(&lock_key), stop, deadline)?,
+            };
             check_flags(read.value.as_ref(), &lock_key, request.layout)?;
 
             if let Some(pair) = read.value.as_ref().filter(|p| p.holder().is_some()) {
@@ -137,7 +142,7 @@ impl ConsulBackend {
                 if let Some(owned) = session.take() {
                     session::destroy(&self.client, &owned).await;
                 }
-                step!(
+                fresh = step!(
                     self.wait_until_free(
                         key,
                         &lock_key,
@@ -241,7 +246,9 @@ impl ConsulBackend {
     }
 
     /// Waits until `lock_key` has no holder: blocking queries, or polling every `poll`.
-    /// Logs the holder every 30 s.
+    /// Returns the read that showed the key free (so the caller need not read it again), or
+    /// `None` after a poll interval. Logs the holder every 30 s without extra requests.
+    #[allow(clippy::too_many_arguments)]
     async fn wait_until_free(
         &self,
         key: &str,
@@ -250,23 +257,32 @@ impl ConsulBackend {
         mut index: u64,
         mut holder: LockInfo,
         poll: Option<Duration>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<Option<KvRead<Option<KvPair>>>, BackendError> {
         if let Some(every) = poll {
             tokio::time::sleep(every).await;
-            return Ok(());
+            return Ok(None);
         }
-        let mut next_log = Instant::now() + HOLDER_LOG_EVERY;
+        let mut log_every =
+            tokio::time::interval_at((Instant::now() + HOLDER_LOG_EVERY).into(), HOLDER_LOG_EVERY);
         let mut failures = 0u32;
         loop {
-            let wait = STANDBY_WAIT.min(next_log.saturating_duration_since(Instant::now()));
-            let wait = wait.max(Duration::from_millis(10));
-            match self.client.kv_get(lock_key, Some((index, wait))).await {
+            let fetch = self.client.kv_get(lock_key, Some((index, STANDBY_WAIT)));
+            tokio::pin!(fetch);
+            let result = loop {
+                tokio::select! {
+                    result = &mut fetch => break result,
+                    _ = log_every.tick() => {
+                        tracing::info!(holder = %holder.holder_summary(), "waiting for the lock");
+                    }
+                }
+            };
+            match result {
                 Ok(read) => {
                     failures = 0;
                     self.telemetry.set_consul_healthy(true);
                     check_flags(read.value.as_ref(), lock_key, layout)?;
                     match read.value.as_ref().filter(|p| p.holder().is_some()) {
-                        None => return Ok(()),
+                        None => return Ok(Some(read)),
                         Some(pair) => {
                             holder = value::decode(key, pair);
                             self.telemetry.observed_holder(Some(&holder));
@@ -282,10 +298,6 @@ impl ConsulBackend {
                     tokio::time::sleep(pause).await;
                 }
                 Err(err) => return Err(err),
-            }
-            if Instant::now() >= next_log {
-                tracing::info!(key, holder = %holder.holder_summary(), "waiting for the lock");
-                next_log = Instant::now() + HOLDER_LOG_EVERY;
             }
         }
     }
