@@ -213,6 +213,7 @@ class Bench:
 
     def sc_acquire(self, n):
         for i in range(n):
+            self.sc_baseline(1)   # interleaved, so the baseline sees the same machine load
             for tool in self.order(i):
                 tag = self.tag("acq")
                 key = f"bench/acquire/{tool.short}/{i}"
@@ -512,12 +513,15 @@ class Bench:
             if name not in only:
                 continue
             t = time.monotonic()
+            self.results.setdefault("loadavg", {})[name] = {"before": loadavg()}
             log(f"scenario {name} ...")
             try:
                 fn()
             except Exception as e:  # noqa: BLE001 - record and go on with the next scenario
                 log(f"scenario {name} FAILED: {e!r}")
                 self.results.setdefault("errors", {})[name] = repr(e)
+            self.results["loadavg"][name]["after"] = loadavg()
+            self.results["loadavg"][name]["seconds"] = round(time.monotonic() - t, 1)
             log(f"scenario {name} done in {time.monotonic() - t:.1f}s")
         self.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -536,6 +540,14 @@ class Bench:
 
 # --------------------------------------------------------------------------------------------
 # Report
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
 
 
 def stats(xs):
@@ -662,8 +674,14 @@ def fmt_stat(s, unit):
 
 def render(res, rows, targets) -> str:
     m = res["machine"]
+    la = res.get("loadavg", {})
     out = [f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, {m['mem_gib']} GiB; "
            f"{res.get('consul_version', '')}; run {res.get('started')}",
+           "",
+           "Load average (1/5/15 min) before each scenario: " +
+           ", ".join(f"{k} {v.get('before')}" for k, v in la.items()) + ". The child is "
+           "`python3 -S bench/child.py`; \"minus child start-up\" subtracts the median of the "
+           "baseline row (the same child spawned directly, interleaved with the acquire runs).",
            "",
            "| scenario | unit | lockwrap median (min–max) | consul lock median (min–max) | ratio | note |",
            "| --- | --- | --- | --- | --- | --- |"]

@@ -115,20 +115,47 @@ class Contender:
                                                  stderr=self.errf)
                 self.s.wrapper_pids[self.proc.pid] = self.tag
             p = self.proc
-            try:
-                rc = p.wait(timeout=self.s.args.wrapper_timeout)
-            except subprocess.TimeoutExpired:
-                rc = None
-                self.s.problem(f"{self.tag}: wrapper pid {p.pid} ran > {self.s.args.wrapper_timeout}s "
-                               f"without exiting (hung?); killed")
-                signal_pid(p.pid, signal.SIGKILL)
-                p.wait(timeout=10)
+            rc = self.supervise(p, self.tag, t_spawn)
             self.s.tracker.forget(p)
             self.exits.append((self.tag, rc, time.monotonic() - t_spawn))
             # Throttle a tight restart loop (e.g. agent down: exit 8 at once) - pacing, not a wait.
             fast_exits = fast_exits + 1 if time.monotonic() - t_spawn < 0.5 else 0
             if fast_exits > 3:
                 time.sleep(min(0.05 * fast_exits, 1.0))
+
+    def supervise(self, p: subprocess.Popen, tag: str, t_spawn: float) -> int | None:
+        """Wait for the wrapper, bounded. A wrapper whose child has ended but which is still running
+        KILL_GRACE + 30 s later is hung (a problem). A standby that never got the lock within
+        --wrapper-timeout is starved (counted, not a failure: Consul locks are not fair); it gets
+        SIGTERM (so it cleans up its session) and is restarted."""
+        while True:
+            try:
+                return p.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                pass
+            s = self.s
+            start = s.start_by_tag(tag)
+            if start is not None:
+                end = s.ended_at(start.pid)
+                if end is not None and mono() - end > (KILL_GRACE + 30) * 1e9:
+                    s.problem(f"{tag}: wrapper pid {p.pid} still running {KILL_GRACE + 30:.0f}s after "
+                              f"its command ended (hung); killed")
+                    signal_pid(p.pid, signal.SIGKILL)
+                    return p.wait(timeout=10)
+                if time.monotonic() - t_spawn > s.args.wrapper_timeout + s.args.hold_max + 60:
+                    s.problem(f"{tag}: holder pid {p.pid} ran far longer than its command; killed")
+                    signal_pid(p.pid, signal.SIGKILL)
+                    return p.wait(timeout=10)
+            elif time.monotonic() - t_spawn > s.args.wrapper_timeout:
+                s.starved.append(tag)
+                log(f"{tag}: standby got no lock in {s.args.wrapper_timeout:.0f}s (starved); SIGTERM")
+                signal_pid(p.pid, signal.SIGTERM)
+                try:
+                    return p.wait(timeout=KILL_GRACE + 15)
+                except subprocess.TimeoutExpired:
+                    s.problem(f"{tag}: waiting wrapper pid {p.pid} ignored SIGTERM; killed")
+                    signal_pid(p.pid, signal.SIGKILL)
+                    return p.wait(timeout=10)
 
     def stop(self) -> int | None:
         """SIGTERM the current wrapper (no restart afterwards); returns its exit code."""
@@ -168,6 +195,7 @@ class Chaos:
         self.faults: list[dict] = []
         self.counts: dict[str, int] = {k: 0 for k in KINDS}
         self.skipped = 0
+        self.starved: list[str] = []
         self.wrapper_pids: dict[int, str] = {}
         self.starts: dict[int, object] = {}      # child pid -> START line
         self.ends: dict[int, object] = {}        # child pid -> END line
@@ -175,6 +203,18 @@ class Chaos:
         self.contenders: list[Contender] = []
         self.restarts: list[tuple[int, int]] = []   # (kill time, ready time) of agent restarts
         self.agent_lock = threading.Lock()
+
+    def start_by_tag(self, tag: str):
+        with self.mon_lock:
+            for ln in self.starts.values():
+                if ln.tag == tag:
+                    return ln
+        return None
+
+    def ended_at(self, pid: int) -> int | None:
+        with self.mon_lock:
+            e = self.ends.get(pid)
+        return e.t if e is not None else self.deaths.dead_at(pid)
 
     def over(self) -> bool:
         return self.stop_flag or time.monotonic() >= self.deadline
@@ -514,7 +554,7 @@ class Chaos:
         detail = {"overlaps": hard, "tolerated_overlaps": tolerated, "fencing_violations": bad_tok,
                   "unended": unended, "still_running": still, "sessions": sr, "exit_codes": codes,
                   "panics": panics, "problems": self.problems, "sections": len(ivs),
-                  "final_exit": self.final_exit}
+                  "final_exit": self.final_exit, "starved_standbys": self.starved}
         return checks, detail
 
     def close(self) -> None:
@@ -589,6 +629,8 @@ def main() -> int:
     print(f"\nchaos: {trials} fault trials in {time.monotonic() - ch.t_start:.0f}s, "
           f"{detail.get('sections', 0)} critical sections, {a.contenders} contenders, seed {a.seed}")
     print("faults: " + ", ".join(f"{k}={v}" for k, v in ch.counts.items()))
+    print(f"standbys that got no lock within {a.wrapper_timeout:.0f}s (starved, restarted): "
+          f"{len(ch.starved)}")
     for name, ok, info in checks:
         print(f"  {'PASS' if ok else 'FAIL'}  {name}: {info}")
     for ov in detail.get("overlaps", [])[:10]:
