@@ -8,12 +8,13 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::consul::Consul;
-use crate::harness::{code, lockwrap, run_bounded, scratch};
+use crate::harness::{code, lockwrap, scratch};
 
 /// Sent in every case (`CONSUL_HTTP_TOKEN`); it must never show up in any output.
 const SECRET: &str = "s3cr3t-token-value";
@@ -151,6 +152,31 @@ node_prefix "" { policy = "read" }"#;
     assert!(matches!(made, Some((200, _))), "token: {made:?}");
 }
 
+/// Runs a case to completion; a case that does not end within `limit` is killed and reported
+/// (a failed case, not a panic, so the rest of the table still runs).
+fn run_case(mut cmd: Command, limit: Duration) -> (Output, bool) {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn lockwrap");
+    let deadline = Instant::now() + limit;
+    let mut overran = false;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() >= deadline {
+            // SIGTERM first so it releases what it took, then SIGKILL.
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let grace = Instant::now() + Duration::from_secs(5);
+            while child.try_wait().expect("try_wait").is_none() && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            overran = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child.wait_with_output().expect("collect output"), overran)
+}
+
 fn closed_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -214,6 +240,10 @@ fn cases(dir: &Path) -> Vec<Case> {
         .expect("chmod");
     let p = |path: &Path| path.display().to_string();
     let missing_config = p(&dir.join("no-such-config.yaml"));
+    // A port that stays taken for the whole suite.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_addr = taken.local_addr().expect("addr").to_string();
+    std::mem::forget(taken);
     let huge = format!("{{\"blob\":\"{}\"}}", "x".repeat(70 * 1024));
 
     vec![
@@ -448,6 +478,31 @@ fn cases(dir: &Path) -> Vec<Case> {
             ],
         )
         .mentions(&["--http-addr", "99999"]),
+        case(
+            "http-addr already in use",
+            3,
+            &["sidecar", "--key", "bad/k", "--http-addr", &taken_addr],
+        )
+        .mentions(&["--http-addr", &taken_addr]),
+        case(
+            "LOCKWRAP_HTTP_ADDR nonsense",
+            2,
+            &["sidecar", "--key", "bad/k"],
+        )
+        .env("LOCKWRAP_HTTP_ADDR", "localhost")
+        .mentions(&["LOCKWRAP_HTTP_ADDR", "localhost"]),
+        case(
+            "status-file in a missing directory",
+            3,
+            &[
+                "sidecar",
+                "--key",
+                "bad/k",
+                "--status-file",
+                "/no/such/dir/status.json",
+            ],
+        )
+        .mentions(&["--status-file", "/no/such/dir"]),
         case(
             "webhook ftp URL",
             3,
@@ -697,15 +752,31 @@ fn bad_inputs_fail_cleanly_with_the_documented_code_and_no_consul_write() {
         }
         cmd.args(&case.args);
         let started = Instant::now();
-        let out = run_bounded(cmd, Duration::from_secs(90));
+        let (out, overran) = run_case(cmd, Duration::from_secs(20));
         let took = started.elapsed();
         let after = snapshot(agent);
+        if before != after {
+            // Undo what a failed case left behind, so it cannot disturb the next cases.
+            for session in agent.sessions() {
+                if let Some(id) = session["ID"].as_str() {
+                    agent.destroy_session(id);
+                }
+            }
+            for key in agent.keys("") {
+                if !before.keys.contains(&key) {
+                    agent.delete_kv(&key);
+                }
+            }
+        }
         let got = code(&out);
         *codes.entry(got).or_default() += 1;
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
 
         let mut problems = Vec::new();
+        if overran {
+            problems.push("still running after 20 s (killed)".to_string());
+        }
         if !case.codes.contains(&got) {
             problems.push(format!("exit {got}, expected {:?}", case.codes));
         }

@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::consul::{wait_until, Consul};
-use crate::harness::{lockwrap, scratch, unique_key};
+use crate::harness::{lockwrap, scratch, script, unique_key};
 
 /// Generous bound for anything that should happen "at once" on a loaded CI machine.
 const SOON: Duration = Duration::from_secs(10);
@@ -753,6 +753,72 @@ fn sidecar_steps_down_before_the_ttl_when_consul_stops_answering() {
     );
     assert!(wait_until(SOON, || status_of(a.port, "/healthz") == Some(200)));
     assert_eq!(metric(a.port, "lockwrap_acquisitions_total"), 2.0);
+}
+
+#[test]
+fn sidecar_runs_acquired_lost_and_released_hooks_with_the_key() {
+    let consul = Consul::shared();
+    let key = unique_key("sidecar-hooks");
+    let dir = scratch("sidecar-hooks");
+    let log = dir.join("hooks.log");
+    let hook = script(
+        &dir,
+        "hook",
+        &format!(
+            "echo \"$LOCKWRAP_EVENT $1 $LOCKWRAP_SESSION $LOCKWRAP_FENCING_TOKEN\" >> {}",
+            log.display()
+        ),
+    );
+    let hook = hook.to_str().expect("utf-8 path");
+    let mut a = sidecar(
+        consul,
+        &dir,
+        "a",
+        &key,
+        &[
+            "--on-acquired",
+            hook,
+            "--on-lost",
+            hook,
+            "--on-released",
+            hook,
+        ],
+    );
+    let events = || -> Vec<Vec<String>> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.split(' ').map(str::to_string).collect())
+            .collect()
+    };
+    assert!(wait_until(SOON, || events().len() == 1), "{:?}", events());
+    let first = consul.holder(&key).expect("a holds");
+    consul.destroy_session(&first);
+    assert!(
+        wait_until(SOON, || events().len() == 3),
+        "{:?}\n{}",
+        events(),
+        a.stderr()
+    );
+    let second = consul.holder(&key).expect("a holds again");
+    a.terminate();
+    assert_eq!(a.wait_exit(SOON).and_then(|s| s.code()), Some(0));
+    assert!(wait_until(SOON, || events().len() == 4), "{:?}", events());
+    let got = events();
+    let names: Vec<&str> = got.iter().map(|e| e[0].as_str()).collect();
+    assert_eq!(
+        names,
+        ["acquired", "lost", "acquired", "released"],
+        "{got:?}"
+    );
+    for (event, session) in got.iter().zip([&first, &first, &second, &second]) {
+        assert_eq!(event[1], key, "hook argument is the key: {event:?}");
+        assert_eq!(&event[2], session, "LOCKWRAP_SESSION: {event:?}");
+        assert!(
+            event[3].parse::<u64>().is_ok(),
+            "LOCKWRAP_FENCING_TOKEN: {event:?}"
+        );
+    }
 }
 
 #[test]
