@@ -94,19 +94,24 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Writes the leadership status to `path` now and on every change, atomically (temp file in
 /// the same directory + rename), so readers never see a partial file.
-pub fn spawn_status_file(path: PathBuf, telemetry: &Telemetry) -> tokio::task::JoinHandle<()> {
+/// The first write happens now, so an unwritable path fails at start (exit 3).
+pub fn spawn_status_file(path: PathBuf, telemetry: &Telemetry) -> Result<(), Error> {
     let mut updates = telemetry.subscribe();
+    write_atomically(&path, &updates.borrow_and_update().clone()).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidArgument,
+            format!("cannot write --status-file {}: {e}", path.display()),
+        )
+    })?;
     tokio::spawn(async move {
-        loop {
+        while updates.changed().await.is_ok() {
             let status = updates.borrow_and_update().clone();
             if let Err(err) = write_atomically(&path, &status) {
                 tracing::warn!(path = %path.display(), %err, "cannot write the status file");
             }
-            if updates.changed().await.is_err() {
-                return;
-            }
         }
-    })
+    });
+    Ok(())
 }
 
 fn write_atomically(

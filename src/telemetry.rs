@@ -127,6 +127,7 @@ impl Telemetry {
     pub fn acquired(&self, info: &LockInfo, waited: Duration, since: String) {
         self.lock_held.set(1);
         self.acquisitions.inc();
+        self.set_consul_healthy(true);
         self.acquire_wait.observe(waited.as_secs_f64());
         self.consecutive_renew_failures
             .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -169,6 +170,18 @@ impl Telemetry {
             s.fencing_token = token;
             changed
         });
+    }
+
+    /// A loss caused by Consul not answering also makes the instance unhealthy until Consul
+    /// answers again.
+    pub fn lost_because(&self, reason: &crate::backend::LossReason) {
+        use crate::backend::LossReason;
+        if matches!(
+            reason,
+            LossReason::LeaseDeadline | LossReason::ConsulUnreachable(_)
+        ) {
+            self.set_consul_healthy(false);
+        }
     }
 
     pub fn renew_failed(&self) {

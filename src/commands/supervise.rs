@@ -24,7 +24,7 @@ pub async fn start_reporting(config: &Config, telemetry: &Arc<Telemetry>) -> Res
         crate::http::serve(addr, telemetry.clone(), config.ready_always).await?;
     }
     if let Some(path) = &config.status_file {
-        crate::http::spawn_status_file(path.clone(), telemetry);
+        crate::http::spawn_status_file(path.clone(), telemetry)?;
     }
     Ok(())
 }
@@ -132,6 +132,7 @@ async fn hold(
                     ..ctx.clone()
                 });
                 telemetry.not_leader(true);
+                telemetry.lost_because(&reason);
                 tracing::warn!(event = "lost", %reason, grace = ?grace, "lock lost: stopping the command");
                 let status = child.stop(grace).await;
                 telemetry.child_exited(status.code());

@@ -126,7 +126,11 @@ impl ConsulBackend {
             step!(observer.before_attempt(key), stop, deadline);
             let read = match fresh.take() {
                 Some(read) => read,
-                None => step!(self.client.kv_get_retry(&lock_key), stop, deadline)?,
+                None => {
+                    let read = step!(self.client.kv_get_retry(&lock_key), stop, deadline);
+                    self.telemetry.set_consul_healthy(read.is_ok());
+                    read?
+                }
             };
             check_flags(read.value.as_ref(), &lock_key, request.layout)?;
 
