@@ -104,9 +104,10 @@ impl Consul {
             .spawn()
             .expect("start consul agent -dev (run `make consul` first)");
         *self.child.lock().expect("child lock") = Some(child);
-        let ready = wait_until(Duration::from_secs(30), || {
-            matches!(self.get("/v1/status/leader"), Some((200, body)) if body.contains(':'))
-        });
+        let ready = wait_until(
+            Duration::from_secs(30),
+            || matches!(self.get("/v1/status/leader"), Some((200, body)) if body.contains(':')),
+        );
         assert!(ready, "consul agent on port {http} did not elect a leader");
         // ACL-enabled agents need a moment more before the KV store answers.
         wait_until(Duration::from_secs(10), || {
@@ -166,7 +167,9 @@ impl Consul {
         token: Option<&str>,
     ) -> Option<(u16, String)> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .ok()?;
         let body = body.unwrap_or("");
         let token = token
             .map(|t| format!("X-Consul-Token: {t}\r\n"))
@@ -181,7 +184,10 @@ impl Consul {
         let text = String::from_utf8_lossy(&raw).to_string();
         let (head, rest) = text.split_once("\r\n\r\n")?;
         let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(rest)
         } else {
             rest.to_string()

@@ -72,7 +72,11 @@ pub fn code(out: &Output) -> i32 {
 
 /// A fresh scratch directory for files a test's children write.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lockwrap-test-{}-{}", std::process::id(), unique_key(name).replace('/', "_")));
+    let dir = std::env::temp_dir().join(format!(
+        "lockwrap-test-{}-{}",
+        std::process::id(),
+        unique_key(name).replace('/', "_")
+    ));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
