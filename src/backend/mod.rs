@@ -101,6 +101,11 @@ impl Wait {
         }
     }
 
+    /// When a wait that began at `started` must give up (`None` = never).
+    pub fn deadline(&self, started: std::time::Instant) -> Option<std::time::Instant> {
+        self.timeout().filter(|t| !t.is_zero()).map(|t| started + t)
+    }
+
     pub fn poll(&self) -> Option<Duration> {
         match self {
             Wait::BlockingFor { poll, .. } => *poll,

@@ -1,14 +1,32 @@
 //! Acquiring while listening to signals: a stop signal aborts the wait at once (the backend
 //! destroys its session) and is reported so the caller can exit 128+signal.
 
+use std::time::Duration;
+
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
+use crate::backend::consul::value::now_iso8601;
 use crate::backend::consul::Lease;
-use crate::backend::{AcquireObserver, Acquired, LockRequest};
+use crate::backend::{AcquireObserver, Acquired, HeldLock, LockRequest};
 use crate::exit::Result;
+use crate::hooks::EventContext;
 use crate::locks::LockManager;
 use crate::supervisor::Signal;
+use crate::telemetry::Telemetry;
+
+/// Publishes a fresh acquisition: telemetry, the log span's session, one log line. Returns the
+/// hook context of the lease.
+pub fn record_acquired(telemetry: &Telemetry, lease: &Lease, waited: Duration) -> EventContext {
+    telemetry.acquired(lease.info(), waited, now_iso8601());
+    tracing::Span::current().record("session", lease.session());
+    tracing::info!(
+        event = "acquired",
+        fencing_token = lease.fencing_token(),
+        "lock acquired"
+    );
+    EventContext::from_info(lease.info())
+}
 
 /// Signals that end a wait for the lock (the default action of each is to terminate).
 fn ends_wait(signal: Signal) -> bool {

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use super::acquire;
 use super::supervise::start_reporting;
-use crate::backend::consul::value::now_iso8601;
 use crate::backend::{Acquired, HeldLock, Wait};
 use crate::config::Config;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
@@ -80,14 +79,7 @@ pub async fn run(
             }
             Acquired::Locked(_) => continue,
         };
-        telemetry.acquired(lease.info(), started.elapsed(), now_iso8601());
-        tracing::Span::current().record("session", lease.session());
-        tracing::info!(
-            event = "acquired",
-            fencing_token = lease.fencing_token(),
-            "leader"
-        );
-        let ctx = EventContext::from_info(lease.info());
+        let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
         hooks.fire(Event::Acquired, &ctx).await;
 
         let stop_signal = loop {

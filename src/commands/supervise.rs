@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::acquire;
-use crate::backend::consul::value::now_iso8601;
 use crate::backend::consul::Lease;
 use crate::backend::{Acquired, HeldLock};
 use crate::config::Config;
@@ -69,14 +68,7 @@ pub async fn run(
             ))
         }
     };
-    telemetry.acquired(lease.info(), started.elapsed(), now_iso8601());
-    tracing::Span::current().record("session", lease.session());
-    tracing::info!(
-        event = "acquired",
-        fencing_token = lease.fencing_token(),
-        "lock acquired"
-    );
-    let ctx = EventContext::from_info(lease.info());
+    let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
     // Hooks run beside the command: the command's start must not wait on them.
     let acquired_hooks = hooks.fire_detached(Event::Acquired, &ctx);
 

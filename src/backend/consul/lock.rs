@@ -86,11 +86,7 @@ impl ConsulBackend {
         stop: &CancellationToken,
     ) -> Result<Acquired<Lease>, BackendError> {
         let started = Instant::now();
-        let deadline = request
-            .wait
-            .timeout()
-            .filter(|t| !t.is_zero())
-            .map(|t| started + t);
+        let deadline = request.wait.deadline(started);
         let mut session: Option<OwnedSession> = None;
         let result = self
             .acquire_loop(request, observer, stop, started, deadline, &mut session)

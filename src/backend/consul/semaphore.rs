@@ -78,11 +78,7 @@ impl ConsulBackend {
         stop: &CancellationToken,
     ) -> Result<Acquired<Lease>, BackendError> {
         let started = Instant::now();
-        let deadline = request
-            .wait
-            .timeout()
-            .filter(|t| !t.is_zero())
-            .map(|t| started + t);
+        let deadline = request.wait.deadline(started);
         let key = request.key.as_str();
         let prefix = key.trim_end_matches('/');
         // Refuse a conflicting entry before creating anything.
