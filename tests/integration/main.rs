@@ -9,3 +9,4 @@ mod cli;
 mod run;
 mod sidecar;
 mod tls;
+mod webhook;
