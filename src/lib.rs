@@ -36,6 +36,6 @@ pub mod output;
 pub mod supervisor;
 pub mod telemetry;
 
-pub use backend::{Layout, LockInfo, LockRequest, LossReason};
+pub use backend::{HeldLock, Layout, LockInfo, LockRequest, LossReason};
 pub use exit::{Error, ErrorKind, Outcome};
 pub use locks::LockManager;

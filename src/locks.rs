@@ -4,7 +4,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), lockwrap::exit::Error> {
-//! use lockwrap::locks::LockManager;
+//! use lockwrap::{HeldLock, LockManager};
 //! let manager = LockManager::from_env()?;
 //! let lease = manager.acquire("my/lock").await?;   // blocks until held
 //! // ... work while holding it; `lease.lost()` resolves if it is lost ...
