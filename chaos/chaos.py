@@ -44,6 +44,10 @@ START, since the lock is taken a little before the child starts) is reported as
 "after external break" and tolerated if the old child stopped within the TTL of the break;
 `--strict` fails on those too. Every other overlap fails the run.
 
+Liveness: the longest stretch with no critical section running must stay below --max-gap (60 s):
+a kill -9'd holder keeps the lock for up to 2×TTL and a freeze or a cut adds at most TTL + 5 s,
+so a longer gap means waiting contenders missed a free lock.
+
     python3 chaos/chaos.py --short            # ≈ 2 minutes (part of `make test`)
     python3 chaos/chaos.py --trials 1000 --budget 3600
 """
@@ -551,6 +555,23 @@ class Chaos:
                        f"{min(self.args.trials, self.args.min_trials)}), {self.skipped} skipped picks; "
                        f"by kind {self.counts}"))
         checks.append(("progress: critical sections completed", len(ivs) > 0, f"{len(ivs)} sections"))
+        # Liveness: the longest stretch with no critical section running. A kill -9'd holder keeps
+        # the lock up to 2×TTL, a frozen agent or a cut holder adds at most TTL + 5 s, so a gap
+        # above --max-gap means waiting contenders missed a free lock.
+        gaps = []
+        cover_end = None
+        for iv in ivs:
+            if cover_end is not None and iv["start"] > cover_end:
+                gaps.append((iv["start"] - cover_end, cover_end, iv["tag"]))
+            cover_end = iv["end"] if cover_end is None else max(cover_end, iv["end"])
+        gaps.sort(reverse=True)
+        long_gaps = [{"gap_s": round(g / 1e9, 1), "from_rel_s": round((t - self.t0_mono) / 1e9, 1),
+                      "next": tag} for g, t, tag in gaps if g > self.args.max_gap * 1e9]
+        longest = round(gaps[0][0] / 1e9, 1) if gaps else 0.0
+        checks.append((f"liveness: no stretch > {self.args.max_gap:.0f}s without a holder",
+                       not long_gaps, f"longest {longest}s; {len(long_gaps)} longer than "
+                       f"{self.args.max_gap:.0f}s {long_gaps[:5]}; starved standbys "
+                       f"{len(self.starved)}"))
         detail = {"overlaps": hard, "tolerated_overlaps": tolerated, "fencing_violations": bad_tok,
                   "unended": unended, "still_running": still, "sessions": sr, "exit_codes": codes,
                   "panics": panics, "problems": self.problems, "sections": len(ivs),
@@ -592,6 +613,8 @@ def main() -> int:
     ap.add_argument("--gap-min", type=float, default=0.1)
     ap.add_argument("--gap-max", type=float, default=1.5)
     ap.add_argument("--wrapper-timeout", type=float, default=120.0)
+    ap.add_argument("--max-gap", type=float, default=60.0,
+                    help="fail if no critical section ran for longer than this (seconds)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--workdir", default="")
     ap.add_argument("--report", default="", help="write a JSON report here")
