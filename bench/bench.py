@@ -31,7 +31,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,  # noqa: E402
-                     alive, become_subreaper, child_argv, find_consul, log, machine_info, median,
+                     alive, become_subreaper, child_argv, source_revision, find_consul, log, machine_info, median,
                      mono, shell_quote, signal_pid, vm_hwm_kib, wait_until)
 
 SCENARIOS = ["baseline", "acquire", "handoff", "loss", "standby", "contention", "failover",
@@ -490,6 +490,7 @@ class Bench:
         self.results["machine"] = machine_info()
         self.results["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.results["tools"] = {t.short: t.bin for t in self.tools}
+        self.results["lockwrap_source"] = source_revision()
         self.results["config"] = vars(a)
         try:
             ver = subprocess.run([self.consul_bin, "version"], stdout=subprocess.PIPE,
@@ -676,7 +677,8 @@ def render(res, rows, targets) -> str:
     m = res["machine"]
     la = res.get("loadavg", {})
     out = [f"Machine: {m['nproc']} CPUs, {m['cpu_model']}, kernel {m['kernel']}, {m['mem_gib']} GiB; "
-           f"{res.get('consul_version', '')}; run {res.get('started')}",
+           f"{res.get('consul_version', '')}; lockwrap built from {res.get('lockwrap_source', '?')}; "
+           f"run {res.get('started')}",
            "",
            "Load average (1/5/15 min) before each scenario: " +
            ", ".join(f"{k} {v.get('before')}" for k, v in la.items()) + ". The child is "

@@ -90,6 +90,19 @@ def find_consul() -> str:
     return out.splitlines()[-1]
 
 
+def source_revision() -> str:
+    """git commit of the work tree the lockwrap binary was built from (+ "-dirty")."""
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, timeout=10).stdout.decode().strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "src", "Cargo.toml"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               timeout=10).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def machine_info() -> dict:
     cpu = "unknown"
     try:

@@ -69,7 +69,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "bench"))
 from harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,  # noqa: E402
                      alive, become_subreaper, child_argv, find_consul, log, machine_info, mono,
-                     ppid_of, proc_state, signal_pid, wait_until)
+                     ppid_of, proc_state, signal_pid, source_revision, wait_until)
 
 KEY = "chaos/lock"
 TTL = 10.0
@@ -665,7 +665,7 @@ def main() -> int:
     if a.report:
         os.makedirs(os.path.dirname(os.path.abspath(a.report)), exist_ok=True)
         with open(a.report, "w") as f:
-            json.dump({"machine": machine_info(), "args": vars(a), "counts": ch.counts,
+            json.dump({"machine": machine_info(), "lockwrap_source": source_revision(), "args": vars(a), "counts": ch.counts,
                        "trials": trials, "checks": [{"name": n, "ok": o, "info": i}
                                                     for n, o, i in checks],
                        "detail": detail, "faults": [{k: v for k, v in r.items()
