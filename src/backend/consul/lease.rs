@@ -367,6 +367,8 @@ async fn watch_key(
                     return declare(&loss, LossReason::ConsulUnreachable(err.to_string()));
                 }
                 tracing::warn!(%key, %err, failures, "watching the lock failed; retrying");
+                // After an agent restart the index starts lower; don't block on the old one.
+                index = 0;
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(WATCH_RETRY_PAUSE) => {}

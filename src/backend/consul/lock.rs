@@ -294,6 +294,9 @@ impl ConsulBackend {
                     failures += 1;
                     self.telemetry.set_consul_healthy(false);
                     tracing::warn!(%err, failures, "waiting for the lock: Consul read failed; retrying");
+                    // The agent may have restarted with a lower index: a blocking query on our
+                    // old index would then hang for the whole wait. Start over from 0.
+                    index = 0;
                     let pause = Duration::from_millis(250 * u64::from(failures.min(20)));
                     tokio::time::sleep(pause).await;
                 }

@@ -166,14 +166,27 @@ impl ConsulBackend {
             } else {
                 Some((index, STANDBY_WAIT))
             };
-            let read = interruptible(
+            let listed = interruptible(
                 self.client.kv_list(&format!("{prefix}/"), wait),
                 stop,
                 deadline,
             )
             .await
-            .map_err(Ok)?
-            .map_err(Err)?;
+            .map_err(Ok)?;
+            let read = match listed {
+                Ok(read) => read,
+                Err(err) if err.is_transient() && wait.is_some() => {
+                    // A standby rides out Consul outages; index 0 because a restarted agent
+                    // counts from a lower index.
+                    tracing::warn!(%err, "waiting for a semaphore slot: Consul read failed; retrying");
+                    index = 0;
+                    interruptible(tokio::time::sleep(Duration::from_secs(1)), stop, deadline)
+                        .await
+                        .map_err(Ok)?;
+                    continue;
+                }
+                Err(err) => return Err(Err(err)),
+            };
             index = next_index(index, read.index).max(1);
             let lock_pair = read.value.iter().find(|p| p.key == slot.lock_key);
             let mut lock = decode_lock(lock_pair, key).map_err(Err)?;
@@ -307,6 +320,7 @@ pub(crate) async fn watch(
             }
             Err(err) => {
                 failures += 1;
+                index = 0;
                 if failures > monitor_retry {
                     return declare(&loss, LossReason::ConsulUnreachable(err.to_string()));
                 }
