@@ -46,7 +46,18 @@ pub async fn until_signal(
     let mut received = None;
     loop {
         tokio::select! {
-            result = &mut acquire => return (result, received),
+            result = &mut acquire => {
+                // A failure after a stop signal (e.g. a write that timed out against a frozen
+                // agent) is still a stop: exit 128+signal, not 8.
+                let result = match result {
+                    Err(err) if received.is_some() => {
+                        tracing::debug!(%err, "acquire failed after a stop signal");
+                        Ok(Acquired::Cancelled)
+                    }
+                    other => other,
+                };
+                return (result, received);
+            }
             Some(signal) = signals.recv(), if received.is_none() => {
                 if ends_wait(signal) {
                     tracing::info!(signal = signal.name(), "stopping the wait for the lock");

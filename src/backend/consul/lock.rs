@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::api::{KvPair, KvRead, LOCK_FLAG_VALUE};
+use super::client::ConsulClient;
 use super::lease::{KeepAlive, Lease, LeaseTiming};
 use super::session::{self, OwnedSession};
 use super::value::{self, Identity};
@@ -160,9 +161,7 @@ impl ConsulBackend {
 
             // The key is free: take it with a session of our own.
             if session.is_none() {
-                *session = Some(
-                    session::create(&self.client, key, &request.session, &self.identity).await?,
-                );
+                *session = Some(step!(self.create_session(request), stop, deadline)?);
             }
             let owned = session.as_ref().expect("session was just created");
             let value = value::encode(
@@ -225,6 +224,41 @@ impl ConsulBackend {
                 }
             }
         }
+    }
+
+    /// Creates a session in a task of its own, so a stop signal need not wait for a slow
+    /// agent: if the caller stops waiting, the task still finishes and destroys what it made.
+    async fn create_session(&self, request: &LockRequest) -> Result<OwnedSession, BackendError> {
+        struct Orphan(
+            Option<tokio::task::JoinHandle<Result<OwnedSession, BackendError>>>,
+            ConsulClient,
+        );
+        impl Drop for Orphan {
+            fn drop(&mut self) {
+                if let Some(task) = self.0.take() {
+                    let client = self.1.clone();
+                    tokio::spawn(async move {
+                        if let Ok(Ok(owned)) = task.await {
+                            session::destroy(&client, &owned).await;
+                        }
+                    });
+                }
+            }
+        }
+        let client = self.client.clone();
+        let key = request.key.clone();
+        let settings = request.session.clone();
+        let identity = self.identity.clone();
+        let task =
+            tokio::spawn(async move { session::create(&client, &key, &settings, &identity).await });
+        let mut guard = Orphan(Some(task), self.client.clone());
+        let joined = guard
+            .0
+            .as_mut()
+            .expect("the task is set until it is awaited")
+            .await;
+        guard.0 = None;
+        joined.map_err(|e| BackendError::Invalid(format!("session creation failed: {e}")))?
     }
 
     /// Keeps a session alive while it waits out a lock-delay longer than half its TTL.
