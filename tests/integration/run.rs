@@ -115,7 +115,9 @@ impl Dir {
     /// Waits until a marker holds content: shells create a file (`> f`) before writing it, so
     /// existence alone can be seen before the timestamp or pid is in it.
     fn wait_for(&self, name: &str, limit: Duration) -> bool {
-        wait_until(limit, || self.exists(name) && !self.read(name).trim().is_empty())
+        wait_until(limit, || {
+            self.exists(name) && !self.read(name).trim().is_empty()
+        })
     }
 
     fn script(&self, name: &str, body: &str) -> String {
