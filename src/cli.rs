@@ -164,6 +164,9 @@ pub struct SupervisorArgs {
     /// Time between SIGTERM and SIGKILL when the command must stop (default 5s)
     #[arg(long, value_name = "DURATION")]
     pub kill_grace: Option<String>,
+    /// When the previous holder did not release cleanly (key deleted, session expired or destroyed, forced unlock), wait this long after acquiring before starting the command, so its command has surely stopped (default 0)
+    #[arg(long, value_name = "DURATION")]
+    pub takeover_delay: Option<String>,
     /// Executable(s) run as `EXE <key>` once the lock is held
     #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
     pub on_acquired: Vec<String>,

@@ -38,6 +38,7 @@ pub const SETTINGS: &[&str] = &[
     "layout",
     "limit",
     "kill_grace",
+    "takeover_delay",
     "on_acquired",
     "on_lost",
     "on_released",
@@ -138,6 +139,8 @@ pub struct Config {
     pub request: LockRequest,
     pub hooks: HookSet,
     pub hook_timeout: Duration,
+    /// Wait after an unclean takeover before starting the command (0 = never wait).
+    pub takeover_delay: Duration,
     pub shell: bool,
     pub subreaper: bool,
     pub http_addr: Option<SocketAddr>,
@@ -493,6 +496,7 @@ fn supervisor_flags<'a>(
     bools: &mut Vec<(&'static str, bool)>,
 ) {
     put("kill_grace", s.kill_grace.as_ref());
+    put("takeover_delay", s.takeover_delay.as_ref());
     put("hook_timeout", s.hook_timeout.as_ref());
     put("webhook", s.webhook.as_ref());
     put("monitor_retry", s.monitor_retry.as_ref());
@@ -663,6 +667,7 @@ fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
         request,
         hooks,
         hook_timeout,
+        takeover_delay: v.duration("takeover_delay")?.unwrap_or(Duration::ZERO),
         shell: mode == Mode::Execute || v.bool("shell")?.unwrap_or(false),
         subreaper: v.bool("subreaper")?.unwrap_or(false),
         http_addr,

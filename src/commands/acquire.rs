@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::consul::value::now_iso8601;
 use crate::backend::consul::Lease;
-use crate::backend::{AcquireObserver, Acquired, HeldLock, LockRequest};
+use crate::backend::{AcquireObserver, Acquired, HeldLock, LockRequest, LossReason};
 use crate::exit::Result;
 use crate::hooks::EventContext;
 use crate::locks::LockManager;
@@ -26,6 +26,43 @@ pub fn record_acquired(telemetry: &Telemetry, lease: &Lease, waited: Duration) -
         "lock acquired"
     );
     EventContext::from_info(lease.info())
+}
+
+/// Why a takeover wait ended early.
+pub enum TakeoverAbort {
+    Lost(LossReason),
+    Stopped(Signal),
+}
+
+/// After taking over from a holder that did not release cleanly, holds the lock for `delay`
+/// before the caller announces leadership or starts the command, so the previous holder's
+/// command has time to stop. Ends early on loss or a stop signal.
+pub async fn takeover_wait(
+    delay: Duration,
+    lease: &mut Lease,
+    signals: &mut UnboundedReceiver<Signal>,
+) -> Result<(), TakeoverAbort> {
+    if delay.is_zero() || lease.previous_release_clean() {
+        return Ok(());
+    }
+    tracing::info!(
+        event = "takeover-wait",
+        delay = ?delay,
+        "the previous holder did not release cleanly; waiting before taking over"
+    );
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = &mut sleep => return Ok(()),
+            reason = lease.lost() => return Err(TakeoverAbort::Lost(reason)),
+            Some(signal) = signals.recv() => {
+                if ends_wait(signal) {
+                    return Err(TakeoverAbort::Stopped(signal));
+                }
+            }
+        }
+    }
 }
 
 /// Signals that end a wait for the lock (the default action of each is to terminate).

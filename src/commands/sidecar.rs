@@ -79,6 +79,24 @@ pub async fn run(
             }
             Acquired::Locked(_) => continue,
         };
+        match acquire::takeover_wait(config.takeover_delay, &mut lease, &mut process.signals).await
+        {
+            Ok(()) => {}
+            Err(acquire::TakeoverAbort::Stopped(_)) => {
+                let _ = lease.release().await;
+                return Ok(Outcome::Success);
+            }
+            Err(acquire::TakeoverAbort::Lost(reason)) => {
+                let _ = lease.release().await;
+                if config.exit_on_loss {
+                    return Ok(Outcome::Failed(Error::new(
+                        ErrorKind::LockLost,
+                        format!("lock {} lost: {reason}", config.request.key),
+                    )));
+                }
+                continue;
+            }
+        }
         let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
         hooks.fire(Event::Acquired, &ctx).await;
 

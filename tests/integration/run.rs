@@ -1706,3 +1706,80 @@ fn run_example_config_documents_every_setting_and_is_valid() {
     );
     assert_no_sessions(consul, &key);
 }
+
+// ---------------------------------------------------------------------------------------------
+// --takeover-delay
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn takeover_delay_waits_only_after_an_unclean_release() {
+    let consul = Consul::shared();
+    let key = unique_key("run-takeover");
+    let dir = Dir::new("run-takeover");
+    let child = dir.script(
+        "child.sh",
+        &format!(
+            "D='{}'\ntrap 'date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
+             date +%s%N > \"$D/start.$1\"\n\
+             while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
+             date +%s%N > \"$D/end.$1\"",
+            dir.display()
+        ),
+    );
+    let opts = [
+        "--takeover-delay",
+        "2s",
+        "--kill-grace",
+        "1s",
+        "--lock-delay",
+        "0",
+    ];
+
+    // First holder on a fresh key: an absent key counts as unclean, so it waits too.
+    let a = Proc::spawn(run_cmd(consul, &key, &opts, &[&child, "a"]));
+    assert!(dir.wait_for("start.a", Duration::from_secs(10)));
+    let waiting = waiting_opts(&dir, "b");
+    let mut b_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    b_opts.extend(opts);
+    let b = Proc::spawn(run_cmd(consul, &key, &b_opts, &[&child, "b"]));
+    wait_waiting(&dir, "b");
+
+    // A clean release: the standby starts at once.
+    dir.touch("release.a");
+    assert!(dir.wait_for("start.b", Duration::from_secs(5)));
+    let handoff = dir.ns("start.b").expect("start.b") - dir.ns("end.a").expect("end.a");
+    eprintln!("takeover after a clean release: {} ms", ms(handoff));
+    assert!(
+        handoff < 1_500_000_000,
+        "clean handoff waited {} ms",
+        ms(handoff)
+    );
+    assert_eq!(a.finish(Duration::from_secs(10)).status.code(), Some(0));
+
+    // An unclean break (the key deleted under the holder): the next holder waits the delay,
+    // and its command never overlaps the old one.
+    let waiting = waiting_opts(&dir, "c");
+    let mut c_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    c_opts.extend(opts);
+    let c = Proc::spawn(run_cmd(consul, &key, &c_opts, &[&child, "c"]));
+    wait_waiting(&dir, "c");
+    let deleted_at = now_ns();
+    consul.delete_kv(&key);
+    assert!(dir.wait_for("start.c", Duration::from_secs(10)));
+    let start_c = dir.ns("start.c").expect("start.c");
+    let end_b = dir.ns("end.b").expect("b's command stopped");
+    eprintln!(
+        "takeover after a deleted key: b stopped {} ms after the delete, c started {} ms after it",
+        ms(end_b - deleted_at),
+        ms(start_c - deleted_at)
+    );
+    assert!(start_c > end_b, "c started before b's command ended");
+    assert!(
+        start_c - deleted_at >= 2_000_000_000,
+        "c did not wait the takeover delay"
+    );
+    assert_eq!(b.finish(Duration::from_secs(10)).status.code(), Some(101));
+    dir.touch("release.c");
+    assert_eq!(c.finish(Duration::from_secs(10)).status.code(), Some(0));
+    assert!(consul.sessions_for(&key).is_empty());
+}

@@ -12,6 +12,7 @@ use super::api::{next_index, LOCK_FLAG_VALUE};
 use super::client::ConsulClient;
 use super::semaphore::SemaphoreSlot;
 use super::session::{self, OwnedSession};
+use super::value;
 use crate::backend::{BackendError, HeldLock, Layout, LockInfo, LossReason};
 use crate::duration;
 use crate::telemetry::Telemetry;
@@ -97,6 +98,9 @@ pub struct Lease {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     done: bool,
+    /// Whether the previous holder released cleanly (its command had stopped); when not, the
+    /// supervisor may wait `--takeover-delay` before starting ours.
+    pub(crate) previous_release_clean: bool,
 }
 
 impl Lease {
@@ -169,6 +173,7 @@ impl Lease {
             stop,
             tasks,
             done: false,
+            previous_release_clean: true,
         }
     }
 
@@ -183,6 +188,12 @@ impl Lease {
     /// The entry's `ModifyIndex` at acquisition: strictly increasing across holders.
     pub fn fencing_token(&self) -> u64 {
         self.info.fencing_token.unwrap_or_default()
+    }
+
+    /// False when the previous holder did not release cleanly (key deleted, session expired or
+    /// destroyed, forced unlock, Consul state lost): its command may still be stopping.
+    pub fn previous_release_clean(&self) -> bool {
+        self.previous_release_clean
     }
 
     /// The loss reason if the lock is already lost.
@@ -216,7 +227,7 @@ impl Lease {
             if self.loss().is_none() {
                 if let Err(err) = self
                     .client
-                    .kv_put(&self.lock_key, self.value.clone(), &params)
+                    .kv_put(&self.lock_key, value::mark_released(&self.value), &params)
                     .await
                 {
                     tracing::warn!(key = %self.lock_key, %err, "release failed; destroying the session releases the key anyway");

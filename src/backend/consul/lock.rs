@@ -160,6 +160,7 @@ impl ConsulBackend {
             }
 
             // The key is free: take it with a session of our own.
+            let previous_clean = read.value.as_ref().is_some_and(value::released_cleanly);
             if session.is_none() {
                 *session = Some(step!(self.create_session(request), stop, deadline)?);
             }
@@ -192,7 +193,7 @@ impl ConsulBackend {
                     let info = value::decode(key, pair);
                     let owned = session.take().expect("session is set");
                     let keep_alive = self.keep_alive(request, after.index)?;
-                    let lease = Lease::start(
+                    let mut lease = Lease::start(
                         self.client.clone(),
                         info,
                         lock_key,
@@ -202,6 +203,7 @@ impl ConsulBackend {
                         None,
                         keep_alive,
                     );
+                    lease.previous_release_clean = previous_clean;
                     return Ok(Attempt::Held(Box::new(lease)));
                 }
                 Some(pair) if pair.holder().is_some() => {

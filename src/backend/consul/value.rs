@@ -89,6 +89,27 @@ pub fn decode(key: &str, pair: &KvPair) -> LockInfo {
     }
 }
 
+/// The value re-sent with `?release`: the holder's value plus `released` (UTC). It tells the next
+/// holder that this release was clean — the holder's command had already stopped.
+pub fn mark_released(value: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<BTreeMap<String, Value>>(value) {
+        Ok(mut map) => {
+            map.insert("released".to_string(), json!(now_iso8601()));
+            serde_json::to_vec_pretty(&map).unwrap_or_else(|_| value.to_vec())
+        }
+        Err(_) => value.to_vec(),
+    }
+}
+
+/// Whether the entry was last released cleanly by lockwrap (see [`mark_released`]). A deleted
+/// key, an expired or destroyed session, or a forced unlock all read as "not clean".
+pub fn released_cleanly(pair: &KvPair) -> bool {
+    pair.holder().is_none()
+        && serde_json::from_slice::<Value>(&pair.value_bytes())
+            .ok()
+            .is_some_and(|v| v.get("released").is_some())
+}
+
 /// Now in UTC, as consullock writes it (`2017-11-30T14:55:49.322108`).
 pub fn now_iso8601() -> String {
     let now = time::OffsetDateTime::now_utc();
@@ -163,6 +184,28 @@ mod tests {
         let info = decode("k", &pair("not json", Some("")));
         assert_eq!(info.session, None);
         assert_eq!(info.created, None);
+    }
+
+    #[test]
+    fn release_marker_round_trips() {
+        let identity = Identity {
+            hostname: "h".into(),
+            pid: 1,
+            pod: None,
+            node: None,
+        };
+        let value = encode("k", "s", "t", 0.0, None, &identity);
+        let held = pair(std::str::from_utf8(&value).unwrap(), None);
+        assert!(!released_cleanly(&held));
+        let marked = mark_released(&value);
+        assert!(released_cleanly(&pair(
+            std::str::from_utf8(&marked).unwrap(),
+            None
+        )));
+        assert!(!released_cleanly(&pair(
+            std::str::from_utf8(&marked).unwrap(),
+            Some("s2")
+        )));
     }
 
     #[test]
