@@ -3,7 +3,7 @@
 
 K contenders run, and are restarted whenever they exit:
     lockwrap run --key chaos/lock --session-ttl 10s --kill-grace 1s --lock-delay 0 \
-                 --consul-addr 127.0.0.1:<contender's own proxy> -- python3 -S bench/child.py chaos …
+                 --takeover-delay 5s --consul-addr 127.0.0.1:<contender's own proxy> -- python3 -S bench/child.py chaos …
 Each child appends START / END records (CLOCK_MONOTONIC ns, pid, tag, $LOCKWRAP_FENCING_TOKEN) to one
 shared log with single O_APPEND writes and holds the lock for a random short time.
 
@@ -38,11 +38,12 @@ end is never earlier than the real one, so the check can only over-report overla
 
 Overlaps after an external lock break. `destroy`, `delete` and `restart` take the lock away from a
 live holder behind its back; with --lock-delay 0 another contender may acquire at once, before the
-old holder has even been told (no lock can prevent that: the fencing token is the protection). An
+old holder has even been told. lockwrap's `--takeover-delay` (5 s here, `--takeover-delay` of this
+script) covers that: after an unclean release the new holder waits before starting its command, so
+by default EVERY overlap fails the run. With `--takeover-delay 0` (lockwrap without the guard) an
 overlap whose earlier section was broken that way (break time inside it, or at most 1 s before its
-START, since the lock is taken a little before the child starts) is reported as
-"after external break" and tolerated if the old child stopped within the TTL of the break;
-`--strict` fails on those too. Every other overlap fails the run.
+START) is reported as "after external break" and tolerated if the old child stopped within the TTL
+of the break, unless `--strict`.
 
 Liveness: the longest stretch with no critical section running must stay below --max-gap (60 s):
 a kill -9'd holder keeps the lock for up to 2×TTL and a freeze or a cut adds at most TTL + 5 s,
@@ -101,6 +102,7 @@ class Contender:
         a = self.s.args
         return [a.lockwrap, "run", "--key", KEY, "--session-ttl", f"{TTL:g}s",
                 "--kill-grace", f"{KILL_GRACE:g}s", "--lock-delay", "0",
+                "--takeover-delay", f"{a.takeover_delay:g}s",
                 "--consul-addr", self.proxy.addr, "--",
                 *child_argv("chaos", self.s.logfile, tag, str(a.hold_min), str(a.hold_max))]
 
@@ -492,7 +494,8 @@ class Chaos:
                     b = brk[-1]
                     ov["break"] = b["kind"]
                     ov["old_child_stopped_after_break_ms"] = round((prev["end"] - b["t"]) / 1e6, 3)
-                    if prev["end"] - b["t"] <= TTL * 1e9 and not self.args.strict:
+                    lenient = not self.args.strict and self.args.takeover_delay == 0
+                    if prev["end"] - b["t"] <= TTL * 1e9 and lenient:
                         tolerated.append(ov)
                     else:
                         hard.append(ov)
@@ -611,7 +614,11 @@ def main() -> int:
                     help="do not fail when the budget ran out before --min-trials")
     ap.add_argument("--short", action="store_true", help="≈2 minute run for `make test`")
     ap.add_argument("--strict", action="store_true",
-                    help="also fail on overlaps that follow an external lock break")
+                    help="with --takeover-delay 0: also fail on overlaps that follow an external "
+                         "lock break (always on when the takeover delay is > 0)")
+    ap.add_argument("--takeover-delay", type=float, default=5.0,
+                    help="lockwrap --takeover-delay in seconds for every contender (default 5; "
+                         "0 = no guard, overlaps after external breaks are tolerated)")
     ap.add_argument("--hold-min", type=float, default=0.2)
     ap.add_argument("--hold-max", type=float, default=2.0)
     ap.add_argument("--gap-min", type=float, default=0.1)

@@ -44,6 +44,8 @@ pub struct Telemetry {
     status: watch::Sender<LeaderStatus>,
     /// False while Consul calls of the lock path fail (drives `/healthz`).
     consul_healthy: AtomicBool,
+    /// Consul answered at least once since start (a reachable address, not a typo).
+    consul_answered: AtomicBool,
     consecutive_renew_failures: AtomicI64,
 }
 
@@ -120,6 +122,7 @@ impl Telemetry {
             child_exit_code,
             status,
             consul_healthy: AtomicBool::new(true),
+            consul_answered: AtomicBool::new(false),
             consecutive_renew_failures: AtomicI64::new(0),
         }
     }
@@ -198,6 +201,15 @@ impl Telemetry {
     pub fn set_consul_healthy(&self, healthy: bool) {
         self.consul_healthy
             .store(healthy, std::sync::atomic::Ordering::Relaxed);
+        if healthy {
+            self.consul_answered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub fn consul_answered(&self) -> bool {
+        self.consul_answered
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Healthy = Consul answers and, when leader, the session renews.

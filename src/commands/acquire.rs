@@ -9,11 +9,68 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::consul::value::now_iso8601;
 use crate::backend::consul::Lease;
 use crate::backend::{AcquireObserver, Acquired, HeldLock, LockRequest, LossReason};
-use crate::exit::Result;
+use crate::exit::{ErrorKind, Result};
 use crate::hooks::EventContext;
 use crate::locks::LockManager;
 use crate::supervisor::Signal;
 use crate::telemetry::Telemetry;
+
+/// What a campaign does when Consul does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUnreachable {
+    /// Keep campaigning with back-off (sidecar: a long-lived daemon).
+    Retry,
+    /// Retry only once Consul has answered at least once: a wrong address still fails fast
+    /// (exit 8), an outage later on is ridden out (run/execute).
+    RetryAfterFirstAnswer,
+}
+
+/// Back-off between campaigns that failed because Consul did not answer: first quickly, then
+/// at most every 30 s (an outage should not turn into a request storm from every replica).
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// [`until_signal`] in a loop that rides out Consul outages per `policy`; `/healthz` reports
+/// them meanwhile. Stays stoppable by signals during the back-off.
+pub async fn campaign(
+    manager: &LockManager,
+    request: &LockRequest,
+    observer: &dyn AcquireObserver,
+    signals: &mut UnboundedReceiver<Signal>,
+    telemetry: &Telemetry,
+    policy: OnUnreachable,
+) -> (Result<Acquired<Lease>>, Option<Signal>) {
+    let mut pause = RETRY_FIRST;
+    loop {
+        let (result, signal) = until_signal(manager, request, observer, signals).await;
+        let retry = match &result {
+            Err(err) if err.kind == ErrorKind::ConsulUnavailable => match policy {
+                OnUnreachable::Retry => true,
+                OnUnreachable::RetryAfterFirstAnswer => telemetry.consul_answered(),
+            },
+            _ => false,
+        };
+        if !retry {
+            return (result, signal);
+        }
+        if let Err(err) = &result {
+            telemetry.set_consul_healthy(false);
+            tracing::warn!(%err, retry_in = ?pause, "campaign failed; retrying");
+        }
+        let deadline = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => break,
+                Some(signal) = signals.recv() => {
+                    if ends_wait(signal) {
+                        return (Ok(Acquired::Cancelled), Some(signal));
+                    }
+                }
+            }
+        }
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
 
 /// Publishes a fresh acquisition: telemetry, the log span's session, one log line. Returns the
 /// hook context of the lease.

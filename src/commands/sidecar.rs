@@ -16,10 +16,6 @@ use crate::telemetry::Telemetry;
 
 /// Pause before campaigning again after a loss, so a flapping Consul is not hammered.
 const RECAMPAIGN_PAUSE: Duration = Duration::from_secs(1);
-/// Back-off between campaigns that failed because Consul did not answer: first quickly, then
-/// at most every 30 s (an outage should not turn into a request storm from every replica).
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub async fn run(
     config: &Config,
@@ -32,37 +28,19 @@ pub async fn run(
     let observer = AcquireHooks {
         hooks: hooks.clone(),
     };
-    let mut retry_pause = RETRY_FIRST;
     loop {
         let started = Instant::now();
-        let (result, _signal) =
-            acquire::until_signal(manager, &config.request, &observer, &mut process.signals).await;
-        let result = match result {
-            Ok(result) => {
-                retry_pause = RETRY_FIRST;
-                result
-            }
-            // A sidecar outlives Consul outages: campaign again with back-off, stay stoppable.
-            Err(err) if err.kind == ErrorKind::ConsulUnavailable => {
-                telemetry.set_consul_healthy(false);
-                tracing::warn!(%err, retry_in = ?retry_pause, "campaign failed; retrying");
-                let deadline = tokio::time::Instant::now() + retry_pause;
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(deadline) => break,
-                        Some(signal) = process.signals.recv() => {
-                            if signal.requests_stop() {
-                                return Ok(Outcome::Success);
-                            }
-                        }
-                    }
-                }
-                retry_pause = (retry_pause * 2).min(RETRY_MAX);
-                continue;
-            }
-            Err(err) => return Err(err),
-        };
-        let mut lease = match result {
+        // A sidecar outlives Consul outages, even at start: campaign again with back-off.
+        let (result, _signal) = acquire::campaign(
+            manager,
+            &config.request,
+            &observer,
+            &mut process.signals,
+            &telemetry,
+            acquire::OnUnreachable::Retry,
+        )
+        .await;
+        let mut lease = match result? {
             Acquired::Held(lease) => lease,
             Acquired::Cancelled => return Ok(Outcome::Success),
             Acquired::TimedOut => {

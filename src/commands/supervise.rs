@@ -43,8 +43,15 @@ pub async fn run(
     };
     let started = Instant::now();
     tracing::info!(event = "waiting", "waiting for the lock");
-    let (result, signal) =
-        acquire::until_signal(manager, &config.request, &observer, &mut process.signals).await;
+    let (result, signal) = acquire::campaign(
+        manager,
+        &config.request,
+        &observer,
+        &mut process.signals,
+        &telemetry,
+        acquire::OnUnreachable::RetryAfterFirstAnswer,
+    )
+    .await;
     let lease = match result? {
         Acquired::Held(lease) => lease,
         Acquired::Locked(holder) => {
