@@ -201,6 +201,8 @@ settings (LOCKWRAP_*), as lockwrap reads them (docs/cli-surface.md). The token i
   value: {{ printf "%ds" (int .Values.lockwrap.lockDelaySeconds) | quote }}
 - name: LOCKWRAP_KILL_GRACE
   value: {{ printf "%ds" (int .Values.lockwrap.killGraceSeconds) | quote }}
+- name: LOCKWRAP_TAKEOVER_DELAY
+  value: {{ printf "%ds" (int .Values.lockwrap.takeoverDelaySeconds) | quote }}
 {{- /* "none": the pod talks to a remote agent/server whose serfHealth says nothing about this pod; the renewed TTL proves liveness. */}}
 - name: LOCKWRAP_SESSION_CHECKS
   value: {{ .Values.lockwrap.sessionChecks | quote }}
