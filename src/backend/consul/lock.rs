@@ -165,14 +165,7 @@ impl ConsulBackend {
                 *session = Some(step!(self.create_session(request), stop, deadline)?);
             }
             let owned = session.as_ref().expect("session was just created");
-            let value = value::encode(
-                key,
-                &owned.id,
-                &value::now_iso8601(),
-                started.elapsed().as_secs_f64(),
-                request.metadata.as_ref(),
-                &self.identity,
-            );
+            let value = self.holder_value(request, &owned.id, started);
             let params = [
                 ("acquire", owned.id.clone()),
                 ("flags", LOCK_FLAG_VALUE.to_string()),
@@ -226,6 +219,23 @@ impl ConsulBackend {
                 }
             }
         }
+    }
+
+    /// The entry value this process writes when it acquires with `session`.
+    pub(crate) fn holder_value(
+        &self,
+        request: &LockRequest,
+        session: &str,
+        started: Instant,
+    ) -> Vec<u8> {
+        value::encode(
+            &request.key,
+            session,
+            &value::now_iso8601(),
+            started.elapsed().as_secs_f64(),
+            request.metadata.as_ref(),
+            &self.identity,
+        )
     }
 
     /// Creates a session in a task of its own, so a stop signal need not wait for a slow

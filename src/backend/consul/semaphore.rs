@@ -132,14 +132,7 @@ impl ConsulBackend {
         slot: &SemaphoreSlot,
     ) -> Result<Option<(LockInfo, Vec<u8>, u64)>, Result<Interrupt, BackendError>> {
         let key = request.key.as_str();
-        let value = value::encode(
-            key,
-            &owned.id,
-            &value::now_iso8601(),
-            started.elapsed().as_secs_f64(),
-            request.metadata.as_ref(),
-            &self.identity,
-        );
+        let value = self.holder_value(request, &owned.id, started);
         let params = [
             ("acquire", owned.id.clone()),
             ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
