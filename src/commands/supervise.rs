@@ -52,7 +52,7 @@ pub async fn run(
         acquire::OnUnreachable::RetryAfterFirstAnswer,
     )
     .await;
-    let lease = match result? {
+    let mut lease = match result? {
         Acquired::Held(lease) => lease,
         Acquired::Locked(holder) => {
             let who = holder
@@ -75,7 +75,6 @@ pub async fn run(
             ))
         }
     };
-    let mut lease = lease;
     match acquire::takeover_wait(config.takeover_delay, &mut lease, &mut process.signals).await {
         Ok(()) => {}
         Err(abort) => {
