@@ -3,7 +3,7 @@
 
 K contenders run, and are restarted whenever they exit:
     lockwrap run --key chaos/lock --session-ttl 10s --kill-grace 1s --lock-delay 0 \
-                 --takeover-delay 5s --consul-addr 127.0.0.1:<contender's own proxy> -- python3 -S bench/child.py chaos …
+                 --takeover-delay 10s --consul-addr 127.0.0.1:<contender's own proxy> -- python3 -S bench/child.py chaos …
 Each child appends START / END records (CLOCK_MONOTONIC ns, pid, tag, $LOCKWRAP_FENCING_TOKEN) to one
 shared log with single O_APPEND writes and holds the lock for a random short time.
 
@@ -38,8 +38,8 @@ end is never earlier than the real one, so the check can only over-report overla
 
 Overlaps after an external lock break. `destroy`, `delete` and `restart` take the lock away from a
 live holder behind its back; with --lock-delay 0 another contender may acquire at once, before the
-old holder has even been told. lockwrap's `--takeover-delay` (5 s here, `--takeover-delay` of this
-script) covers that: after an unclean release the new holder waits before starting its command, so
+old holder has even been told. lockwrap's `--takeover-delay` (the TTL here, `--takeover-delay` of
+this script) covers that: after an unclean release the new holder waits before starting its command, so
 by default EVERY overlap fails the run. With `--takeover-delay 0` (lockwrap without the guard) an
 overlap whose earlier section was broken that way (break time inside it, or at most 1 s before its
 START) is reported as "after external break" and tolerated if the old child stopped within the TTL
@@ -562,20 +562,26 @@ class Chaos:
                        f"{min(self.args.trials, self.args.min_trials)}), {self.skipped} skipped picks; "
                        f"by kind {self.counts}"))
         checks.append(("progress: critical sections completed", len(ivs) > 0, f"{len(ivs)} sections"))
-        # Liveness: the longest stretch with no critical section running. A kill -9'd holder keeps
-        # the lock up to 2×TTL, a frozen agent or a cut holder adds at most TTL + 5 s, so a gap
-        # above --max-gap means waiting contenders missed a free lock.
+        # Liveness: the longest stretch with no critical section running, counted from the end of
+        # the last fault inside it (a storm of faults can keep every new holder from starting, which
+        # is exclusion working, not a missed lock). A kill -9'd holder keeps the lock up to 2×TTL,
+        # plus the takeover delay, so a quiet gap above --max-gap means waiting contenders missed
+        # a free lock.
+        fault_ends = sorted(f["t"] + int(f.get("duration_s", 0) * 1e9) for f in self.faults
+                            if "t" in f)
         gaps = []
         cover_end = None
         for iv in ivs:
             if cover_end is not None and iv["start"] > cover_end:
-                gaps.append((iv["start"] - cover_end, cover_end, iv["tag"]))
+                inside = [e for e in fault_ends if cover_end <= e <= iv["start"]]
+                quiet_from = max(inside) if inside else cover_end
+                gaps.append((iv["start"] - quiet_from, quiet_from, iv["tag"]))
             cover_end = iv["end"] if cover_end is None else max(cover_end, iv["end"])
         gaps.sort(reverse=True)
         long_gaps = [{"gap_s": round(g / 1e9, 1), "from_rel_s": round((t - self.t0_mono) / 1e9, 1),
                       "next": tag} for g, t, tag in gaps if g > self.args.max_gap * 1e9]
         longest = round(gaps[0][0] / 1e9, 1) if gaps else 0.0
-        checks.append((f"liveness: no stretch > {self.args.max_gap:.0f}s without a holder",
+        checks.append((f"liveness: no fault-free stretch > {self.args.max_gap:.0f}s without a holder",
                        not long_gaps, f"longest {longest}s; {len(long_gaps)} longer than "
                        f"{self.args.max_gap:.0f}s {long_gaps[:5]}; starved standbys "
                        f"{len(self.starved)}"))
@@ -616,9 +622,11 @@ def main() -> int:
     ap.add_argument("--strict", action="store_true",
                     help="with --takeover-delay 0: also fail on overlaps that follow an external "
                          "lock break (always on when the takeover delay is > 0)")
-    ap.add_argument("--takeover-delay", type=float, default=5.0,
-                    help="lockwrap --takeover-delay in seconds for every contender (default 5; "
-                         "0 = no guard, overlaps after external breaks are tolerated)")
+    ap.add_argument("--takeover-delay", type=float, default=TTL,
+                    help="lockwrap --takeover-delay in seconds for every contender (default the "
+                         "TTL, which guarantees exclusion after state loss: the old holder's "
+                         "command is dead by its last renew + TTL; 0 = no guard, overlaps after "
+                         "external breaks are tolerated)")
     ap.add_argument("--hold-min", type=float, default=0.2)
     ap.add_argument("--hold-max", type=float, default=2.0)
     ap.add_argument("--gap-min", type=float, default=0.1)

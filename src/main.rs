@@ -67,7 +67,13 @@ fn run(cli: Cli) -> Outcome {
             )))
         }
     };
-    let outcome = runtime.block_on(commands::run(config, process));
+    let outcome = runtime.block_on(async {
+        let outcome = commands::run(config, process).await;
+        // Let background cleanups (e.g. a session create abandoned by a stop signal) finish;
+        // bounded like the cleanup requests themselves.
+        lockwrap::backend::cleanup::wait(std::time::Duration::from_secs(3)).await;
+        outcome
+    });
     // Background tasks (e.g. a webhook in flight) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     report(outcome)

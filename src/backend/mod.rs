@@ -1,6 +1,7 @@
 //! The lock-store boundary: request/answer types shared by every backend, the small
 //! [`LockBackend`] trait the library API is written against, and the Consul implementation.
 
+pub mod cleanup;
 pub mod consul;
 pub mod error;
 

@@ -283,8 +283,10 @@ impl Drop for Lease {
         self.stop.cancel();
         let client = self.client.clone();
         let session = self.session.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { session::destroy(&client, &session).await });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            crate::backend::cleanup::spawn(
+                async move { session::destroy(&client, &session).await },
+            );
         }
     }
 }

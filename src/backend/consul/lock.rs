@@ -249,7 +249,7 @@ impl ConsulBackend {
             fn drop(&mut self) {
                 if let Some(task) = self.0.take() {
                     let client = self.1.clone();
-                    tokio::spawn(async move {
+                    crate::backend::cleanup::spawn(async move {
                         if let Ok(Ok(owned)) = task.await {
                             session::destroy(&client, &owned).await;
                         }
