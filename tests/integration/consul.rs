@@ -69,19 +69,26 @@ impl Consul {
         Self::start_with(&[])
     }
 
+    /// Starts an agent on fresh free ports; tries again on new ports if it does not come up (a
+    /// port picked as free can be taken by another process before the agent binds it).
     pub fn start_with(extra: &[&str]) -> Consul {
-        let ports = [free_port(), free_port(), free_port(), free_port()];
-        let consul = Consul {
-            http_port: ports[0],
-            ports,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: Mutex::new(None),
-        };
-        consul.spawn();
-        consul
+        for _attempt in 0..3 {
+            let ports = [free_port(), free_port(), free_port(), free_port()];
+            let consul = Consul {
+                http_port: ports[0],
+                ports,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                child: Mutex::new(None),
+            };
+            if consul.spawn() {
+                return consul;
+            }
+        }
+        panic!("consul agent -dev did not elect a leader in 3 attempts");
     }
 
-    fn spawn(&self) {
+    /// Starts the agent process and waits until it has a leader; false if it never does.
+    fn spawn(&self) -> bool {
         let [http, lan, wan, server] = self.ports;
         let child = Command::new(consul_binary())
             .args([
@@ -108,13 +115,17 @@ impl Consul {
             Duration::from_secs(30),
             || matches!(self.get("/v1/status/leader"), Some((200, body)) if body.contains(':')),
         );
-        assert!(ready, "consul agent on port {http} did not elect a leader");
+        if !ready {
+            self.stop();
+            return false;
+        }
         // ACL-enabled agents need a moment more before the KV store answers.
         wait_until(Duration::from_secs(10), || {
             self.request("GET", "/v1/kv/?keys", None, Some("root"))
                 .map(|(s, _)| s == 200 || s == 404)
                 .unwrap_or(false)
         });
+        true
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -143,7 +154,7 @@ impl Consul {
     /// Stops and starts the agent on the same ports (a dev agent loses all state).
     pub fn restart(&self) {
         self.stop();
-        self.spawn();
+        assert!(self.spawn(), "consul agent did not come back on its ports");
     }
 
     pub fn stop(&self) {
