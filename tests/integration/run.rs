@@ -919,14 +919,14 @@ fn run_standby_exits_at_once_on_sigint() {
 }
 
 /// SIGKILLs a holder (its child dies by PDEATHSIG) and measures how long until a standby's child
-/// starts.
-fn crash_failover(name: &str, holder_opts: &[&str], limit: Duration) -> Duration {
+/// starts; both run with `shared_opts`. Also returns the holder's pid.
+fn crash_failover(name: &str, shared_opts: &[&str], limit: Duration) -> (Duration, i32) {
     let consul = Consul::shared();
     let key = unique_key(name);
     let dir = Dir::new(name);
     let holder_child = term_recorder(&dir);
     let mut opts = vec!["--lock-delay", "0"];
-    opts.extend_from_slice(holder_opts);
+    opts.extend_from_slice(shared_opts);
     let holder = Proc::spawn(run_cmd(consul, &key, &opts, &[&holder_child]));
     assert!(
         dir.wait_for("ready", Duration::from_secs(10)),
@@ -937,6 +937,7 @@ fn crash_failover(name: &str, holder_opts: &[&str], limit: Duration) -> Duration
     let waiting = waiting_opts(&dir, "standby");
     let mut opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
     opts.extend(["--lock-delay", "0"]);
+    opts.extend_from_slice(shared_opts);
     let standby = Proc::spawn(run_cmd(
         consul,
         &key,
@@ -945,6 +946,7 @@ fn crash_failover(name: &str, holder_opts: &[&str], limit: Duration) -> Duration
     ));
     wait_waiting(&dir, "standby");
 
+    let holder_pid = holder.pid;
     let killed_at = now_ns();
     holder.signal(Signal::SIGKILL);
     let out = holder.finish(Duration::from_secs(5));
@@ -962,15 +964,32 @@ fn crash_failover(name: &str, holder_opts: &[&str], limit: Duration) -> Duration
     let out = standby.finish(Duration::from_secs(10));
     assert_eq!(code(&out), 0, "{}", describe(&out));
     assert_no_sessions(consul, &key);
-    failover
+    (failover, holder_pid)
 }
 
 #[test]
 fn run_health_check_ttl_frees_a_crashed_holders_lock_fast() {
-    let failover = crash_failover(
+    let (failover, holder_pid) = crash_failover(
         "run-health-check",
         &["--health-check-ttl", "2s"],
         Duration::from_secs(15),
+    );
+    // The standby removed the dead holder's critical check when it registered its own, and
+    // deregistered its own on exit: nothing of either is left on the agent.
+    let (status, body) = Consul::shared()
+        .get("/v1/agent/checks")
+        .expect("agent checks");
+    assert_eq!(status, 200, "{body}");
+    let checks: serde_json::Value = serde_json::from_str(&body).expect("checks JSON");
+    let left: Vec<&String> = checks
+        .as_object()
+        .expect("checks map")
+        .keys()
+        .filter(|id| id.contains(&format!(":{holder_pid}:")))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the crashed holder's check is left: {left:?}"
     );
     eprintln!(
         "run crash failover with --health-check-ttl 2s: {} ms",
@@ -984,7 +1003,7 @@ fn run_health_check_ttl_frees_a_crashed_holders_lock_fast() {
 
 #[test]
 fn run_crash_failover_without_health_check_waits_for_session_ttl() {
-    let failover = crash_failover(
+    let (failover, _) = crash_failover(
         "run-no-health-check",
         &["--session-ttl", "10s", "--kill-grace", "1s"],
         Duration::from_secs(45),

@@ -52,6 +52,16 @@ impl KvPair {
     }
 }
 
+/// One agent check as `GET /v1/agent/checks` lists it (only the fields lockwrap reads).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "PascalCase")]
+pub struct AgentCheck {
+    #[serde(rename = "CheckID")]
+    pub check_id: String,
+    #[serde(default)]
+    pub status: String,
+}
+
 /// What to create a session with (SPEC §2).
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionRequest {
@@ -330,6 +340,19 @@ impl ConsulClient {
         )
         .await?;
         Ok(())
+    }
+
+    /// `GET /v1/agent/checks`: the checks registered on the agent this client talks to.
+    pub async fn agent_checks(&self) -> Result<Vec<AgentCheck>, BackendError> {
+        let found = self
+            .json::<std::collections::HashMap<String, AgentCheck>>(
+                self.request(Method::GET, "agent/checks")
+                    .timeout(CLEANUP_TIMEOUT),
+            )
+            .await?;
+        Ok(found
+            .map(|(checks, _)| checks.into_values().collect())
+            .unwrap_or_default())
     }
 
     pub async fn check_deregister(&self, id: &str) -> Result<(), BackendError> {

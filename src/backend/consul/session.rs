@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::api::SessionRequest;
+use super::api::{AgentCheck, SessionRequest};
 use super::client::ConsulClient;
 use super::value::Identity;
 use crate::backend::{BackendError, Checks, SessionSettings};
@@ -33,8 +33,9 @@ pub async fn create(
     });
     let check_id = match settings.health_check_ttl {
         Some(ttl) => {
+            remove_dead_checks(client).await;
             let id = format!(
-                "lockwrap:{}:{}:{}",
+                "{CHECK_PREFIX}{}:{}:{}",
                 identity.hostname,
                 identity.pid,
                 unique_suffix()
@@ -96,6 +97,38 @@ pub async fn destroy(client: &ConsulClient, session: &OwnedSession) {
     }
 }
 
+/// Prefix of the IDs of the checks lockwrap registers.
+const CHECK_PREFIX: &str = "lockwrap:";
+
+/// Deregisters lockwrap checks left critical on the agent by holders that died without
+/// cleaning up (`kill -9`, OOM kill, node reboot). A critical check is of no use to anyone:
+/// Consul has already invalidated every session bound to it, and a live owner that recovers
+/// creates a new session with a new check. Best effort: an ACL token without `agent:write`
+/// just leaves them.
+async fn remove_dead_checks(client: &ConsulClient) {
+    let checks = match client.agent_checks().await {
+        Ok(checks) => checks,
+        Err(err) => {
+            tracing::debug!(%err, "could not list agent checks; stale ones stay");
+            return;
+        }
+    };
+    for check in checks.iter().filter(|c| is_dead_lockwrap_check(c)) {
+        match client.check_deregister(&check.check_id).await {
+            Ok(()) => {
+                tracing::info!(check = %check.check_id, "removed a dead holder's critical health check")
+            }
+            Err(err) => {
+                tracing::debug!(check = %check.check_id, %err, "could not remove stale check")
+            }
+        }
+    }
+}
+
+fn is_dead_lockwrap_check(check: &AgentCheck) -> bool {
+    check.check_id.starts_with(CHECK_PREFIX) && check.status == "critical"
+}
+
 /// Enough randomness to keep check IDs of quickly restarted processes apart.
 fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now()
@@ -103,4 +136,34 @@ fn unique_suffix() -> String {
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
     format!("{nanos:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(id: &str, status: &str) -> AgentCheck {
+        AgentCheck {
+            check_id: id.to_string(),
+            status: status.to_string(),
+        }
+    }
+
+    #[test]
+    fn only_critical_lockwrap_checks_are_dead() {
+        assert!(is_dead_lockwrap_check(&check(
+            "lockwrap:h:1:ab",
+            "critical"
+        )));
+        assert!(!is_dead_lockwrap_check(&check(
+            "lockwrap:h:1:ab",
+            "passing"
+        )));
+        assert!(!is_dead_lockwrap_check(&check(
+            "lockwrap:h:1:ab",
+            "warning"
+        )));
+        assert!(!is_dead_lockwrap_check(&check("service:web", "critical")));
+        assert!(!is_dead_lockwrap_check(&check("serfHealth", "critical")));
+    }
 }
