@@ -7,15 +7,15 @@
 #   docker build -t lockwrap:0.1.0 .
 #   docker run --rm lockwrap:0.1.0 --version
 #
-# The image also ships /bin/cp (busybox, static) and nothing else: the Helm chart's init container
-# uses it to copy /lockwrap into a shared emptyDir, because scratch has no cp of its own.
+# Nothing else is in the image: the Helm chart's init container copies the binary into a shared
+# emptyDir with `/lockwrap install /shared/lockwrap` (scratch has no cp).
 
 ARG RUST_IMAGE=rust:1-bookworm
 
 FROM ${RUST_IMAGE} AS builder
 ARG TARGET=x86_64-unknown-linux-gnu
 RUN apt-get update \
- && apt-get install -y --no-install-recommends busybox-static ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -45,7 +45,6 @@ LABEL org.opencontainers.image.title="lockwrap" \
 COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=builder /out/passwd /etc/passwd
 COPY --from=builder /out/group /etc/group
-COPY --from=builder /bin/busybox /bin/cp
 COPY --from=builder /out/lockwrap /lockwrap
 USER 65532:65532
 ENTRYPOINT ["/lockwrap"]

@@ -20,8 +20,9 @@ static-test: static
 	LOCKWRAP_BIN="$(CURDIR)/$(STATIC_BIN)" CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
 	  tests/chart/run.sh real_binary
 
-# Four checks: ldd and file say static; it runs; it runs in an empty root (like `scratch`) as uid
-# 65532 (the image's user), which needs root for chroot and is skipped otherwise.
+# Five checks: ldd and file say static; it runs; it runs in an empty root (like `scratch`) as uid
+# 65532 (the image's user) and installs itself there the way the chart's init container does; the
+# last two need root for chroot and are skipped otherwise.
 static-check:
 	@set -u; bin=$(STATIC_BIN); pass=0; fail=0; skip=0; \
 	out=$$(ldd $$bin 2>&1 || true); echo "static: ldd: $$(echo $$out)"; \
@@ -41,8 +42,13 @@ static-check:
 	  if v=$$(chroot --userspec=65532:65532 $$root /lockwrap --version 2>&1); then \
 	    echo "static: runs alone in an empty root as uid 65532: $$v"; pass=$$((pass+1)); \
 	  else echo "static: FAIL in an empty root: $$v" >&2; fail=$$((fail+1)); fi; \
+	  mkdir -p $$root/shared; chown 65532:65532 $$root/shared; \
+	  if chroot --userspec=65532:65532 $$root /lockwrap install /shared/lockwrap >/dev/null 2>&1 \
+	    && v=$$(chroot --userspec=65532:65532 $$root /shared/lockwrap --version 2>&1); then \
+	    echo "static: installs itself (init container copy) and the copy runs: $$v"; pass=$$((pass+1)); \
+	  else echo "static: FAIL lockwrap install in an empty root" >&2; fail=$$((fail+1)); fi; \
 	  rm -rf $$root; \
-	else echo "static: not root, empty-root run skipped"; skip=$$((skip+1)); fi; \
+	else echo "static: not root, empty-root run and install skipped"; skip=$$((skip+2)); fi; \
 	if [ $$skip -gt 0 ]; then echo "static: $$pass passed, $$fail failed, $$skip skipped"; \
 	else echo "static: $$pass passed, $$fail failed"; fi; \
 	[ $$fail = 0 ]

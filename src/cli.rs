@@ -109,6 +109,10 @@ pub enum Command {
                             --status-file /var/run/lockwrap/status.json --on-acquired /hooks/promote"
     )]
     Sidecar(SidecarCmd),
+    /// Copy this binary to DEST (a directory gets DEST/lockwrap): for init containers that share
+    /// lockwrap with the application container through a volume.
+    #[command(after_help = "Example (Kubernetes init container):\n  /lockwrap install /shared")]
+    Install(InstallCmd),
 }
 
 /// Options shared by every command that acquires a lock.
@@ -217,6 +221,12 @@ pub struct UnlockCmd {
     pub layout: Option<String>,
     /// The lock key (or regex with -r)
     pub key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallCmd {
+    /// Destination directory or file path; written atomically, mode 0755
+    pub dest: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -262,6 +262,13 @@ pub fn load(cli: Cli) -> Result<Config> {
         Command::Execute(_) => Mode::Execute,
         Command::Run(_) => Mode::Run,
         Command::Sidecar(_) => Mode::Sidecar,
+        // `main` runs `install` without loading any configuration.
+        Command::Install(_) => {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "`install` takes no lock settings",
+            ))
+        }
     };
     let config_file = cli.config.clone().or_else(|| {
         std::env::var_os("LOCKWRAP_CONFIG")
@@ -433,6 +440,7 @@ fn flag_values(cli: &Cli) -> BTreeMap<String, Value> {
             supervisor_flags(&c.supervisor, &mut put, &mut lists, &mut bools);
             bools.push(("exit_on_loss", c.exit_on_loss));
         }
+        Command::Install(_) => {}
     }
     put("key", key);
     put("layout", layout);
@@ -580,7 +588,7 @@ fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
         Command::Status(c) => (c.key, None, Vec::new(), c.regex),
         Command::Execute(c) => (c.key, c.executable, Vec::new(), false),
         Command::Run(c) => (None, None, c.command, false),
-        Command::Sidecar(_) => (None, None, Vec::new(), false),
+        Command::Sidecar(_) | Command::Install(_) => (None, None, Vec::new(), false),
     };
     let log_json = match v.string("log_format")?.as_deref() {
         None | Some("text") => false,

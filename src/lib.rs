@@ -29,6 +29,7 @@ pub mod duration;
 pub mod exit;
 pub mod hooks;
 pub mod http;
+pub mod install;
 pub mod key;
 pub mod locks;
 pub mod logging;

@@ -3,7 +3,7 @@
 
 use clap::Parser;
 
-use lockwrap::cli::Cli;
+use lockwrap::cli::{Cli, Command};
 use lockwrap::exit::{Error, ErrorKind, Outcome};
 use lockwrap::{commands, config, logging, supervisor};
 
@@ -33,6 +33,16 @@ fn main() {
 
 fn run(cli: Cli) -> Outcome {
     let verbose = cli.verbose;
+    // Needs no configuration, Consul, or runtime: an init container copying the binary.
+    if let Command::Install(cmd) = &cli.command {
+        return report(match lockwrap::install::install(&cmd.dest) {
+            Ok(done) => {
+                lockwrap::output::print(&done);
+                Outcome::Success
+            }
+            Err(err) => Outcome::Failed(err),
+        });
+    }
     let config = match config::load(cli) {
         Ok(config) => config,
         Err(err) => {

@@ -262,7 +262,7 @@ def wrapper_mode_wraps_the_app_command_and_gates_readiness_on_readyz():
     assert env["LOCKWRAP_KILL_GRACE"] == "8s" and env["CONSUL_DATACENTER"] == "dc1"
     install = container(spec["initContainers"], "lockwrap-install")
     assert install["image"] == "lockwrap:0.1.0"
-    assert install["command"] == ["/bin/cp", "/lockwrap", "/shared/lockwrap"]
+    assert install["command"] == ["/lockwrap", "install", "/shared/lockwrap"]
     assert {"name": "lockwrap-bin", "mountPath": "/shared"} in install["volumeMounts"]
     assert {"name": "lockwrap-bin", "mountPath": "/lockwrap", "readOnly": True} in app["volumeMounts"]
     assert {"name": "tmp", "mountPath": "/tmp"} in app["volumeMounts"]

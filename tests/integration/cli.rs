@@ -1509,3 +1509,38 @@ fn consul_lock_layout_interoperates_with_hashicorp_consul_lock() {
     );
     assert_no_sessions(consul, &prefix);
 }
+
+// ---------------------------------------------------------------- install
+
+/// `install` copies the binary for an init container: JSON on stdout, a runnable copy, nothing
+/// in Consul; a missing destination directory is exit 3 naming it.
+#[test]
+fn install_copies_a_runnable_binary_and_names_a_bad_destination() {
+    let consul = Consul::shared();
+    let dir = scratch("install");
+    let out = cli(consul, &["install", &dir.display().to_string()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let printed: Value = serde_json::from_str(stdout(&out).trim()).expect("JSON on stdout");
+    let copy = dir.join("lockwrap");
+    assert_eq!(printed["installed"], json!(copy.display().to_string()));
+    let out = run_bounded(
+        {
+            let mut cmd = Command::new(&copy);
+            cmd.arg("--version");
+            cmd
+        },
+        QUICK,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("lockwrap "), "{}", stdout(&out));
+
+    let missing = dir.join("no-such-dir").join("lockwrap");
+    let out = cli(consul, &["install", &missing.display().to_string()]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&missing.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out), "");
+}
