@@ -29,7 +29,6 @@ pub mod duration;
 pub mod exit;
 pub mod hooks;
 pub mod http;
-pub mod install;
 pub mod key;
 pub mod locks;
 pub mod logging;

@@ -35,7 +35,7 @@ fn run(cli: Cli) -> Outcome {
     let verbose = cli.verbose;
     // Needs no configuration, Consul, or runtime: an init container copying the binary.
     if let Command::Install(cmd) = &cli.command {
-        return report(match lockwrap::install::install(&cmd.dest) {
+        return report(match commands::install::install(&cmd.dest) {
             Ok(done) => {
                 lockwrap::output::print(&done);
                 Outcome::Success

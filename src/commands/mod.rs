@@ -2,6 +2,7 @@
 //! and never pick exit codes themselves.
 
 mod acquire;
+pub mod install;
 mod lock;
 mod query;
 mod sidecar;
