@@ -200,6 +200,7 @@ class Chaos:
         self.problems: list[str] = []
         self.faults: list[dict] = []
         self.counts: dict[str, int] = {k: 0 for k in KINDS}
+        self.on_holder: dict[str, int] = {k: 0 for k in KINDS}
         self.skipped = 0
         self.starved: list[str] = []
         self.wrapper_pids: dict[int, str] = {}
@@ -338,6 +339,8 @@ class Chaos:
                 self.agent.restart()
                 self.restarts.append((t_kill, mono()))
             rec["holder"] = h[1].tag if h else None
+        if h:
+            rec.setdefault("holder", h[1].tag)
         rec["t_end"] = mono()
         return rec
 
@@ -367,6 +370,15 @@ class Chaos:
                 wait_until(lambda: self.over() or self.n_starts() > before, gap, 0.01, "progress")
             except TimeoutError:
                 pass
+            # With --holder-bias, most faults are aimed at a live critical section: after an unclean
+            # break the next holder only starts after the takeover delay, so unpaced faults would
+            # mostly land while nobody holds the lock.
+            if self.rng.random() < self.args.holder_bias:
+                try:
+                    wait_until(lambda: self.over() or self.holder() is not None,
+                               self.args.holder_wait, 0.01, "a holder")
+                except TimeoutError:
+                    pass
             if self.over():
                 break
             kind, h = self.pick(first)
@@ -380,6 +392,8 @@ class Chaos:
                 continue
             trials += 1
             self.counts[kind] += 1
+            if h:
+                self.on_holder[kind] += 1
             self.faults.append(rec)
             if trials % 25 == 0 or self.args.short:
                 log(f"trial {trials}: {kind} {({k: v for k, v in rec.items() if k not in ('t', 't_end')})}"
@@ -628,6 +642,11 @@ def main() -> int:
                          "TTL, which guarantees exclusion after state loss: the old holder's "
                          "command is dead by its last renew + TTL; 0 = no guard, overlaps after "
                          "external breaks are tolerated)")
+    ap.add_argument("--holder-bias", type=float, default=0.0,
+                    help="probability (0…1) that a trial first waits for a live holder, so that "
+                         "faults hit running critical sections rather than the takeover wait")
+    ap.add_argument("--holder-wait", type=float, default=2 * TTL + TTL + 10,
+                    help="bound in seconds of that wait (default 2×TTL + takeover delay + 10 s)")
     ap.add_argument("--hold-min", type=float, default=0.2)
     ap.add_argument("--hold-max", type=float, default=2.0)
     ap.add_argument("--gap-min", type=float, default=0.1)
@@ -672,6 +691,8 @@ def main() -> int:
     print(f"\nchaos: {trials} fault trials in {time.monotonic() - ch.t_start:.0f}s, "
           f"{detail.get('sections', 0)} critical sections, {a.contenders} contenders, seed {a.seed}")
     print("faults: " + ", ".join(f"{k}={v}" for k, v in ch.counts.items()))
+    print("  of which with a live holder: " + ", ".join(f"{k}={v}" for k, v in ch.on_holder.items())
+          + f" (total {sum(ch.on_holder.values())})")
     print(f"standbys that got no lock within {a.wrapper_timeout:.0f}s (starved, restarted): "
           f"{len(ch.starved)}")
     for name, ok, info in checks:
@@ -686,6 +707,7 @@ def main() -> int:
         os.makedirs(os.path.dirname(os.path.abspath(a.report)), exist_ok=True)
         with open(a.report, "w") as f:
             json.dump({"machine": machine_info(), "lockwrap_source": source_revision(), "args": vars(a), "counts": ch.counts,
+                       "counts_with_live_holder": ch.on_holder,
                        "trials": trials, "checks": [{"name": n, "ok": o, "info": i}
                                                     for n, o, i in checks],
                        "detail": detail, "faults": [{k: v for k, v in r.items()

@@ -3,14 +3,16 @@
 #   make bench-quick  small iteration counts (~5 min), results not written
 #   make chaos        full fault-injection run: >= 1,000 trials, bounded by CHAOS_BUDGET seconds
 #   make chaos-short  ~2 minute chaos run; part of `make test`
+#   make chaos-holders  faults aimed at live holders (--holder-bias 1): CHAOS_HOLDER_TRIALS trials
 PYTHON ?= python3
 BENCH_ARGS ?=
 CHAOS_ARGS ?=
 CHAOS_TRIALS ?= 1000
 CHAOS_BUDGET ?= 5400
+CHAOS_HOLDER_TRIALS ?= 200
 LOCKWRAP_BIN ?= $(CURDIR)/target/release/lockwrap
 
-.PHONY: bench bench-quick chaos chaos-short
+.PHONY: bench bench-quick chaos chaos-short chaos-holders
 
 bench: consul build
 	$(PYTHON) bench/bench.py --lockwrap $(LOCKWRAP_BIN) $(BENCH_ARGS)
@@ -21,6 +23,11 @@ bench-quick: consul build
 chaos: consul build
 	$(PYTHON) chaos/chaos.py --lockwrap $(LOCKWRAP_BIN) --trials $(CHAOS_TRIALS) \
 	  --budget $(CHAOS_BUDGET) --report chaos/results/latest.json $(CHAOS_ARGS)
+
+chaos-holders: consul build
+	$(PYTHON) chaos/chaos.py --lockwrap $(LOCKWRAP_BIN) --holder-bias 1 \
+	  --trials $(CHAOS_HOLDER_TRIALS) --min-trials $(CHAOS_HOLDER_TRIALS) --budget $(CHAOS_BUDGET) \
+	  --report chaos/results/holders.json $(CHAOS_ARGS)
 
 chaos-short: consul build
 	$(PYTHON) chaos/chaos.py --lockwrap $(LOCKWRAP_BIN) --short $(CHAOS_ARGS)
