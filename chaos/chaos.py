@@ -671,6 +671,8 @@ def main() -> int:
         print("0 passed, 1 failed")
         return 1
     become_subreaper()
+    # The revision the run started from (the binary is normally built from it).
+    source = source_revision()
     log(f"seed {a.seed} (re-run with --seed {a.seed})")
     ch = Chaos(a)
     ch.t0_mono = mono()
@@ -706,7 +708,7 @@ def main() -> int:
     if a.report:
         os.makedirs(os.path.dirname(os.path.abspath(a.report)), exist_ok=True)
         with open(a.report, "w") as f:
-            json.dump({"machine": machine_info(), "lockwrap_source": source_revision(), "args": vars(a), "counts": ch.counts,
+            json.dump({"machine": machine_info(), "lockwrap_source": source, "args": vars(a), "counts": ch.counts,
                        "counts_with_live_holder": ch.on_holder,
                        "trials": trials, "checks": [{"name": n, "ok": o, "info": i}
                                                     for n, o, i in checks],
