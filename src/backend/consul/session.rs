@@ -33,7 +33,6 @@ pub async fn create(
     });
     let check_id = match settings.health_check_ttl {
         Some(ttl) => {
-            remove_dead_checks(client).await;
             let id = format!(
                 "{CHECK_PREFIX}{}:{}:{}",
                 identity.hostname,
@@ -67,6 +66,11 @@ pub async fn create(
     match client.session_create(&request).await {
         Ok(id) => {
             tracing::debug!(session = %id, key, "session created");
+            if check_id.is_some() {
+                // Housekeeping, off the path to starting the command.
+                let client = client.clone();
+                crate::backend::cleanup::spawn(async move { remove_dead_checks(&client).await });
+            }
             Ok(OwnedSession {
                 id,
                 check_id,
@@ -103,8 +107,8 @@ const CHECK_PREFIX: &str = "lockwrap:";
 /// Deregisters lockwrap checks left critical on the agent by holders that died without
 /// cleaning up (`kill -9`, OOM kill, node reboot). A critical check is of no use to anyone:
 /// Consul has already invalidated every session bound to it, and a live owner that recovers
-/// creates a new session with a new check. Best effort: an ACL token without `agent:write`
-/// just leaves them.
+/// creates a new session with a new check (ours was registered passing). Best effort: an ACL
+/// token that may not do this just leaves them.
 async fn remove_dead_checks(client: &ConsulClient) {
     let checks = match client.agent_checks().await {
         Ok(checks) => checks,
