@@ -330,18 +330,15 @@ class Chaos:
             sid = self.agent.kv_session(KEY)
             rec["session"] = sid
             rec["http"] = self.agent.destroy_session(sid) if sid else None
-            rec["holder"] = h[1].tag if h else None
         elif kind == "delete":
             rec["http"] = self.agent.delete_key(KEY)
-            rec["holder"] = h[1].tag if h else None
         elif kind == "restart":
             with self.agent_lock:
                 t_kill = mono()
                 self.agent.restart()
                 self.restarts.append((t_kill, mono()))
-            rec["holder"] = h[1].tag if h else None
-        if h:
-            rec.setdefault("holder", h[1].tag)
+        # Which critical section the fault hit (None: nobody held the lock).
+        rec["holder"] = h[1].tag if h else None
         rec["t_end"] = mono()
         return rec
 
