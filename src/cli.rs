@@ -168,7 +168,7 @@ pub struct SupervisorArgs {
     /// Time between SIGTERM and SIGKILL when the command must stop (default 5s)
     #[arg(long, value_name = "DURATION")]
     pub kill_grace: Option<String>,
-    /// When the previous holder did not release cleanly (key deleted, session expired or destroyed, forced unlock), wait this long after acquiring before starting the command, so its command has surely stopped (default 0)
+    /// When the previous holder did not release cleanly (key deleted, session expired or destroyed, forced unlock), wait this long after acquiring before starting the command, so its command has surely stopped (default: kill grace + 1s)
     #[arg(long, value_name = "DURATION")]
     pub takeover_delay: Option<String>,
     /// Executable(s) run as `EXE <key>` once the lock is held
@@ -186,9 +186,12 @@ pub struct SupervisorArgs {
     /// URL receiving every lock event as a JSON POST (in the background)
     #[arg(long, value_name = "URL")]
     pub webhook: Option<String>,
-    /// Consecutive failed reads while watching the lock before it counts as lost (default 3)
+    /// Give the lock up early after N consecutive failed watch reads (default: never; only the lease deadline ends a hold)
     #[arg(long, value_name = "N")]
     pub monitor_retry: Option<String>,
+    /// Accept timing settings that let another holder start before this command has stopped on some failure path (logged as a warning); see docs/timing.md
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub unsafe_allow_overlap: bool,
     /// Become a child subreaper (PR_SET_CHILD_SUBREAPER) and reap orphaned descendants (automatic as PID 1)
     #[arg(long, action = ArgAction::SetTrue)]
     pub subreaper: bool,

@@ -12,7 +12,8 @@ use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 use serde_json::Value;
 
-use crate::backend::consul::{ConsulClient, ConsulSettings, LeaseTiming};
+use crate::backend::consul::{ConsulClient, ConsulSettings};
+use crate::backend::timing::TimingInputs;
 use crate::backend::{Behavior, Checks, HoldSettings, Layout, LockRequest, SessionSettings, Wait};
 use crate::cli::{Cli, Command, ConsulArgs, LockArgs, SupervisorArgs};
 use crate::duration;
@@ -45,6 +46,7 @@ pub const SETTINGS: &[&str] = &[
     "hook_timeout",
     "webhook",
     "monitor_retry",
+    "unsafe_allow_overlap",
     "subreaper",
     "http_addr",
     "ready_always",
@@ -139,8 +141,6 @@ pub struct Config {
     pub request: LockRequest,
     pub hooks: HookSet,
     pub hook_timeout: Duration,
-    /// Wait after an unclean takeover before starting the command (0 = never wait).
-    pub takeover_delay: Duration,
     pub shell: bool,
     pub subreaper: bool,
     pub http_addr: Option<SocketAddr>,
@@ -514,6 +514,7 @@ fn supervisor_flags<'a>(
     lists.push(("on_lost", &s.on_lost));
     lists.push(("on_released", &s.on_released));
     bools.push(("subreaper", s.subreaper));
+    bools.push(("unsafe_allow_overlap", s.unsafe_allow_overlap));
     bools.push(("ready_always", s.ready_always));
 }
 
@@ -675,7 +676,6 @@ fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
         request,
         hooks,
         hook_timeout,
-        takeover_delay: v.duration("takeover_delay")?.unwrap_or(Duration::ZERO),
         shell: mode == Mode::Execute || v.bool("shell")?.unwrap_or(false),
         subreaper: v.bool("subreaper")?.unwrap_or(false),
         http_addr,
@@ -746,10 +746,17 @@ fn lock_request(mode: Mode, key: String, layout: Layout, v: &Values) -> Result<L
             ))
         }
     };
+    // Supervising modes default to TTL-only sessions: a gossip flap cannot end a healthy
+    // holder's hold (docs/timing.md). `lock` keeps consullock's serfHealth.
+    let default_checks = if mode.supervises() {
+        Checks::None
+    } else {
+        Checks::AgentDefault
+    };
     let checks = match v.get("session_checks") {
-        None => Checks::AgentDefault,
+        None => default_checks,
         Some(Value::String(s)) if s.trim() == "none" => Checks::None,
-        Some(Value::String(s)) if s.trim().is_empty() => Checks::AgentDefault,
+        Some(Value::String(s)) if s.trim().is_empty() => default_checks,
         Some(_) => Checks::List(v.list("session_checks")?),
     };
     let health_check_ttl = v.duration("health_check_ttl")?;
@@ -803,18 +810,20 @@ fn lock_request(mode: Mode, key: String, layout: Layout, v: &Values) -> Result<L
         return Err(v.bad("limit", "must be at least 1"));
     }
     let kill_grace = v.duration("kill_grace")?.unwrap_or(Duration::from_secs(5));
-    let monitor_retry = v.u32("monitor_retry")?.unwrap_or(3);
-    if mode.supervises() && !ttl.is_zero() {
-        LeaseTiming::plan(ttl, kill_grace).map_err(|why| {
-            let culprit = if v.source("kill_grace") == Source::Flag {
-                "kill_grace"
-            } else {
-                "session_ttl"
-            };
-            v.bad(culprit, why)
-        })?;
-    }
-    Ok(LockRequest {
+    let takeover_delay = v
+        .duration("takeover_delay")?
+        .unwrap_or_else(|| TimingInputs::auto_takeover_delay(kill_grace));
+    let monitor_retry = match v.u32("monitor_retry")? {
+        Some(0) => {
+            return Err(v.bad(
+                "monitor_retry",
+                "must be at least 1 (leave it unset to never give up early)",
+            ))
+        }
+        other => other,
+    };
+    let allow_unsafe = v.bool("unsafe_allow_overlap")?.unwrap_or(false);
+    let request = LockRequest {
         key,
         layout,
         limit,
@@ -831,9 +840,46 @@ fn lock_request(mode: Mode, key: String, layout: Layout, v: &Values) -> Result<L
         hold: HoldSettings {
             keep_alive: mode != Mode::Lock,
             kill_grace,
+            takeover_delay,
             monitor_retry,
+            allow_unsafe,
         },
-    })
+    };
+    if mode.supervises() {
+        check_timing(&request, v)?;
+    }
+    Ok(request)
+}
+
+/// Refuses, before anything touches Consul, a configuration where the timing model finds a
+/// failure path that leaves the command less time to stop than it needs (docs/timing.md);
+/// with `--unsafe-allow-overlap` logs each such path as a warning instead.
+fn check_timing(request: &LockRequest, v: &Values) -> Result<()> {
+    match request.timing_plan() {
+        Err(refused) => {
+            // Name the setting the user chose; a default is never the culprit on its own.
+            let culprit = [
+                refused.setting,
+                "kill_grace",
+                "lock_delay",
+                "takeover_delay",
+            ]
+            .into_iter()
+            .find(|s| v.source(s) != Source::Default)
+            .unwrap_or(refused.setting);
+            let source = v.source(culprit);
+            Err(Error::new(
+                source.exit_kind(),
+                format!(
+                    "unsafe timing ({}): {}; or accept overlap with --unsafe-allow-overlap",
+                    source.describe(culprit),
+                    refused.message
+                ),
+            ))
+        }
+        // The accepted risks are logged at start, once logging is set up.
+        Ok(_) => Ok(()),
+    }
 }
 
 /// `HOST:PORT`, or `:PORT` for every interface.

@@ -4,6 +4,8 @@
 pub mod cleanup;
 pub mod consul;
 pub mod error;
+pub mod retry;
+pub mod timing;
 
 use std::time::Duration;
 
@@ -73,7 +75,9 @@ impl Default for SessionSettings {
             ttl: Some(Duration::from_secs(15)),
             lock_delay: Duration::from_secs(15),
             behavior: Behavior::Release,
-            checks: Checks::AgentDefault,
+            // TTL-only, like Patroni: gossip trouble cannot end a healthy holder's session
+            // (docs/timing.md).
+            checks: Checks::None,
             health_check_ttl: None,
         }
     }
@@ -115,25 +119,33 @@ impl Wait {
     }
 }
 
-/// Once held, how the lease is watched (SPEC §7).
+/// Once held, how the lease is watched (deadlines and cadences come from [`timing`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HoldSettings {
     /// Renew the session and watch the key in the background. Off for CLI `lock`, which
     /// leaves the lock behind on purpose.
     pub keep_alive: bool,
-    /// Time the holder needs to stop its work once loss is declared; the local lease deadline
-    /// fires this much (plus a margin) before the session can expire.
+    /// Time the holder needs to stop its work once loss is declared.
     pub kill_grace: Duration,
-    /// Consecutive failed watch reads tolerated before the lock counts as lost.
-    pub monitor_retry: u32,
+    /// After taking the lock from a holder that did not release cleanly, wait this long
+    /// before starting the command (see `docs/timing.md`).
+    pub takeover_delay: Duration,
+    /// Consecutive failed watch reads after which the lock is given up early, before the
+    /// lease deadline; `None` (the default): watch errors alone never end a hold.
+    pub monitor_retry: Option<u32>,
+    /// Accept a configuration the timing model calls unsafe (`--unsafe-allow-overlap`).
+    pub allow_unsafe: bool,
 }
 
 impl Default for HoldSettings {
     fn default() -> Self {
+        let kill_grace = Duration::from_secs(5);
         HoldSettings {
             keep_alive: true,
-            kill_grace: Duration::from_secs(5),
-            monitor_retry: 3,
+            kill_grace,
+            takeover_delay: timing::TimingInputs::auto_takeover_delay(kill_grace),
+            monitor_retry: None,
+            allow_unsafe: false,
         }
     }
 }
@@ -152,6 +164,29 @@ pub struct LockRequest {
 }
 
 impl LockRequest {
+    /// What the timing model needs to know about this request.
+    pub fn timing_inputs(&self) -> timing::TimingInputs {
+        timing::TimingInputs {
+            ttl: self.session.ttl,
+            any_moment_checks: match &self.session.checks {
+                Checks::AgentDefault => true,
+                Checks::None => false,
+                Checks::List(list) => !list.is_empty(),
+            },
+            health_check_ttl: self.session.health_check_ttl,
+            lock_delay: self.session.lock_delay,
+            takeover_delay: self.hold.takeover_delay,
+            kill_grace: self.hold.kill_grace,
+        }
+    }
+
+    /// The timing plan for this request. A request that is not kept alive (CLI `lock`) has no
+    /// command to stop, so nothing in it can be unsafe.
+    pub fn timing_plan(&self) -> Result<timing::TimingPlan, timing::Unsafe> {
+        let lenient = self.hold.allow_unsafe || !self.hold.keep_alive;
+        timing::TimingPlan::new(self.timing_inputs(), lenient)
+    }
+
     pub fn new(key: impl Into<String>) -> Self {
         LockRequest {
             key: key.into(),
@@ -216,7 +251,7 @@ pub enum LossReason {
     /// No successful renew for so long that the session may expire before the child could be
     /// stopped: the local lease deadline passed.
     LeaseDeadline,
-    /// Watching the key failed more often than `monitor_retry` allows.
+    /// Watching the key failed more often than `--monitor-retry` allows.
     ConsulUnreachable(String),
 }
 

@@ -72,6 +72,15 @@ pub async fn campaign(
     }
 }
 
+/// Logs, at start, each failure path the user accepted with `--unsafe-allow-overlap`.
+pub fn warn_accepted_risks(request: &LockRequest) {
+    if let Ok(plan) = request.timing_plan() {
+        for risk in &plan.accepted {
+            tracing::warn!(risk = %risk.message, "--unsafe-allow-overlap: two commands may run at once");
+        }
+    }
+}
+
 /// Publishes a fresh acquisition: telemetry, the log span's session, one log line. Returns the
 /// hook context of the lease.
 pub fn record_acquired(telemetry: &Telemetry, lease: &Lease, waited: Duration) -> EventContext {

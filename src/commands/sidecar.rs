@@ -23,6 +23,7 @@ pub async fn run(
     mut process: ProcessControl,
     telemetry: Arc<Telemetry>,
 ) -> Result<Outcome> {
+    acquire::warn_accepted_risks(&config.request);
     start_reporting(config, &telemetry).await?;
     let hooks = Hooks::new(config.hooks.clone(), process.spawner(), config.hook_timeout);
     let observer = AcquireHooks {
@@ -57,7 +58,12 @@ pub async fn run(
             }
             Acquired::Locked(_) => continue,
         };
-        match acquire::takeover_wait(config.takeover_delay, &mut lease, &mut process.signals).await
+        match acquire::takeover_wait(
+            config.request.hold.takeover_delay,
+            &mut lease,
+            &mut process.signals,
+        )
+        .await
         {
             Ok(()) => {}
             Err(acquire::TakeoverAbort::Stopped(_)) => {

@@ -36,6 +36,7 @@ pub async fn run(
 ) -> Result<Outcome> {
     // A typo in the command must not take the lock from a healthy standby set.
     check_program(config)?;
+    acquire::warn_accepted_risks(&config.request);
     start_reporting(config, &telemetry).await?;
     let hooks = Hooks::new(config.hooks.clone(), process.spawner(), config.hook_timeout);
     let observer = AcquireHooks {
@@ -75,7 +76,13 @@ pub async fn run(
             ))
         }
     };
-    match acquire::takeover_wait(config.takeover_delay, &mut lease, &mut process.signals).await {
+    match acquire::takeover_wait(
+        config.request.hold.takeover_delay,
+        &mut lease,
+        &mut process.signals,
+    )
+    .await
+    {
         Ok(()) => {}
         Err(abort) => {
             let _ = lease.release().await;

@@ -70,6 +70,10 @@ pub struct ConsulClient {
     display_address: String,
     token: Option<String>,
     datacenter: Option<String>,
+    /// Whether any HTTP answer (whatever its status) ever came back: an agent that answers
+    /// "No cluster leader" is reachable and worth waiting for; an address that never answered
+    /// is a configuration error (exit 8).
+    answered: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for ConsulClient {
@@ -168,7 +172,13 @@ impl ConsulClient {
             display_address: format!("{scheme}://{host_port}"),
             token: settings.token.clone(),
             datacenter: settings.datacenter.clone(),
+            answered: Default::default(),
         })
+    }
+
+    /// Whether the agent has answered at least one request of this client.
+    pub fn answered(&self) -> bool {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The agent address, for messages.
@@ -195,6 +205,8 @@ impl ConsulClient {
     /// 404 is returned as `Ok` so callers can tell "absent" from failure.
     pub async fn send(&self, req: RequestBuilder) -> Result<Response, BackendError> {
         let response = req.send().await.map_err(|err| self.transport_error(err))?;
+        self.answered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let status = response.status();
         if status.is_success() || status == StatusCode::NOT_FOUND {
             return Ok(response);
@@ -214,6 +226,18 @@ impl ConsulClient {
             s if s.is_server_error() && body.contains("Permission denied") => {
                 BackendError::Denied(body)
             }
+            // An acquire or renew with a session the servers no longer know (destroyed,
+            // expired, or lost with the agent's state): not worth repeating as is.
+            s if s.is_server_error() && body.starts_with("invalid session") => {
+                BackendError::SessionGone(body)
+            }
+            // Everything else Consul answers 5xx to is "not ready / no leader / try again":
+            // `No cluster leader`, `Missing node registration` (an agent that has just started),
+            // `Missing check '…' registration`, rpc errors. 429 is the agent's rate limit.
+            StatusCode::TOO_MANY_REQUESTS => BackendError::Transient(format!(
+                "Consul at {} answered {status}: {body}",
+                self.display_address
+            )),
             s if s.is_server_error() => BackendError::Transient(format!(
                 "Consul at {} answered {s}: {body}",
                 self.display_address

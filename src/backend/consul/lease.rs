@@ -13,71 +13,21 @@ use super::client::ConsulClient;
 use super::semaphore::SemaphoreSlot;
 use super::session::{self, OwnedSession};
 use super::value;
+use crate::backend::retry::Backoff;
+use crate::backend::timing::{Cadence, TimingPlan};
 use crate::backend::{BackendError, HeldLock, Layout, LockInfo, LossReason};
-use crate::duration;
 use crate::telemetry::Telemetry;
 
-/// Slack between "stop the child now" and the earliest moment Consul may expire the session:
-/// covers scheduling delays, clock granularity and the time to send the signals.
-pub const SAFETY_MARGIN: Duration = Duration::from_secs(1);
-/// The least time between the last renew and the stop point that still leaves room for a
-/// renew plus two retries; below it a single slow request would end the lease.
-const MIN_RENEW_BUDGET: Duration = Duration::from_secs(2);
 /// How long one watch query may block; long, since Consul answers at once on any change.
 const WATCH_WAIT: Duration = Duration::from_secs(300);
-/// Pause between failed watch reads, as `consul lock -monitor-retry` does.
-const WATCH_RETRY_PAUSE: Duration = Duration::from_secs(1);
-
-/// When to renew and when to give up, derived from TTL and kill grace (SPEC §7).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LeaseTiming {
-    pub ttl: Duration,
-    /// Time from the last successful renew's send time to the local stop point.
-    pub stop_after: Duration,
-    pub renew_every: Duration,
-    pub retry_every: Duration,
-    pub request_timeout: Duration,
-}
-
-impl LeaseTiming {
-    /// Plans renewals so that retries fit before `TTL − kill_grace − margin`; the error says
-    /// which settings would fit.
-    pub fn plan(ttl: Duration, kill_grace: Duration) -> Result<Self, String> {
-        let reserved = kill_grace + SAFETY_MARGIN;
-        let budget = ttl.checked_sub(reserved).unwrap_or_default();
-        if budget < MIN_RENEW_BUDGET {
-            let min_ttl = reserved + MIN_RENEW_BUDGET;
-            let max_grace = ttl
-                .checked_sub(SAFETY_MARGIN + MIN_RENEW_BUDGET)
-                .unwrap_or_default();
-            return Err(format!(
-                "session TTL {} with kill grace {} cannot be held safely: the child must be dead \
-                 {} before the session can expire, which leaves less than {} to renew; use \
-                 --session-ttl {} or more, or --kill-grace {} or less",
-                duration::display(ttl),
-                duration::display(kill_grace),
-                duration::display(reserved),
-                duration::display(MIN_RENEW_BUDGET),
-                duration::display(min_ttl.max(Duration::from_secs(10))),
-                duration::display(max_grace),
-            ));
-        }
-        let renew_every = (ttl / 2).min(budget / 3);
-        Ok(LeaseTiming {
-            ttl,
-            stop_after: budget,
-            renew_every,
-            retry_every: (budget / 6).max(Duration::from_millis(200)),
-            request_timeout: (budget / 3).min(Duration::from_secs(5)),
-        })
-    }
-}
+/// How long a release and session destroy are retried through transient trouble (no leader)
+/// when the session has no TTL to make them moot.
+const RELEASE_PATIENCE_NO_TTL: Duration = Duration::from_secs(60);
 
 /// What the background tasks need to watch a lease.
 pub(crate) struct KeepAlive {
-    pub timing: Option<LeaseTiming>,
-    pub monitor_retry: u32,
-    pub health_check_ttl: Option<Duration>,
+    pub plan: TimingPlan,
+    pub monitor_retry: Option<u32>,
     pub watch_index: u64,
     pub telemetry: Arc<Telemetry>,
 }
@@ -97,6 +47,8 @@ pub struct Lease {
     loss: watch::Receiver<Option<LossReason>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// How long release and destroy are retried through transient trouble.
+    release_patience: Duration,
     done: bool,
     /// Whether the previous holder released cleanly (its command had stopped); when not, the
     /// supervisor may wait `--takeover-delay` before starting ours.
@@ -119,24 +71,30 @@ impl Lease {
         let tx = Arc::new(tx);
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
+        let mut release_patience = RELEASE_PATIENCE_NO_TTL;
         if let Some(ka) = keep_alive {
             let sid = session.id.clone();
-            if let Some(timing) = ka.timing {
+            if let Some(ttl) = ka.plan.inputs.ttl {
+                // Past 2×TTL without renewals Consul has expired the session anyway.
+                release_patience = 2 * ttl;
+            }
+            if let Some(cadence) = ka.plan.renew {
                 tasks.push(tokio::spawn(renew_loop(
                     client.clone(),
                     sid.clone(),
                     session.sent_at,
-                    timing,
+                    cadence,
                     tx.clone(),
                     stop.clone(),
                     ka.telemetry.clone(),
                 )));
             }
-            if let (Some(check), Some(ttl)) = (session.check_id.clone(), ka.health_check_ttl) {
-                tasks.push(tokio::spawn(check_pass_loop(
-                    client.clone(),
-                    check,
-                    ttl,
+            if let (Some(keeper), Some(cadence)) = (&session.check, ka.plan.pass) {
+                tasks.push(tokio::spawn(pass_deadline(
+                    keeper.id.clone(),
+                    keeper.last_pass.clone(),
+                    cadence,
+                    tx.clone(),
                     stop.clone(),
                 )));
             }
@@ -172,6 +130,7 @@ impl Lease {
             loss,
             stop,
             tasks,
+            release_patience,
             done: false,
             previous_release_clean: true,
         }
@@ -225,17 +184,13 @@ impl Lease {
             ];
             // Release only matters while we still hold it; after a loss the key is not ours.
             if self.loss().is_none() {
-                if let Err(err) = self
-                    .client
-                    .kv_put(&self.lock_key, value::mark_released(&self.value), &params)
-                    .await
-                {
+                if let Err(err) = self.release_key(&params).await {
                     tracing::warn!(key = %self.lock_key, %err, "release failed; destroying the session releases the key anyway");
                     result = Err(err);
                 }
             }
         }
-        session::destroy(&self.client, &self.session).await;
+        session::destroy_within(&self.client, &self.session, self.release_patience).await;
         if self.layout == Layout::ConsulLock && self.semaphore.is_none() {
             // Like Go's Lock.Destroy: remove the lock entry if nobody took it meanwhile.
             if let Ok(read) = self.client.kv_get(&self.lock_key, None).await {
@@ -249,6 +204,34 @@ impl Lease {
         }
         tracing::debug!(key = %self.info.key, session = %sid, "lock released");
         result
+    }
+}
+
+impl Lease {
+    /// Writes the released value, riding out a short leader election (a failed release leaves
+    /// the key to the session destroy, which is retried longer). A write whose outcome is
+    /// unknown is not repeated: the destroy that follows frees the key either way.
+    async fn release_key(&self, params: &[(&str, String)]) -> Result<(), BackendError> {
+        let give_up = Instant::now() + self.release_patience.min(Duration::from_secs(10));
+        let mut backoff = Backoff::default();
+        loop {
+            match self
+                .client
+                .kv_put(&self.lock_key, value::mark_released(&self.value), params)
+                .await
+            {
+                Ok(_) => return Ok(()),
+                // Releasing twice is harmless, so an unknown outcome is simply tried again.
+                Err(err @ (BackendError::Transient(_) | BackendError::Unknown(_))) => {
+                    let pause = backoff.failed("releasing the lock", &err);
+                    if Instant::now() + pause >= give_up {
+                        return Err(err);
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 }
 
@@ -291,41 +274,49 @@ impl Drop for Lease {
     }
 }
 
-/// Renews every `renew_every`; declares loss on 404 or when the local deadline
-/// (last successful renew's send time + stop_after) passes without a successful renew.
+/// Renews every `cadence.every`; declares loss on 404 or when the local deadline (the last
+/// successful renew's send time + `cadence.stop_after`, from the timing model) passes without a
+/// successful renew. Transient failures are retried until that deadline, logged once.
 async fn renew_loop(
     client: ConsulClient,
     session: String,
     created_at: Instant,
-    timing: LeaseTiming,
+    cadence: Cadence,
     loss: Arc<watch::Sender<Option<LossReason>>>,
     stop: CancellationToken,
     telemetry: Arc<Telemetry>,
 ) {
     let mut last_ok = created_at;
-    let mut next_attempt = created_at + timing.renew_every;
+    let mut next_attempt = created_at + cadence.every;
+    let mut failing = false;
     loop {
-        let deadline = last_ok + timing.stop_after;
+        let deadline = last_ok + cadence.stop_after;
         let attempt = async {
             tokio::time::sleep_until(next_attempt.into()).await;
             let sent = Instant::now();
             (
                 sent,
-                client.session_renew(&session, timing.request_timeout).await,
+                client
+                    .session_renew(&session, cadence.request_timeout)
+                    .await,
             )
         };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(deadline.into()) => {
-                tracing::warn!(%session, "no successful renew since {:?}: local lease deadline reached", last_ok.elapsed());
+                tracing::warn!(%session, "no successful renew for {:?}: local lease deadline reached", last_ok.elapsed());
                 declare(&loss, LossReason::LeaseDeadline);
                 return;
             }
             (sent, result) = attempt => match result {
                 Ok(()) => {
+                    if failing {
+                        tracing::info!(%session, "session renewed again");
+                        failing = false;
+                    }
                     last_ok = sent;
                     telemetry.renew_succeeded();
-                    next_attempt = sent + timing.renew_every;
+                    next_attempt = sent + cadence.every;
                     tracing::trace!(%session, "session renewed");
                 }
                 Err(BackendError::SessionGone(_)) => {
@@ -334,24 +325,59 @@ async fn renew_loop(
                 }
                 Err(err) => {
                     telemetry.renew_failed();
-                    tracing::warn!(%session, %err, "session renew failed; retrying");
-                    next_attempt = Instant::now() + timing.retry_every;
+                    if !failing {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        tracing::warn!(%session, %err, ?left, "session renew failed; retrying until the lease deadline");
+                        failing = true;
+                    }
+                    next_attempt = Instant::now() + cadence.retry_every;
                 }
             }
         }
     }
 }
 
+/// Declares loss when lockwrap's own check has not been passed for `cadence.stop_after`: the
+/// agent may then mark it critical, and the timing model says the command must stop now.
+async fn pass_deadline(
+    check: String,
+    mut last_pass: watch::Receiver<Instant>,
+    cadence: Cadence,
+    loss: Arc<watch::Sender<Option<LossReason>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let deadline = *last_pass.borrow_and_update() + cadence.stop_after;
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            changed = last_pass.changed() => {
+                if changed.is_err() {
+                    // The keeper stopped: the session is being destroyed.
+                    return;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {
+                tracing::warn!(%check, "health check not passed for {:?}: local deadline reached", cadence.stop_after);
+                declare(&loss, LossReason::LeaseDeadline);
+                return;
+            }
+        }
+    }
+}
+
 /// Watches the lock key with blocking queries; loss when the key goes or changes holder.
+/// Read errors alone do not end the hold (the renew deadline does, see `docs/timing.md`),
+/// unless `monitor_retry` asks to give up after that many consecutive failures.
 async fn watch_key(
     client: ConsulClient,
     key: String,
     session: String,
     mut index: u64,
-    monitor_retry: u32,
+    monitor_retry: Option<u32>,
     loss: Arc<watch::Sender<Option<LossReason>>>,
     stop: CancellationToken,
 ) {
+    let mut backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
         let read = tokio::select! {
@@ -361,6 +387,7 @@ async fn watch_key(
         match read {
             Ok(read) => {
                 failures = 0;
+                backoff.succeeded("watching the lock");
                 match read.value {
                     None => return declare(&loss, LossReason::KeyDeleted),
                     Some(pair) => match pair.holder() {
@@ -376,37 +403,17 @@ async fn watch_key(
             }
             Err(err) => {
                 failures += 1;
-                if failures > monitor_retry {
+                if monitor_retry.is_some_and(|limit| failures > limit) {
                     return declare(&loss, LossReason::ConsulUnreachable(err.to_string()));
                 }
-                tracing::warn!(%key, %err, failures, "watching the lock failed; retrying");
+                let pause = backoff.failed("watching the lock", &err);
                 // After an agent restart the index starts lower; don't block on the old one.
                 index = 0;
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(WATCH_RETRY_PAUSE) => {}
+                    _ = tokio::time::sleep(pause.min(Duration::from_secs(1))) => {}
                 }
             }
-        }
-    }
-}
-
-/// Keeps the agent TTL check passing while this process is alive and healthy; when the process
-/// dies the check goes critical after its TTL and Consul invalidates the session.
-async fn check_pass_loop(
-    client: ConsulClient,
-    check: String,
-    ttl: Duration,
-    stop: CancellationToken,
-) {
-    let every = ttl / 3;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if let Err(err) = client.check_pass(&check, every).await {
-            tracing::warn!(check, %err, "could not mark the health check passing");
         }
     }
 }
@@ -421,31 +428,4 @@ pub(crate) fn declare(loss: &watch::Sender<Option<LossReason>>, reason: LossReas
             false
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_run_timing_leaves_room_for_retries() {
-        let t = LeaseTiming::plan(Duration::from_secs(15), Duration::from_secs(5)).unwrap();
-        assert_eq!(t.stop_after, Duration::from_secs(9));
-        assert_eq!(t.renew_every, Duration::from_secs(3));
-        assert!(t.renew_every + 2 * t.retry_every < t.stop_after);
-    }
-
-    #[test]
-    fn ten_second_ttl_with_short_grace_fits() {
-        let t = LeaseTiming::plan(Duration::from_secs(10), Duration::from_secs(2)).unwrap();
-        assert_eq!(t.stop_after, Duration::from_secs(7));
-        assert!(t.renew_every <= Duration::from_secs(5));
-    }
-
-    #[test]
-    fn impossible_combination_says_what_fits() {
-        let err = LeaseTiming::plan(Duration::from_secs(10), Duration::from_secs(8)).unwrap_err();
-        assert!(err.contains("--session-ttl 11s"), "{err}");
-        assert!(err.contains("--kill-grace 7s"), "{err}");
-    }
 }

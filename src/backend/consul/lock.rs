@@ -7,10 +7,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{KvPair, KvRead, LOCK_FLAG_VALUE};
 use super::client::ConsulClient;
-use super::lease::{KeepAlive, Lease, LeaseTiming};
+use super::lease::{KeepAlive, Lease};
 use super::session::{self, OwnedSession};
 use super::value::{self, Identity};
 use super::ConsulBackend;
+use crate::backend::retry::{self, Backoff};
+use crate::backend::timing::TimingPlan;
 use crate::backend::{
     AcquireObserver, Acquired, BackendError, Layout, LockInfo, LockRequest, Wait,
 };
@@ -64,10 +66,18 @@ macro_rules! step {
     ($fut:expr, $stop:expr, $deadline:expr) => {
         match interruptible($fut, $stop, $deadline).await {
             Ok(value) => value,
-            Err(Interrupt::Cancelled) => return Ok(Attempt::Cancelled),
-            Err(Interrupt::TimedOut) => return Ok(Attempt::TimedOut),
+            Err(Interrupt::Cancelled) => return Ok(Some(Attempt::Cancelled)),
+            Err(Interrupt::TimedOut) => return Ok(Some(Attempt::TimedOut)),
         }
     };
+}
+
+/// What survives from one attempt to the next.
+struct AttemptState {
+    /// Back-off while a lock-delay blocks a free key.
+    delay_backoff: Duration,
+    /// A read already known to be current (the one that woke a waiter): saves a round trip.
+    fresh: Option<KvRead<Option<KvPair>>>,
 }
 
 enum Attempt {
@@ -105,6 +115,10 @@ impl ConsulBackend {
         outcome
     }
 
+    /// Runs attempts until one decides; rides out transient trouble (no leader, an agent
+    /// that has just started, a session lost with the agent's state) with jittered back-off:
+    /// a blocking acquire until `--timeout` or a stop signal, `--non-blocking` for
+    /// [`retry::NON_BLOCKING_PATIENCE`]. An address that never answered fails at once (exit 8).
     async fn acquire_loop(
         &self,
         request: &LockRequest,
@@ -114,109 +128,160 @@ impl ConsulBackend {
         deadline: Option<Instant>,
         session: &mut Option<OwnedSession>,
     ) -> Result<Attempt, BackendError> {
-        let key = request.key.as_str();
-        let lock_key = lock_key(key, request.layout);
-        let mut delay_backoff = LOCK_DELAY_RETRY_FIRST;
-        // A read already known to be current (the one that woke a waiter): saves a round trip.
-        let mut fresh: Option<KvRead<Option<KvPair>>> = None;
+        let mut state = AttemptState {
+            delay_backoff: LOCK_DELAY_RETRY_FIRST,
+            fresh: None,
+        };
+        let patience =
+            (request.wait == Wait::NonBlocking).then(|| started + retry::NON_BLOCKING_PATIENCE);
+        let mut backoff = Backoff::default();
         loop {
-            step!(observer.before_attempt(key), stop, deadline);
-            let read = match fresh.take() {
-                Some(read) => read,
-                None => {
-                    let read = step!(self.client.kv_get_retry(&lock_key), stop, deadline);
-                    self.telemetry.set_consul_healthy(read.is_ok());
-                    read?
-                }
-            };
-            check_flags(read.value.as_ref(), &lock_key, request.layout)?;
-
-            if let Some(pair) = read.value.as_ref().filter(|p| p.holder().is_some()) {
-                let info = value::decode(key, pair);
-                tracing::debug!(key, holder = %info.holder_summary(), "lock is taken");
-                self.telemetry.observed_holder(Some(&info));
-                step!(observer.already_locked(key, Some(&info)), stop, deadline);
-                if request.wait == Wait::NonBlocking {
-                    return Ok(Attempt::Locked(Some(info)));
-                }
-                // A standby needs no session: drop ours until the key is free again.
-                if let Some(owned) = session.take() {
-                    session::destroy(&self.client, &owned).await;
-                }
-                fresh = step!(
-                    self.wait_until_free(
-                        key,
-                        &lock_key,
-                        request.layout,
-                        read.index,
-                        info,
-                        request.wait.poll()
-                    ),
-                    stop,
-                    deadline
-                )?;
-                delay_backoff = LOCK_DELAY_RETRY_FIRST;
-                continue;
-            }
-
-            // The key is free: take it with a session of our own.
-            let previous_clean = read.value.as_ref().is_some_and(value::released_cleanly);
-            if session.is_none() {
-                *session = Some(step!(self.create_session(request), stop, deadline)?);
-            }
-            let owned = session.as_ref().expect("session was just created");
-            let value = self.holder_value(request, &owned.id, started);
-            let params = [
-                ("acquire", owned.id.clone()),
-                ("flags", LOCK_FLAG_VALUE.to_string()),
-            ];
-            let acquired = match self.client.kv_put(&lock_key, value.clone(), &params).await {
-                Ok(acquired) => acquired,
-                // The write may have landed: the entry says whether it is ours.
-                Err(BackendError::Unknown(err)) => {
-                    tracing::warn!(%err, "acquire outcome unknown; re-reading the key");
-                    false
-                }
-                Err(err) => return Err(err),
-            };
-            // Read back: confirms the holder and gives the fencing token (ModifyIndex).
-            let after = self.client.kv_get_retry(&lock_key).await?;
-            match after.value.as_ref() {
-                Some(pair) if pair.holder() == Some(owned.id.as_str()) => {
-                    let info = value::decode(key, pair);
-                    let owned = session.take().expect("session is set");
-                    let keep_alive = self.keep_alive(request, after.index)?;
-                    let mut lease = Lease::start(
-                        self.client.clone(),
-                        info,
-                        lock_key,
-                        request.layout,
-                        owned,
-                        value,
-                        None,
-                        keep_alive,
-                    );
-                    lease.previous_release_clean = previous_clean;
-                    return Ok(Attempt::Held(Box::new(lease)));
-                }
-                Some(pair) if pair.holder().is_some() => {
-                    // Someone else won the race; go round and wait for them.
-                    tracing::debug!(key, "another contender took the lock first");
+            let result = self
+                .attempt(
+                    request, observer, stop, started, deadline, session, &mut state,
+                )
+                .await;
+            let err = match result {
+                Ok(Some(decided)) => return Ok(decided),
+                Ok(None) => {
+                    backoff.succeeded("acquiring the lock");
                     continue;
                 }
-                _ if acquired => continue,
-                _ => {
-                    // Free but refused: a lock-delay from an invalidated session is running.
-                    if request.wait == Wait::NonBlocking {
-                        return Ok(Attempt::Locked(None));
-                    }
-                    tracing::debug!(key, retry_in = ?delay_backoff, "key is free but in lock-delay");
-                    step!(tokio::time::sleep(delay_backoff), stop, deadline);
-                    delay_backoff = (delay_backoff * 2).min(LOCK_DELAY_RETRY_MAX);
-                    if let Some(owned) = session.as_mut() {
-                        self.refresh_session(request, owned).await?;
-                    }
+                Err(err) => err,
+            };
+            if let BackendError::SessionGone(_) = err {
+                // Our session vanished (agent restarted with its state lost): make a new one.
+                if let Some(gone) = session.take() {
+                    session::destroy(&self.client, &gone).await;
                 }
+            } else if !(err.is_transient() && self.client.answered()) {
+                return Err(err);
+            }
+            if patience.is_some_and(|end| Instant::now() >= end) {
+                return Err(err);
+            }
+            self.telemetry.set_consul_healthy(false);
+            let pause = backoff.failed("acquiring the lock", &err);
+            match interruptible(tokio::time::sleep(pause), stop, deadline).await {
+                Ok(()) => {}
+                Err(Interrupt::Cancelled) => return Ok(Attempt::Cancelled),
+                Err(Interrupt::TimedOut) => return Ok(Attempt::TimedOut),
+            }
+        }
+    }
+
+    /// One pass of the acquire recipe: read, wait while taken, create a session, acquire, read
+    /// back. `Ok(None)`: go round again.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        request: &LockRequest,
+        observer: &dyn AcquireObserver,
+        stop: &CancellationToken,
+        started: Instant,
+        deadline: Option<Instant>,
+        session: &mut Option<OwnedSession>,
+        state: &mut AttemptState,
+    ) -> Result<Option<Attempt>, BackendError> {
+        let key = request.key.as_str();
+        let lock_key = lock_key(key, request.layout);
+        step!(observer.before_attempt(key), stop, deadline);
+        let read = match state.fresh.take() {
+            Some(read) => read,
+            None => {
+                let read = step!(self.client.kv_get_retry(&lock_key), stop, deadline);
+                self.telemetry.set_consul_healthy(read.is_ok());
+                read?
+            }
+        };
+        check_flags(read.value.as_ref(), &lock_key, request.layout)?;
+
+        if let Some(pair) = read.value.as_ref().filter(|p| p.holder().is_some()) {
+            let info = value::decode(key, pair);
+            tracing::debug!(key, holder = %info.holder_summary(), "lock is taken");
+            self.telemetry.observed_holder(Some(&info));
+            step!(observer.already_locked(key, Some(&info)), stop, deadline);
+            if request.wait == Wait::NonBlocking {
+                return Ok(Some(Attempt::Locked(Some(info))));
+            }
+            // A standby needs no session: drop ours until the key is free again.
+            if let Some(owned) = session.take() {
+                session::destroy(&self.client, &owned).await;
+            }
+            state.fresh = step!(
+                self.wait_until_free(
+                    key,
+                    &lock_key,
+                    request.layout,
+                    read.index,
+                    info,
+                    request.wait.poll()
+                ),
+                stop,
+                deadline
+            )?;
+            state.delay_backoff = LOCK_DELAY_RETRY_FIRST;
+            return Ok(None);
+        }
+
+        // The key is free: take it with a session of our own.
+        let previous_clean = read.value.as_ref().is_some_and(value::released_cleanly);
+        if session.is_none() {
+            *session = Some(step!(self.create_session(request), stop, deadline)?);
+        }
+        let owned = session.as_ref().expect("session was just created");
+        let value = self.holder_value(request, &owned.id, started);
+        let params = [
+            ("acquire", owned.id.clone()),
+            ("flags", LOCK_FLAG_VALUE.to_string()),
+        ];
+        let acquired = match self.client.kv_put(&lock_key, value.clone(), &params).await {
+            Ok(acquired) => acquired,
+            // The write may have landed: the entry says whether it is ours.
+            Err(BackendError::Unknown(err)) => {
+                tracing::warn!(%err, "acquire outcome unknown; re-reading the key");
+                false
+            }
+            Err(err) => return Err(err),
+        };
+        // Read back: confirms the holder and gives the fencing token (ModifyIndex).
+        let after = self.client.kv_get_retry(&lock_key).await?;
+        match after.value.as_ref() {
+            Some(pair) if pair.holder() == Some(owned.id.as_str()) => {
+                let info = value::decode(key, pair);
+                let owned = session.take().expect("session is set");
+                let keep_alive = self.keep_alive(request, after.index)?;
+                let mut lease = Lease::start(
+                    self.client.clone(),
+                    info,
+                    lock_key,
+                    request.layout,
+                    owned,
+                    value,
+                    None,
+                    keep_alive,
+                );
+                lease.previous_release_clean = previous_clean;
+                Ok(Some(Attempt::Held(Box::new(lease))))
+            }
+            Some(pair) if pair.holder().is_some() => {
+                // Someone else won the race; go round and wait for them.
+                tracing::debug!(key, "another contender took the lock first");
+                Ok(None)
+            }
+            _ if acquired => Ok(None),
+            _ => {
+                // Free but refused: a lock-delay from an invalidated session is running.
+                if request.wait == Wait::NonBlocking {
+                    return Ok(Some(Attempt::Locked(None)));
+                }
+                tracing::debug!(key, retry_in = ?state.delay_backoff, "key is free but in lock-delay");
+                step!(tokio::time::sleep(state.delay_backoff), stop, deadline);
+                state.delay_backoff = (state.delay_backoff * 2).min(LOCK_DELAY_RETRY_MAX);
+                if let Some(owned) = session.as_mut() {
+                    self.refresh_session(request, owned).await?;
+                }
+                Ok(None)
             }
         }
     }
@@ -240,7 +305,10 @@ impl ConsulBackend {
 
     /// Creates a session in a task of its own, so a stop signal need not wait for a slow
     /// agent: if the caller stops waiting, the task still finishes and destroys what it made.
-    async fn create_session(&self, request: &LockRequest) -> Result<OwnedSession, BackendError> {
+    pub(crate) async fn create_session(
+        &self,
+        request: &LockRequest,
+    ) -> Result<OwnedSession, BackendError> {
         struct Orphan(
             Option<tokio::task::JoinHandle<Result<OwnedSession, BackendError>>>,
             ConsulClient,
@@ -261,8 +329,10 @@ impl ConsulBackend {
         let key = request.key.clone();
         let settings = request.session.clone();
         let identity = self.identity.clone();
-        let task =
-            tokio::spawn(async move { session::create(&client, &key, &settings, &identity).await });
+        let pass = self.plan(request)?.pass;
+        let task = tokio::spawn(async move {
+            session::create(&client, &key, &settings, &identity, pass).await
+        });
         let mut guard = Orphan(Some(task), self.client.clone());
         let joined = guard
             .0
@@ -310,7 +380,7 @@ impl ConsulBackend {
         }
         let mut log_every =
             tokio::time::interval_at((Instant::now() + HOLDER_LOG_EVERY).into(), HOLDER_LOG_EVERY);
-        let mut failures = 0u32;
+        let mut backoff = Backoff::default();
         loop {
             let fetch = self.client.kv_get(lock_key, Some((index, STANDBY_WAIT)));
             tokio::pin!(fetch);
@@ -324,7 +394,7 @@ impl ConsulBackend {
             };
             match result {
                 Ok(read) => {
-                    failures = 0;
+                    backoff.succeeded("waiting for the lock");
                     self.telemetry.set_consul_healthy(true);
                     check_flags(read.value.as_ref(), lock_key, layout)?;
                     match read.value.as_ref().filter(|p| p.holder().is_some()) {
@@ -337,18 +407,24 @@ impl ConsulBackend {
                     }
                 }
                 Err(err) if err.is_transient() => {
-                    failures += 1;
                     self.telemetry.set_consul_healthy(false);
-                    tracing::warn!(%err, failures, "waiting for the lock: Consul read failed; retrying");
+                    let pause = backoff.failed("waiting for the lock", &err);
                     // The agent may have restarted with a lower index: a blocking query on our
                     // old index would then hang for the whole wait. Start over from 0.
                     index = 0;
-                    let pause = Duration::from_millis(250 * u64::from(failures.min(20)));
                     tokio::time::sleep(pause).await;
                 }
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    /// The timing plan of `request`; configuration validation refuses unsafe plans before
+    /// anything reaches Consul, so an error here is a library caller's mistake.
+    pub(crate) fn plan(&self, request: &LockRequest) -> Result<TimingPlan, BackendError> {
+        request
+            .timing_plan()
+            .map_err(|unsafe_plan| BackendError::Invalid(unsafe_plan.message))
     }
 
     pub(crate) fn keep_alive(
@@ -359,16 +435,9 @@ impl ConsulBackend {
         if !request.hold.keep_alive {
             return Ok(None);
         }
-        let timing = match request.session.ttl {
-            Some(ttl) => Some(
-                LeaseTiming::plan(ttl, request.hold.kill_grace).map_err(BackendError::Invalid)?,
-            ),
-            None => None,
-        };
         Ok(Some(KeepAlive {
-            timing,
+            plan: self.plan(request)?,
             monitor_retry: request.hold.monitor_retry,
-            health_check_ttl: request.session.health_check_ttl,
             watch_index,
             telemetry: self.telemetry.clone(),
         }))

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 pub use client::{ConsulClient, ConsulSettings, SettingsError};
-pub use lease::{Lease, LeaseTiming};
+pub use lease::Lease;
 
 use crate::backend::{
     AcquireObserver, Acquired, BackendError, Layout, LockBackend, LockInfo, LockRequest,

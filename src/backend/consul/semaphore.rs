@@ -85,7 +85,7 @@ impl ConsulBackend {
         let first = self.client.kv_get_retry(&format!("{prefix}/.lock")).await?;
         check_limit(&decode_lock(first.value.as_ref(), key)?, request.limit, key)?;
 
-        let owned = session::create(&self.client, key, &request.session, &self.identity).await?;
+        let owned = self.create_session(request).await?;
         let slot = slot(prefix, &owned.id, request.limit);
         let outcome = self
             .semaphore_loop(request, observer, stop, started, deadline, &owned, &slot)
@@ -273,10 +273,11 @@ pub(crate) async fn watch(
     client: ConsulClient,
     slot: SemaphoreSlot,
     session: String,
-    monitor_retry: u32,
+    monitor_retry: Option<u32>,
     loss: Arc<watch::Sender<Option<LossReason>>>,
     stop: CancellationToken,
 ) {
+    let mut backoff = crate::backend::retry::Backoff::default();
     let prefix = slot
         .lock_key
         .strip_suffix(".lock")
@@ -297,6 +298,7 @@ pub(crate) async fn watch(
         match read {
             Ok(read) => {
                 failures = 0;
+                backoff.succeeded("watching the semaphore");
                 index = next_index(index, read.index).max(1);
                 let contender = read.value.iter().find(|p| p.key == slot.contender_key);
                 if contender.and_then(KvPair::holder) != Some(session.as_str()) {
@@ -314,12 +316,15 @@ pub(crate) async fn watch(
             Err(err) => {
                 failures += 1;
                 index = 0;
-                if failures > monitor_retry {
+                // Read errors alone do not end the hold: the renew deadline does
+                // (docs/timing.md), unless --monitor-retry asks to give up earlier.
+                if monitor_retry.is_some_and(|limit| failures > limit) {
                     return declare(&loss, LossReason::ConsulUnreachable(err.to_string()));
                 }
+                let pause = backoff.failed("watching the semaphore", &err);
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(pause.min(Duration::from_secs(1))) => {}
                 }
             }
         }

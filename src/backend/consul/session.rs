@@ -1,11 +1,16 @@
 //! Creating and destroying the session that holds a lock, and the optional agent TTL check it
 //! is bound to for fast failover (`--health-check-ttl`).
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::api::{AgentCheck, SessionRequest};
 use super::client::ConsulClient;
 use super::value::Identity;
+use crate::backend::timing::Cadence;
 use crate::backend::{BackendError, Checks, SessionSettings};
 use crate::duration;
 
@@ -13,17 +18,101 @@ use crate::duration;
 #[derive(Debug, Clone)]
 pub struct OwnedSession {
     pub id: String,
-    pub check_id: Option<String>,
+    /// lockwrap's own TTL check and the task that keeps it passing.
+    pub check: Option<CheckKeeper>,
     /// When the create request was sent: the first "renew" of the lease deadline.
     pub sent_at: Instant,
 }
 
-/// Creates a session per `settings`; registers the health check first when asked.
+impl OwnedSession {
+    pub fn check_id(&self) -> Option<&str> {
+        self.check.as_ref().map(|c| c.id.as_str())
+    }
+}
+
+/// Keeps lockwrap's TTL check passing from its registration until the session is destroyed
+/// or the last clone of this handle is dropped, whatever phase the session is in (waiting out
+/// a lock-delay, acquiring, holding): a check nobody passes would kill its own session
+/// (docs/timing.md, "Health checks").
+#[derive(Debug, Clone)]
+pub struct CheckKeeper {
+    pub id: String,
+    /// Send time of the last pass the agent accepted (registration counts: it registers
+    /// passing).
+    pub last_pass: watch::Receiver<Instant>,
+    stop: CancellationToken,
+    _guard: Arc<DropGuard>,
+}
+
+impl CheckKeeper {
+    fn start(client: ConsulClient, id: String, cadence: Cadence, registered_at: Instant) -> Self {
+        let (tx, last_pass) = watch::channel(registered_at);
+        let stop = CancellationToken::new();
+        tokio::spawn(pass_loop(client, id.clone(), cadence, tx, stop.clone()));
+        CheckKeeper {
+            id,
+            last_pass,
+            stop: stop.clone(),
+            _guard: Arc::new(stop.drop_guard()),
+        }
+    }
+
+    /// Stops passing (the check then goes critical after its TTL unless deregistered).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+}
+
+/// Passes the check every `cadence.every` (retrying faster after a failure) and publishes the
+/// send time of each pass the agent accepted. Logs once when passing starts failing and once
+/// when it recovers.
+async fn pass_loop(
+    client: ConsulClient,
+    id: String,
+    cadence: Cadence,
+    last_pass: watch::Sender<Instant>,
+    stop: CancellationToken,
+) {
+    let mut next = *last_pass.borrow() + cadence.every;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep_until(next.into()) => {}
+        }
+        let sent = Instant::now();
+        let result = tokio::select! {
+            _ = stop.cancelled() => return,
+            result = client.check_pass(&id, cadence.request_timeout) => result,
+        };
+        match result {
+            Ok(()) => {
+                if failing {
+                    tracing::info!(check = %id, "health check passes again");
+                    failing = false;
+                }
+                last_pass.send_replace(sent);
+                next = sent + cadence.every;
+            }
+            Err(err) => {
+                if !failing {
+                    tracing::warn!(check = %id, %err, "could not mark the health check passing; retrying");
+                    failing = true;
+                }
+                next = Instant::now() + cadence.retry_every;
+            }
+        }
+    }
+}
+
+/// Creates a session per `settings`; registers the health check first when asked and keeps
+/// it passing at `pass` cadence from that moment on.
 pub async fn create(
     client: &ConsulClient,
     key: &str,
     settings: &SessionSettings,
     identity: &Identity,
+    pass: Option<Cadence>,
 ) -> Result<OwnedSession, BackendError> {
     let name = settings.name.clone().unwrap_or_else(|| {
         format!(
@@ -31,7 +120,7 @@ pub async fn create(
             identity.hostname, identity.pid
         )
     });
-    let check_id = match settings.health_check_ttl {
+    let check = match settings.health_check_ttl {
         Some(ttl) => {
             let id = format!(
                 "{CHECK_PREFIX}{}:{}:{}",
@@ -39,13 +128,21 @@ pub async fn create(
                 identity.pid,
                 unique_suffix()
             );
+            let registered_at = Instant::now();
             client
                 .check_register(&id, &format!("lockwrap liveness for {key}"), ttl)
                 .await?;
-            Some(id)
+            let cadence = pass.unwrap_or_else(|| default_pass_cadence(ttl));
+            Some(CheckKeeper::start(
+                client.clone(),
+                id,
+                cadence,
+                registered_at,
+            ))
         }
         None => None,
     };
+    let check_id = check.as_ref().map(|c| c.id.clone());
     let mut checks = match &settings.checks {
         Checks::AgentDefault if check_id.is_some() => Some(vec!["serfHealth".to_string()]),
         Checks::AgentDefault => None,
@@ -71,32 +168,70 @@ pub async fn create(
                 let client = client.clone();
                 crate::backend::cleanup::spawn(async move { remove_dead_checks(&client).await });
             }
-            Ok(OwnedSession {
-                id,
-                check_id,
-                sent_at,
-            })
+            Ok(OwnedSession { id, check, sent_at })
         }
         Err(err) => {
-            if let Some(id) = &check_id {
-                let _ = client.check_deregister(id).await;
+            if let Some(keeper) = &check {
+                keeper.stop();
+                let _ = client.check_deregister(&keeper.id).await;
             }
             Err(err)
         }
     }
 }
 
+/// Without a plan (a request that is not kept alive) pass at a third of the check's TTL.
+fn default_pass_cadence(ttl: Duration) -> Cadence {
+    Cadence {
+        stop_after: ttl,
+        every: ttl / 3,
+        retry_every: (ttl / 6).max(Duration::from_millis(200)),
+        request_timeout: (ttl / 3).min(Duration::from_secs(5)),
+    }
+}
+
 /// Destroys the session and deregisters its check; logs and keeps going on failure, because
 /// this runs on exit paths where the best effort is all there is.
 pub async fn destroy(client: &ConsulClient, session: &OwnedSession) {
-    if let Err(err) = client.session_destroy(&session.id).await {
-        tracing::warn!(session = %session.id, %err, "could not destroy session; it expires with its TTL");
-    } else {
-        tracing::debug!(session = %session.id, "session destroyed");
+    destroy_within(client, session, Duration::ZERO).await;
+}
+
+/// Destroys the session, retrying transient failures (no leader, agent restarting) for up to
+/// `patience`, so a key is not left held by a dead session; then deregisters the check.
+/// A session that outlives `patience` expires with its TTL.
+pub async fn destroy_within(client: &ConsulClient, session: &OwnedSession, patience: Duration) {
+    let give_up = Instant::now() + patience;
+    let mut pause = Duration::from_millis(250);
+    let mut warned = false;
+    loop {
+        match client.session_destroy(&session.id).await {
+            Ok(()) => {
+                if warned {
+                    tracing::info!(session = %session.id, "session destroyed after retries");
+                } else {
+                    tracing::debug!(session = %session.id, "session destroyed");
+                }
+                break;
+            }
+            Err(err) if err.is_transient() && Instant::now() + pause < give_up => {
+                if !warned {
+                    tracing::warn!(session = %session.id, %err, "could not destroy the session; retrying until it lands");
+                    warned = true;
+                }
+                tokio::time::sleep(crate::backend::retry::jitter(pause)).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(err) => {
+                tracing::warn!(session = %session.id, %err, "could not destroy session; it expires with its TTL");
+                break;
+            }
+        }
     }
-    if let Some(check) = &session.check_id {
-        if let Err(err) = client.check_deregister(check).await {
-            tracing::warn!(check, %err, "could not deregister health check");
+    if let Some(check) = &session.check {
+        // Stop passing first: a check that stays registered must go critical.
+        check.stop();
+        if let Err(err) = client.check_deregister(&check.id).await {
+            tracing::warn!(check = %check.id, %err, "could not deregister health check");
         }
     }
 }
