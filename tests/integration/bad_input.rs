@@ -332,7 +332,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         .env("LOCKWRAP_HEALTH_CHECK_TTL", "100ms")
         .mentions(&["LOCKWRAP_HEALTH_CHECK_TTL", "100ms"]),
         case(
-            "ttl/kill-grace cannot be held (flags)",
+            "takeover delay shorter than the kill grace (flags)",
             3,
             &[
                 "run",
@@ -342,19 +342,35 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "10",
                 "--kill-grace",
                 "9",
+                "--takeover-delay",
+                "2",
                 "--",
                 "true",
             ],
         )
-        .mentions(&["--kill-grace"]),
+        .mentions(&["--takeover-delay 10s"]),
         case(
-            "ttl/kill-grace cannot be held (env)",
+            "serfHealth without lock-delay cannot be held (env)",
             2,
             &["run", "--key", "bad/k", "--", "true"],
         )
-        .env("LOCKWRAP_SESSION_TTL", "10s")
-        .env("LOCKWRAP_KILL_GRACE", "30s")
-        .mentions(&["LOCKWRAP_"]),
+        .env("LOCKWRAP_SESSION_CHECKS", "serfHealth")
+        .env("LOCKWRAP_LOCK_DELAY", "0")
+        .mentions(&["LOCKWRAP_LOCK_DELAY", "--lock-delay"]),
+        case(
+            "no TTL with serfHealth in a supervising mode",
+            3,
+            &[
+                "execute",
+                "--session-ttl",
+                "0",
+                "--session-checks",
+                "serfHealth",
+                "bad/k",
+                "true",
+            ],
+        )
+        .mentions(&["--session-ttl"]),
         // ---- keys (exit 6) and regex ----
         case("key with leading slash", 6, &["lock", "/abs/key"]).mentions(&["/abs/key"]),
         case("key with //", 6, &["lock", "a//b"]).mentions(&["a//b"]),

@@ -1421,13 +1421,13 @@ fn run_config_precedence_file_then_env_then_flags() {
     let out = run_bounded(cmd, Duration::from_secs(20));
     assert_eq!(code(&out), 0, "{}", describe(&out));
 
-    // kill_grace / session_ttl: an unsafe pair in the file is named as the file's; env fixes it;
-    // a flag breaks it again and is named as the flag.
+    // Timing: a configuration the timing model refuses (serfHealth with no lock-delay) in the
+    // file is named as the file's; env fixes it; a flag breaks it again and is named as the flag.
     let key = unique_key("cfg-timing");
     let config = write_yaml(
         &dir,
         "timing.yaml",
-        &format!("key: {key}\nsession_ttl: 10s\nkill_grace: 9s\nlock_delay: 0\n"),
+        &format!("key: {key}\nsession_ttl: 10s\nsession_checks: serfHealth\nlock_delay: 0\n"),
     );
     let base = |extra: &[&str], env: &[(&str, &str)]| {
         let mut cmd = lockwrap(consul);
@@ -1445,17 +1445,17 @@ fn run_config_precedence_file_then_env_then_flags() {
         "names the file: {}",
         describe(&out)
     );
-    let out = base(&[], &[("LOCKWRAP_KILL_GRACE", "1s")]);
+    let out = base(&[], &[("LOCKWRAP_LOCK_DELAY", "5s")]);
     assert_eq!(code(&out), 0, "env overrides the file: {}", describe(&out));
-    let out = base(&["--kill-grace", "9s"], &[("LOCKWRAP_KILL_GRACE", "1s")]);
+    let out = base(&["--lock-delay", "0"], &[("LOCKWRAP_LOCK_DELAY", "5s")]);
     assert_eq!(code(&out), 3, "the flag overrides env: {}", describe(&out));
     assert!(
-        err_text(&out).contains("--kill-grace"),
+        err_text(&out).contains("--lock-delay"),
         "{}",
         describe(&out)
     );
     let out = base(
-        &["--session-ttl", "20s"],
+        &["--session-ttl", "20s", "--lock-delay", "5s"],
         &[("LOCKWRAP_SESSION_TTL", "abc")],
     );
     assert_eq!(
@@ -1618,12 +1618,24 @@ fn run_rejects_bad_settings_with_documented_exit_codes() {
             mentions: vec!["--session-ttl"],
         },
         Case {
-            what: "unsafe TTL / kill-grace pair",
-            args: s(&["--key", &key, "--session-ttl", "10s", "--kill-grace", "9s"]),
+            what: "serfHealth-bound session with too short a lock-delay",
+            args: s(&[
+                "--key",
+                &key,
+                "--session-checks",
+                "serfHealth",
+                "--lock-delay",
+                "1s",
+            ]),
             env: vec![],
             code: 3,
             // says what would fit
-            mentions: vec!["--kill-grace 7s or less", "--session-ttl 12s or more"],
+            mentions: vec![
+                "--lock-delay 2s or more",
+                "--session-checks none",
+                "--kill-grace 4s or less",
+                "--unsafe-allow-overlap",
+            ],
         },
         Case {
             what: "invalid key",

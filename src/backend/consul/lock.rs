@@ -154,12 +154,17 @@ impl ConsulBackend {
                 if let Some(gone) = session.take() {
                     session::destroy(&self.client, &gone).await;
                 }
-            } else if !(err.is_transient() && self.client.answered()) {
+            } else if !(err.is_transient() && self.client.answered())
+                // A check the user named that Consul does not know is most likely a typo:
+                // say so at once rather than wait for it.
+                || session::names_foreign_missing_check(&err)
+            {
                 return Err(err);
             }
             if patience.is_some_and(|end| Instant::now() >= end) {
                 return Err(err);
             }
+
             self.telemetry.set_consul_healthy(false);
             let pause = backoff.failed("acquiring the lock", &err);
             match interruptible(tokio::time::sleep(pause), stop, deadline).await {

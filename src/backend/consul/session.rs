@@ -239,6 +239,20 @@ pub async fn destroy_within(client: &ConsulClient, session: &OwnedSession, patie
 /// Prefix of the IDs of the checks lockwrap registers.
 const CHECK_PREFIX: &str = "lockwrap:";
 
+/// Whether `err` is Consul's "Missing check '…' registration" for a check lockwrap did not
+/// register itself (a user-named check). Our own checks are only briefly unknown to the
+/// servers (the agent syncs them right after registration), so those are retried as long as
+/// any transient error.
+pub fn names_foreign_missing_check(err: &BackendError) -> bool {
+    match err {
+        BackendError::Transient(message) => {
+            message.contains("Missing check '")
+                && !message.contains(&format!("Missing check '{CHECK_PREFIX}"))
+        }
+        _ => false,
+    }
+}
+
 /// Deregisters lockwrap checks left critical on the agent by holders that died without
 /// cleaning up (`kill -9`, OOM kill, node reboot). A critical check is of no use to anyone:
 /// Consul has already invalidated every session bound to it, and a live owner that recovers
