@@ -306,6 +306,12 @@ impl ConsulClient {
         let body = body.trim().to_string();
         Err(match status {
             StatusCode::FORBIDDEN => BackendError::Denied(body),
+            // Consul never answers 401; a reverse proxy in front of it that wants basic auth does.
+            StatusCode::UNAUTHORIZED => BackendError::Denied(format!(
+                "{} answered 401 Unauthorized: HTTP basic auth missing or refused \
+                 (--consul-http-auth / CONSUL_HTTP_AUTH)",
+                self.display_address
+            )),
             // Open-source agents since 1.7 refuse `ns` (and since 1.11 `partition`) this way.
             StatusCode::BAD_REQUEST if body.contains("Consul Enterprise feature") => {
                 BackendError::Invalid(self.scope_refused(&body))
