@@ -608,7 +608,7 @@ fn scope_name(v: &Values, name: &str) -> Result<Option<String>> {
     if value.trim().is_empty() {
         return Err(v.bad(
             name,
-            format!("`{value}` is empty; leave it unset for the default {name}"),
+            format!("the {name} is empty; leave it unset for the default {name}"),
         ));
     }
     let inner_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
