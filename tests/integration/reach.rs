@@ -247,8 +247,13 @@ fn unix_socket_agent_serves_sessions_kv_blocking_queries_and_checks() {
         "no agent check registered through the socket"
     );
 
-    let mut status = via_socket();
-    status.args(["status", &key]);
+    // The YAML key and the flag reach the socket too (CONSUL_HTTP_ADDR would outrank the file).
+    let yaml = dir.join("socket.yaml");
+    std::fs::write(&yaml, format!("consul_addr: unix://{}\n", socket.display()))
+        .expect("write yaml");
+    let mut status = lockwrap(&consul);
+    status.env_remove("CONSUL_HTTP_ADDR");
+    status.arg("--config").arg(&yaml).args(["status", &key]);
     let status = run_bounded(status, Duration::from_secs(15));
     assert_eq!(code(&status), 0, "{}", describe(&status));
     assert_eq!(json(&status)["session"], session.as_str());
@@ -267,8 +272,13 @@ fn unix_socket_agent_serves_sessions_kv_blocking_queries_and_checks() {
     assert!(taken.is_some() && taken != Some(session));
     assert_eq!(consul.holder(&key), taken);
 
-    let mut unlock = via_socket();
-    unlock.args(["unlock", &key]);
+    let mut unlock = lockwrap(&consul);
+    unlock.env("CONSUL_HTTP_ADDR", "127.0.0.1:1").args([
+        "--consul-addr",
+        &format!("unix://{}", socket.display()),
+        "unlock",
+        &key,
+    ]);
     let unlock = run_bounded(unlock, Duration::from_secs(15));
     assert_eq!(code(&unlock), 0, "{}", describe(&unlock));
     assert_eq!(consul.holder(&key), None);
