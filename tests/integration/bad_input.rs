@@ -623,6 +623,13 @@ fn cases(dir: &Path) -> Vec<Case> {
             ],
         )
         .mentions(&["team-a", "Enterprise"]),
+        case(
+            "partition with a token that cannot read the agent",
+            4,
+            &["lock", "--partition", "part-b", "bad/k"],
+        )
+        .target(Target::AclReadOnly)
+        .mentions(&["part-b", "agent:read"]),
         case("partition on Consul 1.8.7", 8, &["lock", "bad/k"])
             .env("CONSUL_PARTITION", "part-b")
             .mentions(&["part-b", "1.8.7", "1.11"]),

@@ -298,6 +298,11 @@ impl ConsulClient {
 
     async fn send_checked(&self, req: RequestBuilder) -> Result<Response, BackendError> {
         let response = req.send().await.map_err(|err| self.transport_error(err))?;
+        self.check_status(response).await
+    }
+
+    /// Passes 2xx and 404 through; maps every other status to a [`BackendError`].
+    async fn check_status(&self, response: Response) -> Result<Response, BackendError> {
         let status = response.status();
         if status.is_success() || status == StatusCode::NOT_FOUND {
             return Ok(response);
@@ -372,23 +377,36 @@ impl ConsulClient {
         }
         self.scope_checked
             .get_or_try_init(|| async {
-                let req = self.unscoped(Method::GET, "agent/self");
-                let self_info = match self.send_checked(req).await {
-                    Ok(response) if response.status().is_success() => {
-                        response.json::<AgentSelf>().await.ok()
+                let response = self
+                    .unscoped(Method::GET, "agent/self")
+                    .send()
+                    .await
+                    .map_err(|err| self.transport_error(err))?;
+                // `agent/self` needs `agent:read`, which a token made for locking may lack.
+                // Without the version a partition cannot be trusted (every agent before 1.11
+                // ignores it); a namespace can, as only agents before 1.7 ignore it. Any other
+                // failure (a proxy's 401, a 5xx) is reported as for any request.
+                let self_info = if response.status() == StatusCode::FORBIDDEN {
+                    if let Some(partition) = &self.partition {
+                        return Err(BackendError::Denied(format!(
+                            "cannot confirm that Consul at {} honours partition {partition:?} \
+                             (agents before 1.11 ignore it): reading its version from \
+                             /v1/agent/self needs a token with agent:read",
+                            self.display_address
+                        )));
                     }
-                    // `agent/self` needs `agent:read`, which a token made for locking may
-                    // lack; the version is then unknown and the agent's own answers decide.
-                    Ok(_) | Err(BackendError::Denied(_)) => None,
-                    Err(err) => return Err(err),
+                    None
+                } else {
+                    let response = self.check_status(response).await?;
+                    response.json::<AgentSelf>().await.ok()
                 };
                 let version = self_info.map(|info| info.config.version);
                 if let Some(message) = self.scope_unsupported(version.as_deref()) {
                     return Err(BackendError::Invalid(message));
                 }
                 if version.is_none() {
-                    tracing::warn!(
-                        "cannot read the Consul version at {} (agent/self); assuming it honours the namespace/partition",
+                    tracing::debug!(
+                        "cannot read the Consul version at {} (agent/self); trusting it to refuse a namespace it cannot honour",
                         self.display_address
                     );
                 }
