@@ -311,7 +311,7 @@ impl ConsulClient {
         let body = body.trim().to_string();
         Err(match status {
             StatusCode::FORBIDDEN => BackendError::Denied(body),
-            // Consul never answers 401; a reverse proxy in front of it that wants basic auth does.
+            // A reverse proxy in front of Consul that wants basic auth (Consul itself uses 403).
             StatusCode::UNAUTHORIZED => BackendError::Denied(format!(
                 "{} answered 401 Unauthorized: HTTP basic auth missing or refused \
                  (--consul-http-auth / CONSUL_HTTP_AUTH)",
