@@ -43,7 +43,7 @@ pub struct Cli {
 /// Consul connection flags; each also reads Consul's own environment variable.
 #[derive(Debug, Args, Default, Clone)]
 pub struct ConsulArgs {
-    /// Consul agent address: host:port, http://… or https://… [env CONSUL_HTTP_ADDR; default 127.0.0.1:8500]
+    /// Consul agent address: host:port, http://…, https://… or unix:///path/consul.sock [env CONSUL_HTTP_ADDR; default 127.0.0.1:8500]
     #[arg(long, global = true, value_name = "ADDR")]
     pub consul_addr: Option<String>,
     /// Use HTTPS when the address has no scheme [env CONSUL_HTTP_SSL]
@@ -76,6 +76,20 @@ pub struct ConsulArgs {
     /// Consul datacenter to use [env CONSUL_DATACENTER]
     #[arg(long, global = true, value_name = "DC")]
     pub datacenter: Option<String>,
+    /// HTTP basic auth for a proxy in front of Consul, never logged [env CONSUL_HTTP_AUTH]
+    #[arg(
+        long,
+        global = true,
+        value_name = "USER:PASSWORD",
+        hide_env_values = true
+    )]
+    pub consul_http_auth: Option<String>,
+    /// Consul Enterprise namespace for every KV, session and check request [env CONSUL_NAMESPACE]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub namespace: Option<String>,
+    /// Consul Enterprise admin partition for every request [env CONSUL_PARTITION]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub partition: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,7 +12,7 @@ use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 use serde_json::Value;
 
-use crate::backend::consul::{ConsulClient, ConsulSettings};
+use crate::backend::consul::{ConsulClient, ConsulSettings, HttpAuth};
 use crate::backend::timing::TimingInputs;
 use crate::backend::{Behavior, Checks, HoldSettings, Layout, LockRequest, SessionSettings, Wait};
 use crate::cli::{Cli, Command, ConsulArgs, LockArgs, SupervisorArgs};
@@ -65,6 +65,9 @@ pub const SETTINGS: &[&str] = &[
     "consul_tls_server_name",
     "consul_ssl_verify",
     "datacenter",
+    "consul_http_auth",
+    "namespace",
+    "partition",
 ];
 
 /// Consul's own environment variables and the setting each feeds (SPEC §1).
@@ -80,6 +83,9 @@ pub const CONSUL_ENV: &[(&str, &str)] = &[
     ("CONSUL_TLS_SERVER_NAME", "consul_tls_server_name"),
     ("CONSUL_HTTP_SSL_VERIFY", "consul_ssl_verify"),
     ("CONSUL_DATACENTER", "datacenter"),
+    ("CONSUL_HTTP_AUTH", "consul_http_auth"),
+    ("CONSUL_NAMESPACE", "namespace"),
+    ("CONSUL_PARTITION", "partition"),
 ];
 
 /// Metadata is stored in the lock value; Consul refuses values over 512 KiB, so refuse early.
@@ -473,6 +479,9 @@ fn consul_flags(c: &ConsulArgs, put: &mut impl FnMut(&str, Option<&String>)) {
     put("consul_tls_server_name", c.consul_tls_server_name.as_ref());
     put("consul_ssl_verify", c.consul_ssl_verify.as_ref());
     put("datacenter", c.datacenter.as_ref());
+    put("consul_http_auth", c.consul_http_auth.as_ref());
+    put("namespace", c.namespace.as_ref());
+    put("partition", c.partition.as_ref());
 }
 
 fn lock_flags<'a>(
@@ -565,10 +574,59 @@ fn consul_settings_and_client(v: &Values) -> Result<(ConsulSettings, ConsulClien
             .filter(|s| !s.is_empty()),
         ssl_verify: v.bool("consul_ssl_verify")?.unwrap_or(true),
         datacenter: v.string("datacenter")?.filter(|s| !s.is_empty()),
+        http_auth: http_auth(v)?,
+        namespace: scope_name(v, "namespace")?,
+        partition: scope_name(v, "partition")?,
     };
     // Built now, so bad TLS files or addresses fail validation, before anything else happens.
     let client = ConsulClient::new(&settings).map_err(|e| v.bad(e.setting, e.message))?;
     Ok((settings, client))
+}
+
+/// `user:password` for HTTP basic auth; empty means unset, like the token. The value is a
+/// secret, so errors describe what is wrong with it and never show it.
+fn http_auth(v: &Values) -> Result<Option<HttpAuth>> {
+    match v.get("consul_http_auth") {
+        None => Ok(None),
+        Some(Value::String(text)) if text.is_empty() => Ok(None),
+        Some(Value::String(text)) => HttpAuth::parse(text)
+            .map(Some)
+            .map_err(|why| v.bad("consul_http_auth", why)),
+        Some(_) => Err(v.bad(
+            "consul_http_auth",
+            "expected a USER:PASSWORD string (value not shown)",
+        )),
+    }
+}
+
+/// A namespace or partition name. Unlike most settings an empty value is refused rather than
+/// read as unset: it would silently mean the default namespace, where a holder does not exclude
+/// one in the intended namespace (README, "Consul connection").
+fn scope_name(v: &Values, name: &str) -> Result<Option<String>> {
+    let Some(value) = v.string(name)? else {
+        return Ok(None);
+    };
+    if value.trim().is_empty() {
+        return Err(v.bad(
+            name,
+            format!("the {name} is empty; leave it unset for the default {name}"),
+        ));
+    }
+    let inner_ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    let valid = value.len() <= 64
+        && value.chars().all(inner_ok)
+        && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && value.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if !valid {
+        return Err(v.bad(
+            name,
+            format!(
+                "`{value}` is not a Consul {name} name (letters, digits, `-` and `_`, \
+                 starting and ending with a letter or digit, at most 64)"
+            ),
+        ));
+    }
+    Ok(Some(value))
 }
 
 fn rank(source: &Source) -> u8 {

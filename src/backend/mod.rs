@@ -212,7 +212,7 @@ pub struct LockInfo {
     #[serde(rename = "secondsToLock")]
     pub seconds_to_lock: Option<f64>,
     pub metadata: Option<Value>,
-    /// lockwrap's `{"hostname","pid","pod"?,"node"?}`.
+    /// lockwrap's `{"hostname","pid","pod"?,"node"?,"namespace"?,"partition"?}`.
     pub holder: Option<Value>,
     /// The entry's `ModifyIndex`: for the current holder, its fencing token.
     #[serde(rename = "fencingToken")]

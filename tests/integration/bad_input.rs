@@ -244,6 +244,7 @@ fn cases(dir: &Path) -> Vec<Case> {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken_addr = taken.local_addr().expect("addr").to_string();
     std::mem::forget(taken);
+    let missing_socket = format!("unix://{}", p(&dir.join("no-such-consul.sock")));
     let huge = format!("{{\"blob\":\"{}\"}}", "x".repeat(70 * 1024));
 
     vec![
@@ -561,9 +562,93 @@ fn cases(dir: &Path) -> Vec<Case> {
             &["lock", "--consul-addr", "ftp://x", "bad/k"],
         )
         .mentions(&["ftp://x"]),
-        case("CONSUL_HTTP_ADDR unix socket", 2, &["lock", "bad/k"])
-            .env("CONSUL_HTTP_ADDR", "unix:///x")
-            .mentions(&["CONSUL_HTTP_ADDR", "unix:///x"]),
+        // ---- issue 13: unix sockets, basic auth, namespace and partition ----
+        case(
+            "unix socket path does not exist (env)",
+            2,
+            &["lock", "bad/k"],
+        )
+        .env("CONSUL_HTTP_ADDR", "unix:///x")
+        .mentions(&["CONSUL_HTTP_ADDR", "unix:///x"]),
+        case(
+            "unix socket path does not exist (flag)",
+            3,
+            &[
+                "run",
+                "--consul-addr",
+                &missing_socket,
+                "--key",
+                "bad/k",
+                "--",
+                "true",
+            ],
+        )
+        .mentions(&["--consul-addr", &missing_socket]),
+        case(
+            "unix socket path is a plain file (env)",
+            2,
+            &["lock", "bad/k"],
+        )
+        // LOCKWRAP_CONSUL_ADDR: it outranks the suite's CONSUL_HTTP_ADDR (a YAML value would not).
+        .env("LOCKWRAP_CONSUL_ADDR", format!("unix://{}", p(&empty_pem)))
+        .mentions(&["LOCKWRAP_CONSUL_ADDR", &p(&empty_pem), "not a unix socket"]),
+        case("basic auth without `:` (env)", 2, &["lock", "bad/k"])
+            .env("CONSUL_HTTP_AUTH", SECRET)
+            .mentions(&["CONSUL_HTTP_AUTH", "USER:PASSWORD"]),
+        case(
+            "basic auth with an empty user (flag)",
+            3,
+            &["lock", "--consul-http-auth", &format!(":{SECRET}"), "bad/k"],
+        )
+        .mentions(&["--consul-http-auth", "user"]),
+        case("basic auth not a string (yaml)", 2, &["lock", "bad/k"])
+            .yaml(format!("consul_http_auth: [{SECRET}]\n"))
+            .mentions(&["consul_http_auth"]),
+        case("credentials in the address (env)", 2, &["lock", "bad/k"])
+            .env(
+                "CONSUL_HTTP_ADDR",
+                format!("http://u:{SECRET}@127.0.0.1:8500"),
+            )
+            .mentions(&["CONSUL_HTTP_ADDR", "CONSUL_HTTP_AUTH"]),
+        case("empty namespace (env)", 2, &["lock", "bad/k"])
+            .env("CONSUL_NAMESPACE", "")
+            .mentions(&["CONSUL_NAMESPACE", "empty"]),
+        case(
+            "empty namespace (flag)",
+            3,
+            &["run", "--namespace", "", "--key", "bad/k", "--", "true"],
+        )
+        .mentions(&["--namespace", "empty"]),
+        case("namespace with a slash (yaml)", 2, &["status", "bad/k"])
+            .yaml("namespace: team/a\n")
+            .mentions(&["namespace", "team/a"]),
+        case("empty partition (env)", 2, &["unlock", "bad/k"])
+            .env("LOCKWRAP_PARTITION", " ")
+            .mentions(&["LOCKWRAP_PARTITION", "empty"]),
+        case(
+            "namespace on open-source Consul",
+            8,
+            &[
+                "run",
+                "--namespace",
+                "team-a",
+                "--key",
+                "bad/k",
+                "--",
+                "true",
+            ],
+        )
+        .mentions(&["team-a", "Enterprise"]),
+        case(
+            "partition with a token that cannot read the agent",
+            4,
+            &["lock", "--partition", "part-b", "bad/k"],
+        )
+        .target(Target::AclReadOnly)
+        .mentions(&["part-b", "agent:read"]),
+        case("partition on Consul 1.8.7", 8, &["lock", "bad/k"])
+            .env("CONSUL_PARTITION", "part-b")
+            .mentions(&["part-b", "1.8.7", "1.11"]),
         case(
             "consul-addr with a path",
             3,

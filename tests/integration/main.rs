@@ -6,6 +6,7 @@ mod harness;
 
 mod bad_input;
 mod cli;
+mod reach;
 mod run;
 mod sidecar;
 mod tls;

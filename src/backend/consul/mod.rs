@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-pub use client::{ConsulClient, ConsulSettings, SettingsError};
+pub use client::{ConsulClient, ConsulSettings, HttpAuth, SettingsError};
 pub use lease::Lease;
 
 use crate::backend::{
@@ -36,9 +36,10 @@ impl ConsulBackend {
     }
 
     pub fn with_telemetry(client: ConsulClient, telemetry: Arc<Telemetry>) -> Self {
+        let identity = Identity::current().in_scope(client.namespace(), client.partition());
         ConsulBackend {
             client,
-            identity: Identity::current(),
+            identity,
             telemetry,
         }
     }

@@ -16,6 +16,10 @@ pub struct Identity {
     /// Kubernetes pod and node names when the downward API provides them.
     pub pod: Option<String>,
     pub node: Option<String>,
+    /// The Consul Enterprise namespace and partition the lock is taken in, so `status` shows
+    /// which scope a holder used.
+    pub namespace: Option<String>,
+    pub partition: Option<String>,
 }
 
 impl Identity {
@@ -34,6 +38,17 @@ impl Identity {
             pid: std::process::id(),
             pod: from_env(&["LOCKWRAP_POD_NAME", "POD_NAME"]),
             node: from_env(&["LOCKWRAP_NODE_NAME", "NODE_NAME"]),
+            namespace: None,
+            partition: None,
+        }
+    }
+
+    /// The same identity, recording the namespace and partition its requests are scoped to.
+    pub fn in_scope(self, namespace: Option<&str>, partition: Option<&str>) -> Self {
+        Identity {
+            namespace: namespace.map(str::to_string),
+            partition: partition.map(str::to_string),
+            ..self
         }
     }
 
@@ -46,6 +61,12 @@ impl Identity {
         }
         if let Some(node) = &self.node {
             holder.insert("node", json!(node));
+        }
+        if let Some(namespace) = &self.namespace {
+            holder.insert("namespace", json!(namespace));
+        }
+        if let Some(partition) = &self.partition {
+            holder.insert("partition", json!(partition));
         }
         json!(holder)
     }
@@ -143,6 +164,8 @@ mod tests {
             pid: 7,
             pod: None,
             node: None,
+            namespace: None,
+            partition: None,
         };
         let bytes = encode(
             "a/b",
@@ -193,6 +216,8 @@ mod tests {
             pid: 1,
             pod: None,
             node: None,
+            namespace: None,
+            partition: None,
         };
         let value = encode("k", "s", "t", 0.0, None, &identity);
         let held = pair(std::str::from_utf8(&value).unwrap(), None);
@@ -206,6 +231,22 @@ mod tests {
             std::str::from_utf8(&marked).unwrap(),
             Some("s2")
         )));
+    }
+
+    #[test]
+    fn holder_names_the_scope_when_set() {
+        let identity = Identity {
+            hostname: "h".into(),
+            pid: 1,
+            pod: None,
+            node: None,
+            namespace: None,
+            partition: None,
+        };
+        assert!(identity.to_json().get("namespace").is_none());
+        let scoped = identity.in_scope(Some("team-a"), Some("part-b")).to_json();
+        assert_eq!(scoped["namespace"], "team-a");
+        assert_eq!(scoped["partition"], "part-b");
     }
 
     #[test]
