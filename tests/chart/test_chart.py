@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,9 @@ import tempfile
 import jsonschema
 import kubernetes_validate
 import yaml
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from support import ConsulAgent, Skip, free_port, http_get, run_tests, summary, wait_until  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "charts", "lockwrap")
@@ -969,132 +973,76 @@ def example_hooks_log_the_key_and_fencing_token():
 # LOCKWRAP_BIN and CONSUL_BIN; skipped otherwise)
 
 
-class Skip(Exception):
-    pass
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(cond, timeout, what):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def http_get(port, path):
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return None, ""
-
-
 @test_once
 def real_binary_runs_the_wrapper_command_line_with_one_ready_holder():
     lockwrap, consul = os.environ.get("LOCKWRAP_BIN"), os.environ.get("CONSUL_BIN")
     if not (lockwrap and consul):
         raise Skip("set LOCKWRAP_BIN and CONSUL_BIN (make static-test does)")
-    import shutil
-    import signal
-    data = tempfile.mkdtemp()
-    ports = {k: free_port() for k in ("http", "server", "lan", "wan")}
-    agent = subprocess.Popen(
-        [consul, "agent", "-dev", "-data-dir", data, "-bind", "127.0.0.1", "-client", "127.0.0.1",
-         "-http-port", str(ports["http"]), "-server-port", str(ports["server"]),
-         "-serf-lan-port", str(ports["lan"]), "-serf-wan-port", str(ports["wan"]),
-         "-dns-port", "-1", "-grpc-port", "-1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs = []
-    try:
-        wait_until(lambda: http_get(ports["http"], "/v1/status/leader")[1].strip() not in ("", '""'),
-                   30, "the Consul dev agent")
-        docs, _ = render(files=[scenario("minimal-values.yaml")],
-                         sets=[f"consul.address=127.0.0.1:{ports['http']}"])
-        app = container(pod_spec(docs)["containers"], "app")
-        # The pod's command and env, as the kubelet would run them (downward-API values faked).
-        env = {"PATH": os.environ["PATH"]}
-        for e in app["env"]:
-            env[e["name"]] = e.get("value", "test-" + e["name"].lower())
-        http_ports = [free_port(), free_port()]
-        for i, port in enumerate(http_ports):
-            argv = list(app["command"])
-            argv[0] = lockwrap
-            argv[argv.index("--http-addr") + 1] = f"127.0.0.1:{port}"
-            env_i = dict(env, POD_NAME=f"pod-{i}")
-            procs.append(subprocess.Popen(argv, env=env_i, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        probe = app["readinessProbe"]["httpGet"]["path"]
+    with ConsulAgent(consul) as agent:
+        try:
+            run_replicas_against(lockwrap, agent.http_port, procs)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    try:
+                        p.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
 
-        def ready():
-            return [i for i, p in enumerate(http_ports) if http_get(p, probe)[0] == 200]
-        holders = wait_until(ready, 30, "a holder answering /readyz")
-        assert len(holders) == 1, f"two replicas ready: {holders}"
-        holder, standby = holders[0], 1 - holders[0]
-        assert http_get(http_ports[standby], probe)[0] == 503
-        assert all(http_get(p, app["livenessProbe"]["httpGet"]["path"])[0] == 200 for p in http_ports)
-        leader = json.loads(http_get(http_ports[holder], "/leader")[1])
-        assert leader["isLeader"] is True and leader["holder"]["pod"] == f"pod-{holder}", leader
-        # A pod deletion: SIGTERM to the holder; the standby takes over (no lock-delay after a release).
-        procs[holder].send_signal(signal.SIGTERM)
-        procs[holder].wait(timeout=30)
-        wait_until(lambda: ready() == [standby], 20, "the standby to take over")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        agent.terminate()
-        agent.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
+
+def run_replicas_against(lockwrap, consul_port, procs):
+    """Two replicas of the minimal scenario's app container: one Ready holder, failover on SIGTERM."""
+    docs, _ = render(files=[scenario("minimal-values.yaml")],
+                     sets=[f"consul.address=127.0.0.1:{consul_port}"])
+    app = container(pod_spec(docs)["containers"], "app")
+    # The pod's command and env, as the kubelet would run them (downward-API values faked).
+    env = {"PATH": os.environ["PATH"]}
+    for e in app["env"]:
+        env[e["name"]] = e.get("value", "test-" + e["name"].lower())
+    http_ports = [free_port(), free_port()]
+    for i, port in enumerate(http_ports):
+        argv = list(app["command"])
+        argv[0] = lockwrap
+        argv[argv.index("--http-addr") + 1] = f"127.0.0.1:{port}"
+        env_i = dict(env, POD_NAME=f"pod-{i}")
+        procs.append(subprocess.Popen(argv, env=env_i, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    probe = app["readinessProbe"]["httpGet"]["path"]
+
+    def ready():
+        return [i for i, p in enumerate(http_ports) if http_get(p, probe)[0] == 200]
+    holders = wait_until(ready, 30, "a holder answering /readyz")
+    assert len(holders) == 1, f"two replicas ready: {holders}"
+    holder, standby = holders[0], 1 - holders[0]
+    assert http_get(http_ports[standby], probe)[0] == 503
+    assert all(http_get(p, app["livenessProbe"]["httpGet"]["path"])[0] == 200 for p in http_ports)
+    leader = json.loads(http_get(http_ports[holder], "/leader")[1])
+    assert leader["isLeader"] is True and leader["holder"]["pod"] == f"pod-{holder}", leader
+    # A pod deletion: SIGTERM to the holder; the standby takes over (no lock-delay after a release).
+    procs[holder].send_signal(signal.SIGTERM)
+    procs[holder].wait(timeout=30)
+    wait_until(lambda: ready() == [standby], 20, "the standby to take over")
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def main():
-    only = sys.argv[1:]
-    passed = failed = skipped = 0
     if not HELMS:
         print("FAIL no helm: run scripts/ensure-helm.sh or set CHART_HELMS")
         return 1
-    runs = [(path, [t for t in TESTS if t[2]]) for path in HELMS]
-    runs[0][1].extend(t for t in TESTS if not t[2])  # helm-independent tests run once
-    for path, tests in runs:
+    totals = [0, 0, 0]
+    for i, path in enumerate(HELMS):
         Helm.use(path)
         print(f"# {Helm.name} ({path}); Kubernetes schemas {', '.join(KUBE_VERSIONS)}")
-        for name, fn, per_helm in tests:
-            name = f"helm{Helm.major}: {name}" if per_helm else name
-            if only and not any(o in name for o in only):
-                continue
-            try:
-                fn()
-            except Skip as e:
-                skipped += 1
-                print(f"skip {name}: {e}")
-            except Exception as e:  # a failed assertion or an unexpected error: report and go on
-                failed += 1
-                print(f"FAIL {name}\n     {type(e).__name__}: {e}")
-            else:
-                passed += 1
-                print(f"ok   {name}")
-    print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
-    return 1 if failed else 0
+        tests = [(name, fn) for name, fn, per_helm in TESTS if per_helm]
+        counts = run_tests(tests, sys.argv[1:], prefix=f"helm{Helm.major}: ")
+        if i == 0:  # the helm-independent tests, once
+            once = run_tests([(name, fn) for name, fn, per_helm in TESTS if not per_helm], sys.argv[1:])
+            counts = [a + b for a, b in zip(counts, once)]
+        totals = [a + b for a, b in zip(totals, counts)]
+    return summary(*totals)
 
 
 if __name__ == "__main__":
