@@ -44,6 +44,10 @@ stop_dockerd() {
     for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
   fi
+  # dockerd leaves its default network namespace mounted under the exec-root.
+  awk -v run="$run/" 'index($2, run) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
+    umount "$m" || umount -l "$m" || true
+  done
   rm -rf "$run"
 }
 trap stop_dockerd EXIT
