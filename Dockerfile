@@ -1,16 +1,25 @@
-# syntax=docker/dockerfile:1
 # lockwrap container image: one static binary at /lockwrap in an otherwise empty (scratch) image,
 # running as uid 65532. It works as PID 1: lockwrap forwards signals to the command's process group
 # and, as PID 1, reaps every zombie itself (no tini, and no --subreaper: that flag is for running
-# under another PID 1). See docs/kubernetes.md.
+# under another PID 1). See docs/kubernetes.md. Needs BuildKit (DOCKER_BUILDKIT=1 or buildx).
 #
-#   docker build -t lockwrap:0.1.0 .
+# Two ways to get the binary into the image, chosen with LOCKWRAP_FROM:
+#
+#   builder (default, for users with a registry): compile it in a Rust image.
+#     docker build -t lockwrap:0.1.0 .
+#
+#   prebuilt: the static binary `make static` built on the host, staged by `make image` in
+#   target/image/ (with the host's CA bundle). No base image is pulled.
+#     make image        # = make static, stage target/image/, then:
+#     docker build --build-arg LOCKWRAP_FROM=prebuilt -t lockwrap:0.1.0 .
+#
 #   docker run --rm lockwrap:0.1.0 --version
 #
 # Nothing else is in the image: the Helm chart's init container copies the binary into a shared
 # emptyDir with `/lockwrap install /shared/lockwrap` (scratch has no cp).
 
 ARG RUST_IMAGE=rust:1-bookworm
+ARG LOCKWRAP_FROM=builder
 
 FROM ${RUST_IMAGE} AS builder
 ARG TARGET=x86_64-unknown-linux-gnu
@@ -27,12 +36,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     RUSTFLAGS="-C target-feature=+crt-static" \
       cargo build --release --locked --target "${TARGET}" \
  && mkdir -p /out \
- && cp "target/${TARGET}/release/lockwrap" /out/lockwrap
+ && cp "target/${TARGET}/release/lockwrap" /out/lockwrap \
+ && cp /etc/ssl/certs/ca-certificates.crt /out/ca-certificates.crt
 # Fail the build if the binary is not static or does not run.
 RUN ldd /out/lockwrap 2>&1 | grep -Eq 'not a dynamic executable|statically linked' \
- && /out/lockwrap --version \
- && echo 'nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin' > /out/passwd \
- && echo 'nonroot:x:65532:' > /out/group
+ && /out/lockwrap --version
+
+# The same /out, from the host: `make image` checked the binary is static (make static-check).
+FROM scratch AS prebuilt
+COPY target/image/lockwrap target/image/ca-certificates.crt /out/
+
+# BuildKit builds only the stage named here and what it needs: with `prebuilt`, no Rust image.
+FROM ${LOCKWRAP_FROM} AS payload
 
 FROM scratch
 ARG VERSION=0.1.0
@@ -42,10 +57,11 @@ LABEL org.opencontainers.image.title="lockwrap" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.base.name="scratch"
 # CA bundle for CONSUL_HTTP_ADDR=https://… without CONSUL_CACERT, and for webhooks.
-COPY --from=builder /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
-COPY --from=builder /out/passwd /etc/passwd
-COPY --from=builder /out/group /etc/group
-COPY --from=builder /out/lockwrap /lockwrap
+COPY --from=payload /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+# The image's only user, 65532 (nonroot), as in distroless images.
+COPY docker/passwd /etc/passwd
+COPY docker/group /etc/group
+COPY --from=payload /out/lockwrap /lockwrap
 USER 65532:65532
 ENTRYPOINT ["/lockwrap"]
 CMD ["--help"]

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """Tests of charts/lockwrap and examples/: run by tests/chart/run.sh (`make chart-test`).
 
-Renders every charts/lockwrap/ci/*-values.yaml scenario with tools/chart-render (a `helm template`
-stand-in), validates each manifest against the Kubernetes 1.30 OpenAPI schemas with
-kubernetes-validate (strict: unknown fields are errors), validates each scenario's merged values
-against values.schema.json, checks what each mode must render, and checks that bad values are
-rejected with a clear message. Also validates the plain manifests in examples/k8s/ and lints the
-example scripts. Ends with `N passed, M failed`.
+Every chart test runs once per real helm binary in CHART_HELMS (helm 3 and helm 4, installed by
+scripts/ensure-helm.sh): `helm lint --strict` and `helm template` of every charts/lockwrap/ci/*-values.yaml
+scenario, each rendered manifest validated with kubernetes-validate (strict: unknown fields are
+errors) at the oldest Kubernetes version the chart supports and the newest one kubernetes-validate
+knows, what each mode must render, bad values rejected with helm's own schema messages and the
+chart's `fail` messages, and `helm package`. The Prometheus Operator kinds (ServiceMonitor,
+PrometheusRule) are CRDs, which kubernetes-validate has no schemas for: their structure is checked
+here instead. Also validates the plain manifests in examples/k8s/ and lints the example scripts.
+Ends with `N passed, M failed`.
 """
 import base64
 import copy
@@ -14,6 +17,8 @@ import glob
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,17 +27,58 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from support import ConsulAgent, Skip, free_port, http_get, run_tests, summary, wait_until  # noqa: E402
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "charts", "lockwrap")
-RENDER = os.environ.get("CHART_RENDER", os.path.join(ROOT, ".tools", "bin", "chart-render"))
-KUBE_VERSION = "1.30.0"
 SCENARIOS = sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml")))
+RELEASE = "release-name"  # what `helm template` calls a release when given no name
 
-TESTS = []
+# The helm binaries every chart test runs with (scripts/ensure-helm.sh installs helm3 and helm4).
+HELMS = os.environ.get("CHART_HELMS", "").split() or sorted(
+    glob.glob(os.path.join(ROOT, ".tools", "bin", "helm[0-9]")))
+# Helm's own state (repository cache, config) stays under .tools, away from the user's.
+HELM_ENV = dict(os.environ, **{f"HELM_{k}_HOME": os.path.join(ROOT, ".tools", "helm-home", k.lower())
+                               for k in ("CACHE", "CONFIG", "DATA")},
+                KUBECONFIG=os.path.join(ROOT, ".tools", "helm-home", "no-kubeconfig"))
+
+
+class Helm:
+    """The helm binary the tests currently run with; `major` picks version-specific messages."""
+    path = None
+    major = None
+    name = None
+
+    @classmethod
+    def use(cls, path):
+        out = subprocess.run([path, "version", "--short"], capture_output=True, text=True,
+                             env=HELM_ENV, check=True).stdout.strip()
+        cls.path, cls.major, cls.name = path, int(out.lstrip("v").split(".")[0]), f"helm {out}"
+
+
+def helm(*args, check=False):
+    return subprocess.run([Helm.path, *args], capture_output=True, text=True, env=HELM_ENV,
+                          check=check)
+
+
+# Kubernetes versions every rendered manifest is validated at: the oldest the chart supports
+# (Chart.yaml kubeVersion) and the newest kubernetes-validate has schemas for.
+_kube_min = re.match(r"^>=\s*(\d+\.\d+)", yaml.safe_load(open(os.path.join(CHART, "Chart.yaml")))["kubeVersion"])
+KUBE_VERSIONS = (_kube_min.group(1) + ".0", kubernetes_validate.latest_version())
+# Custom resources of the Prometheus Operator: kubernetes-validate knows only built-in kinds.
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+
+TESTS = []  # (name, fn, per_helm): per_helm tests run once with every helm, the others once
 
 
 def test(fn):
-    TESTS.append((fn.__name__, fn))
+    TESTS.append((fn.__name__, fn, True))
+    return fn
+
+
+def test_once(fn):
+    TESTS.append((fn.__name__, fn, False))
     return fn
 
 
@@ -74,10 +120,9 @@ class RenderError(Exception):
     pass
 
 
-def render(values=None, files=(), sets=(), notes=False):
-    """Render the chart; returns (documents, notes_text). Raises RenderError with helm's message."""
-    args = [RENDER]
-    tmp = None
+def value_args(values=None, files=(), sets=()):
+    """helm's -f/--set arguments; `values` (a dict) goes through a temporary file, removed by the caller."""
+    args, tmp = [], None
     for f in files:
         args += ["-f", f]
     if values is not None:
@@ -86,35 +131,47 @@ def render(values=None, files=(), sets=(), notes=False):
         tmp.close()
         args += ["-f", tmp.name]
     for s in sets:
-        args += ["-set", s]
-    notes_file = None
-    if notes:
-        notes_file = tempfile.NamedTemporaryFile(suffix=".txt", delete=False).name
-        args += ["-notes-out", notes_file]
-    args.append(CHART)
+        args += ["--set", s]
+    return args, tmp
+
+
+def render(values=None, files=(), sets=(), notes=False, chart=CHART):
+    """`helm template` the chart; returns (documents, notes_text). Raises RenderError with helm's
+    message. NOTES.txt is not part of `helm template`: with notes=True it comes from
+    `helm install --dry-run=client`, which helm 4 runs without a cluster; helm 3's needs a reachable
+    cluster, so there notes_text is None."""
+    args, tmp = value_args(values, files, sets)
     try:
-        p = subprocess.run(args, capture_output=True, text=True)
+        p = helm("template", RELEASE, chart, *args)
+        text = None
+        if notes and p.returncode == 0 and Helm.major >= 4:
+            n = helm("install", RELEASE, chart, "--dry-run=client", *args)
+            if n.returncode != 0:
+                raise RenderError(n.stderr.strip())
+            text = n.stdout.split("\nNOTES:\n", 1)[1]
     finally:
         if tmp:
             os.unlink(tmp.name)
     if p.returncode != 0:
         raise RenderError(p.stderr.strip())
     docs = [d for d in yaml.safe_load_all(p.stdout) if d]
-    text = ""
-    if notes_file:
-        text = open(notes_file).read()
-        os.unlink(notes_file)
     return docs, text
 
 
 def k8s_validate(doc, where):
-    try:
-        kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as e:
-        path = "/".join(str(p) for p in e.path)
-        raise AssertionError(f"{where}: {doc.get('kind')}/{doc['metadata'].get('name')}: {path}: {e.message}")
-    except kubernetes_validate.SchemaNotFoundError as e:
-        raise AssertionError(f"{where}: {e.message}")
+    """Validates one manifest at every version of KUBE_VERSIONS; False for a CRD kind it cannot check."""
+    if (doc.get("apiVersion"), doc.get("kind")) in CRD_KINDS:
+        return False
+    for version in KUBE_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(str(p) for p in e.path)
+            raise AssertionError(f"{where}: Kubernetes {version}: {doc.get('kind')}/{doc['metadata'].get('name')}: "
+                                 f"{path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError as e:
+            raise AssertionError(f"{where}: Kubernetes {version}: {e.message}")
+    return True
 
 
 def by_kind(docs, kind):
@@ -153,23 +210,38 @@ _cache = {}
 
 
 def rendered(name):
-    if name not in _cache:
-        _cache[name] = render(files=[scenario(name)], notes=True)
-    return _cache[name]
+    key = (Helm.path, name)
+    if key not in _cache:
+        _cache[key] = render(files=[scenario(name)], notes=True)
+    return _cache[key]
 
 
-def expect_render_error(values, needle):
+def expect_render_error(values, needle, where=None):
+    """Rendering fails with the chart's own message (`fail`/`required`), at `where` if given."""
     try:
         render(values=values)
     except RenderError as e:
         assert needle in str(e), f"error does not say {needle!r}: {e}"
+        assert where is None or f"execution error at (lockwrap/templates/{where}" in str(e), \
+            f"error not raised in {where}: {e}"
         return
     raise AssertionError(f"rendering succeeded, expected an error containing {needle!r}")
 
 
-def expect_schema_error(values, needle):
-    errs = schema_errors(deep_merge(DEFAULTS, values))
-    assert any(needle in e for e in errs), f"schema errors {errs} do not contain {needle!r}"
+SCHEMA_FAILURE = "values don't meet the specifications of the schema(s) in the following chart(s):\nlockwrap:"
+
+
+def expect_schema_error(values, by_major):
+    """helm rejects the values against values.schema.json with its own message, which differs
+    between helm 3 (gojsonschema) and helm 4 (santhosh-tekuri/jsonschema): by_major = {3: …, 4: …}."""
+    needle = by_major[Helm.major]
+    try:
+        render(values=values)
+    except RenderError as e:
+        assert SCHEMA_FAILURE in str(e), f"not a schema failure: {e}"
+        assert f"- {needle}" in str(e), f"schema error does not say {needle!r}: {e}"
+        return
+    raise AssertionError(f"rendering succeeded, expected the schema error {needle!r}")
 
 
 BASE = {"consul": {"address": "consul:8500"}, "app": {"command": ["/app"]}}
@@ -180,21 +252,30 @@ def with_base(extra):
 
 
 # ---------------------------------------------------------------------------------------------
-# every scenario: schema, render, Kubernetes validation, NOTES, shared invariants
+# every scenario: helm lint, render, Kubernetes validation, NOTES, shared invariants
 
 
 def scenario_tests(path):
     name = os.path.basename(path)
 
-    def schema_ok():
-        errs = schema_errors(deep_merge(DEFAULTS, load_yaml(path)))
-        assert not errs, "\n".join(errs)
+    def lint_strict():
+        # --strict turns warnings into failures; the chart must not even get an [INFO] remark.
+        p = helm("lint", "--strict", CHART, "-f", path)
+        assert p.returncode == 0, p.stdout + p.stderr
+        remarks = [line for line in p.stdout.splitlines() if line.startswith("[")]
+        assert not remarks, remarks
 
     def renders_valid_manifests():
-        docs, notes = rendered(name)
+        docs, _ = rendered(name)
         assert docs, "nothing rendered"
-        for d in docs:
-            k8s_validate(d, name)
+        checked = [d for d in docs if k8s_validate(d, name)]
+        # Only the Prometheus Operator kinds lack schemas; their tests check their structure.
+        assert len(docs) - len(checked) == len(by_kind(docs, "ServiceMonitor") + by_kind(docs, "PrometheusRule"))
+
+    def notes_render():
+        _, notes = rendered(name)
+        if notes is None:
+            raise Skip("helm 3's install --dry-run needs a reachable cluster to print NOTES.txt")
         assert "lockwrap" in notes and "helm test" in notes, "NOTES.txt did not render"
 
     def invariants():
@@ -227,10 +308,10 @@ def scenario_tests(path):
             labels = d["metadata"].get("labels", {})
             assert labels.get("app.kubernetes.io/managed-by") == "Helm", f"{d['kind']} lacks standard labels"
 
-    for suffix, fn in (("schema", schema_ok), ("renders_valid_k8s", renders_valid_manifests),
-                       ("invariants", invariants)):
+    for suffix, fn in (("lint_strict", lint_strict), ("renders_valid_k8s", renders_valid_manifests),
+                       ("notes", notes_render), ("invariants", invariants)):
         fn.__name__ = f"{name}: {suffix}"
-        TESTS.append((fn.__name__, fn))
+        TESTS.append((fn.__name__, fn, True))
 
 
 for _path in SCENARIOS:
@@ -298,7 +379,7 @@ def minimal_values_derive_the_key_from_the_release_and_create_a_service_account(
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     cmd = container(dep["spec"]["template"]["spec"]["containers"], "app")["command"]
     assert "service/release-name-lockwrap/leader" in cmd
-    assert "service/release-name-lockwrap/leader" in notes
+    assert notes is None or "service/release-name-lockwrap/leader" in notes
     docs2, _ = render(files=[scenario("minimal-values.yaml")], sets=["fullnameOverride=billing"])
     cmd2 = container(pod_spec(docs2)["containers"], "app")["command"]
     assert "service/billing/leader" in cmd2
@@ -390,7 +471,7 @@ def cronjob_skip_wraps_every_run_non_blocking_and_never_retries_exit_100():
     assert cmd[cmd.index("--") + 1:] == ["/usr/local/bin/nightly-report", "--all-tenants"]
     assert "--http-addr" not in cmd and "readinessProbe" not in app and "livenessProbe" not in app
     assert "CONSUL_HTTP_SSL" not in env_of(app), "the address already says https://"
-    assert "create job --from=cronjob/" in notes
+    assert notes is None or "create job --from=cronjob/" in notes
 
 
 @test
@@ -498,53 +579,249 @@ def helm_test_pod_is_a_test_hook_checking_leader_or_consul():
 
 @test
 def schema_rejects_replicas_given_as_a_word():
-    expect_schema_error(with_base({"replicas": "two"}), "replicas: 'two' is not of type 'integer'")
+    expect_schema_error(with_base({"replicas": "two"}), {
+        3: "replicas: Invalid type. Expected: integer, given: string",
+        4: "at '/replicas': got string, want integer"})
 
 
 @test
 def schema_rejects_a_missing_consul_address():
-    expect_schema_error({"app": {"command": ["/app"]}}, "consul: 'address' is a required property")
+    expect_schema_error({"app": {"command": ["/app"]}}, {
+        3: "consul: address is required",
+        4: "at '/consul': missing property 'address'"})
+    expect_schema_error(with_base({"consul": {"address": ""}}), {
+        3: "consul.address: String length must be greater than or equal to 1",
+        4: "at '/consul/address': minLength: got 0, want 1"})
 
 
 @test
-def schema_rejects_out_of_range_and_unknown_values():
-    expect_schema_error(with_base({"mode": "leader"}), "mode: 'leader' is not one of")
-    expect_schema_error(with_base({"workload": "statefulset"}), "workload: 'statefulset' is not one of")
-    expect_schema_error(with_base({"lockwrap": {"sessionTTLSeconds": 5}}), "lockwrap/sessionTTLSeconds: 5 is less than the minimum of 10")
-    expect_schema_error(with_base({"lockwrap": {"lockDelaySeconds": 61}}), "lockwrap/lockDelaySeconds: 61 is greater than the maximum of 60")
-    expect_schema_error(with_base({"replicaCount": 2}), "Additional properties are not allowed ('replicaCount' was unexpected)")
-    expect_schema_error(with_base({"lockwrap": {"key": "/leading/slash"}}), "lockwrap/key: '/leading/slash' does not match")
-    expect_schema_error(with_base({"cronjob": {"onLocked": "queue"}}), "cronjob/onLocked: 'queue' is not one of")
-    expect_schema_error(with_base({"consul": {"address": ""}}), "consul/address: ''")
+def schema_rejects_unknown_keys():
+    expect_schema_error(with_base({"replicaCount": 2}), {
+        3: "(root): Additional property replicaCount is not allowed",
+        4: "at '': additional properties 'replicaCount' not allowed"})
+    expect_schema_error(with_base({"metrics": {"serviceMonitor": {"intervall": "1m"}}}), {
+        3: "metrics.serviceMonitor: Additional property intervall is not allowed",
+        4: "at '/metrics/serviceMonitor': additional properties 'intervall' not allowed"})
+
+
+@test
+def schema_rejects_bad_enums():
+    expect_schema_error(with_base({"mode": "leader"}), {
+        3: 'mode: mode must be one of the following: "wrapper", "sidecar", "init"',
+        4: "at '/mode': value must be one of 'wrapper', 'sidecar', 'init'"})
+    expect_schema_error(with_base({"workload": "statefulset"}), {
+        3: 'workload: workload must be one of the following: "deployment", "cronjob"',
+        4: "at '/workload': value must be one of 'deployment', 'cronjob'"})
+    expect_schema_error(with_base({"cronjob": {"onLocked": "queue"}}), {
+        3: 'cronjob.onLocked: cronjob.onLocked must be one of the following: "skip", "wait"',
+        4: "at '/cronjob/onLocked': value must be one of 'skip', 'wait'"})
+
+
+@test
+def schema_rejects_out_of_range_and_malformed_values():
+    expect_schema_error(with_base({"lockwrap": {"sessionTTLSeconds": 5}}), {
+        3: "lockwrap.sessionTTLSeconds: Must be greater than or equal to 10",
+        4: "at '/lockwrap/sessionTTLSeconds': minimum: got 5, want 10"})
+    expect_schema_error(with_base({"lockwrap": {"lockDelaySeconds": 61}}), {
+        3: "lockwrap.lockDelaySeconds: Must be less than or equal to 60",
+        4: "at '/lockwrap/lockDelaySeconds': maximum: got 61, want 60"})
+    expect_schema_error(with_base({"lockwrap": {"key": "/leading/slash"}}), {
+        3: "lockwrap.key: Does not match pattern",
+        4: "at '/lockwrap/key': '/leading/slash' does not match pattern"})
+    expect_schema_error(with_base({"metrics": {"prometheusRule": {"noHolder": {"for": "5 minutes"}}}}), {
+        3: "metrics.prometheusRule.noHolder.for: Does not match pattern",
+        4: "at '/metrics/prometheusRule/noHolder/for': '5 minutes' does not match pattern"})
+
+
+@test
+def lint_strict_fails_on_bad_values():
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(with_base({"replicas": "two"}), f)
+        f.flush()
+        p = helm("lint", "--strict", CHART, "-f", f.name)
+    assert p.returncode != 0, p.stdout
+    assert "[ERROR]" in p.stdout and "replicas" in p.stdout, p.stdout
 
 
 @test
 def rendering_fails_when_termination_grace_is_too_short():
     expect_render_error(with_base({"terminationGracePeriodSeconds": 12}),
                         "terminationGracePeriodSeconds (12) must exceed lockwrap.killGraceSeconds + "
-                        "lockwrap.releaseAllowanceSeconds (5 + 10 = 15)")
+                        "lockwrap.releaseAllowanceSeconds (5 + 10 = 15)", where="deployment.yaml")
     expect_render_error(with_base({"terminationGracePeriodSeconds": 15}), "set it to at least 16")
     render(values=with_base({"terminationGracePeriodSeconds": 16}))
 
 
 @test
 def rendering_fails_with_a_clear_message_on_bad_combinations():
-    expect_render_error({"app": {"command": ["/app"]}}, "consul.address is required")
+    # A missing consul.address is caught by the schema first (schema_rejects_a_missing_consul_address).
     expect_render_error({"consul": {"address": "c:8500"}}, "app.command is required in wrapper mode")
     expect_render_error(with_base({"workload": "cronjob", "mode": "sidecar"}), "workload=cronjob needs mode=wrapper")
     expect_render_error(with_base({"mode": "init"}), "initJob.command is required in init mode")
     expect_render_error(with_base({"lockwrap": {"key": "a//b"}}), "is not a valid key")
     expect_render_error(with_base({"lockwrap": {"key": "a/../b"}}), "no '.' or '..' segments")
     expect_render_error(with_base({"lockwrap": {"killGraceSeconds": 15}}), "must be below lockwrap.sessionTTLSeconds (15)")
-    expect_render_error(with_base({"consul": {"token": {"create": True}}}), "consul.token.create=true needs consul.token.value")
+    # secret.yaml renders first and runs the same checks, so the message is the workload's.
+    expect_render_error(with_base({"consul": {"token": {"create": True}}}),
+                        "consul.token.create=true needs consul.token.value (or use consul.token.existingSecret)",
+                        where="secret.yaml")
     expect_render_error(with_base({"consul": {"tls": {"enabled": True, "clientAuth": True}}}), "needs consul.tls.existingSecret")
+
+
+# ---------------------------------------------------------------------------------------------
+# monitoring: ServiceMonitor and PrometheusRule (custom resources: structure checked here)
+
+
+def registered_metrics():
+    """Metric names as lockwrap exports them, read from src/telemetry.rs (counters get `_total`)."""
+    src = open(os.path.join(ROOT, "src", "telemetry.rs")).read()
+    names = set()
+    for name, var in re.findall(r'registry\.register\(\s*"(\w+)",\s*"[^"]*",\s*(\w+)\.clone\(\)', src):
+        kind = re.search(rf"let {var} = (\w+)", src).group(1)
+        names.add(name + "_total" if kind == "Counter" else name)
+    assert {"lockwrap_lock_held", "lockwrap_lock_lost_total", "lockwrap_session_renew_failures_total"} <= names, names
+    return names
+
+
+DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+
+
+@test
+def monitoring_is_off_by_default():
+    for name in SCENARIOS:
+        if os.path.basename(name) == "monitoring-values.yaml":
+            continue
+        docs, _ = rendered(os.path.basename(name))
+        kinds = {d["kind"] for d in docs}
+        assert not kinds & {"ServiceMonitor", "PrometheusRule"}, f"{name}: {kinds}"
+
+
+@test
+def service_monitor_scrapes_every_replica_through_a_headless_service():
+    docs, _ = rendered("monitoring-values.yaml")
+    sm = one(docs, "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    spec = sm["spec"]
+    assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}, spec
+    assert spec["namespaceSelector"] == {"matchNames": ["default"]}
+    (ep,) = spec["endpoints"]
+    assert ep == {"port": "lockwrap", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}, ep
+    assert DURATION.match(ep["interval"]) and DURATION.match(ep["scrapeTimeout"])
+    # Exactly one Service matches its selector: the headless one listing not-Ready pods (standbys).
+    sel = spec["selector"]["matchLabels"]
+    matching = [d for d in by_kind(docs, "Service") if sel.items() <= d["metadata"]["labels"].items()]
+    assert [d["metadata"]["name"] for d in matching] == ["release-name-lockwrap-metrics"], matching
+    svc = matching[0]["spec"]
+    assert svc["clusterIP"] == "None" and svc["publishNotReadyAddresses"] is True
+    assert ep["port"] in [p["name"] for p in svc["ports"]]
+    dep = one(docs, "Deployment")
+    assert svc["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    app = container(dep["spec"]["template"]["spec"]["containers"], "app")
+    assert {"name": "lockwrap", "containerPort": 8480, "protocol": "TCP"} in app["ports"]
+    assert "annotations" not in dep["spec"]["template"]["metadata"], "podAnnotations: false"
+
+
+@test
+def prometheus_rule_alerts_on_no_holder_lost_lock_and_renew_failures():
+    docs, _ = rendered("monitoring-values.yaml")
+    rule = one(docs, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (group,) = rule["spec"]["groups"]
+    assert group["name"] == "release-name-lockwrap.lockwrap"
+    alerts = {r["alert"]: r for r in group["rules"]}
+    assert list(alerts) == ["LockwrapNoHolder", "LockwrapMultipleHolders", "LockwrapLockLost",
+                            "LockwrapSessionRenewFailures", "LockwrapAppExitedNonZero"], list(alerts)
+    metrics = registered_metrics()
+    sel = '{namespace="default", job="release-name-lockwrap-metrics"}'
+    for name, r in alerts.items():
+        assert set(r) <= {"alert", "expr", "for", "labels", "annotations"}, r
+        assert isinstance(r["expr"], str) and r["labels"]["severity"], r
+        assert "for" not in r or DURATION.match(r["for"]), r
+        assert r["expr"].count("(") == r["expr"].count(")") and r["expr"].count("{") == r["expr"].count("}"), r
+        used = set(re.findall(r"\blockwrap_\w+", r["expr"]))
+        assert used and used <= metrics, f"{name}: {used - metrics} not exported by src/telemetry.rs"
+        if name.startswith("Lockwrap") and name != "LockwrapAppExitedNonZero":
+            assert sel in r["expr"], f"{name} does not select the release's series: {r['expr']}"
+            assert r["annotations"]["summary"], r
+    assert alerts["LockwrapNoHolder"]["expr"].startswith("(sum(lockwrap_lock_held{")
+    assert alerts["LockwrapNoHolder"]["expr"].endswith("or vector(0)) < 1"), "no scraped holder must alert too"
+    assert alerts["LockwrapNoHolder"]["for"] == "10m" and alerts["LockwrapNoHolder"]["labels"]["severity"] == "critical"
+    assert "[15m])) > 0" in alerts["LockwrapLockLost"]["expr"]
+    assert alerts["LockwrapSessionRenewFailures"]["expr"].endswith("[10m])) >= 5")
+    # Prometheus' templates reach Prometheus unexpanded.
+    assert "{{ $labels.pod }}" in alerts["LockwrapLockLost"]["annotations"]["summary"]
+    assert "{{ $value }}" in alerts["LockwrapSessionRenewFailures"]["annotations"]["description"]
+
+
+@test
+def prometheus_rule_alerts_can_be_turned_off_and_selected_differently():
+    docs, _ = render(values=with_base({"metrics": {"prometheusRule": {
+        "enabled": True, "selector": 'kubernetes_pod_name=~"billing-.*"',
+        "multipleHolders": {"enabled": False}, "renewFailures": {"enabled": False}}}}))
+    rules = one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]
+    assert [r["alert"] for r in rules] == ["LockwrapNoHolder", "LockwrapLockLost"]
+    assert 'lockwrap_lock_held{kubernetes_pod_name=~"billing-.*"}' in rules[0]["expr"]
+    assert not by_kind(docs, "ServiceMonitor"), "the rule alone needs no ServiceMonitor"
+
+
+@test
+def service_monitor_needs_lockwraps_http_server():
+    expect_render_error(with_base({"workload": "cronjob", "metrics": {"serviceMonitor": {"enabled": True}}}),
+                        "metrics.serviceMonitor.enabled needs lockwrap's HTTP server", where="servicemonitor.yaml")
+    expect_render_error(with_base({"mode": "init", "initJob": {"command": ["/migrate"]},
+                                   "metrics": {"serviceMonitor": {"enabled": True}}}),
+                        "(got workload=deployment, mode=init)")
+
+
+# ---------------------------------------------------------------------------------------------
+# helm package, and the two helms agree
+
+
+@test
+def helm_package_produces_the_chart_archive_that_renders_the_same():
+    out = tempfile.mkdtemp()
+    try:
+        p = helm("package", CHART, "--destination", out)
+        assert p.returncode == 0, p.stderr
+        chart = load_yaml(os.path.join(CHART, "Chart.yaml"))
+        archive = os.path.join(out, f"lockwrap-{chart['version']}.tgz")
+        assert os.path.exists(archive), os.listdir(out)
+        import tarfile
+        with tarfile.open(archive) as t:
+            names = set(t.getnames())
+        for f in ("Chart.yaml", "values.yaml", "values.schema.json", "templates/NOTES.txt",
+                  "templates/tests/test-connection.yaml", "ci/minimal-values.yaml"):
+            assert f"lockwrap/{f}" in names, f"{f} missing from the archive"
+        shown = helm("show", "chart", archive, check=True).stdout
+        assert f"version: {chart['version']}" in shown
+        for name in ("minimal-values.yaml", "monitoring-values.yaml"):
+            docs, _ = render(files=[scenario(name)], chart=archive)
+            assert docs == rendered(name)[0], f"{name}: the archive renders differently"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+@test_once
+def helm_3_and_helm_4_render_the_same_manifests():
+    if len(HELMS) < 2:
+        raise Skip(f"needs two helms, have {HELMS}")
+    outputs, current = {}, Helm.path
+    for path in HELMS:
+        Helm.use(path)
+        outputs[Helm.name] = {os.path.basename(s): rendered(os.path.basename(s))[0] for s in SCENARIOS}
+    Helm.use(current)
+    (a, da), (b, db) = list(outputs.items())[:2]
+    differ = [n for n in da if da[n] != db[n]]
+    assert not differ, f"{a} and {b} render differently: {differ}"
 
 
 # ---------------------------------------------------------------------------------------------
 # chart conventions
 
 
-@test
+@test_once
 def chart_yaml_follows_helm_v2_conventions():
     chart = load_yaml(os.path.join(CHART, "Chart.yaml"))
     assert chart["apiVersion"] == "v2" and chart["name"] == "lockwrap" and chart["type"] == "application"
@@ -562,7 +839,7 @@ def walk_schema(node, path):
         yield from walk_schema(sub, path + [k])
 
 
-@test
+@test_once
 def every_schema_property_has_a_description_and_type():
     assert SCHEMA["$schema"].startswith("http://json-schema.org/draft-07/")
     missing = [".".join(p) for p, n in walk_schema(SCHEMA, []) if p and not n.get("description")]
@@ -582,7 +859,7 @@ def leaf_paths(values, schema, path=()):
             yield from leaf_paths(v, sub, path + (k,))
 
 
-@test
+@test_once
 def every_value_is_in_the_schema_and_commented_in_values_yaml():
     paths = set(leaf_paths(DEFAULTS, SCHEMA))
     # Defaults plus the one required value must pass the schema.
@@ -615,7 +892,7 @@ def every_value_is_in_the_schema_and_commented_in_values_yaml():
 EXAMPLES = sorted(glob.glob(os.path.join(ROOT, "examples", "k8s", "*.yaml")))
 
 
-@test
+@test_once
 def example_manifests_are_valid_kubernetes():
     assert len(EXAMPLES) >= 4, EXAMPLES
     kinds = set()
@@ -636,7 +913,7 @@ def all_containers(doc):
     return spec.get("initContainers", []) + spec.get("containers", [])
 
 
-@test
+@test_once
 def example_manifests_use_the_documented_lockwrap_surface():
     text = {os.path.basename(p): open(p).read() for p in EXAMPLES}
     joined = "\n".join(text.values())
@@ -665,7 +942,7 @@ def example_manifests_use_the_documented_lockwrap_surface():
         assert flag in surface, f"{e} maps to {flag}, which docs/cli-surface.md does not list"
 
 
-@test
+@test_once
 def example_scripts_parse_and_hooks_are_executable():
     scripts = glob.glob(os.path.join(ROOT, "examples", "ci", "*.sh")) + \
         glob.glob(os.path.join(ROOT, "examples", "hooks", "*"))
@@ -679,7 +956,7 @@ def example_scripts_parse_and_hooks_are_executable():
         assert p.returncode == 0, f"{s}: {p.stderr}"
 
 
-@test
+@test_once
 def example_hooks_log_the_key_and_fencing_token():
     env = dict(os.environ, LOCKWRAP_KEY="service/x/leader", LOCKWRAP_SESSION="abc-123",
                LOCKWRAP_FENCING_TOKEN="42", HOOK_LOG="")
@@ -696,123 +973,76 @@ def example_hooks_log_the_key_and_fencing_token():
 # LOCKWRAP_BIN and CONSUL_BIN; skipped otherwise)
 
 
-class Skip(Exception):
-    pass
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(cond, timeout, what):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def http_get(port, path):
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError:
-        return None, ""
-
-
-@test
+@test_once
 def real_binary_runs_the_wrapper_command_line_with_one_ready_holder():
     lockwrap, consul = os.environ.get("LOCKWRAP_BIN"), os.environ.get("CONSUL_BIN")
     if not (lockwrap and consul):
         raise Skip("set LOCKWRAP_BIN and CONSUL_BIN (make static-test does)")
-    import shutil
-    import signal
-    data = tempfile.mkdtemp()
-    ports = {k: free_port() for k in ("http", "server", "lan", "wan")}
-    agent = subprocess.Popen(
-        [consul, "agent", "-dev", "-data-dir", data, "-bind", "127.0.0.1", "-client", "127.0.0.1",
-         "-http-port", str(ports["http"]), "-server-port", str(ports["server"]),
-         "-serf-lan-port", str(ports["lan"]), "-serf-wan-port", str(ports["wan"]),
-         "-dns-port", "-1", "-grpc-port", "-1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     procs = []
-    try:
-        wait_until(lambda: http_get(ports["http"], "/v1/status/leader")[1].strip() not in ("", '""'),
-                   30, "the Consul dev agent")
-        docs, _ = render(files=[scenario("minimal-values.yaml")],
-                         sets=[f"consul.address=127.0.0.1:{ports['http']}"])
-        app = container(pod_spec(docs)["containers"], "app")
-        # The pod's command and env, as the kubelet would run them (downward-API values faked).
-        env = {"PATH": os.environ["PATH"]}
-        for e in app["env"]:
-            env[e["name"]] = e.get("value", "test-" + e["name"].lower())
-        http_ports = [free_port(), free_port()]
-        for i, port in enumerate(http_ports):
-            argv = list(app["command"])
-            argv[0] = lockwrap
-            argv[argv.index("--http-addr") + 1] = f"127.0.0.1:{port}"
-            env_i = dict(env, POD_NAME=f"pod-{i}")
-            procs.append(subprocess.Popen(argv, env=env_i, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        probe = app["readinessProbe"]["httpGet"]["path"]
+    with ConsulAgent(consul) as agent:
+        try:
+            run_replicas_against(lockwrap, agent.http_port, procs)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+                    try:
+                        p.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        p.kill()
 
-        def ready():
-            return [i for i, p in enumerate(http_ports) if http_get(p, probe)[0] == 200]
-        holders = wait_until(ready, 30, "a holder answering /readyz")
-        assert len(holders) == 1, f"two replicas ready: {holders}"
-        holder, standby = holders[0], 1 - holders[0]
-        assert http_get(http_ports[standby], probe)[0] == 503
-        assert all(http_get(p, app["livenessProbe"]["httpGet"]["path"])[0] == 200 for p in http_ports)
-        leader = json.loads(http_get(http_ports[holder], "/leader")[1])
-        assert leader["isLeader"] is True and leader["holder"]["pod"] == f"pod-{holder}", leader
-        # A pod deletion: SIGTERM to the holder; the standby takes over (no lock-delay after a release).
-        procs[holder].send_signal(signal.SIGTERM)
-        procs[holder].wait(timeout=30)
-        wait_until(lambda: ready() == [standby], 20, "the standby to take over")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-        agent.terminate()
-        agent.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
+
+def run_replicas_against(lockwrap, consul_port, procs):
+    """Two replicas of the minimal scenario's app container: one Ready holder, failover on SIGTERM."""
+    docs, _ = render(files=[scenario("minimal-values.yaml")],
+                     sets=[f"consul.address=127.0.0.1:{consul_port}"])
+    app = container(pod_spec(docs)["containers"], "app")
+    # The pod's command and env, as the kubelet would run them (downward-API values faked).
+    env = {"PATH": os.environ["PATH"]}
+    for e in app["env"]:
+        env[e["name"]] = e.get("value", "test-" + e["name"].lower())
+    http_ports = [free_port(), free_port()]
+    for i, port in enumerate(http_ports):
+        argv = list(app["command"])
+        argv[0] = lockwrap
+        argv[argv.index("--http-addr") + 1] = f"127.0.0.1:{port}"
+        env_i = dict(env, POD_NAME=f"pod-{i}")
+        procs.append(subprocess.Popen(argv, env=env_i, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    probe = app["readinessProbe"]["httpGet"]["path"]
+
+    def ready():
+        return [i for i, p in enumerate(http_ports) if http_get(p, probe)[0] == 200]
+    holders = wait_until(ready, 30, "a holder answering /readyz")
+    assert len(holders) == 1, f"two replicas ready: {holders}"
+    holder, standby = holders[0], 1 - holders[0]
+    assert http_get(http_ports[standby], probe)[0] == 503
+    assert all(http_get(p, app["livenessProbe"]["httpGet"]["path"])[0] == 200 for p in http_ports)
+    leader = json.loads(http_get(http_ports[holder], "/leader")[1])
+    assert leader["isLeader"] is True and leader["holder"]["pod"] == f"pod-{holder}", leader
+    # A pod deletion: SIGTERM to the holder; the standby takes over (no lock-delay after a release).
+    procs[holder].send_signal(signal.SIGTERM)
+    procs[holder].wait(timeout=30)
+    wait_until(lambda: ready() == [standby], 20, "the standby to take over")
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def main():
-    only = sys.argv[1:]
-    passed = failed = skipped = 0
-    for name, fn in TESTS:
-        if only and not any(o in name for o in only):
-            continue
-        try:
-            fn()
-        except Skip as e:
-            skipped += 1
-            print(f"skip {name}: {e}")
-        except Exception as e:  # a failed assertion or an unexpected error: report and go on
-            failed += 1
-            print(f"FAIL {name}\n     {type(e).__name__}: {e}")
-        else:
-            passed += 1
-            print(f"ok   {name}")
-    print(f"{passed} passed, {failed} failed" + (f", {skipped} skipped" if skipped else ""))
-    return 1 if failed else 0
+    if not HELMS:
+        print("FAIL no helm: run scripts/ensure-helm.sh or set CHART_HELMS")
+        return 1
+    totals = [0, 0, 0]
+    for i, path in enumerate(HELMS):
+        Helm.use(path)
+        print(f"# {Helm.name} ({path}); Kubernetes schemas {', '.join(KUBE_VERSIONS)}")
+        tests = [(name, fn) for name, fn, per_helm in TESTS if per_helm]
+        counts = run_tests(tests, sys.argv[1:], prefix=f"helm{Helm.major}: ")
+        if i == 0:  # the helm-independent tests, once
+            once = run_tests([(name, fn) for name, fn, per_helm in TESTS if not per_helm], sys.argv[1:])
+            counts = [a + b for a, b in zip(counts, once)]
+        totals = [a + b for a, b in zip(totals, counts)]
+    return summary(*totals)
 
 
 if __name__ == "__main__":

@@ -660,3 +660,13 @@ spec:
     {{- toYaml . | nindent 4 }}
     {{- end }}
 {{- end }}
+
+{{/* Name of the headless Service the ServiceMonitor scrapes (every replica, Ready or not). */}}
+{{- define "lockwrap.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "lockwrap.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* PromQL label matchers of this release's lockwrap series (see metrics.prometheusRule.selector). */}}
+{{- define "lockwrap.metricsSelector" -}}
+{{- default (printf "namespace=%q, job=%q" .Release.Namespace (include "lockwrap.metricsServiceName" .)) .Values.metrics.prometheusRule.selector }}
+{{- end }}
