@@ -54,7 +54,8 @@ impl Backoff {
     /// Records a success; logs the recovery once if there was an outage.
     pub fn succeeded(&mut self, what: &str) {
         if self.failures > 0 {
-            tracing::info!(failures = self.failures, "{what}: Consul answers again");
+            // At warning level too: it closes the warning that opened the outage.
+            tracing::warn!(failures = self.failures, "{what}: Consul answers again");
         }
         *self = Backoff::default();
     }

@@ -9,11 +9,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A running dev agent.
+/// A running agent: `-dev` (state in memory), or a server keeping its state in a data dir.
 pub struct Consul {
     pub http_port: u16,
     ports: [u16; 4],
     extra: Vec<String>,
+    /// A persistent server's data dir (state survives restarts); `None` = `-dev`.
+    data_dir: Option<std::path::PathBuf>,
+    /// Wait for a leader when (re)started.
+    wait_for_leader: bool,
     child: Mutex<Option<Child>>,
 }
 
@@ -72,28 +76,53 @@ impl Consul {
     /// Starts an agent on fresh free ports; tries again on new ports if it does not come up (a
     /// port picked as free can be taken by another process before the agent binds it).
     pub fn start_with(extra: &[&str]) -> Consul {
+        Self::start_kind(extra, None, true)
+    }
+
+    /// A single server that keeps its state in `data_dir` across restarts (unlike `-dev`).
+    pub fn start_persistent(data_dir: &std::path::Path) -> Consul {
+        Self::start_kind(&["-bootstrap-expect=1"], Some(data_dir), true)
+    }
+
+    /// A server that expects two peers that never come: it answers HTTP but never has a
+    /// leader ("No cluster leader"), like an agent cut off from its servers.
+    pub fn start_leaderless(data_dir: &std::path::Path) -> Consul {
+        Self::start_kind(&["-bootstrap-expect=3"], Some(data_dir), false)
+    }
+
+    fn start_kind(extra: &[&str], data_dir: Option<&std::path::Path>, leader: bool) -> Consul {
         for _attempt in 0..3 {
             let ports = [free_port(), free_port(), free_port(), free_port()];
             let consul = Consul {
                 http_port: ports[0],
                 ports,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                data_dir: data_dir.map(|d| d.to_path_buf()),
+                wait_for_leader: leader,
                 child: Mutex::new(None),
             };
             if consul.spawn() {
                 return consul;
             }
         }
-        panic!("consul agent -dev did not elect a leader in 3 attempts");
+        panic!("consul agent did not come up in 3 attempts");
     }
 
     /// Starts the agent process and waits until it has a leader; false if it never does.
     fn spawn(&self) -> bool {
         let [http, lan, wan, server] = self.ports;
+        let mode: Vec<String> = match &self.data_dir {
+            None => vec!["-dev".into()],
+            Some(dir) => vec![
+                "-server".into(),
+                format!("-data-dir={}", dir.display()),
+                format!("-node=test-{http}"),
+            ],
+        };
         let child = Command::new(consul_binary())
+            .arg("agent")
+            .args(&mode)
             .args([
-                "agent",
-                "-dev",
                 "-bind=127.0.0.1",
                 "-client=127.0.0.1",
                 "-log-level=warn",
@@ -111,6 +140,11 @@ impl Consul {
             .spawn()
             .expect("start consul agent -dev (run `make consul` first)");
         *self.child.lock().expect("child lock") = Some(child);
+        if !self.wait_for_leader {
+            return wait_until(Duration::from_secs(30), || {
+                self.get("/v1/status/leader").is_some()
+            });
+        }
         let ready = wait_until(
             Duration::from_secs(30),
             || matches!(self.get("/v1/status/leader"), Some((200, body)) if body.contains(':')),

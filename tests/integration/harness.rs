@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -98,5 +101,48 @@ pub fn alive(pid: i32) -> bool {
             .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
             .unwrap_or(false),
         Err(_) => false,
+    }
+}
+
+/// A spawned process (lockwrap or `consul lock`) that is SIGKILLed on drop if still running, so a
+/// failing assertion never leaves it behind.
+pub struct Proc {
+    child: Option<Child>,
+    pub pid: i32,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn process");
+        let pid = child.id() as i32;
+        Proc {
+            child: Some(child),
+            pid,
+        }
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        let _ = kill(Pid::from_raw(self.pid), sig);
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits for the exit (panics after killing it if it takes longer than `limit`).
+    pub fn finish(mut self, limit: Duration) -> Output {
+        wait_output(self.child.take().expect("not finished yet"), limit)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

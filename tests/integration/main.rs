@@ -7,6 +7,7 @@ mod harness;
 mod bad_input;
 mod cli;
 mod reach;
+mod ride_out;
 mod run;
 mod sidecar;
 mod tls;

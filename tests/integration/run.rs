@@ -3,63 +3,18 @@
 //! wait on those files (never on fixed sleeps) and every test is bounded in time.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::consul::{consul_binary, wait_until, Consul};
-use crate::harness::{
-    alive, code, lockwrap, run_bounded, scratch, script, unique_key, wait_output,
-};
+use crate::harness::{alive, code, lockwrap, run_bounded, scratch, script, unique_key, Proc};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// A spawned process (lockwrap or `consul lock`) that is SIGKILLed on drop if still running, so a
-/// failing assertion never leaves it behind.
-struct Proc {
-    child: Option<Child>,
-    pid: i32,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = cmd.spawn().expect("spawn process");
-        let pid = child.id() as i32;
-        Proc {
-            child: Some(child),
-            pid,
-        }
-    }
-
-    fn signal(&self, sig: Signal) {
-        let _ = kill(Pid::from_raw(self.pid), sig);
-    }
-
-    fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// Waits for the exit (panics after killing it if it takes longer than `limit`).
-    fn finish(mut self, limit: Duration) -> Output {
-        wait_output(self.child.take().expect("not finished yet"), limit)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// A scratch directory whose children record their pids in `*.pid` files (whitespace-separated);
 /// on drop every recorded process and process group still around is SIGKILLed.

@@ -194,7 +194,7 @@ impl ConsulBackend {
         let read = match state.fresh.take() {
             Some(read) => read,
             None => {
-                let read = step!(self.client.kv_get_retry(&lock_key), stop, deadline);
+                let read = step!(self.client.kv_get(&lock_key, None), stop, deadline);
                 self.telemetry.set_consul_healthy(read.is_ok());
                 read?
             }
@@ -250,7 +250,7 @@ impl ConsulBackend {
             Err(err) => return Err(err),
         };
         // Read back: confirms the holder and gives the fencing token (ModifyIndex).
-        let after = self.client.kv_get_retry(&lock_key).await?;
+        let after = self.client.kv_get(&lock_key, None).await?;
         match after.value.as_ref() {
             Some(pair) if pair.holder() == Some(owned.id.as_str()) => {
                 let info = value::decode(key, pair);
