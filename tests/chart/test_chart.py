@@ -653,6 +653,36 @@ def rendering_fails_when_termination_grace_is_too_short():
 
 
 @test
+def rendering_refuses_timing_lockwrap_would_refuse():
+    # The start-up checks of lockwrap's timing model (docs/timing.md) fail the render instead of
+    # every pod.
+    expect_render_error(with_base({"lockwrap": {"takeoverDelaySeconds": 2}}),
+                        "lockwrap.takeoverDelaySeconds (2) must be at least killGraceSeconds + 1 (6)")
+    expect_render_error(with_base({"lockwrap": {"sessionChecks": "serfHealth", "lockDelaySeconds": 1}}),
+                        "lockDelaySeconds + takeover delay (7) must be at least killGraceSeconds + 3 (8)")
+    expect_render_error(with_base({"lockwrap": {"healthCheckTTLSeconds": 1, "lockDelaySeconds": 0}}),
+                        "must be at least killGraceSeconds + 3 (8)")
+    # Accepted with the explicit flag, which reaches lockwrap.
+    docs, _ = render(values=with_base({"lockwrap": {"takeoverDelaySeconds": 0, "unsafeAllowOverlap": True}}))
+    env = env_of(container(pod_spec(docs)["containers"], "app"))
+    assert env["LOCKWRAP_TAKEOVER_DELAY"] == "0s" and env["LOCKWRAP_UNSAFE_ALLOW_OVERLAP"] == "true"
+    # Defaults: TTL-only sessions, takeover delay = kill grace + 1 s, no unsafe flag.
+    docs, _ = render(values=with_base({}))
+    env = env_of(container(pod_spec(docs)["containers"], "app"))
+    assert env["LOCKWRAP_SESSION_CHECKS"] == "none" and env["LOCKWRAP_TAKEOVER_DELAY"] == "6s", env
+    assert "LOCKWRAP_UNSAFE_ALLOW_OVERLAP" not in env
+
+
+@test
+def fast_failover_preset_sets_the_tested_timing():
+    docs, _ = rendered("fast-failover-values.yaml")
+    env = env_of(container(pod_spec(docs)["containers"], "app"))
+    want = {"LOCKWRAP_SESSION_CHECKS": "none", "LOCKWRAP_HEALTH_CHECK_TTL": "2s",
+            "LOCKWRAP_LOCK_DELAY": "0s", "LOCKWRAP_KILL_GRACE": "1s", "LOCKWRAP_TAKEOVER_DELAY": "2s"}
+    assert {k: env.get(k) for k in want} == want, env
+
+
+@test
 def rendering_fails_with_a_clear_message_on_bad_combinations():
     # A missing consul.address is caught by the schema first (schema_rejects_a_missing_consul_address).
     expect_render_error({"consul": {"address": "c:8500"}}, "app.command is required in wrapper mode")
@@ -660,7 +690,6 @@ def rendering_fails_with_a_clear_message_on_bad_combinations():
     expect_render_error(with_base({"mode": "init"}), "initJob.command is required in init mode")
     expect_render_error(with_base({"lockwrap": {"key": "a//b"}}), "is not a valid key")
     expect_render_error(with_base({"lockwrap": {"key": "a/../b"}}), "no '.' or '..' segments")
-    expect_render_error(with_base({"lockwrap": {"killGraceSeconds": 15}}), "must be below lockwrap.sessionTTLSeconds (15)")
     # secret.yaml renders first and runs the same checks, so the message is the workload's.
     expect_render_error(with_base({"consul": {"token": {"create": True}}}),
                         "consul.token.create=true needs consul.token.value (or use consul.token.existingSecret)",

@@ -137,10 +137,19 @@ combination fails `helm install` / `helm template` with a message saying what to
 {{- fail (printf "lockwrap.key %q is not a valid key: no '.' or '..' segments" $key) }}
 {{- end }}
 {{- end }}
-{{- $ttl := int .Values.lockwrap.sessionTTLSeconds }}
-{{- $grace := int .Values.lockwrap.killGraceSeconds }}
-{{- if ge $grace $ttl }}
-{{- fail (printf "lockwrap.killGraceSeconds (%d) must be below lockwrap.sessionTTLSeconds (%d): the app must be dead before the session can expire" $grace $ttl) }}
+{{- $t := include "lockwrap.timing" . | fromYaml }}
+{{- $grace := int $t.killGrace }}
+{{- if not .Values.lockwrap.unsafeAllowOverlap }}
+{{- /* The start-up checks of lockwrap's timing model (docs/timing.md), so a bad setting fails the render, not the pod. */}}
+{{- if lt (int $t.takeoverDelay) (add $grace 1) }}
+{{- fail (printf "lockwrap.takeoverDelaySeconds (%d) must be at least killGraceSeconds + 1 (%d): after a forced unlock the next holder could start while this app is still stopping (docs/timing.md); or set lockwrap.unsafeAllowOverlap" (int $t.takeoverDelay) (add $grace 1)) }}
+{{- end }}
+{{- if and (ne $t.sessionChecks "none") (lt (add (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
+{{- fail (printf "lockwrap.sessionChecks %q can end the session at any moment: lockDelaySeconds + takeover delay (%d) must be at least killGraceSeconds + 3 (%d) (docs/timing.md); or use sessionChecks: none" $t.sessionChecks (add (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
+{{- end }}
+{{- if and (gt (int $t.healthCheckTTL) 0) (lt (add (int $t.healthCheckTTL) (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
+{{- fail (printf "lockwrap.healthCheckTTLSeconds + lockDelaySeconds + takeover delay (%d) must be at least killGraceSeconds + 3 (%d) (docs/timing.md)" (add (int $t.healthCheckTTL) (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
+{{- end }}
 {{- end }}
 {{- $need := add $grace (int .Values.lockwrap.releaseAllowanceSeconds) }}
 {{- $tgps := int .Values.terminationGracePeriodSeconds }}
@@ -155,6 +164,27 @@ combination fails `helm install` / `helm template` with a message saying what to
 {{- end }}
 {{- if and .Values.consul.tls.existingSecret (not .Values.consul.tls.enabled) }}
 {{- fail "consul.tls.existingSecret is set but consul.tls.enabled=false" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The timing settings lockwrap gets: the values, or the fast-failover preset, with the takeover
+delay defaulted as lockwrap does (kill grace + 1 s). One place, used by the env and the checks.
+*/}}
+{{- define "lockwrap.timing" -}}
+{{- $lw := .Values.lockwrap }}
+{{- if $lw.fastFailover }}
+sessionChecks: none
+healthCheckTTL: 2
+lockDelay: 0
+killGrace: 1
+takeoverDelay: 2
+{{- else }}
+sessionChecks: {{ $lw.sessionChecks | quote }}
+healthCheckTTL: {{ int $lw.healthCheckTTLSeconds }}
+lockDelay: {{ int $lw.lockDelaySeconds }}
+killGrace: {{ int $lw.killGraceSeconds }}
+takeoverDelay: {{ if kindIs "invalid" $lw.takeoverDelaySeconds }}{{ add (int $lw.killGraceSeconds) 1 }}{{ else }}{{ int $lw.takeoverDelaySeconds }}{{ end }}
 {{- end }}
 {{- end }}
 
@@ -195,20 +225,25 @@ settings (LOCKWRAP_*), as lockwrap reads them (docs/cli-surface.md). The token i
 - name: CONSUL_HTTP_TOKEN_FILE
   value: /var/run/secrets/lockwrap/consul-token/token
 {{- end }}
+{{- $t := include "lockwrap.timing" . | fromYaml }}
 - name: LOCKWRAP_SESSION_TTL
   value: {{ printf "%ds" (int .Values.lockwrap.sessionTTLSeconds) | quote }}
 - name: LOCKWRAP_LOCK_DELAY
-  value: {{ printf "%ds" (int .Values.lockwrap.lockDelaySeconds) | quote }}
+  value: {{ printf "%ds" (int $t.lockDelay) | quote }}
 - name: LOCKWRAP_KILL_GRACE
-  value: {{ printf "%ds" (int .Values.lockwrap.killGraceSeconds) | quote }}
+  value: {{ printf "%ds" (int $t.killGrace) | quote }}
 - name: LOCKWRAP_TAKEOVER_DELAY
-  value: {{ printf "%ds" (int .Values.lockwrap.takeoverDelaySeconds) | quote }}
-{{- /* "none": the pod talks to a remote agent/server whose serfHealth says nothing about this pod; the renewed TTL proves liveness. */}}
+  value: {{ printf "%ds" (int $t.takeoverDelay) | quote }}
+{{- /* "none": the renewed TTL proves liveness; a gossip flap cannot end a healthy hold (docs/timing.md). */}}
 - name: LOCKWRAP_SESSION_CHECKS
-  value: {{ .Values.lockwrap.sessionChecks | quote }}
-{{- if gt (int .Values.lockwrap.healthCheckTTLSeconds) 0 }}
+  value: {{ $t.sessionChecks | quote }}
+{{- if gt (int $t.healthCheckTTL) 0 }}
 - name: LOCKWRAP_HEALTH_CHECK_TTL
-  value: {{ printf "%ds" (int .Values.lockwrap.healthCheckTTLSeconds) | quote }}
+  value: {{ printf "%ds" (int $t.healthCheckTTL) | quote }}
+{{- end }}
+{{- if .Values.lockwrap.unsafeAllowOverlap }}
+- name: LOCKWRAP_UNSAFE_ALLOW_OVERLAP
+  value: "true"
 {{- end }}
 - name: LOCKWRAP_LAYOUT
   value: {{ .Values.lockwrap.layout | quote }}
