@@ -113,6 +113,9 @@ fn an_unreachable_webhook_does_not_delay_or_fail_the_command() {
         &key,
         "--webhook",
         &format!("http://127.0.0.1:{closed}/events"),
+        // A fresh key counts as an unclean takeover: keep its wait (kill grace + 1 s) short.
+        "--kill-grace",
+        "1s",
         "--",
         "sh",
         "-c",
