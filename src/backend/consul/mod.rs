@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 pub use client::{ConsulClient, ConsulSettings, HttpAuth, SettingsError};
 pub use lease::Lease;
 
+use crate::backend::retry;
 use crate::backend::{
     AcquireObserver, Acquired, BackendError, Layout, LockBackend, LockInfo, LockRequest,
 };
@@ -53,6 +54,45 @@ impl ConsulBackend {
     }
 }
 
+impl ConsulBackend {
+    /// The semaphore recipe, retried whole through transient Consul trouble the way the lock's
+    /// acquire loop retries its steps (docs/timing.md, "Consul trouble"): each failed attempt
+    /// has already removed its contender key and session.
+    async fn acquire_semaphore_riding_out(
+        &self,
+        request: &LockRequest,
+        observer: &dyn AcquireObserver,
+        stop: &CancellationToken,
+    ) -> Result<Acquired<Lease>, BackendError> {
+        let started = std::time::Instant::now();
+        let non_blocking = request.wait == crate::backend::Wait::NonBlocking;
+        let give_up = if non_blocking {
+            Some(started + retry::NON_BLOCKING_PATIENCE)
+        } else {
+            request.wait.deadline(started)
+        };
+        let mut backoff = retry::Backoff::default();
+        loop {
+            let err = match self.acquire_semaphore(request, observer, stop).await {
+                Err(err) if err.is_transient() && self.client.answered() => err,
+                other => return other,
+            };
+            let pause = backoff.failed("acquiring the semaphore", &err);
+            if give_up.is_some_and(|at| std::time::Instant::now() + pause >= at) {
+                return if non_blocking {
+                    Err(err)
+                } else {
+                    Ok(Acquired::TimedOut)
+                };
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(Acquired::Cancelled),
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}
+
 impl LockBackend for ConsulBackend {
     type Lease = Lease;
 
@@ -63,7 +103,8 @@ impl LockBackend for ConsulBackend {
         stop: &CancellationToken,
     ) -> Result<Acquired<Lease>, BackendError> {
         if request.limit > 1 {
-            self.acquire_semaphore(request, observer, stop).await
+            self.acquire_semaphore_riding_out(request, observer, stop)
+                .await
         } else {
             self.acquire_lock(request, observer, stop).await
         }
