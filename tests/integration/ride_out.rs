@@ -9,6 +9,15 @@ use nix::sys::signal::Signal;
 use crate::consul::{wait_until, Consul};
 use crate::harness::{code, lockwrap, run_bounded, scratch, stderr, unique_key, Proc};
 
+/// SIGTERMs a still-running `proc` and returns its stderr after asserting exit 143.
+fn stop_with_sigterm(proc: Proc) -> String {
+    proc.signal(Signal::SIGTERM);
+    let out = proc.finish(Duration::from_secs(20));
+    let err = stderr(&out);
+    assert_eq!(code(&out), 143, "{err}");
+    err
+}
+
 /// Lines of `text` that contain `needle`.
 fn count(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
@@ -134,10 +143,7 @@ fn a_holder_rides_out_an_agent_restart_that_keeps_state() {
         "the holder exited after the agent came back"
     );
 
-    holder.signal(Signal::SIGTERM);
-    let out = holder.finish(Duration::from_secs(20));
-    let err = stderr(&out);
-    assert_eq!(code(&out), 143, "{err}");
+    let err = stop_with_sigterm(holder);
     assert_eq!(count(&err, "lock lost"), 0, "{err}");
     assert!(count(&err, "session renew failed") <= 1, "{err}");
     assert!(
@@ -188,10 +194,7 @@ fn an_agent_without_a_leader_makes_a_standby_wait_not_exit_8() {
         waiting.running(),
         "lockwrap run gave up on a leaderless agent"
     );
-    waiting.signal(Signal::SIGTERM);
-    let out = waiting.finish(Duration::from_secs(10));
-    let err = stderr(&out);
-    assert_eq!(code(&out), 143, "{err}");
+    let err = stop_with_sigterm(waiting);
     assert_eq!(count(&err, "Consul is not ready"), 1, "{err}");
 
     // --non-blocking gives up after a bounded time with exit 8.
