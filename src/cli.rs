@@ -174,6 +174,9 @@ pub struct LockArgs {
     /// Number of holders allowed; more than 1 uses Consul's semaphore recipe (like `consul lock -n`)
     #[arg(short = 'n', long = "limit", value_name = "N")]
     pub limit: Option<String>,
+    /// Wait in a fair queue: waiters get the lock in arrival order, and a handoff wakes only the next one
+    #[arg(long, action = ArgAction::SetTrue)]
+    pub queue: bool,
 }
 
 /// Options of the supervising commands (execute, run, sidecar).

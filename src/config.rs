@@ -31,6 +31,7 @@ pub const SETTINGS: &[&str] = &[
     "session_name",
     "health_check_ttl",
     "non_blocking",
+    "queue",
     "timeout",
     "poll_interval",
     "metadata",
@@ -504,6 +505,7 @@ fn lock_flags<'a>(
     lists.push(("on_before_lock", &l.on_before_lock));
     lists.push(("on_already_locked", &l.on_already_locked));
     bools.push(("non_blocking", l.non_blocking));
+    bools.push(("queue", l.queue));
 }
 
 fn supervisor_flags<'a>(
@@ -867,6 +869,18 @@ fn lock_request(mode: Mode, key: String, layout: Layout, v: &Values) -> Result<L
     if limit == 0 {
         return Err(v.bad("limit", "must be at least 1"));
     }
+    let queue = v.bool("queue")?.unwrap_or(false);
+    if queue && limit > 1 {
+        let culprit = if v.source("limit") == Source::Flag {
+            "limit"
+        } else {
+            "queue"
+        };
+        return Err(v.bad(
+            culprit,
+            format!("--queue orders waiters for a single holder; it cannot be combined with -n {limit} (the semaphore)"),
+        ));
+    }
     let kill_grace = v.duration("kill_grace")?.unwrap_or(Duration::from_secs(5));
     let takeover_delay = v
         .duration("takeover_delay")?
@@ -902,6 +916,7 @@ fn lock_request(mode: Mode, key: String, layout: Layout, v: &Values) -> Result<L
             monitor_retry,
             allow_unsafe,
         },
+        queue,
     };
     if mode.supervises() {
         check_timing(&request, v)?;

@@ -161,6 +161,8 @@ pub struct LockRequest {
     pub wait: Wait,
     pub metadata: Option<Value>,
     pub hold: HoldSettings,
+    /// Wait in the fair queue: served in arrival order (`--queue`).
+    pub queue: bool,
 }
 
 impl LockRequest {
@@ -196,6 +198,7 @@ impl LockRequest {
             wait: Wait::Blocking,
             metadata: None,
             hold: HoldSettings::default(),
+            queue: false,
         }
     }
 }
@@ -217,6 +220,22 @@ pub struct LockInfo {
     /// The entry's `ModifyIndex`: for the current holder, its fencing token.
     #[serde(rename = "fencingToken")]
     pub fencing_token: Option<u64>,
+    /// Waiters in the fair queue (`--queue`), first in line first; `None` when nobody queues.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<Vec<QueuedWaiter>>,
+}
+
+/// One waiter in a lock's fair queue, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueuedWaiter {
+    /// 1 = next to get the lock.
+    pub position: usize,
+    /// The waiter's queue session.
+    pub session: String,
+    /// lockwrap's `{"hostname","pid","pod"?,"node"?}` of the waiter.
+    pub holder: Option<Value>,
+    /// When it joined the queue (UTC).
+    pub since: Option<String>,
 }
 
 impl LockInfo {

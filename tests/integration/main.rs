@@ -6,6 +6,7 @@ mod harness;
 
 mod bad_input;
 mod cli;
+mod queue;
 mod reach;
 mod ride_out;
 mod run;

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::api::{KvPair, KvRead, LOCK_FLAG_VALUE};
 use super::client::ConsulClient;
 use super::lease::{KeepAlive, Lease};
+use super::queue::QueueWait;
 use super::session::{self, OwnedSession};
 use super::value::{self, Identity};
 use super::ConsulBackend;
@@ -98,12 +99,31 @@ impl ConsulBackend {
     ) -> Result<Acquired<Lease>, BackendError> {
         let started = Instant::now();
         let deadline = request.wait.deadline(started);
+        // With `--queue`, first wait for our turn; the head of the queue then runs the
+        // ordinary recipe below (exclusion rests on the lock key alone).
+        let ticket = if request.queue {
+            match self.queue_until_head(request, stop, deadline).await? {
+                QueueWait::Head(ticket) => Some(ticket),
+                QueueWait::Behind(holder) => return Ok(Acquired::Locked(holder)),
+                QueueWait::TimedOut => return Ok(Acquired::TimedOut),
+                QueueWait::Cancelled => return Ok(Acquired::Cancelled),
+            }
+        } else {
+            None
+        };
         let mut session: Option<OwnedSession> = None;
         let result = self
             .acquire_loop(request, observer, stop, started, deadline, &mut session)
             .await;
         let outcome = match result {
-            Ok(Attempt::Held(lease)) => return Ok(Acquired::Held(*lease)),
+            Ok(Attempt::Held(lease)) => {
+                if let Some(ticket) = ticket {
+                    // Off the path to starting the command; awaited at exit.
+                    let backend = self.clone();
+                    crate::backend::cleanup::spawn(async move { backend.leave(ticket).await });
+                }
+                return Ok(Acquired::Held(*lease));
+            }
             Ok(Attempt::Locked(info)) => Ok(Acquired::Locked(info)),
             Ok(Attempt::TimedOut) => Ok(Acquired::TimedOut),
             Ok(Attempt::Cancelled) => Ok(Acquired::Cancelled),
@@ -111,6 +131,9 @@ impl ConsulBackend {
         };
         if let Some(owned) = session.take() {
             session::destroy(&self.client, &owned).await;
+        }
+        if let Some(ticket) = ticket {
+            self.leave(ticket).await;
         }
         outcome
     }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod client;
 pub mod lease;
 pub mod lock;
+pub mod queue;
 pub mod semaphore;
 pub mod session;
 pub mod value;
@@ -115,10 +116,16 @@ impl LockBackend for ConsulBackend {
             .client
             .kv_get_retry(&lock::lock_key(key, layout))
             .await?;
-        Ok(read
+        let Some(mut info) = read
             .value
             .filter(|p| p.holder().is_some())
-            .map(|p| value::decode(key, &p)))
+            .map(|p| value::decode(key, &p))
+        else {
+            return Ok(None);
+        };
+        let queue = self.read_queue(key).await?;
+        info.queue = (!queue.is_empty()).then_some(queue);
+        Ok(Some(info))
     }
 
     async fn list(
@@ -129,6 +136,9 @@ impl LockBackend for ConsulBackend {
         let read = self.client.kv_list(prefix, None).await?;
         let mut out = Vec::new();
         for pair in read.value {
+            if queue::is_queue_entry(&pair.key) {
+                continue;
+            }
             let key = match layout {
                 Layout::Default => pair.key.clone(),
                 Layout::ConsulLock => match pair.key.strip_suffix("/.lock") {

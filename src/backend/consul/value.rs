@@ -107,6 +107,7 @@ pub fn decode(key: &str, pair: &KvPair) -> LockInfo {
         metadata: field("metadata"),
         holder: field("holder"),
         fencing_token: Some(pair.modify_index),
+        queue: None,
     }
 }
 
