@@ -27,6 +27,9 @@ pub const HOLDER_LOG_EVERY: Duration = Duration::from_secs(30);
 /// is taken within milliseconds, capped so a 15 s lock-delay costs ~30 requests at most.
 const LOCK_DELAY_RETRY_FIRST: Duration = Duration::from_millis(50);
 const LOCK_DELAY_RETRY_MAX: Duration = Duration::from_millis(500);
+/// Window over which waiters that have seen contention spread their wake-ups after a release
+/// (the thundering herd without `--queue`); a waiter that never lost a race does not wait.
+const HERD_SPREAD: Duration = Duration::from_millis(30);
 
 /// The KV key holding the lock for `key` in `layout`.
 pub fn lock_key(key: &str, layout: Layout) -> String {
@@ -79,6 +82,8 @@ struct AttemptState {
     delay_backoff: Duration,
     /// A read already known to be current (the one that woke a waiter): saves a round trip.
     fresh: Option<KvRead<Option<KvPair>>>,
+    /// Races for a free key this waiter lost: a sign that other waiters wake with it.
+    lost_races: u32,
 }
 
 enum Attempt {
@@ -154,6 +159,7 @@ impl ConsulBackend {
         let mut state = AttemptState {
             delay_backoff: LOCK_DELAY_RETRY_FIRST,
             fresh: None,
+            lost_races: 0,
         };
         let patience =
             (request.wait == Wait::NonBlocking).then(|| started + retry::NON_BLOCKING_PATIENCE);
@@ -215,6 +221,14 @@ impl ConsulBackend {
         let lock_key = lock_key(key, request.layout);
         step!(observer.before_attempt(key), stop, deadline);
         let read = match state.fresh.take() {
+            // Woken by a release after having lost a race before: others wait too. Spread the
+            // wake-ups and look again before writing anything, so only the first few create a
+            // session and try (the rest see the key taken and go back to waiting for free).
+            Some(_) if state.lost_races > 0 => {
+                let spread = HERD_SPREAD.mul_f64(fastrand::f64());
+                step!(tokio::time::sleep(spread), stop, deadline);
+                step!(self.client.kv_get(&lock_key, None), stop, deadline)?
+            }
             Some(read) => read,
             None => {
                 let read = step!(self.client.kv_get(&lock_key, None), stop, deadline);
@@ -295,6 +309,7 @@ impl ConsulBackend {
             Some(pair) if pair.holder().is_some() => {
                 // Someone else won the race; go round and wait for them.
                 tracing::debug!(key, "another contender took the lock first");
+                state.lost_races += 1;
                 Ok(None)
             }
             _ if acquired => Ok(None),
