@@ -15,10 +15,7 @@ use clap::{ArgAction, Args, Parser, Subcommand};
     long_about = "Run a program only while holding a distributed lock in Consul (sessions + KV).\n\
                   Container ENTRYPOINT wrapper and PID 1, Kubernetes leader-election sidecar, and a \
                   consullock-compatible CLI. JSON on stdout, logs on stderr.",
-    after_help = "Exit codes: 0 ok, 1 missing setting, 2 bad env/config file, 3 bad argument, \
-                  4 ACL denied, 5 timeout, 6 bad key, 7 bad TTL, 8 Consul unreachable, \
-                  100 locked, 101 lock lost, 126/127 command not executable/not found, \
-                  otherwise the command's own code (128+N when killed by signal N)."
+    after_help = crate::exit::exit_code_help()
 )]
 pub struct Cli {
     /// Increase log verbosity on stderr (-v info of every transition, -vv debug, -vvv trace).
@@ -133,7 +130,8 @@ pub enum Command {
 #[derive(Debug, Args, Default, Clone)]
 pub struct LockArgs {
     /// Session TTL: 10s…86400s, or 0 for none (lock default 86400s; run/execute/sidecar 15s)
-    #[arg(long, value_name = "DURATION")]
+    // A negative value reaches validation (exit 7, as consullock answers) instead of clap.
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
     pub session_ttl: Option<String>,
     /// Consul lock-delay after the session is invalidated, 0…60s (default 15s; explicit 0 honoured)
     #[arg(long, value_name = "DURATION")]

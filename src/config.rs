@@ -71,7 +71,7 @@ pub const SETTINGS: &[&str] = &[
     "partition",
 ];
 
-/// Consul's own environment variables and the setting each feeds (SPEC §1).
+/// Consul's own environment variables and the setting each feeds (README, "Consul connection").
 pub const CONSUL_ENV: &[(&str, &str)] = &[
     ("CONSUL_HTTP_ADDR", "consul_addr"),
     ("CONSUL_HTTP_SSL", "consul_ssl"),
@@ -92,7 +92,7 @@ pub const CONSUL_ENV: &[(&str, &str)] = &[
 /// Metadata is stored in the lock value; Consul refuses values over 512 KiB, so refuse early.
 const MAX_METADATA_BYTES: usize = 64 * 1024;
 
-/// Which subcommand the config is for; decides defaults (SPEC §2).
+/// Which subcommand the config is for; decides defaults (README, "Options").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Lock,

@@ -1,4 +1,4 @@
-//! The exit-code table (SPEC §6) and the one place where an outcome becomes a process exit code.
+//! The exit-code table (README, "Exit codes") and the one place where an outcome becomes a process exit code.
 
 use std::fmt;
 
@@ -15,7 +15,7 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The lock could not be acquired within `--timeout`.
     Timeout,
-    /// The key breaks the key rules (SPEC §3).
+    /// The key breaks the key rules (README, "Key layouts").
     InvalidKey,
     /// The session TTL is outside 10 s … 86400 s (or 0).
     InvalidTtl,
@@ -29,9 +29,48 @@ pub enum ErrorKind {
     NotExecutable,
     /// The command does not exist.
     CommandNotFound,
+    /// lockwrap could not set itself up (signal handling, the async runtime): not the user's
+    /// input and not Consul.
+    Internal,
 }
 
 impl ErrorKind {
+    /// Every kind, in exit-code order (for `--help`).
+    pub const ALL: [ErrorKind; 13] = [
+        ErrorKind::MissingSetting,
+        ErrorKind::InvalidEnvironment,
+        ErrorKind::InvalidArgument,
+        ErrorKind::PermissionDenied,
+        ErrorKind::Timeout,
+        ErrorKind::InvalidKey,
+        ErrorKind::InvalidTtl,
+        ErrorKind::ConsulUnavailable,
+        ErrorKind::Internal,
+        ErrorKind::Locked,
+        ErrorKind::LockLost,
+        ErrorKind::NotExecutable,
+        ErrorKind::CommandNotFound,
+    ];
+
+    /// A few words for `--help`'s exit-code list.
+    pub fn summary(self) -> &'static str {
+        match self {
+            ErrorKind::MissingSetting => "missing setting",
+            ErrorKind::InvalidEnvironment => "bad env/config file",
+            ErrorKind::InvalidArgument => "bad argument",
+            ErrorKind::PermissionDenied => "ACL denied",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::InvalidKey => "bad key",
+            ErrorKind::InvalidTtl => "bad TTL",
+            ErrorKind::ConsulUnavailable => "Consul unreachable",
+            ErrorKind::Internal => "internal error",
+            ErrorKind::Locked => "locked",
+            ErrorKind::LockLost => "lock lost",
+            ErrorKind::NotExecutable => "command not executable",
+            ErrorKind::CommandNotFound => "command not found",
+        }
+    }
+
     /// The process exit code documented for this failure.
     pub fn exit_code(self) -> i32 {
         match self {
@@ -47,8 +86,22 @@ impl ErrorKind {
             ErrorKind::LockLost => 101,
             ErrorKind::NotExecutable => 126,
             ErrorKind::CommandNotFound => 127,
+            // sysexits.h EX_SOFTWARE.
+            ErrorKind::Internal => 70,
         }
     }
+}
+
+/// `--help`'s exit-code list, generated from the table above so the two cannot drift.
+pub fn exit_code_help() -> String {
+    let codes: Vec<String> = ErrorKind::ALL
+        .iter()
+        .map(|k| format!("{} {}", k.exit_code(), k.summary()))
+        .collect();
+    format!(
+        "Exit codes: 0 ok, {}, otherwise the command's own code (128+N when killed by signal N).",
+        codes.join(", ")
+    )
 }
 
 /// A failure with its kind (which decides the exit code) and a one-line message for stderr.
@@ -124,6 +177,7 @@ mod tests {
             (ErrorKind::InvalidKey, 6),
             (ErrorKind::InvalidTtl, 7),
             (ErrorKind::ConsulUnavailable, 8),
+            (ErrorKind::Internal, 70),
             (ErrorKind::Locked, 100),
             (ErrorKind::LockLost, 101),
             (ErrorKind::NotExecutable, 126),
@@ -132,6 +186,8 @@ mod tests {
         for (kind, code) in table {
             assert_eq!(kind.exit_code(), code, "{kind:?}");
         }
+        assert_eq!(table.len(), ErrorKind::ALL.len());
+        assert!(exit_code_help().contains("101 lock lost"));
         assert_eq!(Outcome::Interrupted(15).exit_code(), 143);
         assert_eq!(Outcome::Child(3).exit_code(), 3);
     }

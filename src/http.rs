@@ -1,5 +1,5 @@
 //! The status HTTP server (`--http-addr`): `/healthz`, `/readyz`, `/leader`, `/metrics`
-//! (SPEC §8), and the `--status-file` writer. Both only read [`Telemetry`]; neither can block
+//! (README, "Observability"), and the `--status-file` writer. Both only read [`Telemetry`]; neither can block
 //! the lock path.
 
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! Lock key rules (SPEC §3): not empty, no leading `/`, no `//`, no `.` or `..` segments.
+//! Lock key rules (README, "Key layouts"): not empty, no leading `/`, no `//`, no `.` or `..` segments.
 
 use crate::exit::{Error, ErrorKind};
 

@@ -31,7 +31,7 @@ pub struct LockManager<B: LockBackend = ConsulBackend> {
 }
 
 impl LockManager<ConsulBackend> {
-    /// A manager for the Consul agent named by `CONSUL_HTTP_ADDR` and friends (SPEC §1).
+    /// A manager for the Consul agent named by `CONSUL_HTTP_ADDR` and friends (README, "Consul connection").
     pub fn from_env() -> Result<Self> {
         let settings = crate::config::consul_settings_from_env()?;
         Self::connect(&settings)

@@ -58,7 +58,7 @@ fn run(cli: Cli) -> Outcome {
         Ok(process) => process,
         Err(err) => {
             return report(Outcome::Failed(Error::new(
-                ErrorKind::InvalidArgument,
+                ErrorKind::Internal,
                 format!("cannot set up signal handling: {err}"),
             )))
         }
@@ -72,7 +72,7 @@ fn run(cli: Cli) -> Outcome {
         Ok(rt) => rt,
         Err(err) => {
             return report(Outcome::Failed(Error::new(
-                ErrorKind::ConsulUnavailable,
+                ErrorKind::Internal,
                 format!("cannot start the async runtime: {err}"),
             )))
         }

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 pub use error::BackendError;
 
-/// Where the lock lives in the KV store (SPEC §3).
+/// Where the lock lives in the KV store (README, "Key layouts").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Layout {

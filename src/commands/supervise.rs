@@ -1,5 +1,5 @@
 //! `lockwrap run` and `lockwrap execute`: hold the lock, run the command, and make sure the
-//! command is dead before anyone else can hold the lock (SPEC §7).
+//! command is dead before anyone else can hold the lock (README, "The supervisor"; docs/timing.md).
 //!
 //! States: waiting → holding+running → (child exited | lock lost | stop signal) → released.
 

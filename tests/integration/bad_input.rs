@@ -1,5 +1,5 @@
-//! The bad-input suite (issue 5, item 3): a table of bad CLI flags, env vars, YAML files and
-//! Consul answers. Each must give the documented exit code (SPEC §6), a one-line error on
+//! The bad-input suite: a table of bad CLI flags, env vars, YAML files and
+//! Consul answers. Each must give the documented exit code (README, "Exit codes"), a one-line error on
 //! stderr naming the bad value or setting, no write to Consul (KV keys, sessions and both
 //! tables' raft indexes unchanged on a private agent), and never print the ACL token.
 
@@ -265,6 +265,12 @@ fn cases(dir: &Path) -> Vec<Case> {
             "ttl negative (flag)",
             7,
             &["lock", "--session-ttl=-1", "bad/k"],
+        )
+        .mentions(&["--session-ttl", "negative"]),
+        case(
+            "ttl negative, separate argument (consullock style)",
+            7,
+            &["lock", "--session-ttl", "-1", "bad/k"],
         )
         .mentions(&["--session-ttl", "negative"]),
         case(
@@ -562,7 +568,7 @@ fn cases(dir: &Path) -> Vec<Case> {
             &["lock", "--consul-addr", "ftp://x", "bad/k"],
         )
         .mentions(&["ftp://x"]),
-        // ---- issue 13: unix sockets, basic auth, namespace and partition ----
+        // ---- unix sockets, basic auth, namespace and partition ----
         case(
             "unix socket path does not exist (env)",
             2,

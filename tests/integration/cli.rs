@@ -1,5 +1,5 @@
 //! The consullock-compatible CLI (`lock`, `unlock [-r]`, `execute`, `status`) through the built
-//! binary against a real Consul agent: issue 2's test checklist, plus layout and ACL cases.
+//! binary against a real Consul agent: the CLI's behaviour (README, "Subcommands"), plus layout and ACL cases.
 //!
 //! Every test uses its own keys (tests run in parallel against the shared agent), waits on
 //! conditions rather than sleeping, and ends by checking that no session of its keys is left.

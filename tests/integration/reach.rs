@@ -1,4 +1,4 @@
-//! Every way users reach Consul (issue 13): a unix-socket agent, HTTP basic auth through a
+//! Every way users reach Consul (README, "Consul connection"): a unix-socket agent, HTTP basic auth through a
 //! proxy that demands it, and Enterprise namespace / partition parameters, recorded by a
 //! loopback proxy in front of a real agent.
 

@@ -1,4 +1,4 @@
-//! `lockwrap run` / `lockwrap execute` (issue 3, SPEC §2, §3, §6, §7): the supervisor through the
+//! `lockwrap run` / `lockwrap execute` (README, "The supervisor" and "Exit codes"): the supervisor through the
 //! built binary, real processes and a real Consul agent. Children write marker files; the tests
 //! wait on those files (never on fixed sleeps) and every test is bounded in time.
 

@@ -1,4 +1,4 @@
-//! `lockwrap sidecar` and the `--http-addr` status server (issue 4, SPEC §8): readiness follows
+//! `lockwrap sidecar` and the `--http-addr` status server (README, "Kubernetes" and "Observability"): readiness follows
 //! the lock, `/leader` names the holder everywhere, `/metrics` is Prometheus text whose counters
 //! move, the status file is never partial, and the sidecar re-campaigns, exits or steps down.
 

@@ -1,4 +1,4 @@
-//! TLS to Consul (SPEC §1): CA file and directory, client certificates, server name, and
+//! TLS to Consul (README, "Consul connection"): CA file and directory, client certificates, server name, and
 //! verification, against an agent serving HTTPS with certificates from `consul tls`.
 
 use std::path::PathBuf;

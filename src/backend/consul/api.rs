@@ -1,5 +1,5 @@
 //! Typed Consul API calls used by the lock recipes: sessions, KV, agent TTL checks.
-//! Reads retry on transient failures; writes never retry blindly (SPEC §1).
+//! Reads retry on transient failures; writes never retry blindly (README, "Consul connection").
 
 use std::time::Duration;
 
@@ -62,7 +62,7 @@ pub struct AgentCheck {
     pub status: String,
 }
 
-/// What to create a session with (SPEC §2).
+/// What to create a session with (README, "Options").
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionRequest {
     #[serde(rename = "Name")]
@@ -199,7 +199,7 @@ impl ConsulClient {
 
     /// Reads one key. With `wait = Some((index, max))` this is a blocking query that returns
     /// when the key changes past `index` or after `max`. The HTTP timeout covers Consul's
-    /// jitter of up to wait/16 (SPEC §1).
+    /// jitter of up to wait/16 (README, "Consul connection").
     pub async fn kv_get(
         &self,
         key: &str,
@@ -374,7 +374,7 @@ pub fn blocking_timeout(wait: Duration) -> Duration {
     wait + wait / 16 + Duration::from_secs(5)
 }
 
-/// Next index for a blocking query: restart from 0 if the index went backwards (SPEC §1),
+/// Next index for a blocking query: restart from 0 if the index went backwards (README, "Consul connection"),
 /// e.g. after a Consul restart or snapshot restore.
 pub fn next_index(previous: u64, answered: u64) -> u64 {
     if answered < previous {

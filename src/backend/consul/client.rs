@@ -1,4 +1,4 @@
-//! The Consul HTTP client: connection settings (SPEC §1), TCP or unix-socket transport, TLS,
+//! The Consul HTTP client: connection settings (README, "Consul connection"), TCP or unix-socket transport, TLS,
 //! ACL token, basic auth, datacenter / namespace / partition, timeouts, status-code mapping and
 //! read retries. Everything above this speaks in typed calls.
 

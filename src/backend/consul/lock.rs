@@ -1,5 +1,5 @@
 //! Acquiring a single-holder lock (default and `consul-lock` layouts): wait with blocking
-//! queries, acquire with a fresh session, read back the fencing token (SPEC §4).
+//! queries, acquire with a fresh session, read back the fencing token (README, "Key layouts").
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use crate::backend::{
 /// How long a standby's blocking query waits before re-asking: long, because Consul answers
 /// at once when the key changes, and every re-ask is a request (target ≤ 1 per minute).
 pub const STANDBY_WAIT: Duration = Duration::from_secs(300);
-/// While waiting, name the current holder this often (SPEC §8).
+/// While waiting, name the current holder this often (README, "Observability").
 pub const HOLDER_LOG_EVERY: Duration = Duration::from_secs(30);
 /// Back-off bounds while a lock-delay blocks a free key: short first tries so a released key
 /// is taken within milliseconds, capped so a 15 s lock-delay costs ~30 requests at most.
@@ -515,7 +515,7 @@ impl ConsulBackend {
 }
 
 /// An entry with foreign flags belongs to something else (a semaphore, or a plain value):
-/// refuse to touch it (SPEC §3). consullock writes flags 0, so the default layout accepts 0;
+/// refuse to touch it (README, "Key layouts"). consullock writes flags 0, so the default layout accepts 0;
 /// the `consul-lock` layout accepts only Consul's lock flags, as Go's `api.Lock` does.
 fn check_flags(pair: Option<&KvPair>, lock_key: &str, layout: Layout) -> Result<(), BackendError> {
     let Some(p) = pair else { return Ok(()) };

@@ -1,7 +1,7 @@
 //! Consul's semaphore recipe (`-n N`), compatible with `consul lock -n` and Go's
 //! `api.Semaphore`: a contender key `<prefix>/<session>` held by our session, and the
 //! coordination key `<prefix>/.lock` holding `{"Limit":N,"Holders":{…}}`, changed only by
-//! check-and-set on its ModifyIndex (SPEC §3).
+//! check-and-set on its ModifyIndex (README, "Key layouts").
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The lock entry's value: consullock's JSON (`created`, `key`, `metadata`?, `secondsToLock`,
-//! `session`) plus lockwrap's `holder`; pretty-printed with sorted keys (SPEC §3).
+//! `session`) plus lockwrap's `holder`; pretty-printed with sorted keys (README, "Key layouts").
 
 use std::collections::BTreeMap;
 
