@@ -15,15 +15,33 @@ use lockwrap::backend::{Acquired, HeldLock, LockRequest, NoObserver, Wait};
 use lockwrap::{Error, LockManager};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::main]
-async fn main() {
-    if let Err(err) = run().await {
+fn main() {
+    // `execute` starts its command through lockwrap's supervisor (own process group, reaping,
+    // TERM → grace → KILL): set it up once, before the runtime's threads exist.
+    let process = match lockwrap::supervisor::install(false) {
+        Ok(process) => process,
+        Err(err) => {
+            eprintln!("library example failed: cannot set up the supervisor: {err}");
+            std::process::exit(70);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("library example failed: cannot start the runtime: {err}");
+            std::process::exit(70);
+        }
+    };
+    if let Err(err) = runtime.block_on(run(process.spawner())) {
         eprintln!("library example failed: {err}");
         std::process::exit(err.kind.exit_code());
     }
 }
 
-async fn run() -> Result<(), Error> {
+async fn run(spawner: lockwrap::supervisor::Spawner) -> Result<(), Error> {
     let addr = std::env::var("CONSUL_HTTP_ADDR").unwrap_or_else(|_| "127.0.0.1:8500".into());
     println!("Consul at {addr} (CONSUL_HTTP_ADDR)");
     let manager = LockManager::from_env()?;
@@ -109,6 +127,7 @@ async fn run() -> Result<(), Error> {
         .execute(
             &key,
             "echo \"  (child) CONSUL_LOCK_HELD=$CONSUL_LOCK_HELD fencing token $LOCKWRAP_FENCING_TOKEN\"; exit 3",
+            &spawner,
         )
         .await?;
     println!("execute({key}) -> exit code {code}");

@@ -23,6 +23,7 @@ use crate::backend::{
 };
 use crate::exit::{Error, ErrorKind, Result};
 use crate::key;
+use crate::supervisor::{CommandSpec, Spawner};
 
 /// Lock operations against one lock store.
 pub struct LockManager<B: LockBackend = ConsulBackend> {
@@ -152,54 +153,64 @@ impl<B: LockBackend> LockManager<B> {
     }
 
     /// Runs `shell` (`/bin/sh -c`) while holding `key`; returns its exit code (128+N when
-    /// killed by signal N). If the lock is lost the command is stopped and this returns
-    /// an error of kind `LockLost`. For the full supervisor (signals, reaping, hooks) use the
-    /// `execute` / `run` subcommands.
-    pub async fn execute(&self, key: &str, shell: &str) -> Result<i32>
+    /// killed by signal N). The command runs in its own process group through the supervisor's
+    /// `spawner` (from [`crate::supervisor::install`], called once before the runtime starts),
+    /// like `lockwrap execute`: if the lock is lost its whole group is stopped (SIGTERM, the
+    /// request's kill grace, SIGKILL) before this returns an error of kind `LockLost`, and
+    /// nothing it started outlives the lock.
+    pub async fn execute(&self, key: &str, shell: &str, spawner: &Spawner) -> Result<i32>
     where
         B::Lease: Send,
     {
+        let grace = LockRequest::new(key).hold.kill_grace;
         let mut lease = self.acquire(key).await?;
-        let mut child = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(shell)
-            .env("CONSUL_LOCK_HELD", "true")
-            .env("LOCKWRAP_KEY", key)
-            .env(
-                "LOCKWRAP_FENCING_TOKEN",
-                lease.info().fencing_token.unwrap_or_default().to_string(),
-            )
-            .env(
-                "LOCKWRAP_SESSION",
-                lease.info().session.clone().unwrap_or_default(),
-            )
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Error::new(ErrorKind::CommandNotFound, format!("/bin/sh: {e}")))?;
-        let outcome = tokio::select! {
+        let mut spec = CommandSpec::new("/bin/sh");
+        spec.args = vec!["-c".into(), shell.into()];
+        spec.env = vec![
+            ("CONSUL_LOCK_HELD".into(), "true".into()),
+            ("LOCKWRAP_KEY".into(), key.into()),
+            (
+                "LOCKWRAP_FENCING_TOKEN".into(),
+                lease
+                    .info()
+                    .fencing_token
+                    .unwrap_or_default()
+                    .to_string()
+                    .into(),
+            ),
+            (
+                "LOCKWRAP_SESSION".into(),
+                lease.info().session.clone().unwrap_or_default().into(),
+            ),
+        ];
+        let mut child = match spawner.spawn(&spec) {
+            Ok(child) => child,
+            Err(err) => {
+                let _ = lease.release().await;
+                let kind = if err.exit_code() == 127 {
+                    ErrorKind::CommandNotFound
+                } else {
+                    ErrorKind::NotExecutable
+                };
+                return Err(Error::new(kind, err.to_string()));
+            }
+        };
+        let lost = tokio::select! {
             status = child.wait() => Ok(status),
             reason = lease.lost() => Err(reason),
         };
-        match outcome {
+        match lost {
             Ok(status) => {
+                child.reap_group_leftovers(grace).await;
                 lease.release().await?;
-                let status = status.map_err(|e| {
-                    Error::new(
-                        ErrorKind::ConsulUnavailable,
-                        format!("waiting for the command: {e}"),
-                    )
-                })?;
-                use std::os::unix::process::ExitStatusExt;
-                Ok(status
-                    .code()
-                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+                Ok(status.code())
             }
             Err(reason) => {
-                let _ = child.kill().await;
+                let status = child.stop(grace).await;
                 let _ = lease.release().await;
                 Err(Error::new(
                     ErrorKind::LockLost,
-                    format!("lock {key} lost while the command ran: {reason}"),
+                    format!("lock {key} lost while the command ran ({reason}); it was stopped ({status})"),
                 ))
             }
         }

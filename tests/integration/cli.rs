@@ -1544,3 +1544,31 @@ fn install_copies_a_runnable_binary_and_names_a_bad_destination() {
     );
     assert_eq!(stdout(&out), "");
 }
+
+/// The library example (`cargo run --example library`), built by `cargo test --all-targets`:
+/// every library operation end to end, `execute` through the supervisor's spawner.
+#[test]
+fn library_example_runs_every_operation_and_leaves_nothing_behind() {
+    let Some(example) = std::env::current_exe().ok().and_then(|exe| {
+        let path = exe.parent()?.parent()?.join("examples").join("library");
+        path.exists().then_some(path)
+    }) else {
+        eprintln!("examples/library not built (run cargo test --all-targets); skipped");
+        return;
+    };
+    let consul = Consul::start();
+    let out = std::process::Command::new(example)
+        .env("CONSUL_HTTP_ADDR", consul.addr())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the library example");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("-> exit code 3"), "{text}");
+    assert!(text.contains("CONSUL_LOCK_HELD=true"), "{text}");
+    assert!(consul.sessions().is_empty(), "{:?}", consul.sessions());
+}
