@@ -54,6 +54,14 @@ from harness import (ROOT, ConsulAgent, LogWatcher, ProcTracker, Proxy, alive,  
 CONSUL_LOCK_MAX_N = 50
 
 
+class QueueAgent(ConsulAgent):
+    """The harness's dev agent, allowing more than Consul's default 200 HTTP connections per client
+    address: every contender reaches it from 127.0.0.1 (through the proxies)."""
+
+    def argv(self) -> list[str]:
+        return super().argv() + ["-hcl", "limits { http_max_conns_per_client = 5000 }"]
+
+
 # --------------------------------------------------------------------------------------------
 # The three configurations
 
@@ -235,6 +243,14 @@ class Group:
                 pass
             qb.tracker.forget(old_proc)
             n_req = self.requests_between(t_rel, t_done)
+            if j == k - 1:
+                # The last measured handoff's requests, ms after the release (for the docs).
+                self.res["last_handoff_timeline"] = sorted(
+                    [round((e.t_req - t_rel) / 1e6, 2), src, e.method, e.target[:120], e.status]
+                    for src, px in (("holder0", self.hp), ("waiters", self.wp))
+                    for e in px.snapshot() if t_rel <= e.t_req <= t_done) + [
+                    [round((ex.t - t_rel) / 1e6, 2), "child", "EXIT", old, None],
+                    [round((st.t - t_rel) / 1e6, 2), "child", "START", st.tag, None]]
             lat.append((st.t - ex.t) / 1e6)
             writes.append(ci1 - ci0)
             raw.append(n_req)
@@ -298,7 +314,7 @@ class QueueBench:
         self.lw = LogWatcher(self.logfile)
         self.scan_from = 0
         self.consul_bin = find_consul()
-        self.agent = ConsulAgent(self.consul_bin, self.work, self.tracker)
+        self.agent = QueueAgent(self.consul_bin, self.work, self.tracker)
         # A private copy: a rebuild of target/release during the run must not change the binary.
         self.lockwrap = os.path.join(self.work, "lockwrap")
         shutil.copy2(args.lockwrap, self.lockwrap)
