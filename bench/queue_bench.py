@@ -542,7 +542,9 @@ class QueueBench:
             # waiters stopped by SIGTERM would show up here), by name without the pid.
             left: dict[str, int] = {}
             for s in self.sessions():
-                name = (s.get("Name") or "?").split(" on ")[0]
+                name = s.get("Name") or "?"
+                name = ("consul lock" if name.startswith("Consul lock") else
+                        " ".join(name.split()[:2]) if name.startswith("lockwrap") else name[:40])
                 left[name] = left.get(name, 0) + 1
             self.results["sessions_left_after_all"] = sum(left.values())
             self.results["sessions_left_by_name"] = left
@@ -623,8 +625,9 @@ def render(res: dict) -> str:
                     f"{(f['handoff_latency_ms_median'] or 0):.1f} ms."]
     notes = list(res.get("notes", []))
     if "sessions_left_after_all" in res:
-        notes.append(f"sessions left on the agent after everything stopped: "
-                     f"{res['sessions_left_after_all']}")
+        by = ", ".join(f"{k}: {v}" for k, v in sorted(res.get("sessions_left_by_name", {}).items()))
+        notes.append(f"sessions left on the agent after every contender had exited (waiters were "
+                     f"stopped with SIGTERM): {res['sessions_left_after_all']}" + (f" ({by})" if by else ""))
     if notes:
         out += [""] + [f"- {x}" for x in notes]
     if res.get("errors"):
