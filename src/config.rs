@@ -71,23 +71,7 @@ pub const SETTINGS: &[&str] = &[
     "partition",
 ];
 
-/// Consul's own environment variables and the setting each feeds (README, "Consul connection").
-pub const CONSUL_ENV: &[(&str, &str)] = &[
-    ("CONSUL_HTTP_ADDR", "consul_addr"),
-    ("CONSUL_HTTP_SSL", "consul_ssl"),
-    ("CONSUL_HTTP_TOKEN", "consul_token"),
-    ("CONSUL_HTTP_TOKEN_FILE", "consul_token_file"),
-    ("CONSUL_CACERT", "consul_cacert"),
-    ("CONSUL_CAPATH", "consul_capath"),
-    ("CONSUL_CLIENT_CERT", "consul_client_cert"),
-    ("CONSUL_CLIENT_KEY", "consul_client_key"),
-    ("CONSUL_TLS_SERVER_NAME", "consul_tls_server_name"),
-    ("CONSUL_HTTP_SSL_VERIFY", "consul_ssl_verify"),
-    ("CONSUL_DATACENTER", "datacenter"),
-    ("CONSUL_HTTP_AUTH", "consul_http_auth"),
-    ("CONSUL_NAMESPACE", "namespace"),
-    ("CONSUL_PARTITION", "partition"),
-];
+pub use crate::backend::consul::env::CONSUL_ENV;
 
 /// Metadata is stored in the lock value; Consul refuses values over 512 KiB, so refuse early.
 const MAX_METADATA_BYTES: usize = 64 * 1024;
@@ -285,12 +269,6 @@ pub fn load(cli: Cli) -> Result<Config> {
     let flags = flag_values(&cli);
     let values = merge(config_file.as_deref(), flags)?;
     build(mode, cli, &values)
-}
-
-/// Consul settings from the environment only (library use: `LockManager::from_env`).
-pub fn consul_settings_from_env() -> Result<ConsulSettings> {
-    let values = merge(None, BTreeMap::new())?;
-    consul_settings(&values)
 }
 
 fn merge(file: Option<&Path>, flags: BTreeMap<String, Value>) -> Result<Values> {
@@ -529,15 +507,11 @@ fn supervisor_flags<'a>(
     bools.push(("ready_always", s.ready_always));
 }
 
-fn consul_settings(v: &Values) -> Result<ConsulSettings> {
-    consul_settings_and_client(v).map(|(settings, _)| settings)
-}
-
 fn consul_settings_and_client(v: &Values) -> Result<(ConsulSettings, ConsulClient)> {
     let address = v
         .string("consul_addr")?
         .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "127.0.0.1:8500".to_string());
+        .unwrap_or_else(|| crate::backend::consul::env::DEFAULT_ADDRESS.to_string());
     let token_inline = v.string("consul_token")?.filter(|s| !s.is_empty());
     let token_file = v.path("consul_token_file")?;
     // A token file wins unless the inline token comes from a higher-precedence source.
@@ -545,22 +519,10 @@ fn consul_settings_and_client(v: &Values) -> Result<(ConsulSettings, ConsulClien
         && token_file.is_some()
         && rank(&v.source("consul_token")) > rank(&v.source("consul_token_file"));
     let token = match (&token_file, inline_wins) {
-        (Some(path), false) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                v.bad(
-                    "consul_token_file",
-                    format!("cannot read token file {}: {e}", path.display()),
-                )
-            })?;
-            let token = text.trim().to_string();
-            if token.is_empty() {
-                return Err(v.bad(
-                    "consul_token_file",
-                    format!("token file {} is empty", path.display()),
-                ));
-            }
-            Some(token)
-        }
+        (Some(path), false) => Some(
+            crate::backend::consul::env::read_token_file(path)
+                .map_err(|e| v.bad("consul_token_file", e))?,
+        ),
         _ => token_inline,
     };
     let settings = ConsulSettings {

@@ -34,7 +34,8 @@ pub struct LockManager<B: LockBackend = ConsulBackend> {
 impl LockManager<ConsulBackend> {
     /// A manager for the Consul agent named by `CONSUL_HTTP_ADDR` and friends (README, "Consul connection").
     pub fn from_env() -> Result<Self> {
-        let settings = crate::config::consul_settings_from_env()?;
+        let settings = ConsulSettings::from_env()
+            .map_err(|e| Error::new(ErrorKind::InvalidEnvironment, e.message))?;
         Self::connect(&settings)
     }
 
