@@ -5,6 +5,7 @@ pub mod cleanup;
 pub mod consul;
 pub mod error;
 pub mod events;
+pub mod memory;
 pub mod retry;
 pub mod timing;
 

@@ -46,3 +46,6 @@ pub async fn run(config: Config, process: ProcessControl) -> Outcome {
     .await;
     result.unwrap_or_else(Outcome::Failed)
 }
+
+#[cfg(test)]
+mod loops_tests;
