@@ -1,25 +1,13 @@
 {{/*
-Checks that values.schema.json cannot express. Included by every workload template, so a bad
-combination fails `helm install` / `helm template` with a message saying what to change.
+The checks values.schema.json cannot express, included by every template that renders a workload
+or its Secret, so a bad setting fails `helm install` / `helm template` with a message saying what to
+change. JSON schema (draft-07) compares a value with constants, not with other values: the schema
+holds the required values and the cross-field rules (workload/mode combinations, what each mode
+needs, consul.tls and consul.token settings that need each other, the ServiceMonitor's HTTP server);
+here remain the syntax of the lock key as derived (lockwrap.key, or one built from fullname) and the
+arithmetic between settings: lockwrap's timing refusals and the pod's termination grace.
 */}}
 {{- define "lockwrap.validate" -}}
-{{- $ := . }}
-{{- $_ := required "consul.address is required: the Consul HTTP API address, e.g. consul-server.consul.svc:8500 or https://consul.example:8501" .Values.consul.address }}
-{{- if not (has .Values.mode (list "wrapper" "sidecar" "init")) }}
-{{- fail (printf "mode must be wrapper, sidecar or init (got %q)" (toString .Values.mode)) }}
-{{- end }}
-{{- if not (has .Values.workload (list "deployment" "cronjob")) }}
-{{- fail (printf "workload must be deployment or cronjob (got %q)" (toString .Values.workload)) }}
-{{- end }}
-{{- if and (eq .Values.workload "cronjob") (ne .Values.mode "wrapper") }}
-{{- fail (printf "workload=cronjob needs mode=wrapper (got mode=%s): every scheduled run is wrapped by lockwrap run" .Values.mode) }}
-{{- end }}
-{{- if and (eq .Values.mode "wrapper") (not .Values.app.command) }}
-{{- fail "app.command is required in wrapper mode: lockwrap replaces the container's command and cannot see the image's ENTRYPOINT, so give the full argv of the app" }}
-{{- end }}
-{{- if and (eq .Values.mode "init") (not .Values.initJob.command) }}
-{{- fail "initJob.command is required in init mode: the job lockwrap runs under the lock before the app starts" }}
-{{- end }}
 {{- $key := include "lockwrap.key" . }}
 {{- if or (hasPrefix "/" $key) (contains "//" $key) (hasSuffix "/" $key) }}
 {{- fail (printf "lockwrap.key %q is not a valid key: no leading or trailing '/', no '//'" $key) }}
@@ -47,14 +35,5 @@ combination fails `helm install` / `helm template` with a message saying what to
 {{- $tgps := int .Values.terminationGracePeriodSeconds }}
 {{- if le $tgps $need }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lockwrap.killGraceSeconds + lockwrap.releaseAllowanceSeconds (%d + %d = %d), or Kubernetes kills lockwrap before it has stopped the app and released the lock; set it to at least %d" $tgps $grace (int .Values.lockwrap.releaseAllowanceSeconds) $need (add1 $need)) }}
-{{- end }}
-{{- if and .Values.consul.token.create (not .Values.consul.token.existingSecret) (not .Values.consul.token.value) }}
-{{- fail "consul.token.create=true needs consul.token.value (or use consul.token.existingSecret)" }}
-{{- end }}
-{{- if and .Values.consul.tls.clientAuth (not .Values.consul.tls.existingSecret) }}
-{{- fail "consul.tls.clientAuth=true needs consul.tls.existingSecret holding the client certificate and key" }}
-{{- end }}
-{{- if and .Values.consul.tls.existingSecret (not .Values.consul.tls.enabled) }}
-{{- fail "consul.tls.existingSecret is set but consul.tls.enabled=false" }}
 {{- end }}
 {{- end }}
