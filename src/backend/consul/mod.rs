@@ -7,8 +7,10 @@ pub mod env;
 pub mod lease;
 pub mod lock;
 pub mod queue;
+pub mod scope;
 pub mod semaphore;
 pub mod session;
+pub mod settings;
 pub mod value;
 
 use std::sync::Arc;
