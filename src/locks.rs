@@ -262,9 +262,6 @@ pub fn literal_prefix(pattern: &str) -> String {
     prefix
 }
 
-/// Used by `execute`/`lock` callers that want the observer to call hook executables.
-pub use crate::hooks::AcquireHooks;
-
 /// Compile-time reminder that the default manager's lease is the Consul one.
 pub type ConsulLease = Lease;
 
