@@ -8,18 +8,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::api::{next_index, LOCK_FLAG_VALUE};
 use super::client::ConsulClient;
-use super::semaphore::SemaphoreSlot;
 use super::session::{self, OwnedSession};
-use super::value;
-use crate::backend::retry::Backoff;
 use crate::backend::timing::{Cadence, TimingPlan};
 use crate::backend::BackendEvents;
-use crate::backend::{BackendError, HeldLock, Layout, LockInfo, LossReason};
-
-/// How long one watch query may block; long, since Consul answers at once on any change.
-const WATCH_WAIT: Duration = Duration::from_secs(300);
+use crate::backend::{BackendError, HeldLock, LockInfo, LossReason};
 /// How long a release and session destroy are retried through transient trouble (no leader)
 /// when the session has no TTL to make them moot.
 const RELEASE_PATIENCE_NO_TTL: Duration = Duration::from_secs(60);
@@ -32,18 +25,47 @@ pub(crate) struct KeepAlive {
     pub telemetry: Arc<dyn BackendEvents>,
 }
 
+/// A boxed future borrowing for `'a` (what [`Holding`]'s methods return).
+pub(crate) type BoxFut<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// What a watch task needs: the session to check, where to start, and where to report loss.
+pub(crate) struct Watch {
+    pub client: ConsulClient,
+    pub session: String,
+    /// The index to block on first (the acquisition's).
+    pub index: u64,
+    pub monitor_retry: Option<u32>,
+    pub loss: Arc<watch::Sender<Option<LossReason>>>,
+    pub stop: CancellationToken,
+}
+
+/// What a lease holds — a lock key (`KeyHold`) or a semaphore slot — and how to watch and give
+/// it back. The recipes implement it; the lease knows neither.
+pub(crate) trait Holding: Send + Sync {
+    /// Watches the hold until it is lost (declared through `watch.loss`) or stopped.
+    fn watch(&self, watch: Watch) -> BoxFut<'static, ()>;
+    /// Gives the hold back; `still_held` is false after a loss (nothing of ours to release).
+    fn release<'a>(
+        &'a self,
+        client: &'a ConsulClient,
+        session: &'a str,
+        still_held: bool,
+        patience: Duration,
+    ) -> BoxFut<'a, Result<(), BackendError>>;
+    /// Housekeeping once the session is destroyed.
+    fn after_destroy<'a>(&'a self, _client: &'a ConsulClient) -> BoxFut<'a, ()> {
+        Box::pin(async {})
+    }
+}
+
 /// A lock held by this process. Dropping it without [`HeldLock::release`] still releases it
 /// in the background (best effort), so a panic or early return cannot leave the lock behind.
 pub struct Lease {
     client: ConsulClient,
     info: LockInfo,
-    /// The KV key actually acquired (`<prefix>/.lock` or the contender key for layouts).
-    lock_key: String,
-    layout: Layout,
     session: OwnedSession,
-    /// The acquired value, re-sent with `?release` so the entry keeps the last holder's info.
-    value: Vec<u8>,
-    semaphore: Option<SemaphoreSlot>,
+    /// What is held: a lock key, or a semaphore slot.
+    hold: Box<dyn Holding>,
     loss: watch::Receiver<Option<LossReason>>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -56,15 +78,11 @@ pub struct Lease {
 }
 
 impl Lease {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn start(
         client: ConsulClient,
         info: LockInfo,
-        lock_key: String,
-        layout: Layout,
         session: OwnedSession,
-        value: Vec<u8>,
-        semaphore: Option<SemaphoreSlot>,
+        hold: Box<dyn Holding>,
         keep_alive: Option<KeepAlive>,
     ) -> Self {
         let (tx, loss) = watch::channel(None);
@@ -98,35 +116,20 @@ impl Lease {
                     stop.clone(),
                 )));
             }
-            let watch = match &semaphore {
-                Some(slot) => tokio::spawn(super::semaphore::watch(
-                    client.clone(),
-                    slot.clone(),
-                    sid,
-                    ka.monitor_retry,
-                    tx.clone(),
-                    stop.clone(),
-                )),
-                None => tokio::spawn(watch_key(
-                    client.clone(),
-                    lock_key.clone(),
-                    sid,
-                    ka.watch_index,
-                    ka.monitor_retry,
-                    tx.clone(),
-                    stop.clone(),
-                )),
-            };
-            tasks.push(watch);
+            tasks.push(tokio::spawn(hold.watch(Watch {
+                client: client.clone(),
+                session: sid,
+                index: ka.watch_index,
+                monitor_retry: ka.monitor_retry,
+                loss: tx.clone(),
+                stop: stop.clone(),
+            })));
         }
         Lease {
             client,
             info,
-            lock_key,
-            layout,
             session,
-            value,
-            semaphore,
+            hold,
             loss,
             stop,
             tasks,
@@ -161,64 +164,15 @@ impl Lease {
             let _ = task.await;
         }
         let sid = self.session.id.clone();
-        let mut result = Ok(());
-        if let Some(slot) = &self.semaphore {
-            result = super::semaphore::release(&self.client, slot, &sid).await;
-        } else {
-            let params = [
-                ("release", sid.clone()),
-                ("flags", LOCK_FLAG_VALUE.to_string()),
-            ];
-            // Release only matters while we still hold it; after a loss the key is not ours.
-            if self.loss().is_none() {
-                if let Err(err) = self.release_key(&params).await {
-                    tracing::warn!(key = %self.lock_key, %err, "release failed; destroying the session releases the key anyway");
-                    result = Err(err);
-                }
-            }
-        }
+        let still_held = self.loss().is_none();
+        let result = self
+            .hold
+            .release(&self.client, &sid, still_held, self.release_patience)
+            .await;
         session::destroy_within(&self.client, &self.session, self.release_patience).await;
-        if self.layout == Layout::ConsulLock && self.semaphore.is_none() {
-            // Like Go's Lock.Destroy: remove the lock entry if nobody took it meanwhile.
-            if let Ok(read) = self.client.kv_get(&self.lock_key, None).await {
-                if let Some(pair) = read.value.filter(|p| p.holder().is_none()) {
-                    let _ = self
-                        .client
-                        .kv_delete(&self.lock_key, Some(pair.modify_index))
-                        .await;
-                }
-            }
-        }
+        self.hold.after_destroy(&self.client).await;
         tracing::debug!(key = %self.info.key, session = %sid, "lock released");
         result
-    }
-}
-
-impl Lease {
-    /// Writes the released value, riding out a short leader election (a failed release leaves
-    /// the key to the session destroy, which is retried longer). A write whose outcome is
-    /// unknown is not repeated: the destroy that follows frees the key either way.
-    async fn release_key(&self, params: &[(&str, String)]) -> Result<(), BackendError> {
-        let give_up = Instant::now() + self.release_patience.min(Duration::from_secs(10));
-        let mut backoff = Backoff::default();
-        loop {
-            match self
-                .client
-                .kv_put(&self.lock_key, value::mark_released(&self.value), params)
-                .await
-            {
-                Ok(_) => return Ok(()),
-                // Releasing twice is harmless, so an unknown outcome is simply tried again.
-                Err(err @ (BackendError::Transient(_) | BackendError::Unknown(_))) => {
-                    let pause = backoff.failed("releasing the lock", &err);
-                    if Instant::now() + pause >= give_up {
-                        return Err(err);
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-                Err(err) => return Err(err),
-            }
-        }
     }
 }
 
@@ -358,59 +312,6 @@ async fn pass_deadline(
                 tracing::warn!(%check, "health check not passed for {:?}: local deadline reached", cadence.stop_after);
                 declare(&loss, LossReason::LeaseDeadline);
                 return;
-            }
-        }
-    }
-}
-
-/// Watches the lock key with blocking queries; loss when the key goes or changes holder.
-/// Read errors alone do not end the hold (the renew deadline does, see `docs/timing.md`),
-/// unless `monitor_retry` asks to give up after that many consecutive failures.
-async fn watch_key(
-    client: ConsulClient,
-    key: String,
-    session: String,
-    mut index: u64,
-    monitor_retry: Option<u32>,
-    loss: Arc<watch::Sender<Option<LossReason>>>,
-    stop: CancellationToken,
-) {
-    let mut backoff = Backoff::default();
-    let mut failures = 0u32;
-    loop {
-        let read = tokio::select! {
-            _ = stop.cancelled() => return,
-            read = client.kv_get(&key, Some((index, WATCH_WAIT))) => read,
-        };
-        match read {
-            Ok(read) => {
-                failures = 0;
-                backoff.succeeded("watching the lock");
-                match read.value {
-                    None => return declare(&loss, LossReason::KeyDeleted),
-                    Some(pair) => match pair.holder() {
-                        Some(holder) if holder == session => {
-                            index = next_index(index, read.index);
-                        }
-                        Some(other) => {
-                            return declare(&loss, LossReason::HolderChanged(other.to_string()))
-                        }
-                        None => return declare(&loss, LossReason::SessionInvalidated),
-                    },
-                }
-            }
-            Err(err) => {
-                failures += 1;
-                if monitor_retry.is_some_and(|limit| failures > limit) {
-                    return declare(&loss, LossReason::ConsulUnreachable(err.to_string()));
-                }
-                let pause = backoff.failed("watching the lock", &err);
-                // After an agent restart the index starts lower; don't block on the old one.
-                index = 0;
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(pause.min(Duration::from_secs(1))) => {}
-                }
             }
         }
     }

@@ -7,10 +7,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{KvPair, KvRead, LOCK_FLAG_VALUE};
 use super::client::ConsulClient;
+use super::key_hold::KeyHold;
 use super::lease::{KeepAlive, Lease};
 use super::queue::QueueWait;
 use super::session::{self, OwnedSession};
 use super::value::{self, Identity};
+pub use super::wait::lock_key;
+use super::wait::{interruptible, Interrupt, STANDBY_WAIT};
 use super::ConsulBackend;
 use crate::backend::retry::{self, Backoff};
 use crate::backend::timing::TimingPlan;
@@ -18,9 +21,6 @@ use crate::backend::{
     AcquireObserver, Acquired, BackendError, Layout, LockInfo, LockRequest, Wait,
 };
 
-/// How long a standby's blocking query waits before re-asking: long, because Consul answers
-/// at once when the key changes, and every re-ask is a request (target ≤ 1 per minute).
-pub const STANDBY_WAIT: Duration = Duration::from_secs(300);
 /// While waiting, name the current holder this often (README, "Observability").
 pub const HOLDER_LOG_EVERY: Duration = Duration::from_secs(30);
 /// Back-off bounds while a lock-delay blocks a free key: short first tries so a released key
@@ -30,41 +30,6 @@ const LOCK_DELAY_RETRY_MAX: Duration = Duration::from_millis(500);
 /// Window over which waiters that have seen contention spread their wake-ups after a release
 /// (the thundering herd without `--queue`); a waiter that never lost a race does not wait.
 const HERD_SPREAD: Duration = Duration::from_millis(30);
-
-/// The KV key holding the lock for `key` in `layout`.
-pub fn lock_key(key: &str, layout: Layout) -> String {
-    match layout {
-        Layout::Default => key.to_string(),
-        Layout::ConsulLock => format!("{}/.lock", key.trim_end_matches('/')),
-    }
-}
-
-/// Why an acquire attempt stopped early.
-pub(crate) enum Interrupt {
-    Cancelled,
-    TimedOut,
-}
-
-/// Runs `fut` unless `stop` fires or `deadline` passes first; the future is dropped then, which
-/// aborts an in-flight read at once.
-pub(crate) async fn interruptible<T>(
-    fut: impl std::future::Future<Output = T>,
-    stop: &CancellationToken,
-    deadline: Option<Instant>,
-) -> Result<T, Interrupt> {
-    let timeout = async {
-        match deadline {
-            Some(at) => tokio::time::sleep_until(at.into()).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        biased;
-        _ = stop.cancelled() => Err(Interrupt::Cancelled),
-        _ = timeout => Err(Interrupt::TimedOut),
-        value = fut => Ok(value),
-    }
-}
 
 macro_rules! step {
     ($fut:expr, $stop:expr, $deadline:expr) => {
@@ -293,16 +258,13 @@ impl ConsulBackend {
                 let info = value::decode(key, pair);
                 let owned = session.take().expect("session is set");
                 let keep_alive = self.keep_alive(request, after.index)?;
-                let mut lease = Lease::start(
-                    self.client.clone(),
-                    info,
+                let hold = KeyHold {
                     lock_key,
-                    request.layout,
-                    owned,
+                    layout: request.layout,
                     value,
-                    None,
-                    keep_alive,
-                );
+                };
+                let mut lease =
+                    Lease::start(self.client.clone(), info, owned, Box::new(hold), keep_alive);
                 lease.previous_release_clean = previous_clean;
                 Ok(Some(Attempt::Held(Box::new(lease))))
             }

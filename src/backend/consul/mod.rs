@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod env;
+pub mod key_hold;
 pub mod lease;
 pub mod lock;
 pub mod queue;
@@ -12,6 +13,7 @@ pub mod semaphore;
 pub mod session;
 pub mod settings;
 pub mod value;
+pub mod wait;
 
 use std::sync::Arc;
 
@@ -118,7 +120,7 @@ impl LockBackend for ConsulBackend {
     async fn find(&self, key: &str, layout: Layout) -> Result<Option<LockInfo>, BackendError> {
         let read = self
             .client
-            .kv_get_retry(&lock::lock_key(key, layout))
+            .kv_get_retry(&wait::lock_key(key, layout))
             .await?;
         let Some(mut info) = read
             .value

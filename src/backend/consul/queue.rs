@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::api::KvPair;
-use super::lock::{interruptible, lock_key, Interrupt, STANDBY_WAIT};
 use super::session::{self, OwnedSession};
+use super::wait::{interruptible, lock_key, Interrupt, STANDBY_WAIT};
 use super::{value, ConsulBackend};
 use crate::backend::retry::{self, Backoff};
 use crate::backend::{

@@ -13,13 +13,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{next_index, KvPair, SEMAPHORE_FLAG_VALUE};
 use super::client::ConsulClient;
-use super::lease::{declare, Lease};
-use super::lock::{interruptible, Interrupt, STANDBY_WAIT};
+use super::lease::{declare, BoxFut, Holding, Lease, Watch};
 use super::session::{self, OwnedSession};
 use super::value;
+use super::wait::{interruptible, Interrupt, STANDBY_WAIT};
 use super::ConsulBackend;
 use crate::backend::{
-    AcquireObserver, Acquired, BackendError, Layout, LockInfo, LockRequest, LossReason, Wait,
+    AcquireObserver, Acquired, BackendError, LockInfo, LockRequest, LossReason, Wait,
 };
 
 /// Where one semaphore slot lives.
@@ -93,14 +93,12 @@ impl ConsulBackend {
         match outcome {
             Ok(Some((info, value, index))) => {
                 let keep_alive = self.keep_alive(request, index)?;
+                let _ = value;
                 Ok(Acquired::Held(Lease::start(
                     self.client.clone(),
                     info,
-                    slot.contender_key.clone(),
-                    Layout::ConsulLock,
                     owned,
-                    value,
-                    Some(slot),
+                    Box::new(slot),
                     keep_alive,
                 )))
             }
@@ -266,6 +264,30 @@ fn check_limit(lock: &SemaphoreLock, limit: u32, key: &str) -> Result<(), Backen
         )));
     }
     Ok(())
+}
+
+impl Holding for SemaphoreSlot {
+    fn watch(&self, w: Watch) -> BoxFut<'static, ()> {
+        Box::pin(watch(
+            w.client,
+            self.clone(),
+            w.session,
+            w.monitor_retry,
+            w.loss,
+            w.stop,
+        ))
+    }
+
+    fn release<'a>(
+        &'a self,
+        client: &'a ConsulClient,
+        session: &'a str,
+        _still_held: bool,
+        _patience: Duration,
+    ) -> BoxFut<'a, Result<(), BackendError>> {
+        // Our contender key and holder entry are ours to remove even after a loss.
+        Box::pin(release(client, self, session))
+    }
 }
 
 /// Watches the coordination entry and our contender key; loss when we are no longer a holder.
