@@ -81,8 +81,20 @@ impl ConsulBackend {
         let deadline = request.wait.deadline(started);
         let key = request.key.as_str();
         let prefix = key.trim_end_matches('/');
-        // Refuse a conflicting entry before creating anything.
-        let first = self.client.kv_get_retry(&format!("{prefix}/.lock")).await?;
+        // Refuse a conflicting entry before creating anything; a stop signal or `--timeout`
+        // ends this first read too.
+        let first = match interruptible(
+            self.client.kv_get_retry(&format!("{prefix}/.lock")),
+            stop,
+            deadline,
+        )
+        .await
+        {
+            Ok(read) => read?,
+            Err(Interrupt::Cancelled) => return Ok(Acquired::Cancelled),
+            Err(Interrupt::TimedOut) => return Ok(Acquired::TimedOut),
+        };
+        self.telemetry.store_healthy(true);
         check_limit(&decode_lock(first.value.as_ref(), key)?, request.limit, key)?;
 
         let owned = self.create_session(request).await?;
@@ -148,6 +160,7 @@ impl ConsulBackend {
         }
         let prefix = key.trim_end_matches('/');
         let mut index = 0u64;
+        let mut backoff = crate::backend::retry::Backoff::default();
         loop {
             interruptible(observer.before_attempt(key), stop, deadline)
                 .await
@@ -165,13 +178,18 @@ impl ConsulBackend {
             .await
             .map_err(Ok)?;
             let read = match listed {
-                Ok(read) => read,
+                Ok(read) => {
+                    backoff.succeeded("waiting for a semaphore slot");
+                    self.telemetry.store_healthy(true);
+                    read
+                }
                 Err(err) if err.is_transient() && wait.is_some() => {
                     // A standby rides out Consul outages; index 0 because a restarted agent
                     // counts from a lower index.
-                    tracing::warn!(%err, "waiting for a semaphore slot: Consul read failed; retrying");
+                    self.telemetry.store_healthy(false);
+                    let pause = backoff.failed("waiting for a semaphore slot", &err);
                     index = 0;
-                    interruptible(tokio::time::sleep(Duration::from_secs(1)), stop, deadline)
+                    interruptible(tokio::time::sleep(pause), stop, deadline)
                         .await
                         .map_err(Ok)?;
                     continue;
@@ -311,7 +329,7 @@ pub(crate) async fn watch(
         let wait = if index == 0 {
             None
         } else {
-            Some((index, Duration::from_secs(300)))
+            Some((index, STANDBY_WAIT))
         };
         let read = tokio::select! {
             _ = stop.cancelled() => return,
