@@ -5,7 +5,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::consul::Consul;
-use crate::harness::{code, lockwrap, scratch};
+use crate::harness::{closed_port, code, http_request, lockwrap, scratch};
 
 /// Sent in every case (`CONSUL_HTTP_TOKEN`); it must never show up in any output.
 const SECRET: &str = "s3cr3t-token-value";
@@ -116,22 +116,16 @@ fn snapshot(consul: &Consul) -> Snapshot {
 
 /// The `X-Consul-Index` header of a GET (with the management token).
 fn consul_index(consul: &Consul, path: &str) -> Option<u64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", consul.http_port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Consul-Token: root\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(req.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next()?;
-    head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("x-consul-index")
-            .then(|| value.trim().parse().ok())
-            .flatten()
-    })
+    let headers = ["X-Consul-Token: root".to_string()];
+    let answer = http_request(
+        consul.http_port,
+        "GET",
+        path,
+        &headers,
+        "",
+        Duration::from_secs(5),
+    )?;
+    answer.header("x-consul-index")?.parse().ok()
 }
 
 /// Creates `READ_ONLY_SECRET` on the ACL agent: it may read keys, sessions and nodes, not write.
@@ -177,13 +171,6 @@ fn run_case(mut cmd: Command, limit: Duration) -> (Output, bool) {
     (child.wait_with_output().expect("collect output"), overran)
 }
 
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// An HTTP server that answers everything with an HTML page (a misconfigured address: a
 /// web server or proxy where Consul was expected). Runs until the test binary exits.
 fn garbage_server() -> u16 {
@@ -218,6 +205,11 @@ fn os(args: &[&str]) -> Vec<OsString> {
     args.iter().map(OsString::from).collect()
 }
 
+/// A command for the supervising cases: it marks that it ran (no rejected invocation may run it).
+fn touch_ran(dir: &Path) -> String {
+    format!("touch '{}'", dir.join("ran").display())
+}
+
 /// The table. `dir` holds the files some cases point at.
 fn cases(dir: &Path) -> Vec<Case> {
     use std::os::unix::fs::PermissionsExt;
@@ -246,8 +238,109 @@ fn cases(dir: &Path) -> Vec<Case> {
     std::mem::forget(taken);
     let missing_socket = format!("unix://{}", p(&dir.join("no-such-consul.sock")));
     let huge = format!("{{\"blob\":\"{}\"}}", "x".repeat(70 * 1024));
+    // `lockwrap run` with settings it must refuse before running its command.
+    let write_yaml = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write yaml");
+        p(&path)
+    };
+    let unknown_yaml = write_yaml("unknown.yaml", "session_ttl: 15s\nfavourite_colour: blue\n");
+    let wrong_type = write_yaml("wrong-type.yaml", "kill_grace: [1, 2]\n");
+    let bad_yaml = write_yaml("bad.yaml", "key: [unclosed\n");
+    let touch = touch_ran(dir);
+    let run_case = |name: &'static str, code: i32, args: &[&str]| {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--", "sh", "-c", &touch]);
+        case(name, code, &all)
+    };
 
     vec![
+        // ---- `run` refusing its settings (the command never runs) ----
+        run_case(
+            "run: unknown YAML key",
+            2,
+            &["--config", &unknown_yaml, "--key", "bad/k"],
+        )
+        .mentions(&["favourite_colour"]),
+        run_case(
+            "run: wrong YAML type",
+            2,
+            &["--config", &wrong_type, "--key", "bad/k"],
+        )
+        .mentions(&["kill_grace"]),
+        run_case(
+            "run: unparsable YAML",
+            2,
+            &["--config", &bad_yaml, "--key", "bad/k"],
+        )
+        .mentions(&["bad.yaml"]),
+        run_case(
+            "run: missing config file",
+            2,
+            &["--config", "/nonexistent/lockwrap.yaml", "--key", "bad/k"],
+        )
+        .mentions(&["/nonexistent/lockwrap.yaml"]),
+        run_case("run: invalid env duration", 2, &["--key", "bad/k"])
+            .env("LOCKWRAP_SESSION_TTL", "abc")
+            .mentions(&["LOCKWRAP_SESSION_TTL"]),
+        run_case("run: invalid env bool", 2, &["--key", "bad/k"])
+            .env("LOCKWRAP_SUBREAPER", "maybe")
+            .mentions(&["LOCKWRAP_SUBREAPER"]),
+        run_case(
+            "run: invalid flag duration",
+            3,
+            &["--key", "bad/k", "--kill-grace", "abc"],
+        )
+        .mentions(&["--kill-grace"]),
+        run_case(
+            "run: unknown flag",
+            3,
+            &["--key", "bad/k", "--no-such-option"],
+        )
+        .mentions(&["--no-such-option"]),
+        run_case(
+            "run: lock delay over 60 s",
+            3,
+            &["--key", "bad/k", "--lock-delay", "61s"],
+        )
+        .mentions(&["--lock-delay"]),
+        run_case("run: limit 0", 3, &["--key", "bad/k", "-n", "0"]).mentions(&["limit"]),
+        run_case(
+            "run: unknown layout",
+            3,
+            &["--key", "bad/k", "--layout", "zookeeper"],
+        )
+        .mentions(&["--layout"]),
+        run_case(
+            "run: TTL below 10 s",
+            7,
+            &["--key", "bad/k", "--session-ttl", "5s"],
+        )
+        .mentions(&["--session-ttl"]),
+        run_case(
+            "run: serfHealth-bound session with too short a lock-delay",
+            3,
+            &[
+                "--key",
+                "bad/k",
+                "--session-checks",
+                "serfHealth",
+                "--lock-delay",
+                "1s",
+            ],
+        )
+        // says what would fit
+        .mentions(&[
+            "--lock-delay 2s or more",
+            "--session-checks none",
+            "--kill-grace 4s or less",
+            "--unsafe-allow-overlap",
+        ]),
+        run_case("run: invalid key", 6, &["--key", "/leading/slash"]).mentions(&["/leading/slash"]),
+        run_case("run: no key", 1, &[]).mentions(&["key"]),
+        // No command at all is a missing setting too.
+        case("run: no command", 1, &["run", "--key", "bad/k"]),
         // ---- session TTL (exit 7, whatever the source) ----
         case(
             "ttl below 10s (flag)",
@@ -901,6 +994,10 @@ fn bad_inputs_fail_cleanly_with_the_documented_code_and_no_consul_write() {
             if !stderr.contains(word.as_str()) {
                 problems.push(format!("stderr does not mention {word:?}"));
             }
+        }
+        if dir.join("ran").exists() {
+            let _ = std::fs::remove_file(dir.join("ran"));
+            problems.push("a rejected invocation ran its command".to_string());
         }
         if stderr.contains("panicked") || got == 101 {
             problems.push("panicked".to_string());
