@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::consul::Consul;
-use crate::harness::{closed_port, code, http_request, lockwrap, scratch};
+use crate::harness::{closed_port, code, http_request, lockwrap, scratch, serve};
 
 /// Sent in every case (`CONSUL_HTTP_TOKEN`); it must never show up in any output.
 const SECRET: &str = "s3cr3t-token-value";
@@ -174,25 +174,17 @@ fn run_case(mut cmd: Command, limit: Duration) -> (Output, bool) {
 /// An HTTP server that answers everything with an HTML page (a misconfigured address: a
 /// web server or proxy where Consul was expected). Runs until the test binary exits.
 fn garbage_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 65536];
-                let _ = stream.read(&mut buf);
-                let body = "<html><body>It works!</body></html>";
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
+    serve(|mut stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 65536];
+        let _ = stream.read(&mut buf);
+        let body = "<html><body>It works!</body></html>";
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    })
 }
 
 fn non_utf8(prefix: &str) -> OsString {

@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -158,6 +159,22 @@ pub fn free_port() -> u16 {
 /// A closed loopback port: bound then released, so connecting is refused.
 pub fn closed_port() -> u16 {
     free_port()
+}
+
+/// A loopback server on a free port that hands each connection to `handle` on a thread of its
+/// own; runs until the test binary exits. Returns the port.
+pub fn serve(handle: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback server");
+    let port = listener.local_addr().expect("server addr").port();
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let handle = Arc::clone(&handle);
+            std::thread::spawn(move || handle(stream));
+        }
+    });
+    port
 }
 
 /// An HTTP/1.1 answer: status, head (status line and headers) and de-chunked body.
