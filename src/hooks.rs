@@ -184,7 +184,7 @@ impl Hooks {
             "fencingToken": ctx.fencing_token,
             "detail": ctx.detail,
             "holder": crate::backend::consul::value::Identity::current().to_json(),
-            "timestamp": crate::backend::consul::value::now_iso8601(),
+            "timestamp": crate::output::now_iso8601(),
         });
         tokio::spawn(async move {
             match http.post(&url).json(&body).send().await {

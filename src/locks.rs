@@ -34,7 +34,8 @@ pub struct LockManager<B: LockBackend = ConsulBackend> {
 impl LockManager<ConsulBackend> {
     /// A manager for the Consul agent named by `CONSUL_HTTP_ADDR` and friends (README, "Consul connection").
     pub fn from_env() -> Result<Self> {
-        let settings = crate::config::consul_settings_from_env()?;
+        let settings = ConsulSettings::from_env()
+            .map_err(|e| Error::new(ErrorKind::InvalidEnvironment, e.message))?;
         Self::connect(&settings)
     }
 
@@ -260,9 +261,6 @@ pub fn literal_prefix(pattern: &str) -> String {
     }
     prefix
 }
-
-/// Used by `execute`/`lock` callers that want the observer to call hook executables.
-pub use crate::hooks::AcquireHooks;
 
 /// Compile-time reminder that the default manager's lease is the Consul one.
 pub type ConsulLease = Lease;

@@ -19,3 +19,12 @@ pub fn print<T: Serialize>(value: &T) {
 pub fn null() {
     print(&Value::Null);
 }
+
+/// Now in UTC, as consullock writes it (`2017-11-30T14:55:49.322108`).
+pub fn now_iso8601() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]"
+    );
+    now.format(&format).unwrap_or_else(|_| now.to_string())
+}

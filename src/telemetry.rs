@@ -244,6 +244,22 @@ impl Telemetry {
     }
 }
 
+/// The backend reports into the metrics and health through the trait it owns.
+impl crate::backend::BackendEvents for Telemetry {
+    fn renew_succeeded(&self) {
+        Telemetry::renew_succeeded(self);
+    }
+    fn renew_failed(&self) {
+        Telemetry::renew_failed(self);
+    }
+    fn store_healthy(&self, healthy: bool) {
+        self.set_consul_healthy(healthy);
+    }
+    fn observed_holder(&self, info: Option<&LockInfo>) {
+        Telemetry::observed_holder(self, info);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

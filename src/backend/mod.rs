@@ -4,6 +4,8 @@
 pub mod cleanup;
 pub mod consul;
 pub mod error;
+pub mod events;
+pub mod memory;
 pub mod retry;
 pub mod timing;
 
@@ -13,6 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use error::BackendError;
+pub use events::{BackendEvents, NoEvents};
 
 /// Where the lock lives in the KV store (README, "Key layouts").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -320,7 +323,7 @@ pub trait AcquireObserver: Send + Sync {
 pub struct NoObserver;
 impl AcquireObserver for NoObserver {}
 
-/// The operations a lock store offers; the library API (`crate::locks`) is written against it.
+/// The operations a lock store offers; the library API (`LockManager`) is written against it.
 #[allow(async_fn_in_trait)]
 pub trait LockBackend {
     /// A held lock: reports loss and releases.
@@ -355,4 +358,12 @@ pub trait HeldLock {
     async fn lost(&mut self) -> LossReason;
     /// Releases the lock and destroys the session (and check) it created.
     async fn release(self) -> Result<(), BackendError>;
+    /// False when the previous holder did not release cleanly (key deleted, session expired or
+    /// destroyed, forced unlock, state lost): its command may still be stopping, so the
+    /// takeover delay applies (docs/timing.md).
+    fn previous_release_clean(&self) -> bool {
+        true
+    }
+    /// Stops watching and keeps the lock held on purpose (CLI `lock`).
+    fn detach(self) -> LockInfo;
 }

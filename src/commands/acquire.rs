@@ -6,12 +6,12 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::consul::value::now_iso8601;
-use crate::backend::consul::Lease;
-use crate::backend::{AcquireObserver, Acquired, HeldLock, LockRequest, LossReason};
+use super::policy::{self, Action, Phase};
+use crate::backend::{AcquireObserver, Acquired, HeldLock, LockBackend, LockRequest, LossReason};
 use crate::exit::{ErrorKind, Result};
 use crate::hooks::EventContext;
 use crate::locks::LockManager;
+use crate::output::now_iso8601;
 use crate::supervisor::Signal;
 use crate::telemetry::Telemetry;
 
@@ -32,14 +32,14 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// [`until_signal`] in a loop that rides out Consul outages per `policy`; `/healthz` reports
 /// them meanwhile. Stays stoppable by signals during the back-off.
-pub async fn campaign(
-    manager: &LockManager,
+pub async fn campaign<B: LockBackend>(
+    manager: &LockManager<B>,
     request: &LockRequest,
     observer: &dyn AcquireObserver,
     signals: &mut UnboundedReceiver<Signal>,
     telemetry: &Telemetry,
     policy: OnUnreachable,
-) -> (Result<Acquired<Lease>>, Option<Signal>) {
+) -> (Result<Acquired<B::Lease>>, Option<Signal>) {
     let mut pause = RETRY_FIRST;
     loop {
         let (result, signal) = until_signal(manager, request, observer, signals).await;
@@ -83,12 +83,17 @@ pub fn warn_accepted_risks(request: &LockRequest) {
 
 /// Publishes a fresh acquisition: telemetry, the log span's session, one log line. Returns the
 /// hook context of the lease.
-pub fn record_acquired(telemetry: &Telemetry, lease: &Lease, waited: Duration) -> EventContext {
-    telemetry.acquired(lease.info(), waited, now_iso8601());
-    tracing::Span::current().record("session", lease.session());
+pub fn record_acquired(
+    telemetry: &Telemetry,
+    lease: &impl HeldLock,
+    waited: Duration,
+) -> EventContext {
+    let info = lease.info();
+    telemetry.acquired(info, waited, now_iso8601());
+    tracing::Span::current().record("session", info.session.as_deref().unwrap_or_default());
     tracing::info!(
         event = "acquired",
-        fencing_token = lease.fencing_token(),
+        fencing_token = info.fencing_token.unwrap_or_default(),
         "lock acquired"
     );
     EventContext::from_info(lease.info())
@@ -105,7 +110,7 @@ pub enum TakeoverAbort {
 /// command has time to stop. Ends early on loss or a stop signal.
 pub async fn takeover_wait(
     delay: Duration,
-    lease: &mut Lease,
+    lease: &mut impl HeldLock,
     signals: &mut UnboundedReceiver<Signal>,
 ) -> Result<(), TakeoverAbort> {
     if delay.is_zero() || lease.previous_release_clean() {
@@ -131,18 +136,18 @@ pub async fn takeover_wait(
     }
 }
 
-/// Signals that end a wait for the lock (the default action of each is to terminate).
+/// Whether `signal` ends a wait for the lock (the one policy: [`policy::on_signal`]).
 fn ends_wait(signal: Signal) -> bool {
-    signal.requests_stop() || signal == Signal::HUP || signal == Signal::QUIT
+    policy::on_signal(signal, Phase::Waiting) == Action::Stop
 }
 
 /// Acquires `request`; returns the outcome and the signal that cancelled it, if one did.
-pub async fn until_signal(
-    manager: &LockManager,
+pub async fn until_signal<B: LockBackend>(
+    manager: &LockManager<B>,
     request: &LockRequest,
     observer: &dyn AcquireObserver,
     signals: &mut UnboundedReceiver<Signal>,
-) -> (Result<Acquired<Lease>>, Option<Signal>) {
+) -> (Result<Acquired<B::Lease>>, Option<Signal>) {
     let stop = CancellationToken::new();
     let acquire = manager.acquire_with(request, observer, &stop);
     tokio::pin!(acquire);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::acquire;
-use crate::backend::{Acquired, HeldLock};
+use crate::backend::{Acquired, HeldLock, LockBackend};
 use crate::config::Config;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Hooks};
@@ -14,9 +14,9 @@ use crate::locks::LockManager;
 use crate::output;
 use crate::supervisor::ProcessControl;
 
-pub async fn lock(
+pub async fn lock<B: LockBackend>(
     config: &Config,
-    manager: &LockManager,
+    manager: &LockManager<B>,
     mut process: ProcessControl,
 ) -> Result<Outcome> {
     let hooks = Hooks::new(config.hooks.clone(), process.spawner(), config.hook_timeout);

@@ -4,6 +4,7 @@
 mod acquire;
 pub mod install;
 mod lock;
+pub mod policy;
 mod query;
 mod sidecar;
 mod supervise;
@@ -22,7 +23,7 @@ use crate::telemetry::Telemetry;
 /// Runs the configured subcommand to completion.
 pub async fn run(config: Config, process: ProcessControl) -> Outcome {
     let telemetry = Arc::new(Telemetry::new(&config.request.key));
-    let manager = LockManager::new(ConsulBackend::with_telemetry(
+    let manager = LockManager::new(ConsulBackend::with_events(
         config.client.clone(),
         telemetry.clone(),
     ))
@@ -45,3 +46,6 @@ pub async fn run(config: Config, process: ProcessControl) -> Outcome {
     .await;
     result.unwrap_or_else(Outcome::Failed)
 }
+
+#[cfg(test)]
+mod loops_tests;

@@ -1,13 +1,14 @@
 //! `lockwrap unlock [-r]` and `lockwrap status [-r]`: read-only or forcing commands that need no
 //! session of their own.
 
+use crate::backend::LockBackend;
 use crate::config::Config;
 use crate::exit::{Outcome, Result};
 use crate::locks::LockManager;
 use crate::output;
 
 /// Prints the released key (or `null`), or with `-r` the sorted list of released keys.
-pub async fn unlock(config: &Config, manager: &LockManager) -> Result<Outcome> {
+pub async fn unlock<B: LockBackend>(config: &Config, manager: &LockManager<B>) -> Result<Outcome> {
     let key = &config.request.key;
     if config.regex {
         let released = manager.release_regex(key).await?;
@@ -21,7 +22,7 @@ pub async fn unlock(config: &Config, manager: &LockManager) -> Result<Outcome> {
 }
 
 /// Prints the holder info of a key (or `null`), or with `-r` a map of key → info/null.
-pub async fn status(config: &Config, manager: &LockManager) -> Result<Outcome> {
+pub async fn status<B: LockBackend>(config: &Config, manager: &LockManager<B>) -> Result<Outcome> {
     let key = &config.request.key;
     if config.regex {
         output::print(&manager.find_regex(key).await?);

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::acquire;
+use super::policy::{self, Action, Phase};
 use super::supervise::start_reporting;
-use crate::backend::{Acquired, HeldLock, Wait};
+use crate::backend::{Acquired, HeldLock, LockBackend, Wait};
 use crate::config::Config;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
@@ -17,9 +18,9 @@ use crate::telemetry::Telemetry;
 /// Pause before campaigning again after a loss, so a flapping Consul is not hammered.
 const RECAMPAIGN_PAUSE: Duration = Duration::from_secs(1);
 
-pub async fn run(
+pub async fn run<B: LockBackend>(
     config: &Config,
-    manager: &LockManager,
+    manager: &LockManager<B>,
     mut process: ProcessControl,
     telemetry: Arc<Telemetry>,
 ) -> Result<Outcome> {
@@ -88,7 +89,8 @@ pub async fn run(
             tokio::select! {
                 reason = lease.lost() => break Err(reason),
                 Some(signal) = process.signals.recv() => {
-                    if signal.requests_stop() {
+                    // A leader steps down on the same signals that end a standby's wait.
+                    if policy::on_signal(signal, Phase::Leading) == Action::Stop {
                         break Ok(signal);
                     }
                 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::acquire;
-use crate::backend::consul::Lease;
-use crate::backend::{Acquired, HeldLock};
+use super::policy::{self, Action, Phase};
+use crate::backend::{Acquired, HeldLock, LockBackend, LockInfo};
 use crate::config::Config;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
@@ -28,9 +28,9 @@ pub async fn start_reporting(config: &Config, telemetry: &Arc<Telemetry>) -> Res
     Ok(())
 }
 
-pub async fn run(
+pub async fn run<B: LockBackend>(
     config: &Config,
-    manager: &LockManager,
+    manager: &LockManager<B>,
     mut process: ProcessControl,
     telemetry: Arc<Telemetry>,
 ) -> Result<Outcome> {
@@ -102,7 +102,7 @@ pub async fn run(
     // Hooks run beside the command: the command's start must not wait on them.
     let acquired_hooks = hooks.fire_detached(Event::Acquired, &ctx);
 
-    let spec = command_spec(config, &lease);
+    let spec = command_spec(config, lease.info());
     let child = match process.spawner().spawn(&spec) {
         Ok(child) => child,
         Err(err) => {
@@ -130,7 +130,7 @@ pub async fn run(
 /// told to stop.
 async fn hold(
     config: &Config,
-    mut lease: Lease,
+    mut lease: impl HeldLock,
     mut child: Child,
     process: &mut ProcessControl,
     hooks: &Hooks,
@@ -169,15 +169,17 @@ async fn hold(
                     ),
                 ));
             }
-            Some(signal) = process.signals.recv() => {
-                forward(&child, signal);
-                if signal.requests_stop() {
+            Some(signal) = process.signals.recv() => match policy::on_signal(signal, Phase::Supervising) {
+                Action::ForwardAndStop => {
+                    forward(&child, signal);
                     let status = stop_after_signal(&mut child, grace).await;
                     telemetry.child_exited(status.code());
                     finish(lease, hooks, ctx, telemetry, false).await;
                     return Outcome::Child(status.code());
                 }
-            }
+                Action::Forward => forward(&child, signal),
+                Action::Stop | Action::Ignore => {}
+            },
         }
     }
 }
@@ -205,7 +207,7 @@ fn forward(child: &Child, signal: Signal) {
 
 /// Releases the lock, destroys the session, runs the released hooks.
 async fn finish(
-    lease: Lease,
+    lease: impl HeldLock,
     hooks: &Hooks,
     ctx: &EventContext,
     telemetry: &Telemetry,
@@ -218,7 +220,7 @@ async fn finish(
     hooks.fire(Event::Released, ctx).await;
 }
 
-fn command_spec(config: &Config, lease: &Lease) -> CommandSpec {
+fn command_spec(config: &Config, info: &LockInfo) -> CommandSpec {
     let (program, args): (OsString, Vec<OsString>) = if config.shell {
         let joined = config
             .command
@@ -237,10 +239,13 @@ fn command_spec(config: &Config, lease: &Lease) -> CommandSpec {
         env: vec![
             ("CONSUL_LOCK_HELD".into(), "true".into()),
             ("LOCKWRAP_KEY".into(), config.request.key.clone().into()),
-            ("LOCKWRAP_SESSION".into(), lease.session().into()),
+            (
+                "LOCKWRAP_SESSION".into(),
+                info.session.clone().unwrap_or_default().into(),
+            ),
             (
                 "LOCKWRAP_FENCING_TOKEN".into(),
-                lease.fencing_token().to_string().into(),
+                info.fencing_token.unwrap_or_default().to_string().into(),
             ),
         ],
         stdin: StdinMode::Inherit,

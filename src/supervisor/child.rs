@@ -33,7 +33,7 @@ const KILL_SETTLE: Duration = Duration::from_secs(2);
 /// What the command's stdin is connected to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum StdinMode {
-    /// lockwrap's own stdin (the wrapped command; spec §7).
+    /// lockwrap's own stdin (the wrapped command; README, "The supervisor").
     #[default]
     Inherit,
     /// `/dev/null` (hooks, which must not consume the wrapped command's input).
@@ -101,7 +101,7 @@ impl SpawnError {
         }
     }
 
-    /// 127 when the command does not exist, 126 otherwise (spec §6).
+    /// 127 when the command does not exist, 126 otherwise (README, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
             SpawnError::NotFound { .. } => 127,
@@ -381,7 +381,7 @@ impl Child {
     /// Stops the child: TERM the group, wait up to `grace` for the leader and every other member to
     /// be gone, then SIGKILL the group and wait for the leader's reap. Returns the leader's status.
     ///
-    /// Waiting for the leader after SIGKILL is unbounded on purpose: spec §7 requires the command to
+    /// Waiting for the leader after SIGKILL is unbounded on purpose: the command must
     /// be dead before the lock is released. Other members get [`KILL_SETTLE`] and then a warning.
     pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
         if let Some(status) = self.try_status() {

@@ -37,6 +37,18 @@ pub struct ProcessControl {
 }
 
 impl ProcessControl {
+    /// A process control fed by `signals` instead of the OS, whose spawner's children nobody
+    /// reaps: for unit tests of the loops that listen to signals and start no process (the
+    /// campaign, takeover and sidecar loops on the in-memory backend).
+    #[doc(hidden)]
+    pub fn detached(signals: mpsc::UnboundedReceiver<Signal>) -> Result<Self, io::Error> {
+        let registry = Arc::new(Mutex::new(reaper::Registry::default()));
+        Ok(ProcessControl {
+            signals,
+            spawner: Spawner::start(registry)?,
+        })
+    }
+
     /// A handle for starting processes; clone it freely.
     pub fn spawner(&self) -> Spawner {
         self.spawner.clone()

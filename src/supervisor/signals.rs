@@ -46,7 +46,7 @@ impl Signal {
         self.0
     }
 
-    /// SIGTERM and SIGINT ask lockwrap itself to shut down (spec §7: forward, grace, kill, release);
+    /// SIGTERM and SIGINT ask lockwrap itself to shut down (README, "The supervisor": forward, grace, kill, release);
     /// every other forwarded signal is only passed on to the command.
     pub fn requests_stop(self) -> bool {
         self == Signal::TERM || self == Signal::INT

@@ -235,6 +235,8 @@ def expect_schema_error(values, by_major):
     """helm rejects the values against values.schema.json with its own message, which differs
     between helm 3 (gojsonschema) and helm 4 (santhosh-tekuri/jsonschema): by_major = {3: …, 4: …}."""
     needle = by_major[Helm.major]
+    # Any draft-07 validator rejects them too (helm validates the values coalesced with the defaults).
+    assert schema_errors(deep_merge(DEFAULTS, values)), f"draft-07 accepts {values}"
     try:
         render(values=values)
     except RenderError as e:
@@ -683,18 +685,56 @@ def fast_failover_preset_sets_the_tested_timing():
 
 
 @test
-def rendering_fails_with_a_clear_message_on_bad_combinations():
-    # A missing consul.address is caught by the schema first (schema_rejects_a_missing_consul_address).
-    expect_render_error({"consul": {"address": "c:8500"}}, "app.command is required in wrapper mode")
-    expect_render_error(with_base({"workload": "cronjob", "mode": "sidecar"}), "workload=cronjob needs mode=wrapper")
-    expect_render_error(with_base({"mode": "init"}), "initJob.command is required in init mode")
-    expect_render_error(with_base({"lockwrap": {"key": "a//b"}}), "is not a valid key")
+def schema_rejects_bad_combinations():
+    # The cross-field rules draft-07 can say (if/then in values.schema.json); helm 3 adds
+    # 'Must validate "then" as "if" was valid', helm 4 nests the failure under "'allOf' failed".
+    expect_schema_error({"consul": {"address": "c:8500"}}, {
+        3: "app.command: Array must have at least 1 items",
+        4: "at '/app/command': minItems: got 0, want 1"})
+    # null deletes the default: the property is missing (with_base would drop it before helm sees it).
+    expect_schema_error({"consul": {"address": "c:8500"}, "app": {"command": None}}, {
+        3: "app: command is required",
+        4: "at '/app': missing property 'command'"})
+    expect_schema_error(with_base({"workload": "cronjob", "mode": "sidecar"}), {
+        3: 'mode: mode does not match: "wrapper"',
+        4: "at '/mode': value must be 'wrapper'"})
+    expect_schema_error(with_base({"mode": "init"}), {
+        3: "initJob.command: Array must have at least 1 items",
+        4: "at '/initJob/command': minItems: got 0, want 1"})
+    expect_schema_error(dict(BASE, mode=None), {
+        3: "(root): mode is required",
+        4: "at '': missing property 'mode'"})
+    expect_schema_error(dict(BASE, workload=None), {
+        3: "(root): workload is required",
+        4: "at '': missing property 'workload'"})
+    expect_schema_error(with_base({"consul": {"token": {"create": True}}}), {
+        3: "consul.token.value: String length must be greater than or equal to 1",
+        4: "at '/consul/token/value': minLength: got 0, want 1"})
+    expect_schema_error(with_base({"consul": {"tls": {"enabled": True, "clientAuth": True}}}), {
+        3: "consul.tls.existingSecret: String length must be greater than or equal to 1",
+        4: "at '/consul/tls/existingSecret': minLength: got 0, want 1"})
+    expect_schema_error(with_base({"consul": {"tls": {"existingSecret": "consul-ca"}}}), {
+        3: "consul.tls.enabled: consul.tls.enabled does not match: true",
+        4: "at '/consul/tls/enabled': value must be true"})
+    # What the rules allow: a token from an existing Secret, a created one with its value, init mode
+    # and sidecar mode without app.command (the image's ENTRYPOINT).
+    for ok in ({"consul": {"token": {"create": True, "existingSecret": "acl"}}},
+               {"consul": {"token": {"create": True, "value": "s3cr3t"}}},
+               {"mode": "init", "app": {"command": []}, "initJob": {"command": ["/migrate"]}},
+               {"mode": "sidecar", "app": {"command": []}}):
+        render(values=with_base(ok))
+
+
+@test
+def rendering_fails_with_a_clear_message_on_a_bad_key():
+    # Key syntax is checked on the key as derived (lockwrap.key, or service/<fullname>/leader).
+    expect_render_error(with_base({"lockwrap": {"key": "a//b"}}), "is not a valid key", where="deployment.yaml")
     expect_render_error(with_base({"lockwrap": {"key": "a/../b"}}), "no '.' or '..' segments")
+    expect_render_error(with_base({"fullnameOverride": ".."}),
+                        "lockwrap.key \"service/../leader\" is not a valid key: no '.' or '..' segments")
     # secret.yaml renders first and runs the same checks, so the message is the workload's.
-    expect_render_error(with_base({"consul": {"token": {"create": True}}}),
-                        "consul.token.create=true needs consul.token.value (or use consul.token.existingSecret)",
-                        where="secret.yaml")
-    expect_render_error(with_base({"consul": {"tls": {"enabled": True, "clientAuth": True}}}), "needs consul.tls.existingSecret")
+    expect_render_error(with_base({"consul": {"token": {"create": True, "value": "s3cr3t"}},
+                                   "lockwrap": {"key": "a//b"}}), "is not a valid key", where="secret.yaml")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -797,11 +837,16 @@ def prometheus_rule_alerts_can_be_turned_off_and_selected_differently():
 
 @test
 def service_monitor_needs_lockwraps_http_server():
-    expect_render_error(with_base({"workload": "cronjob", "metrics": {"serviceMonitor": {"enabled": True}}}),
-                        "metrics.serviceMonitor.enabled needs lockwrap's HTTP server", where="servicemonitor.yaml")
-    expect_render_error(with_base({"mode": "init", "initJob": {"command": ["/migrate"]},
-                                   "metrics": {"serviceMonitor": {"enabled": True}}}),
-                        "(got workload=deployment, mode=init)")
+    # A cross-field rule of values.schema.json: lockwrap serves HTTP in wrapper and sidecar Deployments.
+    expect_schema_error(with_base({"workload": "cronjob", "metrics": {"serviceMonitor": {"enabled": True}}}), {
+        3: 'workload: workload does not match: "deployment"',
+        4: "at '/workload': value must be 'deployment'"})
+    expect_schema_error(with_base({"mode": "init", "initJob": {"command": ["/migrate"]},
+                                   "metrics": {"serviceMonitor": {"enabled": True}}}), {
+        3: 'mode: mode must be one of the following: "wrapper", "sidecar"',
+        4: "at '/mode': value must be one of 'wrapper', 'sidecar'"})
+    docs, _ = render(values=with_base({"mode": "sidecar", "metrics": {"serviceMonitor": {"enabled": True}}}))
+    assert one(docs, "ServiceMonitor")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -860,6 +905,24 @@ def chart_yaml_follows_helm_v2_conventions():
         assert f'define "lockwrap.{name}"' in helpers, f"_helpers.tpl lacks lockwrap.{name}"
     assert os.path.exists(os.path.join(CHART, "templates", "NOTES.txt"))
     assert os.path.exists(os.path.join(CHART, "templates", "tests", "test-connection.yaml"))
+
+
+@test_once
+def helpers_are_split_by_concern():
+    # _helpers.tpl keeps names and labels; the pod, the containers, the env and the checks have their
+    # own partials; `fail` is left for what values.schema.json cannot say, all of it in _validate.tpl.
+    tdir = os.path.join(CHART, "templates")
+    defines = {os.path.basename(f): set(re.findall(r'define "lockwrap\.(\w+)"', open(f).read()))
+               for f in glob.glob(os.path.join(tdir, "_*.tpl"))}
+    want = {"_pod.tpl": {"podTemplate"}, "_containers.tpl": {"appContainer", "sidecarContainer",
+            "initJobContainer", "installContainer"}, "_env.tpl": {"env", "timing"},
+            "_validate.tpl": {"validate"}}
+    for f, names in want.items():
+        assert names <= defines.get(f, set()), f"{f} lacks {names - defines.get(f, set())}"
+    assert not defines["_helpers.tpl"] & set().union(*want.values()), defines["_helpers.tpl"]
+    failing = [os.path.relpath(f, tdir) for f in glob.glob(os.path.join(tdir, "**", "*"), recursive=True)
+               if os.path.isfile(f) and "fail " in open(f).read()]
+    assert failing == ["_validate.tpl"], failing
 
 
 def walk_schema(node, path):

@@ -48,7 +48,7 @@ const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lockwrap.ya
 
 /// The names in `config::SETTINGS`, read from the source so the example cannot fall behind.
 fn settings() -> Vec<String> {
-    let source = include_str!("../../src/config.rs");
+    let source = include_str!("../../src/config/mod.rs");
     let start = source
         .find("pub const SETTINGS")
         .expect("SETTINGS in src/config.rs");

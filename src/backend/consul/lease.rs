@@ -15,8 +15,8 @@ use super::session::{self, OwnedSession};
 use super::value;
 use crate::backend::retry::Backoff;
 use crate::backend::timing::{Cadence, TimingPlan};
+use crate::backend::BackendEvents;
 use crate::backend::{BackendError, HeldLock, Layout, LockInfo, LossReason};
-use crate::telemetry::Telemetry;
 
 /// How long one watch query may block; long, since Consul answers at once on any change.
 const WATCH_WAIT: Duration = Duration::from_secs(300);
@@ -29,7 +29,7 @@ pub(crate) struct KeepAlive {
     pub plan: TimingPlan,
     pub monitor_retry: Option<u32>,
     pub watch_index: u64,
-    pub telemetry: Arc<Telemetry>,
+    pub telemetry: Arc<dyn BackendEvents>,
 }
 
 /// A lock held by this process. Dropping it without [`HeldLock::release`] still releases it
@@ -149,22 +149,9 @@ impl Lease {
         self.info.fencing_token.unwrap_or_default()
     }
 
-    /// False when the previous holder did not release cleanly (key deleted, session expired or
-    /// destroyed, forced unlock, Consul state lost): its command may still be stopping.
-    pub fn previous_release_clean(&self) -> bool {
-        self.previous_release_clean
-    }
-
     /// The loss reason if the lock is already lost.
     pub fn loss(&self) -> Option<LossReason> {
         self.loss.borrow().clone()
-    }
-
-    /// Stops watching and keeps the lock and session in Consul on purpose (CLI `lock`).
-    pub fn detach(mut self) -> LockInfo {
-        self.done = true;
-        self.stop.cancel();
-        self.info.clone()
     }
 
     async fn release_inner(&mut self) -> Result<(), BackendError> {
@@ -256,6 +243,17 @@ impl HeldLock for Lease {
     async fn release(mut self) -> Result<(), BackendError> {
         self.release_inner().await
     }
+
+    fn previous_release_clean(&self) -> bool {
+        self.previous_release_clean
+    }
+
+    /// Keeps the lock and session in Consul on purpose.
+    fn detach(mut self) -> LockInfo {
+        self.done = true;
+        self.stop.cancel();
+        self.info.clone()
+    }
 }
 
 impl Drop for Lease {
@@ -284,7 +282,7 @@ async fn renew_loop(
     cadence: Cadence,
     loss: Arc<watch::Sender<Option<LossReason>>>,
     stop: CancellationToken,
-    telemetry: Arc<Telemetry>,
+    telemetry: Arc<dyn BackendEvents>,
 ) {
     let mut last_ok = created_at;
     let mut next_attempt = created_at + cadence.every;

@@ -194,7 +194,7 @@ impl ConsulBackend {
                 return Err(err);
             }
 
-            self.telemetry.set_consul_healthy(false);
+            self.telemetry.store_healthy(false);
             let pause = backoff.failed("acquiring the lock", &err);
             match interruptible(tokio::time::sleep(pause), stop, deadline).await {
                 Ok(()) => {}
@@ -232,7 +232,7 @@ impl ConsulBackend {
             Some(read) => read,
             None => {
                 let read = step!(self.client.kv_get(&lock_key, None), stop, deadline);
-                self.telemetry.set_consul_healthy(read.is_ok());
+                self.telemetry.store_healthy(read.is_ok());
                 read?
             }
         };
@@ -438,7 +438,7 @@ impl ConsulBackend {
             match result {
                 Ok(read) => {
                     backoff.succeeded("waiting for the lock");
-                    self.telemetry.set_consul_healthy(true);
+                    self.telemetry.store_healthy(true);
                     check_flags(read.value.as_ref(), lock_key, layout)?;
                     match read.value.as_ref().filter(|p| p.holder().is_some()) {
                         None => return Ok(Some(read)),
@@ -450,7 +450,7 @@ impl ConsulBackend {
                     }
                 }
                 Err(err) if err.is_transient() => {
-                    self.telemetry.set_consul_healthy(false);
+                    self.telemetry.store_healthy(false);
                     let pause = backoff.failed("waiting for the lock", &err);
                     // The agent may have restarted with a lower index: a blocking query on our
                     // old index would then hang for the whole wait. Start over from 0.

@@ -3,11 +3,14 @@
 
 pub mod api;
 pub mod client;
+pub mod env;
 pub mod lease;
 pub mod lock;
 pub mod queue;
+pub mod scope;
 pub mod semaphore;
 pub mod session;
+pub mod settings;
 pub mod value;
 
 use std::sync::Arc;
@@ -21,7 +24,7 @@ use crate::backend::retry;
 use crate::backend::{
     AcquireObserver, Acquired, BackendError, Layout, LockBackend, LockInfo, LockRequest,
 };
-use crate::telemetry::Telemetry;
+use crate::backend::{BackendEvents, NoEvents};
 use value::Identity;
 
 /// The Consul lock store.
@@ -29,15 +32,16 @@ use value::Identity;
 pub struct ConsulBackend {
     pub(crate) client: ConsulClient,
     pub(crate) identity: Identity,
-    pub(crate) telemetry: Arc<Telemetry>,
+    /// Where renewals, health and observed holders are reported.
+    pub(crate) telemetry: Arc<dyn BackendEvents>,
 }
 
 impl ConsulBackend {
     pub fn new(client: ConsulClient) -> Self {
-        Self::with_telemetry(client, Arc::new(Telemetry::default()))
+        Self::with_events(client, Arc::new(NoEvents))
     }
 
-    pub fn with_telemetry(client: ConsulClient, telemetry: Arc<Telemetry>) -> Self {
+    pub fn with_events(client: ConsulClient, telemetry: Arc<dyn BackendEvents>) -> Self {
         let identity = Identity::current().in_scope(client.namespace(), client.partition());
         ConsulBackend {
             client,
@@ -50,7 +54,7 @@ impl ConsulBackend {
         &self.client
     }
 
-    pub fn telemetry(&self) -> &Arc<Telemetry> {
+    pub fn events(&self) -> &Arc<dyn BackendEvents> {
         &self.telemetry
     }
 }

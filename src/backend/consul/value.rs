@@ -132,13 +132,9 @@ pub fn released_cleanly(pair: &KvPair) -> bool {
             .is_some_and(|v| v.get("released").is_some())
 }
 
-/// Now in UTC, as consullock writes it (`2017-11-30T14:55:49.322108`).
+/// Now in UTC, as consullock writes it (see [`crate::output::now_iso8601`]).
 pub fn now_iso8601() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]"
-    );
-    now.format(&format).unwrap_or_else(|_| now.to_string())
+    crate::output::now_iso8601()
 }
 
 #[cfg(test)]

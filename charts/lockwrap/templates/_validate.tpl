@@ -1,0 +1,39 @@
+{{/*
+The checks values.schema.json cannot express, included by every template that renders a workload
+or its Secret, so a bad setting fails `helm install` / `helm template` with a message saying what to
+change. JSON schema (draft-07) compares a value with constants, not with other values: the schema
+holds the required values and the cross-field rules (workload/mode combinations, what each mode
+needs, consul.tls and consul.token settings that need each other, the ServiceMonitor's HTTP server);
+here remain the syntax of the lock key as derived (lockwrap.key, or one built from fullname) and the
+arithmetic between settings: lockwrap's timing refusals and the pod's termination grace.
+*/}}
+{{- define "lockwrap.validate" -}}
+{{- $key := include "lockwrap.key" . }}
+{{- if or (hasPrefix "/" $key) (contains "//" $key) (hasSuffix "/" $key) }}
+{{- fail (printf "lockwrap.key %q is not a valid key: no leading or trailing '/', no '//'" $key) }}
+{{- end }}
+{{- range splitList "/" $key }}
+{{- if or (eq . ".") (eq . "..") }}
+{{- fail (printf "lockwrap.key %q is not a valid key: no '.' or '..' segments" $key) }}
+{{- end }}
+{{- end }}
+{{- $t := include "lockwrap.timing" . | fromYaml }}
+{{- $grace := int $t.killGrace }}
+{{- if not .Values.lockwrap.unsafeAllowOverlap }}
+{{- /* The start-up checks of lockwrap's timing model (docs/timing.md), so a bad setting fails the render, not the pod. */}}
+{{- if lt (int $t.takeoverDelay) (add $grace 1) }}
+{{- fail (printf "lockwrap.takeoverDelaySeconds (%d) must be at least killGraceSeconds + 1 (%d): after a forced unlock the next holder could start while this app is still stopping (docs/timing.md); or set lockwrap.unsafeAllowOverlap" (int $t.takeoverDelay) (add $grace 1)) }}
+{{- end }}
+{{- if and (ne $t.sessionChecks "none") (lt (add (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
+{{- fail (printf "lockwrap.sessionChecks %q can end the session at any moment: lockDelaySeconds + takeover delay (%d) must be at least killGraceSeconds + 3 (%d) (docs/timing.md); or use sessionChecks: none" $t.sessionChecks (add (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
+{{- end }}
+{{- if and (gt (int $t.healthCheckTTL) 0) (lt (add (int $t.healthCheckTTL) (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
+{{- fail (printf "lockwrap.healthCheckTTLSeconds + lockDelaySeconds + takeover delay (%d) must be at least killGraceSeconds + 3 (%d) (docs/timing.md)" (add (int $t.healthCheckTTL) (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
+{{- end }}
+{{- end }}
+{{- $need := add $grace (int .Values.lockwrap.releaseAllowanceSeconds) }}
+{{- $tgps := int .Values.terminationGracePeriodSeconds }}
+{{- if le $tgps $need }}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must exceed lockwrap.killGraceSeconds + lockwrap.releaseAllowanceSeconds (%d + %d = %d), or Kubernetes kills lockwrap before it has stopped the app and released the lock; set it to at least %d" $tgps $grace (int .Values.lockwrap.releaseAllowanceSeconds) $need (add1 $need)) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,23 @@
+//! What a backend reports while it works: renewals, Consul's health, the holder it saw.
+//! The backend owns this trait and the application implements it (`telemetry::Telemetry`), so
+//! the lock store never reaches into the application's metrics.
+
+use crate::backend::LockInfo;
+
+/// Events a backend reports; every method has a no-op default.
+pub trait BackendEvents: Send + Sync + std::fmt::Debug {
+    /// A session renew succeeded.
+    fn renew_succeeded(&self) {}
+    /// A session renew failed (and will be retried until the lease deadline).
+    fn renew_failed(&self) {}
+    /// Whether the lock store answers as it should.
+    fn store_healthy(&self, _healthy: bool) {}
+    /// The current holder as a read saw it (`None`: nobody).
+    fn observed_holder(&self, _info: Option<&LockInfo>) {}
+}
+
+/// Reports nowhere (library use without metrics).
+#[derive(Debug, Default)]
+pub struct NoEvents;
+
+impl BackendEvents for NoEvents {}

@@ -1,0 +1,241 @@
+//! The campaign, takeover and sidecar loops on the in-memory backend, under
+//! `tokio::time::pause()`: loss, outage, takeover delay and signals, with no Consul, no process
+//! and no real waiting.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::acquire::{self, OnUnreachable, TakeoverAbort};
+use crate::backend::memory::MemoryBackend;
+use crate::backend::{Acquired, HeldLock, LockRequest, LossReason, NoObserver};
+use crate::cli::Cli;
+use crate::config::Config;
+use crate::exit::{ErrorKind, Outcome};
+use crate::locks::LockManager;
+use crate::supervisor::{ProcessControl, Signal};
+use crate::telemetry::Telemetry;
+
+fn manager() -> (MemoryBackend, LockManager<MemoryBackend>) {
+    let store = MemoryBackend::new();
+    (store.clone(), LockManager::new(store))
+}
+
+fn config(args: &[&str]) -> Config {
+    let cli = Cli::try_parse_from(std::iter::once("lockwrap").chain(args.iter().copied()))
+        .expect("valid arguments");
+    crate::config::load(cli).expect("valid configuration")
+}
+
+#[tokio::test(start_paused = true)]
+async fn campaign_rides_out_an_outage_with_growing_back_off() {
+    let (store, manager) = manager();
+    store.fail_next(3);
+    let (_tx, mut signals) = mpsc::unbounded_channel();
+    let telemetry = Telemetry::new("k");
+    let started = Instant::now();
+    let (result, signal) = acquire::campaign(
+        &manager,
+        &LockRequest::new("k"),
+        &NoObserver,
+        &mut signals,
+        &telemetry,
+        OnUnreachable::Retry,
+    )
+    .await;
+    assert!(matches!(result, Ok(Acquired::Held(_))));
+    assert!(signal.is_none());
+    // 0.5 + 1 + 2 s of back-off, nothing more.
+    assert_eq!(started.elapsed(), Duration::from_millis(3500));
+}
+
+#[tokio::test(start_paused = true)]
+async fn campaign_gives_up_on_a_store_that_never_answered_when_asked_to() {
+    let (store, manager) = manager();
+    store.fail_next(1);
+    let (_tx, mut signals) = mpsc::unbounded_channel();
+    let (result, _) = acquire::campaign(
+        &manager,
+        &LockRequest::new("k"),
+        &NoObserver,
+        &mut signals,
+        &Telemetry::new("k"),
+        OnUnreachable::RetryAfterFirstAnswer,
+    )
+    .await;
+    let Err(err) = result else {
+        panic!("expected to give up");
+    };
+    assert_eq!(err.kind, ErrorKind::ConsulUnavailable);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_signal_ends_the_back_off_at_once() {
+    let (store, manager) = manager();
+    store.fail_next(100);
+    let (tx, mut signals) = mpsc::unbounded_channel();
+    let sender = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let _ = tx.send(Signal::HUP);
+    });
+    let started = Instant::now();
+    let (result, signal) = acquire::campaign(
+        &manager,
+        &LockRequest::new("k"),
+        &NoObserver,
+        &mut signals,
+        &Telemetry::new("k"),
+        OnUnreachable::Retry,
+    )
+    .await;
+    assert!(matches!(result, Ok(Acquired::Cancelled)));
+    assert_eq!(signal, Some(Signal::HUP));
+    assert_eq!(started.elapsed(), Duration::from_secs(2));
+    let _ = sender.await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_campaign_takes_the_lock_when_the_holder_releases() {
+    let (_store, manager) = manager();
+    let first = manager.acquire("k").await.expect("first holder");
+    let (_tx, mut signals) = mpsc::unbounded_channel();
+    let waiter = async {
+        acquire::campaign(
+            &manager,
+            &LockRequest::new("k"),
+            &NoObserver,
+            &mut signals,
+            &Telemetry::new("k"),
+            OnUnreachable::Retry,
+        )
+        .await
+    };
+    let releaser = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        first.release().await.expect("release");
+    };
+    let ((result, _), ()) = tokio::join!(waiter, releaser);
+    let Ok(Acquired::Held(lease)) = result else {
+        panic!("not held");
+    };
+    // A clean handoff: no takeover delay is due.
+    assert!(lease.previous_release_clean());
+}
+
+#[tokio::test(start_paused = true)]
+async fn takeover_waits_the_delay_only_after_an_unclean_release() {
+    let (store, manager) = manager();
+    // Never held before: unclean.
+    let mut lease = manager.acquire("k").await.expect("held");
+    let (_tx, mut signals) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    acquire::takeover_wait(Duration::from_secs(6), &mut lease, &mut signals)
+        .await
+        .unwrap_or_else(|_| panic!("takeover aborted"));
+    assert_eq!(started.elapsed(), Duration::from_secs(6));
+
+    // Broken away from the holder: the next one waits too; a clean release does not.
+    assert!(store.break_lock("k", LossReason::KeyDeleted));
+    let lease = manager.acquire("k").await.expect("held again");
+    assert!(!lease.previous_release_clean());
+    lease.release().await.expect("release");
+    let mut lease = manager
+        .acquire("k")
+        .await
+        .expect("held after a clean release");
+    let started = Instant::now();
+    acquire::takeover_wait(Duration::from_secs(6), &mut lease, &mut signals)
+        .await
+        .unwrap_or_else(|_| panic!("takeover aborted"));
+    assert_eq!(started.elapsed(), Duration::ZERO);
+}
+
+#[tokio::test(start_paused = true)]
+async fn takeover_ends_early_on_loss_or_a_stop_signal() {
+    let (store, manager) = manager();
+    let mut lease = manager.acquire("k").await.expect("held");
+    let (tx, mut signals) = mpsc::unbounded_channel();
+    let breaker = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            store.break_lock("k", LossReason::SessionInvalidated);
+        })
+    };
+    match acquire::takeover_wait(Duration::from_secs(6), &mut lease, &mut signals).await {
+        Err(TakeoverAbort::Lost(LossReason::SessionInvalidated)) => {}
+        _ => panic!("expected the loss"),
+    }
+    let _ = breaker.await;
+
+    let mut lease = manager.acquire("k").await.expect("held");
+    tx.send(Signal::QUIT).expect("send");
+    match acquire::takeover_wait(Duration::from_secs(6), &mut lease, &mut signals).await {
+        Err(TakeoverAbort::Stopped(Signal::QUIT)) => {}
+        _ => panic!("expected the stop"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn sidecar_campaigns_again_after_a_loss_and_steps_down_on_sigterm() {
+    let (store, manager) = manager();
+    let config = config(&["sidecar", "--key", "svc/leader", "--kill-grace", "1s"]);
+    let (tx, signals) = mpsc::unbounded_channel();
+    let process = ProcessControl::detached(signals).expect("process control");
+    let telemetry = Arc::new(Telemetry::new("svc/leader"));
+    let script = {
+        let store = store.clone();
+        let telemetry = telemetry.clone();
+        async move {
+            // First term: takeover delay (kill grace + 1 s, the key was never held) then leader.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            assert!(
+                telemetry.status().is_leader,
+                "leader after the takeover delay: {:?} {:?}",
+                telemetry.status(),
+                store.holder("svc/leader")
+            );
+            let first = store.holder("svc/leader").expect("held");
+            store.break_lock("svc/leader", LossReason::SessionInvalidated);
+            // The sidecar campaigns again after a 1 s pause and holds for the 2 s takeover
+            // delay (the loss was unclean): a new session, a higher fencing token.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            let second = store.holder("svc/leader").expect("held again");
+            assert!(second.fencing_token > first.fencing_token);
+            assert!(telemetry.status().is_leader);
+            tx.send(Signal::TERM).expect("send");
+        }
+    };
+    let (outcome, ()) = tokio::join!(
+        super::sidecar::run(&config, &manager, process, telemetry.clone()),
+        script
+    );
+    assert_eq!(outcome.expect("sidecar ran"), Outcome::Success);
+    assert!(store.holder("svc/leader").is_none(), "released on SIGTERM");
+    assert!(!telemetry.status().is_leader);
+}
+
+#[tokio::test(start_paused = true)]
+async fn sidecar_exit_on_loss_exits_101() {
+    let (store, manager) = manager();
+    let config = config(&["sidecar", "--key", "svc/once", "--exit-on-loss"]);
+    let (_tx, signals) = mpsc::unbounded_channel();
+    let process = ProcessControl::detached(signals).expect("process control");
+    let telemetry = Arc::new(Telemetry::new("svc/once"));
+    let breaker = {
+        let store = store.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            store.break_lock("svc/once", LossReason::KeyDeleted);
+        }
+    };
+    let (outcome, ()) = tokio::join!(
+        super::sidecar::run(&config, &manager, process, telemetry),
+        breaker
+    );
+    let outcome = outcome.expect("sidecar ran");
+    assert_eq!(outcome.exit_code(), 101, "{outcome:?}");
+}

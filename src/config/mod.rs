@@ -1,0 +1,289 @@
+//! Configuration: defaults < YAML file < `CONSUL_*` env < `LOCKWRAP_*` env < CLI flags, merged
+//! with figment, then validated into a typed [`Config`]. Every error names the setting and
+//! where its value came from, with exit code 3 for flags and 2 for env/file (6 for keys,
+//! 7 for TTLs), and is raised before anything touches Consul.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backend::consul::{ConsulClient, ConsulSettings};
+use crate::backend::{Layout, LockRequest};
+use crate::cli::{Cli, Command};
+use crate::exit::{Error, ErrorKind, Result};
+use crate::hooks::HookSet;
+use crate::key;
+
+/// Every setting name (YAML key; `LOCKWRAP_<UPPER>` env var; `--kebab-case` flag).
+pub const SETTINGS: &[&str] = &[
+    "key",
+    "session_ttl",
+    "lock_delay",
+    "session_behavior",
+    "session_checks",
+    "session_name",
+    "health_check_ttl",
+    "non_blocking",
+    "queue",
+    "timeout",
+    "poll_interval",
+    "metadata",
+    "on_before_lock",
+    "on_already_locked",
+    "layout",
+    "limit",
+    "kill_grace",
+    "takeover_delay",
+    "on_acquired",
+    "on_lost",
+    "on_released",
+    "hook_timeout",
+    "webhook",
+    "monitor_retry",
+    "unsafe_allow_overlap",
+    "subreaper",
+    "http_addr",
+    "ready_always",
+    "status_file",
+    "exit_on_loss",
+    "shell",
+    "log_format",
+    "consul_addr",
+    "consul_ssl",
+    "consul_token",
+    "consul_token_file",
+    "consul_cacert",
+    "consul_capath",
+    "consul_client_cert",
+    "consul_client_key",
+    "consul_tls_server_name",
+    "consul_ssl_verify",
+    "datacenter",
+    "consul_http_auth",
+    "namespace",
+    "partition",
+];
+
+pub use crate::backend::consul::env::CONSUL_ENV;
+
+mod consul;
+mod lock;
+mod values;
+
+use consul::consul_settings_and_client;
+use lock::lock_request;
+pub use values::Source;
+use values::{flag_values, merge, Values};
+
+/// Which subcommand the config is for; decides defaults (README, "Options").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Lock,
+    Unlock,
+    Status,
+    Execute,
+    Run,
+    Sidecar,
+}
+
+impl Mode {
+    fn supervises(self) -> bool {
+        matches!(self, Mode::Execute | Mode::Run | Mode::Sidecar)
+    }
+}
+
+/// The fully validated configuration of one invocation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    pub consul: ConsulSettings,
+    /// The client built from `consul` during validation (so bad TLS files fail early and the
+    /// TLS setup is paid once).
+    pub client: ConsulClient,
+    /// The lock request (key validated) for modes that take a key.
+    pub request: LockRequest,
+    pub hooks: HookSet,
+    pub hook_timeout: Duration,
+    pub shell: bool,
+    pub subreaper: bool,
+    pub http_addr: Option<SocketAddr>,
+    pub ready_always: bool,
+    pub status_file: Option<PathBuf>,
+    pub exit_on_loss: bool,
+    pub regex: bool,
+    pub command: Vec<std::ffi::OsString>,
+    pub log_json: bool,
+    pub verbose: u8,
+}
+
+/// Builds the validated configuration for this invocation from flags, env and the YAML file.
+pub fn load(cli: Cli) -> Result<Config> {
+    let mode = match &cli.command {
+        Command::Lock(_) => Mode::Lock,
+        Command::Unlock(_) => Mode::Unlock,
+        Command::Status(_) => Mode::Status,
+        Command::Execute(_) => Mode::Execute,
+        Command::Run(_) => Mode::Run,
+        Command::Sidecar(_) => Mode::Sidecar,
+        // `main` runs `install` without loading any configuration.
+        Command::Install(_) => {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "`install` takes no lock settings",
+            ))
+        }
+    };
+    let config_file = cli.config.clone().or_else(|| {
+        std::env::var_os("LOCKWRAP_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    });
+    let flags = flag_values(&cli);
+    let values = merge(config_file.as_deref(), flags)?;
+    build(mode, cli, &values)
+}
+
+fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
+    // Positional arguments and the command line are not settings: take them from the CLI.
+    let (positional_key, executable, command, regex) = match cli.command {
+        Command::Lock(c) => (c.key, None, Vec::new(), false),
+        Command::Unlock(c) => (c.key, None, Vec::new(), c.regex),
+        Command::Status(c) => (c.key, None, Vec::new(), c.regex),
+        Command::Execute(c) => (c.key, c.executable, Vec::new(), false),
+        Command::Run(c) => (None, None, c.command, false),
+        Command::Sidecar(_) | Command::Install(_) => (None, None, Vec::new(), false),
+    };
+    let log_json = match v.string("log_format")?.as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => return Err(v.bad("log_format", format!("`{other}` is not text or json"))),
+    };
+
+    let key = match mode {
+        Mode::Run | Mode::Sidecar => v.string("key")?,
+        _ => positional_key,
+    };
+    let Some(key) = key.filter(|k| !k.is_empty() || mode != Mode::Run) else {
+        return Err(Error::new(
+            ErrorKind::MissingSetting,
+            match mode {
+                Mode::Run | Mode::Sidecar => {
+                    "no lock key: give --key KEY, LOCKWRAP_KEY or `key:` in the config file"
+                }
+                _ => "no lock key given (the KEY argument)",
+            },
+        ));
+    };
+    if !regex {
+        key::validate(&key)?;
+    } else {
+        crate::locks::whole_match(&key)?;
+    }
+    if mode == Mode::Execute && executable.as_deref().map_or(true, str::is_empty) {
+        return Err(Error::new(
+            ErrorKind::MissingSetting,
+            "no command given: lockwrap execute KEY 'SHELL STRING'",
+        ));
+    }
+    if mode == Mode::Run && command.is_empty() {
+        return Err(Error::new(
+            ErrorKind::MissingSetting,
+            "no command given: lockwrap run [options] -- CMD ARGS…",
+        ));
+    }
+
+    let layout = match v.string("layout")?.as_deref() {
+        None | Some("default") => Layout::Default,
+        Some("consul-lock") => Layout::ConsulLock,
+        Some(other) => {
+            return Err(v.bad("layout", format!("`{other}` is not default or consul-lock")))
+        }
+    };
+    let (consul, client) = consul_settings_and_client(v)?;
+
+    let request = lock_request(mode, key, layout, v)?;
+    let hook_timeout = v
+        .duration("hook_timeout")?
+        .unwrap_or(Duration::from_secs(30));
+    if hook_timeout.is_zero() {
+        return Err(v.bad("hook_timeout", "must be greater than 0"));
+    }
+    let webhook = v.string("webhook")?.filter(|s| !s.is_empty());
+    if let Some(url) = &webhook {
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => return Err(v.bad("webhook", format!("`{url}` is not an http(s) URL"))),
+        }
+    }
+    let hooks = HookSet {
+        before_lock: v.list("on_before_lock")?,
+        already_locked: v.list("on_already_locked")?,
+        acquired: v.list("on_acquired")?,
+        lost: v.list("on_lost")?,
+        released: v.list("on_released")?,
+        webhook,
+    };
+    let http_addr = match v.string("http_addr")?.filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(parse_listen(&text).map_err(|e| v.bad("http_addr", e))?),
+    };
+    let mut command = command;
+    if mode == Mode::Execute {
+        command = vec![executable.unwrap_or_default().into()];
+    }
+    Ok(Config {
+        mode,
+        consul,
+        client,
+        request,
+        hooks,
+        hook_timeout,
+        shell: mode == Mode::Execute || v.bool("shell")?.unwrap_or(false),
+        subreaper: v.bool("subreaper")?.unwrap_or(false),
+        http_addr,
+        ready_always: v.bool("ready_always")?.unwrap_or(false),
+        status_file: v.path("status_file")?,
+        exit_on_loss: v.bool("exit_on_loss")?.unwrap_or(false),
+        regex,
+        command,
+        log_json,
+        verbose: cli.verbose,
+    })
+}
+
+/// `HOST:PORT`, or `:PORT` for every interface.
+fn parse_listen(text: &str) -> std::result::Result<SocketAddr, String> {
+    let full = if text.starts_with(':') {
+        format!("0.0.0.0{text}")
+    } else {
+        text.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("`{text}` is not HOST:PORT (e.g. 0.0.0.0:8080 or :8080)"))
+}
+
+pub(super) fn abbreviate(text: &str) -> String {
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(60).collect::<String>())
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen(":8080").unwrap().port(), 8080);
+        assert!(parse_listen("localhost").is_err());
+    }
+
+    #[test]
+    fn flag_sources_are_exit_3_and_env_2() {
+        assert_eq!(Source::Flag.exit_kind().exit_code(), 3);
+        assert_eq!(Source::Env("X".into()).exit_kind().exit_code(), 2);
+        assert_eq!(Source::File("f".into()).exit_kind().exit_code(), 2);
+    }
+}
