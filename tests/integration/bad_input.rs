@@ -5,7 +5,6 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -14,7 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::consul::Consul;
-use crate::harness::{code, lockwrap, scratch};
+use crate::harness::{closed_port, code, http_request, lockwrap, scratch, serve};
+
+mod connection;
+mod settings;
 
 /// Sent in every case (`CONSUL_HTTP_TOKEN`); it must never show up in any output.
 const SECRET: &str = "s3cr3t-token-value";
@@ -116,22 +118,16 @@ fn snapshot(consul: &Consul) -> Snapshot {
 
 /// The `X-Consul-Index` header of a GET (with the management token).
 fn consul_index(consul: &Consul, path: &str) -> Option<u64> {
-    let mut stream = TcpStream::connect(("127.0.0.1", consul.http_port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Consul-Token: root\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(req.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next()?;
-    head.lines().find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.eq_ignore_ascii_case("x-consul-index")
-            .then(|| value.trim().parse().ok())
-            .flatten()
-    })
+    let headers = ["X-Consul-Token: root".to_string()];
+    let answer = http_request(
+        consul.http_port,
+        "GET",
+        path,
+        &headers,
+        "",
+        Duration::from_secs(5),
+    )?;
+    answer.header("x-consul-index")?.parse().ok()
 }
 
 /// Creates `READ_ONLY_SECRET` on the ACL agent: it may read keys, sessions and nodes, not write.
@@ -177,35 +173,20 @@ fn run_case(mut cmd: Command, limit: Duration) -> (Output, bool) {
     (child.wait_with_output().expect("collect output"), overran)
 }
 
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 /// An HTTP server that answers everything with an HTML page (a misconfigured address: a
 /// web server or proxy where Consul was expected). Runs until the test binary exits.
 fn garbage_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-                let mut buf = [0u8; 65536];
-                let _ = stream.read(&mut buf);
-                let body = "<html><body>It works!</body></html>";
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-    port
+    serve(|mut stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut buf = [0u8; 65536];
+        let _ = stream.read(&mut buf);
+        let body = "<html><body>It works!</body></html>";
+        let _ = write!(
+            stream,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    })
 }
 
 fn non_utf8(prefix: &str) -> OsString {
@@ -220,588 +201,9 @@ fn os(args: &[&str]) -> Vec<OsString> {
 
 /// The table. `dir` holds the files some cases point at.
 fn cases(dir: &Path) -> Vec<Case> {
-    use std::os::unix::fs::PermissionsExt;
-    let garbage_pem = dir.join("garbage-ca.pem");
-    std::fs::write(
-        &garbage_pem,
-        "-----BEGIN CERTIFICATE-----\nthis is not base64 at all!!\n-----END CERTIFICATE-----\n",
-    )
-    .expect("write pem");
-    let empty_pem = dir.join("empty-ca.pem");
-    std::fs::write(&empty_pem, "just some text, no PEM blocks\n").expect("write pem");
-    // A directory cannot be read as a file, even by root (the tests may run as root).
-    let token_dir = dir.join("token-is-a-directory");
-    std::fs::create_dir_all(&token_dir).expect("token dir");
-    let empty_token = dir.join("empty-token");
-    std::fs::write(&empty_token, "  \n").expect("write token");
-    let not_executable = dir.join("not-executable.sh");
-    std::fs::write(&not_executable, format!("#!/bin/sh\necho {FILE_SECRET}\n")).expect("write");
-    std::fs::set_permissions(&not_executable, std::fs::Permissions::from_mode(0o644))
-        .expect("chmod");
-    let p = |path: &Path| path.display().to_string();
-    let missing_config = p(&dir.join("no-such-config.yaml"));
-    // A port that stays taken for the whole suite.
-    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let taken_addr = taken.local_addr().expect("addr").to_string();
-    std::mem::forget(taken);
-    let missing_socket = format!("unix://{}", p(&dir.join("no-such-consul.sock")));
-    let huge = format!("{{\"blob\":\"{}\"}}", "x".repeat(70 * 1024));
-
-    vec![
-        // ---- session TTL (exit 7, whatever the source) ----
-        case(
-            "ttl below 10s (flag)",
-            7,
-            &["lock", "--session-ttl", "5", "bad/k"],
-        )
-        .mentions(&["--session-ttl", "5s"]),
-        case(
-            "ttl above 86400s (flag)",
-            7,
-            &["lock", "--session-ttl", "90000", "bad/k"],
-        )
-        .mentions(&["--session-ttl", "90000s"]),
-        case(
-            "ttl negative (flag)",
-            7,
-            &["lock", "--session-ttl=-1", "bad/k"],
-        )
-        .mentions(&["--session-ttl", "negative"]),
-        case(
-            "ttl negative, separate argument (consullock style)",
-            7,
-            &["lock", "--session-ttl", "-1", "bad/k"],
-        )
-        .mentions(&["--session-ttl", "negative"]),
-        case(
-            "ttl 9.5s (flag)",
-            7,
-            &[
-                "run",
-                "--key",
-                "bad/k",
-                "--session-ttl",
-                "9.5",
-                "--",
-                "true",
-            ],
-        )
-        .mentions(&["--session-ttl", "9.5s"]),
-        case(
-            "ttl below 10s (env)",
-            7,
-            &["run", "--key", "bad/k", "--", "true"],
-        )
-        .env("LOCKWRAP_SESSION_TTL", "5s")
-        .mentions(&["LOCKWRAP_SESSION_TTL", "5s"]),
-        case("ttl above 86400s (yaml)", 7, &["lock", "bad/k"])
-            .yaml("session_ttl: 90000\n")
-            .mentions(&["session_ttl", "90000s"]),
-        // ---- durations ----
-        case(
-            "timeout not a duration",
-            3,
-            &["lock", "--timeout", "abc", "bad/k"],
-        )
-        .mentions(&["--timeout", "abc"]),
-        case("timeout negative", 3, &["lock", "--timeout=-5", "bad/k"])
-            .mentions(&["--timeout", "-5"]),
-        case(
-            "kill-grace unknown unit",
-            3,
-            &["run", "--key", "bad/k", "--kill-grace", "5x", "--", "true"],
-        )
-        .mentions(&["--kill-grace", "5x"]),
-        case("lock-delay env not a duration", 2, &["lock", "bad/k"])
-            .env("LOCKWRAP_LOCK_DELAY", "zz")
-            .mentions(&["LOCKWRAP_LOCK_DELAY", "zz"]),
-        case(
-            "lock-delay above 60s (flag)",
-            3,
-            &["lock", "--lock-delay", "61s", "bad/k"],
-        )
-        .mentions(&["--lock-delay", "61s"]),
-        case("lock-delay above 60s (env)", 2, &["lock", "bad/k"])
-            .env("LOCKWRAP_LOCK_DELAY", "2m")
-            .mentions(&["LOCKWRAP_LOCK_DELAY", "120s"]),
-        case("poll interval zero", 3, &["lock", "-i", "0", "bad/k"]).mentions(&["--poll-interval"]),
-        case(
-            "hook timeout zero",
-            3,
-            &["run", "--key", "bad/k", "--hook-timeout", "0", "--", "true"],
-        )
-        .mentions(&["--hook-timeout"]),
-        case(
-            "health-check ttl 100ms (env)",
-            2,
-            &["run", "--key", "bad/k", "--", "true"],
-        )
-        .env("LOCKWRAP_HEALTH_CHECK_TTL", "100ms")
-        .mentions(&["LOCKWRAP_HEALTH_CHECK_TTL", "100ms"]),
-        case(
-            "takeover delay shorter than the kill grace (flags)",
-            3,
-            &[
-                "run",
-                "--key",
-                "bad/k",
-                "--session-ttl",
-                "10",
-                "--kill-grace",
-                "9",
-                "--takeover-delay",
-                "2",
-                "--",
-                "true",
-            ],
-        )
-        .mentions(&["--takeover-delay 10s"]),
-        case(
-            "serfHealth without lock-delay cannot be held (env)",
-            2,
-            &["run", "--key", "bad/k", "--", "true"],
-        )
-        .env("LOCKWRAP_SESSION_CHECKS", "serfHealth")
-        .env("LOCKWRAP_LOCK_DELAY", "0")
-        .mentions(&["LOCKWRAP_LOCK_DELAY", "--lock-delay"]),
-        case(
-            "no TTL with serfHealth in a supervising mode",
-            3,
-            &[
-                "execute",
-                "--session-ttl",
-                "0",
-                "--session-checks",
-                "serfHealth",
-                "bad/k",
-                "true",
-            ],
-        )
-        .mentions(&["--session-ttl"]),
-        // ---- keys (exit 6) and regex ----
-        case("key with leading slash", 6, &["lock", "/abs/key"]).mentions(&["/abs/key"]),
-        case("key with //", 6, &["lock", "a//b"]).mentions(&["a//b"]),
-        case("key with .. segment", 6, &["unlock", "a/../b"]).mentions(&["a/../b"]),
-        case("empty key", 6, &["lock", ""]).mentions(&["empty"]),
-        case("key with control character", 6, &["status", "a\u{1}b"]).mentions(&["control"]),
-        case("key from env with . segment", 6, &["run", "--", "true"])
-            .env("LOCKWRAP_KEY", "a/./b")
-            .mentions(&["a/./b"]),
-        case("key from yaml with //", 6, &["sidecar"])
-            .yaml("key: \"x//y\"\n")
-            .mentions(&["x//y"]),
-        case("unlock regex does not compile", 3, &["unlock", "-r", "("]).mentions(&["("]),
-        case("status regex does not compile", 3, &["status", "-r", "a[b"]).mentions(&["a[b"]),
-        // ---- metadata ----
-        case(
-            "metadata not JSON (flag)",
-            3,
-            &["lock", "--metadata", "{bad", "bad/k"],
-        )
-        .mentions(&["--metadata", "{bad"]),
-        case("metadata not JSON (env)", 2, &["lock", "bad/k"])
-            .env("LOCKWRAP_METADATA", "[1,")
-            .mentions(&["LOCKWRAP_METADATA"]),
-        case(
-            "metadata over 64 KiB",
-            3,
-            &["lock", "--metadata", &huge, "bad/k"],
-        )
-        .mentions(&["--metadata", "bytes"]),
-        // ---- YAML config file (exit 2) ----
-        case("yaml unknown key", 2, &["lock", "bad/k"])
-            .yaml("sesion_ttl: 15s\n")
-            .mentions(&["sesion_ttl"]),
-        case("yaml session_ttl is a list", 2, &["lock", "bad/k"])
-            .yaml("session_ttl: [1]\n")
-            .mentions(&["session_ttl"]),
-        case("yaml non_blocking: maybe", 2, &["lock", "bad/k"])
-            .yaml("non_blocking: maybe\n")
-            .mentions(&["non_blocking", "maybe"]),
-        case("yaml syntax error", 2, &["lock", "bad/k"])
-            .yaml("key: [unclosed\n")
-            .mentions(&["YAML"]),
-        case("yaml not a mapping", 2, &["lock", "bad/k"])
-            .yaml("- just\n- a list\n")
-            .mentions(&["config"]),
-        case("yaml not UTF-8", 2, &["lock", "bad/k"])
-            .yaml(b"key: \"\xff\xfe\"\n".to_vec())
-            .mentions(&["config"]),
-        case(
-            "config file missing (flag)",
-            2,
-            &["--config", &missing_config, "lock", "bad/k"],
-        )
-        .mentions(&[&missing_config]),
-        case("config file missing (env)", 2, &["lock", "bad/k"])
-            .env("LOCKWRAP_CONFIG", &missing_config)
-            .mentions(&[&missing_config]),
-        case(
-            "config file is a directory",
-            2,
-            &["--config", &p(dir), "lock", "bad/k"],
-        )
-        .mentions(&[&p(dir)]),
-        // ---- enums, numbers, addresses ----
-        case("layout weird", 3, &["lock", "--layout", "weird", "bad/k"])
-            .mentions(&["--layout", "weird"]),
-        case("layout weird (env)", 2, &["status", "bad/k"])
-            .env("LOCKWRAP_LAYOUT", "weird")
-            .mentions(&["LOCKWRAP_LAYOUT", "weird"]),
-        case(
-            "session-behavior maybe",
-            3,
-            &["lock", "--session-behavior", "maybe", "bad/k"],
-        )
-        .mentions(&["--session-behavior", "maybe"]),
-        case("limit zero", 3, &["lock", "-n", "0", "bad/k"]).mentions(&["--limit"]),
-        case(
-            "limit not a number",
-            3,
-            &["lock", "--limit", "abc", "bad/k"],
-        )
-        .mentions(&["--limit", "abc"]),
-        case(
-            "monitor-retry not a number",
-            3,
-            &[
-                "run",
-                "--key",
-                "bad/k",
-                "--monitor-retry",
-                "x",
-                "--",
-                "true",
-            ],
-        )
-        .mentions(&["--monitor-retry"]),
-        case(
-            "http-addr nonsense",
-            3,
-            &[
-                "run",
-                "--key",
-                "bad/k",
-                "--http-addr",
-                "nonsense",
-                "--",
-                "true",
-            ],
-        )
-        .mentions(&["--http-addr", "nonsense"]),
-        case(
-            "http-addr port out of range",
-            3,
-            &[
-                "sidecar",
-                "--key",
-                "bad/k",
-                "--http-addr",
-                "127.0.0.1:99999",
-            ],
-        )
-        .mentions(&["--http-addr", "99999"]),
-        case(
-            "http-addr already in use",
-            3,
-            &["sidecar", "--key", "bad/k", "--http-addr", &taken_addr],
-        )
-        .mentions(&["--http-addr", &taken_addr]),
-        case(
-            "LOCKWRAP_HTTP_ADDR nonsense",
-            2,
-            &["sidecar", "--key", "bad/k"],
-        )
-        .env("LOCKWRAP_HTTP_ADDR", "localhost")
-        .mentions(&["LOCKWRAP_HTTP_ADDR", "localhost"]),
-        case(
-            "status-file in a missing directory",
-            3,
-            &[
-                "sidecar",
-                "--key",
-                "bad/k",
-                "--status-file",
-                "/no/such/dir/status.json",
-            ],
-        )
-        .mentions(&["--status-file", "/no/such/dir"]),
-        case(
-            "webhook ftp URL",
-            3,
-            &[
-                "run",
-                "--key",
-                "bad/k",
-                "--webhook",
-                "ftp://x",
-                "--",
-                "true",
-            ],
-        )
-        .mentions(&["--webhook", "ftp://x"]),
-        case(
-            "log-format xml (flag)",
-            3,
-            &["--log-format", "xml", "lock", "bad/k"],
-        )
-        .mentions(&["--log-format", "xml"]),
-        case("log-format xml (env)", 2, &["lock", "bad/k"])
-            .env("LOCKWRAP_LOG_FORMAT", "xml")
-            .mentions(&["LOCKWRAP_LOG_FORMAT", "xml"]),
-        case("non_blocking env maybe", 2, &["lock", "bad/k"])
-            .env("LOCKWRAP_NON_BLOCKING", "maybe")
-            .mentions(&["LOCKWRAP_NON_BLOCKING", "maybe"]),
-        case(
-            "consul-ssl maybe",
-            3,
-            &["lock", "--consul-ssl", "maybe", "bad/k"],
-        )
-        .mentions(&["--consul-ssl", "maybe"]),
-        case("CONSUL_HTTP_SSL_VERIFY perhaps", 2, &["lock", "bad/k"])
-            .env("CONSUL_HTTP_SSL_VERIFY", "perhaps")
-            .mentions(&["CONSUL_HTTP_SSL_VERIFY", "perhaps"]),
-        // ---- Consul connection settings ----
-        case(
-            "consul-addr ftp scheme",
-            3,
-            &["lock", "--consul-addr", "ftp://x", "bad/k"],
-        )
-        .mentions(&["ftp://x"]),
-        // ---- unix sockets, basic auth, namespace and partition ----
-        case(
-            "unix socket path does not exist (env)",
-            2,
-            &["lock", "bad/k"],
-        )
-        .env("CONSUL_HTTP_ADDR", "unix:///x")
-        .mentions(&["CONSUL_HTTP_ADDR", "unix:///x"]),
-        case(
-            "unix socket path does not exist (flag)",
-            3,
-            &[
-                "run",
-                "--consul-addr",
-                &missing_socket,
-                "--key",
-                "bad/k",
-                "--",
-                "true",
-            ],
-        )
-        .mentions(&["--consul-addr", &missing_socket]),
-        case(
-            "unix socket path is a plain file (env)",
-            2,
-            &["lock", "bad/k"],
-        )
-        // LOCKWRAP_CONSUL_ADDR: it outranks the suite's CONSUL_HTTP_ADDR (a YAML value would not).
-        .env("LOCKWRAP_CONSUL_ADDR", format!("unix://{}", p(&empty_pem)))
-        .mentions(&["LOCKWRAP_CONSUL_ADDR", &p(&empty_pem), "not a unix socket"]),
-        case("basic auth without `:` (env)", 2, &["lock", "bad/k"])
-            .env("CONSUL_HTTP_AUTH", SECRET)
-            .mentions(&["CONSUL_HTTP_AUTH", "USER:PASSWORD"]),
-        case(
-            "basic auth with an empty user (flag)",
-            3,
-            &["lock", "--consul-http-auth", &format!(":{SECRET}"), "bad/k"],
-        )
-        .mentions(&["--consul-http-auth", "user"]),
-        case("basic auth not a string (yaml)", 2, &["lock", "bad/k"])
-            .yaml(format!("consul_http_auth: [{SECRET}]\n"))
-            .mentions(&["consul_http_auth"]),
-        case("credentials in the address (env)", 2, &["lock", "bad/k"])
-            .env(
-                "CONSUL_HTTP_ADDR",
-                format!("http://u:{SECRET}@127.0.0.1:8500"),
-            )
-            .mentions(&["CONSUL_HTTP_ADDR", "CONSUL_HTTP_AUTH"]),
-        case("empty namespace (env)", 2, &["lock", "bad/k"])
-            .env("CONSUL_NAMESPACE", "")
-            .mentions(&["CONSUL_NAMESPACE", "empty"]),
-        case(
-            "empty namespace (flag)",
-            3,
-            &["run", "--namespace", "", "--key", "bad/k", "--", "true"],
-        )
-        .mentions(&["--namespace", "empty"]),
-        case("namespace with a slash (yaml)", 2, &["status", "bad/k"])
-            .yaml("namespace: team/a\n")
-            .mentions(&["namespace", "team/a"]),
-        case("empty partition (env)", 2, &["unlock", "bad/k"])
-            .env("LOCKWRAP_PARTITION", " ")
-            .mentions(&["LOCKWRAP_PARTITION", "empty"]),
-        case(
-            "namespace on open-source Consul",
-            8,
-            &[
-                "run",
-                "--namespace",
-                "team-a",
-                "--key",
-                "bad/k",
-                "--",
-                "true",
-            ],
-        )
-        .mentions(&["team-a", "Enterprise"]),
-        case(
-            "partition with a token that cannot read the agent",
-            4,
-            &["lock", "--partition", "part-b", "bad/k"],
-        )
-        .target(Target::AclReadOnly)
-        .mentions(&["part-b", "agent:read"]),
-        case("partition on Consul 1.8.7", 8, &["lock", "bad/k"])
-            .env("CONSUL_PARTITION", "part-b")
-            .mentions(&["part-b", "1.8.7", "1.11"]),
-        case(
-            "consul-addr with a path",
-            3,
-            &["lock", "--consul-addr", "http://127.0.0.1:8500/v1", "bad/k"],
-        )
-        .mentions(&["--consul-addr", "127.0.0.1:8500/v1"]),
-        case(
-            "token file unreadable (flag)",
-            3,
-            &["lock", "--consul-token-file", &p(&token_dir), "bad/k"],
-        )
-        .mentions(&["--consul-token-file", &p(&token_dir)]),
-        case("token file missing (env)", 2, &["lock", "bad/k"])
-            .env("CONSUL_HTTP_TOKEN_FILE", dir.join("no-such-token"))
-            .mentions(&["CONSUL_HTTP_TOKEN_FILE", "no-such-token"]),
-        case("token file empty (env)", 2, &["lock", "bad/k"])
-            .env("CONSUL_HTTP_TOKEN_FILE", &empty_token)
-            .mentions(&["CONSUL_HTTP_TOKEN_FILE", "empty"]),
-        case(
-            "CA file garbage PEM (flag)",
-            3,
-            &["lock", "--consul-cacert", &p(&garbage_pem), "bad/k"],
-        )
-        .mentions(&["--consul-cacert", &p(&garbage_pem)]),
-        case("CA file garbage PEM (env)", 2, &["lock", "bad/k"])
-            .env("CONSUL_CACERT", &garbage_pem)
-            .mentions(&["CONSUL_CACERT", &p(&garbage_pem)]),
-        case("CA file without certificates (env)", 2, &["lock", "bad/k"])
-            .env("CONSUL_CACERT", &empty_pem)
-            .mentions(&["CONSUL_CACERT", &p(&empty_pem)]),
-        case(
-            "CA file missing (flag)",
-            3,
-            &["lock", "--consul-cacert", "/no/such/ca.pem", "bad/k"],
-        )
-        .mentions(&["--consul-cacert", "/no/such/ca.pem"]),
-        case(
-            "client cert without key",
-            3,
-            &["lock", "--consul-client-cert", &p(&garbage_pem), "bad/k"],
-        )
-        .mentions(&["--consul-client"]),
-        // ---- missing settings (exit 1) ----
-        case("run without a command", 1, &["run", "--key", "bad/k"]).mentions(&["command"]),
-        case("run without a key", 1, &["run", "--", "true"]).mentions(&["key"]),
-        case("sidecar without a key", 1, &["sidecar"]).mentions(&["key"]),
-        case("lock without a key", 1, &["lock"]).mentions(&["key"]),
-        case("execute without a shell string", 1, &["execute", "bad/k"]).mentions(&["command"]),
-        // ---- the command (126 / 127): refused before taking the lock ----
-        case(
-            "run missing executable (path)",
-            127,
-            &["run", "--key", "bad/k", "--", "/no/such/program"],
-        )
-        .mentions(&["/no/such/program"]),
-        case(
-            "run missing executable (PATH lookup)",
-            127,
-            &["run", "--key", "bad/k", "--", "no-such-program-xyz"],
-        )
-        .mentions(&["no-such-program-xyz"]),
-        case(
-            "run non-executable file",
-            126,
-            &["run", "--key", "bad/k", "--", &p(&not_executable)],
-        )
-        .mentions(&[&p(&not_executable)]),
-        case(
-            "run a directory",
-            126,
-            &["run", "--key", "bad/k", "--", &p(dir)],
-        )
-        .mentions(&[&p(dir)]),
-        // ---- non-UTF-8 input: a clean error, never a panic ----
-        case("non-UTF-8 positional key", 3, &[])
-            .os_args(vec!["lock".into(), non_utf8("k")])
-            .mentions(&["UTF-8"]),
-        case("non-UTF-8 --key", 3, &[])
-            .os_args(vec![
-                "run".into(),
-                "--key".into(),
-                non_utf8("k"),
-                "--".into(),
-                "true".into(),
-            ])
-            .mentions(&["UTF-8"]),
-        case("non-UTF-8 LOCKWRAP_KEY", 2, &["run", "--", "true"])
-            .env("LOCKWRAP_KEY", non_utf8("k"))
-            .mentions(&["LOCKWRAP_KEY"]),
-        case("non-UTF-8 --metadata", 3, &[])
-            .os_args({
-                let mut a = os(&["lock", "--metadata"]);
-                a.push(non_utf8("{"));
-                a.push("bad/k".into());
-                a
-            })
-            .mentions(&["UTF-8"]),
-        // ---- Consul answers ----
-        case("consul unreachable (closed port)", 8, &["lock", "bad/k"]).target(Target::Closed),
-        case(
-            "consul unreachable, run",
-            8,
-            &["run", "--key", "bad/k", "--", "true"],
-        )
-        .target(Target::Closed),
-        case("not consul: HTML answers", 8, &["lock", "bad/k"]).target(Target::Garbage),
-        case("ACL denied: lock", 4, &["lock", "bad/k"])
-            .target(Target::Acl)
-            .mentions(&["ACL"]),
-        case(
-            "ACL denied: run",
-            4,
-            &["run", "--key", "bad/k", "--", "true"],
-        )
-        .target(Target::Acl)
-        .mentions(&["ACL"]),
-        case("ACL read-only token: lock", 4, &["lock", "bad/k"])
-            .target(Target::AclReadOnly)
-            .mentions(&["ACL"]),
-        case(
-            "ACL read-only token: run",
-            4,
-            &["run", "--key", "bad/k", "--", "true"],
-        )
-        .target(Target::AclReadOnly)
-        .mentions(&["ACL"]),
-        case("ACL denied: status", 4, &["status", "bad/k"])
-            .target(Target::Acl)
-            .mentions(&["ACL"]),
-        case("ACL denied: unlock -r", 4, &["unlock", "-r", "bad/.*"])
-            .target(Target::Acl)
-            .mentions(&["ACL"]),
-        case(
-            "unknown datacenter",
-            8,
-            &["lock", "--datacenter", "nosuchdc", "bad/k"],
-        )
-        .or_code(3)
-        .mentions(&["nosuchdc"]),
-        case(
-            "session check does not exist",
-            3,
-            &["lock", "--session-checks", "nosuchcheck", "bad/k"],
-        )
-        .or_code(8)
-        .mentions(&["nosuchcheck"]),
-    ]
+    let mut all = settings::cases(dir);
+    all.extend(connection::cases(dir));
+    all
 }
 
 #[test]
@@ -901,6 +303,10 @@ fn bad_inputs_fail_cleanly_with_the_documented_code_and_no_consul_write() {
             if !stderr.contains(word.as_str()) {
                 problems.push(format!("stderr does not mention {word:?}"));
             }
+        }
+        if dir.join("ran").exists() {
+            let _ = std::fs::remove_file(dir.join("ran"));
+            problems.push("a rejected invocation ran its command".to_string());
         }
         if stderr.contains("panicked") || got == 101 {
             problems.push("panicked".to_string());

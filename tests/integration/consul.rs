@@ -1,13 +1,13 @@
 //! A real Consul agent for the tests: `consul agent -dev` on free loopback ports, one shared
 //! per test binary (stopped at exit) or a private one per test (stopped on drop).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+use crate::harness::{free_port, http_request};
 
 /// A running agent: `-dev` (state in memory), or a server keeping its state in a data dir.
 pub struct Consul {
@@ -37,13 +37,6 @@ extern "C" fn stop_shared_agent() {
 
 extern "C" {
     fn atexit(cb: extern "C" fn()) -> i32;
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 /// The consul binary: on PATH (the Makefile puts .tools/bin first) or .tools/bin.
@@ -202,8 +195,7 @@ impl Consul {
         }
     }
 
-    // ---- a tiny HTTP/1.1 client, enough for test assertions ----
-
+    /// A request with `token` as `X-Consul-Token` (the shared HTTP client, `harness.rs`).
     pub fn request(
         &self,
         method: &str,
@@ -211,33 +203,19 @@ impl Consul {
         body: Option<&str>,
         token: Option<&str>,
     ) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.http_port)).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .ok()?;
-        let body = body.unwrap_or("");
-        let token = token
-            .map(|t| format!("X-Consul-Token: {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{token}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(req.as_bytes()).ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).ok()?;
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, rest) = text.split_once("\r\n\r\n")?;
-        let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        Some((status, body))
+        let headers: Vec<String> = token
+            .map(|t| format!("X-Consul-Token: {t}"))
+            .into_iter()
+            .collect();
+        let answer = http_request(
+            self.http_port,
+            method,
+            path,
+            &headers,
+            body.unwrap_or(""),
+            Duration::from_secs(10),
+        )?;
+        Some((answer.status, answer.body))
     }
 
     pub fn get(&self, path: &str) -> Option<(u16, String)> {
@@ -317,22 +295,6 @@ impl Drop for Consul {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || after.len() < n {
-            break;
-        }
-        out.push_str(&after[..n]);
-        rest = after[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.

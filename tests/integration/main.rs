@@ -1,15 +1,28 @@
 //! lockwrap's integration tests: the built binary against a real Consul agent
-//! (`consul agent -dev` on free loopback ports; see `consul.rs`).
+//! (`consul agent -dev` on free loopback ports; see `consul.rs`), one file per behaviour, all on
+//! the shared harness (`harness.rs` and its submodules).
 
 mod consul;
 mod harness;
 
+mod acl_connectivity;
+mod acquire_release;
 mod bad_input;
-mod cli;
+mod config_precedence;
+mod execute;
+mod hooks;
+mod install_library;
+mod layouts_semaphore;
 mod queue;
 mod reach;
 mod ride_out;
-mod run;
 mod sidecar;
+mod status_metadata;
+mod status_server;
+mod supervisor_child;
+mod supervisor_loss;
+mod supervisor_signals;
+mod takeover;
 mod tls;
+mod waiting;
 mod webhook;

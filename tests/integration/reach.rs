@@ -3,16 +3,18 @@
 //! loopback proxy in front of a real agent.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::consul::{wait_until, Consul};
-use crate::harness::{code, lockwrap, run_bounded, scratch, stderr, stdout, unique_key};
+use crate::harness::{
+    code, describe, lockwrap, run_bounded, scratch, serve, stderr, stdout, unique_key, Proc,
+};
 
 /// One request as the proxy received it, before any rewriting.
 #[derive(Debug, Clone)]
@@ -64,18 +66,10 @@ struct ProxyRules {
 
 impl Proxy {
     fn start(upstream: u16, rules: ProxyRules) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        let port = listener.local_addr().expect("proxy addr").port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let (log, rules) = (Arc::clone(&log), rules.clone());
-                std::thread::spawn(move || {
-                    let _ = forward(stream, upstream, &rules, &log);
-                });
-            }
+        let port = serve(move |stream| {
+            let _ = forward(stream, upstream, &rules, &log);
         });
         Proxy { port, seen }
     }
@@ -176,7 +170,7 @@ fn strip_params(target: &str, strip: &[String]) -> String {
 }
 
 /// A `run` whose command signals it started and exits once `stop` exists in `dir`.
-fn holder(mut cmd: Command, dir: &Path, key: &str, extra: &[&str]) -> Child {
+fn holder(mut cmd: Command, dir: &Path, key: &str, extra: &[&str]) -> Proc {
     let script = format!(
         "touch {0}/started; while [ ! -e {0}/stop ]; do sleep 0.05; done",
         dir.display()
@@ -184,21 +178,11 @@ fn holder(mut cmd: Command, dir: &Path, key: &str, extra: &[&str]) -> Child {
     cmd.args(["run", "--key", key])
         .args(extra)
         .args(["--", "sh", "-c", &script]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.spawn().expect("spawn lockwrap run")
+    Proc::spawn(cmd)
 }
 
-fn finish(child: Child) -> Output {
-    crate::harness::wait_output(child, Duration::from_secs(30))
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {}\nstdout: {}\nstderr: {}",
-        code(out),
-        stdout(out),
-        stderr(out)
-    )
+fn finish(holder: Proc) -> Output {
+    holder.finish(Duration::from_secs(30))
 }
 
 fn json(out: &Output) -> Value {
@@ -261,8 +245,7 @@ fn unix_socket_agent_serves_sessions_kv_blocking_queries_and_checks() {
     // A contender waits with blocking queries over the socket, and takes over on release.
     let mut second = via_socket();
     second.args(["lock", "--timeout", "30s", &key]);
-    second.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let second = second.spawn().expect("spawn contender");
+    let second = Proc::spawn(second);
     std::fs::write(dir.join("stop"), "").expect("touch stop");
     let first = finish(first);
     assert_eq!(code(&first), 0, "holder: {}", describe(&first));

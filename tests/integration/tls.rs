@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::consul::{consul_binary, wait_until, Consul};
-use crate::harness::{code, lockwrap, run_bounded, scratch, stderr, stdout, unique_key};
+use crate::harness::{code, free_port, lockwrap, run_bounded, scratch, stderr, stdout, unique_key};
 
 /// An agent with an HTTPS port that demands client certificates, and the files to reach it.
 struct TlsAgent {
@@ -30,10 +30,7 @@ impl TlsAgent {
         tls(&["ca", "create"]);
         tls(&["cert", "create", "-server"]);
         tls(&["cert", "create", "-client"]);
-        let https_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let https_port = free_port();
         let hcl = format!(
             r#"ports {{ https = {https_port} }}
 ca_file = "{dir}/consul-agent-ca.pem"

@@ -1,54 +1,48 @@
 //! `--webhook URL`: every lock event is POSTed as JSON, in the background.
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::consul::{wait_until, Consul};
-use crate::harness::{code, lockwrap, run_bounded, stderr, unique_key};
+use crate::harness::{closed_port, code, lockwrap, run_bounded, serve, stderr, unique_key};
 
 /// A loopback HTTP server that records every request body and answers 204.
 fn recorder() -> (u16, Arc<Mutex<Vec<Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let store = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut raw = Vec::new();
-            let mut buf = [0u8; 8192];
-            // Read headers, then exactly Content-Length bytes of body.
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 {
+    let port = serve(move |mut stream| {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        // Read headers, then exactly Content-Length bytes of body.
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())
+                            .flatten()
+                    })
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    if let Ok(v) = serde_json::from_str(&body[..length]) {
+                        store.lock().expect("store").push(v);
+                    }
                     break;
                 }
-                raw.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&raw).to_string();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse::<usize>().ok())
-                                .flatten()
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= length {
-                        if let Ok(v) = serde_json::from_str(&body[..length]) {
-                            store.lock().expect("store").push(v);
-                        }
-                        break;
-                    }
-                }
             }
-            let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
         }
+        let _ = stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n");
     });
     (port, seen)
 }
@@ -102,10 +96,7 @@ fn webhook_receives_acquired_and_released_events_as_json() {
 fn an_unreachable_webhook_does_not_delay_or_fail_the_command() {
     let consul = Consul::shared();
     let key = unique_key("webhook-down");
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
+    let closed = closed_port();
     let mut cmd = lockwrap(consul);
     cmd.args([
         "run",

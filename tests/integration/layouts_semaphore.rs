@@ -1,0 +1,376 @@
+//! Key layouts and semaphores: the `consul-lock` layout against HashiCorp's `consul lock` (both
+//! ways), foreign entries, and `-n` semaphores holding at most `limit` children.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::consul::{consul_binary, wait_until, Consul};
+use crate::harness::{
+    assert_no_sessions, cli, code, describe, exclusion_probe, json_line, run_bounded, run_cmd,
+    scratch, session_of, stderr, stdout, term_recorder, unique_key, wait_waiting, waiting_opts,
+    Dir, Proc, LOCK_FLAGS, QUICK,
+};
+
+/// The semaphore contender flags value: a key with these flags is not a lock.
+const SEMAPHORE_FLAGS: u64 = 16_210_313_421_097_356_768;
+
+/// `consul lock -http-addr=… PREFIX 'probe ID'`.
+fn consul_lock(consul: &Consul, prefix: &str, probe: &str, id: &str) -> Proc {
+    let mut cmd = Command::new(consul_binary());
+    cmd.args([
+        "lock",
+        &format!("-http-addr=127.0.0.1:{}", consul.http_port),
+        prefix,
+        &format!("{probe} {id}"),
+    ])
+    .env("CONSUL_HTTP_TOKEN", "root")
+    .stdin(Stdio::null());
+    Proc::spawn(cmd)
+}
+
+#[test]
+fn consul_lock_layout_uses_the_dot_lock_entry_with_consuls_flags() {
+    let consul = Consul::shared();
+    let prefix = unique_key("layout");
+    let lock_entry = format!("{prefix}/.lock");
+    let out = cli(consul, &["lock", "--layout", "consul-lock", &prefix]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let held = json_line(&out);
+    let entry = consul.kv(&lock_entry).expect("<prefix>/.lock written");
+    assert_eq!(entry["Flags"].as_u64(), Some(LOCK_FLAGS), "{entry}");
+    assert_eq!(entry["Session"], held["session"]);
+    assert_eq!(held["fencingToken"], entry["ModifyIndex"]);
+    assert!(
+        consul.kv(&prefix).is_none(),
+        "the prefix itself is not written"
+    );
+
+    let out = cli(consul, &["status", "--layout", "consul-lock", &prefix]);
+    assert_eq!(
+        json_line(&out)["session"],
+        held["session"],
+        "{}",
+        describe(&out)
+    );
+    let out = cli(
+        consul,
+        &["lock", "--layout", "consul-lock", "--non-blocking", &prefix],
+    );
+    assert_eq!(code(&out), 100, "{}", describe(&out));
+    let out = cli(consul, &["unlock", "--layout", "consul-lock", &prefix]);
+    assert_eq!(
+        stdout(&out),
+        json!(prefix).to_string(),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(consul.holder(&lock_entry), None);
+    assert_no_sessions(consul, &prefix);
+}
+
+#[test]
+fn a_lock_entry_with_foreign_flags_is_a_conflict_and_left_untouched() {
+    let consul = Consul::shared();
+    let prefix = unique_key("layout_conflict");
+    let lock_entry = format!("{prefix}/.lock");
+    consul.put(&format!("/v1/kv/{lock_entry}?flags=42"), "foreign");
+    let plain = unique_key("flags_conflict");
+    consul.put(
+        &format!("/v1/kv/{plain}?flags={SEMAPHORE_FLAGS}"),
+        "semaphore",
+    );
+    let before = (consul.kv(&lock_entry), consul.kv(&plain));
+
+    for args in [
+        vec!["lock", "--layout", "consul-lock", prefix.as_str()],
+        vec![
+            "lock",
+            "--layout",
+            "consul-lock",
+            "--non-blocking",
+            prefix.as_str(),
+        ],
+        vec![
+            "execute",
+            "--layout",
+            "consul-lock",
+            prefix.as_str(),
+            "true",
+        ],
+        vec!["unlock", "--layout", "consul-lock", prefix.as_str()],
+        vec!["lock", plain.as_str()],
+        vec!["lock", "--non-blocking", plain.as_str()],
+    ] {
+        let out = cli(consul, &args);
+        assert_eq!(code(&out), 3, "{args:?}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains("flags"),
+            "{args:?}: the message should explain the flags conflict: {}",
+            describe(&out)
+        );
+    }
+    assert_eq!(
+        (consul.kv(&lock_entry), consul.kv(&plain)),
+        before,
+        "entries were touched"
+    );
+    assert_no_sessions(consul, &prefix);
+    assert_no_sessions(consul, &plain);
+    consul.delete_kv(&lock_entry);
+    consul.delete_kv(&plain);
+}
+
+#[test]
+fn consul_lock_layout_interoperates_with_hashicorp_consul_lock() {
+    let consul = Consul::shared();
+    let prefix = unique_key("interop");
+    let dir = scratch("interop");
+    let go = dir.join("go");
+    let lock_entry = format!("{prefix}/.lock");
+
+    // HashiCorp's `consul lock` holds the prefix: lockwrap sees it as taken.
+    let mut theirs = Command::new(consul_binary());
+    theirs.args([
+        "lock",
+        &format!("-http-addr={}", consul.addr()),
+        &prefix,
+        &format!("while [ ! -f '{}' ]; do sleep 0.05; done", go.display()),
+    ]);
+    let theirs = Proc::spawn(theirs);
+    assert!(
+        wait_until(QUICK, || consul.holder(&lock_entry).is_some()),
+        "consul lock never took {lock_entry}"
+    );
+    let out = cli(
+        consul,
+        &["lock", "--layout", "consul-lock", "--non-blocking", &prefix],
+    );
+    assert_eq!(code(&out), 100, "{}", describe(&out));
+    let out = cli(consul, &["status", "--layout", "consul-lock", &prefix]);
+    assert_eq!(
+        json_line(&out)["session"].as_str(),
+        consul.holder(&lock_entry).as_deref()
+    );
+
+    // Once it lets go, lockwrap takes the same entry; then `consul lock` cannot.
+    std::fs::write(&go, "").expect("go file");
+    let (out, _) = theirs.finish_at(QUICK);
+    assert!(out.status.success(), "consul lock: {}", describe(&out));
+    let out = cli(
+        consul,
+        &[
+            "lock",
+            "--layout",
+            "consul-lock",
+            "--timeout",
+            "10",
+            &prefix,
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let held = json_line(&out);
+    assert_eq!(consul.holder(&lock_entry), Some(session_of(&held)));
+
+    let marker = dir.join("theirs-ran");
+    let mut theirs = Command::new(consul_binary());
+    theirs.args([
+        "lock",
+        &format!("-http-addr={}", consul.addr()),
+        "-try=1s",
+        &prefix,
+        &format!("touch '{}'", marker.display()),
+    ]);
+    let out = run_bounded(theirs, QUICK);
+    assert!(
+        !out.status.success(),
+        "consul lock got a held lock: {}",
+        describe(&out)
+    );
+    assert!(!marker.exists());
+
+    let out = cli(consul, &["unlock", "--layout", "consul-lock", &prefix]);
+    assert_eq!(
+        stdout(&out),
+        json!(prefix).to_string(),
+        "{}",
+        describe(&out)
+    );
+    assert_no_sessions(consul, &prefix);
+}
+
+#[test]
+fn run_semaphore_runs_at_most_limit_children() {
+    let consul = Consul::shared();
+    let key = unique_key("run-semaphore");
+    let dir = Dir::new("run-semaphore");
+    let child = dir.script(
+        "slot.sh",
+        &format!(
+            "D='{}'\nID=\"$1\"\necho $$ >> \"$D/child.pid\"\n\
+             touch \"$D/running.$ID\"\nls \"$D\" | grep -c '^running\\.' >> \"$D/counts\"\n\
+             echo \"$ID\" >> \"$D/order\"\n\
+             while [ ! -e \"$D/release.$ID\" ]; do sleep 0.05; done\nrm -f \"$D/running.$ID\"",
+            dir.display()
+        ),
+    );
+    let mut wrappers: Vec<(String, Proc)> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            (
+                id.to_string(),
+                Proc::spawn(run_cmd(consul, &key, &["-n", "2"], &[&child, id])),
+            )
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || dir.lines("order").len() >= 2),
+        "two slots were not filled"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || consul.sessions_for(&key).len()
+            == 3),
+        "the third contender is not waiting: {:?}",
+        consul.sessions_for(&key)
+    );
+    let running = dir.lines("order");
+    assert_eq!(
+        running.len(),
+        2,
+        "at most two children at once: {running:?}"
+    );
+
+    let first = running[0].clone();
+    dir.touch(&format!("release.{first}"));
+    assert!(
+        wait_until(Duration::from_secs(5), || dir.lines("order").len() == 3),
+        "the waiting contender did not get the freed slot"
+    );
+    for id in ["a", "b", "c"] {
+        dir.touch(&format!("release.{id}"));
+    }
+    for (id, wrapper) in wrappers.drain(..) {
+        let out = wrapper.finish(Duration::from_secs(10));
+        assert_eq!(code(&out), 0, "{id}: {}", describe(&out));
+    }
+    let counts: Vec<u32> = dir
+        .lines("counts")
+        .iter()
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    assert!(
+        counts.iter().all(|c| *c <= 2),
+        "more than two children at once: {counts:?}"
+    );
+    assert_eq!(counts.len(), 3, "each wrapper ran its child once");
+    assert_no_sessions(consul, &key);
+}
+
+#[test]
+fn run_semaphore_with_a_different_limit_is_a_conflict() {
+    let consul = Consul::shared();
+    let key = unique_key("run-semaphore-conflict");
+    let dir = Dir::new("run-semaphore-conflict");
+    let child = term_recorder(&dir);
+    let holder = Proc::spawn(run_cmd(consul, &key, &["-n", "2"], &[&child]));
+    assert!(
+        dir.wait_for("ready", Duration::from_secs(10)),
+        "holder's child did not start"
+    );
+
+    let marker = dir.path("conflict-ran");
+    let out = run_bounded(
+        run_cmd(
+            consul,
+            &key,
+            &["-n", "3"],
+            &["sh", "-c", &format!("touch '{}'", marker.display())],
+        ),
+        Duration::from_secs(15),
+    );
+    assert_eq!(code(&out), 3, "{}", describe(&out));
+    assert!(
+        stderr(&out).to_lowercase().contains("limit"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        !marker.exists(),
+        "the conflicting contender ran its command"
+    );
+
+    dir.touch("release");
+    let out = holder.finish(Duration::from_secs(10));
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert_no_sessions(consul, &key);
+}
+
+#[test]
+fn run_consul_lock_layout_excludes_hashicorp_consul_lock_both_ways() {
+    // A private agent: `consul lock`'s session has its own name, so count every session (a
+    // waiting `consul lock` keeps its session, which shows it is waiting).
+    let consul = Consul::start();
+    let prefix = unique_key("run-consul-lock");
+    let dir = Dir::new("run-consul-lock");
+    let probe = exclusion_probe(&dir);
+    let waiting = waiting_opts(&dir, "lw1");
+    let mut opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    opts.extend(["--layout", "consul-lock"]);
+
+    // consul lock holds; lockwrap waits (its --on-already-locked hook proves it).
+    let hashicorp = consul_lock(&consul, &prefix, &probe, "consul1");
+    assert!(
+        wait_until(Duration::from_secs(15), || dir.lines("order")
+            == ["consul1"]),
+        "consul lock's child did not start"
+    );
+    let ours = Proc::spawn(run_cmd(&consul, &prefix, &opts, &[&probe, "lw1"]));
+    wait_waiting(&dir, "lw1");
+    assert_eq!(
+        dir.lines("order"),
+        vec!["consul1"],
+        "lockwrap ran while consul lock held"
+    );
+    dir.touch("release.consul1");
+    let out = hashicorp.finish(Duration::from_secs(10));
+    assert_eq!(code(&out), 0, "consul lock: {}", describe(&out));
+    assert!(
+        wait_until(Duration::from_secs(10), || dir.exists("start.lw1")),
+        "lockwrap did not take over from consul lock"
+    );
+
+    // lockwrap holds; consul lock waits.
+    let hashicorp = consul_lock(&consul, &prefix, &probe, "consul2");
+    assert!(
+        wait_until(Duration::from_secs(10), || consul.sessions().len() == 2),
+        "consul lock is not waiting: {:?}",
+        consul.sessions()
+    );
+    assert_eq!(
+        dir.lines("order"),
+        vec!["consul1", "lw1"],
+        "consul lock ran while lockwrap held"
+    );
+    dir.touch("release.lw1");
+    let out = ours.finish(Duration::from_secs(10));
+    assert_eq!(code(&out), 0, "lockwrap: {}", describe(&out));
+    assert!(
+        wait_until(Duration::from_secs(10), || dir.exists("start.consul2")),
+        "consul lock did not take over from lockwrap"
+    );
+    dir.touch("release.consul2");
+    let out = hashicorp.finish(Duration::from_secs(10));
+    assert_eq!(code(&out), 0, "consul lock: {}", describe(&out));
+
+    assert!(
+        !dir.exists("overlap"),
+        "two holders at once: {:?}",
+        dir.lines("overlap")
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || consul.sessions().is_empty()),
+        "sessions left: {:?}",
+        consul.sessions()
+    );
+}

@@ -1,0 +1,245 @@
+//! Handoff between wrappers: one child at a time, a standby taking over on release or after a
+//! crash (health-check TTL vs session TTL), and `--takeover-delay`.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::consul::{wait_until, Consul};
+use crate::harness::{
+    alive, assert_no_sessions, code, describe, exclusion_probe, ms, now_ns, run_cmd, term_recorder,
+    unique_key, wait_waiting, waiting_opts, Dir, Proc,
+};
+
+/// SIGKILLs a holder (its child dies by PDEATHSIG) and measures how long until a standby's child
+/// starts; both run with `shared_opts`. Also returns the holder's pid.
+fn crash_failover(name: &str, shared_opts: &[&str], limit: Duration) -> (Duration, i32) {
+    let consul = Consul::shared();
+    let key = unique_key(name);
+    let dir = Dir::new(name);
+    let holder_child = term_recorder(&dir);
+    let mut opts = vec!["--lock-delay", "0"];
+    opts.extend_from_slice(shared_opts);
+    let holder = Proc::spawn(run_cmd(consul, &key, &opts, &[&holder_child]));
+    assert!(
+        dir.wait_for("ready", Duration::from_secs(10)),
+        "holder's child did not start"
+    );
+    let holder_child_pid = dir.pids("child.pid")[0];
+    let marker = dir.path("standby-started").display().to_string();
+    let waiting = waiting_opts(&dir, "standby");
+    let mut opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    opts.extend(["--lock-delay", "0"]);
+    opts.extend_from_slice(shared_opts);
+    let standby = Proc::spawn(run_cmd(
+        consul,
+        &key,
+        &opts,
+        &["sh", "-c", &format!("date +%s%N > '{marker}'")],
+    ));
+    wait_waiting(&dir, "standby");
+
+    let holder_pid = holder.pid;
+    let killed_at = now_ns();
+    holder.signal(Signal::SIGKILL);
+    let out = holder.finish(Duration::from_secs(5));
+    assert_eq!(out.status.code(), None, "the holder was killed");
+    assert!(
+        wait_until(Duration::from_secs(3), || !alive(holder_child_pid)),
+        "the holder's child survived its parent (PDEATHSIG)"
+    );
+    assert!(
+        wait_until(limit, || dir.ns("standby-started").is_some()),
+        "the standby did not take over within {limit:?}"
+    );
+    let failover =
+        Duration::from_nanos((dir.ns("standby-started").expect("marker") - killed_at) as u64);
+    let out = standby.finish(Duration::from_secs(10));
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert_no_sessions(consul, &key);
+    (failover, holder_pid)
+}
+
+#[test]
+fn run_two_wrappers_one_child_at_a_time_and_standby_takes_over() {
+    let consul = Consul::shared();
+    let key = unique_key("run-exclusion");
+    let dir = Dir::new("run-exclusion");
+    let probe = exclusion_probe(&dir);
+
+    let first = Proc::spawn(run_cmd(consul, &key, &[], &[&probe, "a"]));
+    assert!(
+        wait_until(Duration::from_secs(10), || dir.lines("order").len() == 1),
+        "the first wrapper's child did not start"
+    );
+    let waiting = waiting_opts(&dir, "b");
+    let opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    let second = Proc::spawn(run_cmd(consul, &key, &opts, &[&probe, "b"]));
+    wait_waiting(&dir, "b");
+    assert_eq!(
+        dir.lines("order"),
+        vec!["a"],
+        "only the holder's child runs"
+    );
+
+    dir.touch("release.a");
+    assert!(
+        dir.wait_for("start.b", Duration::from_secs(5)),
+        "the standby's child did not start within 5 s of the holder's child exiting"
+    );
+    let end_a = dir.ns("end.a").expect("end.a timestamp");
+    let start_b = dir.ns("start.b").expect("start.b timestamp");
+    eprintln!(
+        "run handoff: {} ms (child a exit → child b start)",
+        ms(start_b - end_a)
+    );
+    assert!(start_b >= end_a, "child b started before child a ended");
+
+    let out_a = first.finish(Duration::from_secs(10));
+    assert_eq!(code(&out_a), 0, "{}", describe(&out_a));
+    dir.touch("release.b");
+    let out_b = second.finish(Duration::from_secs(10));
+    assert_eq!(code(&out_b), 0, "{}", describe(&out_b));
+
+    assert!(
+        !dir.exists("overlap"),
+        "two children ran at once: {:?}",
+        dir.lines("overlap")
+    );
+    assert_eq!(
+        dir.lines("order"),
+        vec!["a", "b"],
+        "each wrapper ran its child exactly once"
+    );
+    let token_a: u64 = dir.read("token.a").trim().parse().expect("token a");
+    let token_b: u64 = dir.read("token.b").trim().parse().expect("token b");
+    assert!(
+        token_b > token_a,
+        "fencing tokens must increase: {token_a} then {token_b}"
+    );
+    assert_no_sessions(consul, &key);
+}
+
+#[test]
+fn run_health_check_ttl_frees_a_crashed_holders_lock_fast() {
+    let (failover, holder_pid) = crash_failover(
+        "run-health-check",
+        &["--health-check-ttl", "2s"],
+        Duration::from_secs(15),
+    );
+    // The standby removed the dead holder's critical check when it registered its own, and
+    // deregistered its own on exit: nothing of either is left on the agent.
+    let (status, body) = Consul::shared()
+        .get("/v1/agent/checks")
+        .expect("agent checks");
+    assert_eq!(status, 200, "{body}");
+    let checks: serde_json::Value = serde_json::from_str(&body).expect("checks JSON");
+    let left: Vec<&String> = checks
+        .as_object()
+        .expect("checks map")
+        .keys()
+        .filter(|id| id.contains(&format!(":{holder_pid}:")))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the crashed holder's check is left: {left:?}"
+    );
+    eprintln!(
+        "run crash failover with --health-check-ttl 2s: {} ms",
+        failover.as_millis()
+    );
+    assert!(
+        failover < Duration::from_secs(8),
+        "failover took {failover:?}"
+    );
+}
+
+#[test]
+fn run_crash_failover_without_health_check_waits_for_session_ttl() {
+    let (failover, _) = crash_failover(
+        "run-no-health-check",
+        &["--session-ttl", "10s", "--kill-grace", "1s"],
+        Duration::from_secs(45),
+    );
+    eprintln!(
+        "run crash failover without health check (TTL 10 s): {} ms",
+        failover.as_millis()
+    );
+    assert!(
+        failover > Duration::from_secs(8),
+        "without a health check the session should live about TTL…2×TTL: {failover:?}"
+    );
+}
+
+#[test]
+fn takeover_delay_waits_only_after_an_unclean_release() {
+    let consul = Consul::shared();
+    let key = unique_key("run-takeover");
+    let dir = Dir::new("run-takeover");
+    let child = dir.script(
+        "child.sh",
+        &format!(
+            "D='{}'\ntrap 'date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
+             date +%s%N > \"$D/start.$1\"\n\
+             while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
+             date +%s%N > \"$D/end.$1\"",
+            dir.display()
+        ),
+    );
+    let opts = [
+        "--takeover-delay",
+        "2s",
+        "--kill-grace",
+        "1s",
+        "--lock-delay",
+        "0",
+    ];
+
+    // First holder on a fresh key: an absent key counts as unclean, so it waits too.
+    let a = Proc::spawn(run_cmd(consul, &key, &opts, &[&child, "a"]));
+    assert!(dir.wait_for("start.a", Duration::from_secs(10)));
+    let waiting = waiting_opts(&dir, "b");
+    let mut b_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    b_opts.extend(opts);
+    let b = Proc::spawn(run_cmd(consul, &key, &b_opts, &[&child, "b"]));
+    wait_waiting(&dir, "b");
+
+    // A clean release: the standby starts at once.
+    dir.touch("release.a");
+    assert!(dir.wait_for("start.b", Duration::from_secs(5)));
+    let handoff = dir.ns("start.b").expect("start.b") - dir.ns("end.a").expect("end.a");
+    eprintln!("takeover after a clean release: {} ms", ms(handoff));
+    assert!(
+        handoff < 1_500_000_000,
+        "clean handoff waited {} ms",
+        ms(handoff)
+    );
+    assert_eq!(a.finish(Duration::from_secs(10)).status.code(), Some(0));
+
+    // An unclean break (the key deleted under the holder): the next holder waits the delay,
+    // and its command never overlaps the old one.
+    let waiting = waiting_opts(&dir, "c");
+    let mut c_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    c_opts.extend(opts);
+    let c = Proc::spawn(run_cmd(consul, &key, &c_opts, &[&child, "c"]));
+    wait_waiting(&dir, "c");
+    let deleted_at = now_ns();
+    consul.delete_kv(&key);
+    assert!(dir.wait_for("start.c", Duration::from_secs(10)));
+    let start_c = dir.ns("start.c").expect("start.c");
+    let end_b = dir.ns("end.b").expect("b's command stopped");
+    eprintln!(
+        "takeover after a deleted key: b stopped {} ms after the delete, c started {} ms after it",
+        ms(end_b - deleted_at),
+        ms(start_c - deleted_at)
+    );
+    assert!(start_c > end_b, "c started before b's command ended");
+    assert!(
+        start_c - deleted_at >= 2_000_000_000,
+        "c did not wait the takeover delay"
+    );
+    assert_eq!(b.finish(Duration::from_secs(10)).status.code(), Some(101));
+    dir.touch("release.c");
+    assert_eq!(c.finish(Duration::from_secs(10)).status.code(), Some(0));
+    assert!(consul.sessions_for(&key).is_empty());
+}
