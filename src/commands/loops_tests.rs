@@ -24,6 +24,26 @@ fn manager() -> (MemoryBackend, LockManager<MemoryBackend>) {
     (store.clone(), LockManager::new(store))
 }
 
+/// One campaign for key `k` with no observer, listening to `signals`.
+async fn campaign(
+    manager: &LockManager<MemoryBackend>,
+    signals: &mut mpsc::UnboundedReceiver<Signal>,
+    policy: OnUnreachable,
+) -> (
+    crate::exit::Result<Acquired<crate::backend::memory::MemoryLease>>,
+    Option<Signal>,
+) {
+    acquire::campaign(
+        manager,
+        &LockRequest::new("k"),
+        &NoObserver,
+        signals,
+        &Telemetry::new("k"),
+        policy,
+    )
+    .await
+}
+
 fn config(args: &[&str]) -> Config {
     let cli = Cli::try_parse_from(std::iter::once("lockwrap").chain(args.iter().copied()))
         .expect("valid arguments");
@@ -35,17 +55,8 @@ async fn campaign_rides_out_an_outage_with_growing_back_off() {
     let (store, manager) = manager();
     store.fail_next(3);
     let (_tx, mut signals) = mpsc::unbounded_channel();
-    let telemetry = Telemetry::new("k");
     let started = Instant::now();
-    let (result, signal) = acquire::campaign(
-        &manager,
-        &LockRequest::new("k"),
-        &NoObserver,
-        &mut signals,
-        &telemetry,
-        OnUnreachable::Retry,
-    )
-    .await;
+    let (result, signal) = campaign(&manager, &mut signals, OnUnreachable::Retry).await;
     assert!(matches!(result, Ok(Acquired::Held(_))));
     assert!(signal.is_none());
     // 0.5 + 1 + 2 s of back-off, nothing more.
@@ -57,15 +68,7 @@ async fn campaign_gives_up_on_a_store_that_never_answered_when_asked_to() {
     let (store, manager) = manager();
     store.fail_next(1);
     let (_tx, mut signals) = mpsc::unbounded_channel();
-    let (result, _) = acquire::campaign(
-        &manager,
-        &LockRequest::new("k"),
-        &NoObserver,
-        &mut signals,
-        &Telemetry::new("k"),
-        OnUnreachable::RetryAfterFirstAnswer,
-    )
-    .await;
+    let (result, _) = campaign(&manager, &mut signals, OnUnreachable::RetryAfterFirstAnswer).await;
     let Err(err) = result else {
         panic!("expected to give up");
     };
@@ -82,15 +85,7 @@ async fn a_stop_signal_ends_the_back_off_at_once() {
         let _ = tx.send(Signal::HUP);
     });
     let started = Instant::now();
-    let (result, signal) = acquire::campaign(
-        &manager,
-        &LockRequest::new("k"),
-        &NoObserver,
-        &mut signals,
-        &Telemetry::new("k"),
-        OnUnreachable::Retry,
-    )
-    .await;
+    let (result, signal) = campaign(&manager, &mut signals, OnUnreachable::Retry).await;
     assert!(matches!(result, Ok(Acquired::Cancelled)));
     assert_eq!(signal, Some(Signal::HUP));
     assert_eq!(started.elapsed(), Duration::from_secs(2));
@@ -102,17 +97,7 @@ async fn a_waiting_campaign_takes_the_lock_when_the_holder_releases() {
     let (_store, manager) = manager();
     let first = manager.acquire("k").await.expect("first holder");
     let (_tx, mut signals) = mpsc::unbounded_channel();
-    let waiter = async {
-        acquire::campaign(
-            &manager,
-            &LockRequest::new("k"),
-            &NoObserver,
-            &mut signals,
-            &Telemetry::new("k"),
-            OnUnreachable::Retry,
-        )
-        .await
-    };
+    let waiter = async { campaign(&manager, &mut signals, OnUnreachable::Retry).await };
     let releaser = async {
         tokio::time::sleep(Duration::from_secs(30)).await;
         first.release().await.expect("release");
