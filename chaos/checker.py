@@ -7,6 +7,8 @@ these interval bounds can only over-report overlaps, never hide one.
 """
 from __future__ import annotations
 
+import math
+
 BREAK_SLACK_NS = 1_000_000_000
 
 
@@ -102,7 +104,7 @@ def percentile(xs, p: float):
     s = sorted(xs)
     if not s:
         return None
-    k = max(0, min(len(s) - 1, int(round(p / 100.0 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(p / 100.0 * len(s)) - 1))
     return s[k]
 
 
