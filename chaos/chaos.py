@@ -432,11 +432,7 @@ class Chaos:
     def shutdown(self) -> None:
         log("stopping: heal, SIGCONT, SIGTERM every contender")
         self.t_shutdown = mono()
-        for c in self.contenders:
-            c.proxy.heal()
-        self.agent.sigcont()
-        if self.agent.proc is None or self.agent.proc.poll() is not None:
-            self.agent.start()
+        self.heal_all()
         self.final_exit: dict[str, int | None] = {}
         self.final_pids: dict[int, str] = {}
         for c in self.contenders:
@@ -454,6 +450,14 @@ class Chaos:
         self.lw.poll()
         time.sleep(0)  # let the monitor catch the last records
         wait_until(lambda: self._monitor_caught_up(), 5, 0.01, "log monitor")
+
+    def heal_all(self) -> None:
+        """Undo every fault before the final SIGTERMs (the agent must answer for the cleanup)."""
+        for c in self.contenders:
+            c.proxy.heal()
+        self.agent.sigcont()
+        if self.agent.proc is None or self.agent.proc.poll() is not None:
+            self.agent.start()
 
     def _monitor_caught_up(self) -> bool:
         return self.lw.off >= os.path.getsize(self.logfile)
