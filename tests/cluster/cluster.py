@@ -13,13 +13,15 @@ data dir (chowned to that uid) under a temp dir; `-bind`, `-advertise`, `-client
 `-dns-port -1 -grpc-port -1`, raft_multiplier 1 (fast elections, as Consul recommends for
 production). Each lockwrap contender runs under its own uid too (41101…).
 
-Partitions: rules in a dedicated chain LWTEST, jumped to from OUTPUT for `-o lo`. Every packet on
-lo passes OUTPUT once, so dropping there cuts a link both ways. Isolating node X from node Y drops
-X→Y and Y→X by address pair AND by owner uid (Consul dials some TCP connections without binding the
-source address, which then is 127.0.0.1; the owner match catches those). A lockwrap↔agent cut marks
-every connection of the contender's uid (CONNMARK, installed when the contender is registered) and
-drops the packets of marked connections in both directions ("drop"), or answers them with a TCP
-reset ("reset"). Heal removes the fault rules. At the end (also on failure, SIGTERM, SIGINT, and
+Partitions: rules in a dedicated chain LWTEST, jumped to from OUTPUT for `-o lo`, where the
+sending uid is known. A packet to drop is MARKed there (bit 0x100000) and dropped by chain LWTEST_IN
+(from INPUT `-i lo`): a real partition loses packets silently, while a DROP in OUTPUT would fail the
+sender's sendto() with EPERM at once (memberlist then skips the probe instead of suspecting the
+node). Isolating node X from node Y marks X→Y and Y→X by address pair AND by owner uid (Consul dials
+some TCP connections without binding the source address, which then is 127.0.0.1; the owner match
+catches those). A lockwrap↔agent cut: every connection of a contender's uid carries a CONNMARK
+(installed when the contender is registered); the cut marks the packets of those connections in
+both directions ("drop"), or answers them with a TCP reset ("reset"). Heal removes the fault rules. At the end (also on failure, SIGTERM, SIGINT, and
 atexit) every rule and the chain are removed and every process is stopped by PID.
 Only 127.0.0.0/8 addresses are ever used. One harness at a time (flock on /tmp/lockwrap-cluster.lock).
 
@@ -53,7 +55,9 @@ CLIENTS = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
 HTTP_PORT = 8500
 AGENT_UID_BASE = 41000
 CONTENDER_UID_BASE = 41100
-CHAIN = "LWTEST"
+CHAIN = "LWTEST"          # from OUTPUT -o lo: marks the packets a fault drops (or resets them)
+CHAIN_IN = "LWTEST_IN"    # from INPUT -i lo: drops the marked packets, silently
+DROP_MARK = "0x100000/0x100000"
 LOCK_PATH = "/tmp/lockwrap-cluster.lock"
 # The child and the contenders run as unprivileged uids: use a python they can execute.
 PYTHON = next((p for p in ("/usr/bin/python3", "/bin/python3") if os.access(p, os.X_OK)),
@@ -200,17 +204,22 @@ class Firewall:
 
     def setup(self) -> None:
         self.teardown_chain()            # a crashed earlier run (we hold the flock: not a live one)
-        self.ipt("-N", CHAIN)
         self.up = True
         on_exit(self.teardown)
+        self.ipt("-N", CHAIN)
+        self.ipt("-N", CHAIN_IN)
+        self.ipt("-A", CHAIN_IN, "-m", "mark", "--mark", DROP_MARK, "-j", "DROP")
+        self.ipt("-I", "INPUT", "1", "-i", "lo", "-j", CHAIN_IN)
         self.ipt("-I", "OUTPUT", "1", "-o", "lo", "-j", CHAIN)
 
     def teardown_chain(self) -> None:
-        for _ in range(20):   # every jump (bounded)
-            if self.ipt("-D", "OUTPUT", "-o", "lo", "-j", CHAIN, check=False).returncode != 0:
-                break
-        self.ipt("-F", CHAIN, check=False)
-        self.ipt("-X", CHAIN, check=False)
+        for hook, io, chain in (("OUTPUT", "-o", CHAIN), ("INPUT", "-i", CHAIN_IN)):
+            for _ in range(20):   # every jump (bounded)
+                if self.ipt("-D", hook, io, "lo", "-j", chain, check=False).returncode != 0:
+                    break
+        for chain in (CHAIN, CHAIN_IN):
+            self.ipt("-F", chain, check=False)
+            self.ipt("-X", chain, check=False)
 
     def teardown(self) -> None:
         if not self.up:
@@ -221,7 +230,7 @@ class Firewall:
             self.faults.clear()
             self.permanent.clear()
         left = self.ipt("-S", check=False).stdout.decode()
-        if CHAIN in left:
+        if CHAIN in left:   # also matches LWTEST_IN
             log(f"WARNING: {CHAIN} still present after teardown:\n{left}")
 
     def _add(self, rule: list[str], permanent: bool) -> None:
@@ -236,22 +245,22 @@ class Firewall:
 
     def isolate(self, x, others) -> None:
         """Drop all traffic between agent x and each of `others`, both ways."""
+        drop = ["-j", "MARK", "--set-xmark", DROP_MARK]
         for y in others:
             if y is x:
                 continue
-            self._add(["-s", loopback(x.addr), "-d", loopback(y.addr), "-j", "DROP"], False)
-            self._add(["-s", y.addr, "-d", x.addr, "-j", "DROP"], False)
-            self._add(["-m", "owner", "--uid-owner", str(x.uid), "-d", y.addr, "-j", "DROP"], False)
-            self._add(["-m", "owner", "--uid-owner", str(y.uid), "-d", x.addr, "-j", "DROP"], False)
+            self._add(["-s", loopback(x.addr), "-d", loopback(y.addr), *drop], False)
+            self._add(["-s", y.addr, "-d", x.addr, *drop], False)
+            self._add(["-m", "owner", "--uid-owner", str(x.uid), "-d", y.addr, *drop], False)
+            self._add(["-m", "owner", "--uid-owner", str(y.uid), "-d", x.addr, *drop], False)
 
     def cut_uid(self, uid: int, mode: str = "drop") -> None:
         """Cut every connection of contender uid (its lockwrap and child) - i.e. lockwrap↔agent."""
         if mode == "reset":
             self._add(["-p", "tcp", "-m", "connmark", "--mark", str(uid), "-j", "REJECT",
                        "--reject-with", "tcp-reset"], False)
-            self._add(["-m", "connmark", "--mark", str(uid), "-j", "DROP"], False)
-        else:
-            self._add(["-m", "connmark", "--mark", str(uid), "-j", "DROP"], False)
+        self._add(["-m", "connmark", "--mark", str(uid), "-j", "MARK", "--set-xmark", DROP_MARK],
+                  False)
 
     def heal(self) -> None:
         with self.lock:
@@ -358,6 +367,7 @@ class Cluster:
         self.agents = self.servers + self.clients
         self.stopped = False
         self.event_log: list[tuple[int, str]] = []   # (mono ns, what) of every fault action
+        self.isolated: list[Agent] = []
 
     def note(self, what: str) -> None:
         self.event_log.append((mono(), what))
@@ -483,6 +493,7 @@ class Cluster:
     def partition_node(self, node: Agent, only_servers: bool = False) -> None:
         others = self.servers if only_servers else self.agents
         self.note(f"partition {node.name} from {'servers' if only_servers else 'all'}")
+        self.isolated.append(node)
         self.fw.isolate(node, others)
 
     def partition_leader(self) -> Agent | None:
@@ -490,6 +501,7 @@ class Cluster:
         lead = self.leader()
         if lead is not None:
             self.note(f"partition leader {lead.name}")
+            self.isolated.append(lead)
             self.fw.isolate(lead, self.agents)
         return lead
 
@@ -497,9 +509,22 @@ class Cluster:
         self.note(f"cut uid {uid} ({mode})")
         self.fw.cut_uid(uid, mode)
 
-    def heal(self) -> None:
-        self.note("heal")
+    def heal(self, rejoin: bool = False) -> None:
+        """Remove the fault rules. Serf on its own re-merges a node that was declared failed only
+        at its next reconnect attempt (every 30 s); rejoin=True has each isolated node join the
+        servers at once (as an operator or a restarted agent's -retry-join would)."""
+        self.note("heal" + (" + rejoin" if rejoin else ""))
         self.fw.heal()
+        nodes, self.isolated = self.isolated, []
+        if rejoin:
+            for n in nodes:
+                for srv in self.servers:
+                    if srv is n:
+                        continue
+                    try:
+                        http(n.addr, "PUT", f"/v1/agent/join/{srv.addr}", timeout=5)
+                    except OSError:
+                        pass
 
     def kill_leader(self, down_for: float = 0.0, wait: float = 60.0) -> Agent | None:
         """kill -9 the leader, restart it after `down_for` seconds, wait until ready again."""
@@ -633,8 +658,54 @@ def smoke() -> int:
         cl.partition_node(c1)
         wait_until(lambda: not c1.leader() or None, 30, 0.1, "c1 to lose the leader")
         log(f"c1 partitioned: no leader after {time.monotonic() - t0:.1f}s")
+
+        def serf_critical():
+            try:
+                checks = cl.servers[0].get(f"/v1/health/node/{c1.name}?stale") or []
+            except (OSError, RuntimeError, ValueError):
+                return False
+            return any(x.get("CheckID") == "serfHealth" and x.get("Status") == "critical"
+                       for x in checks)
+        wait_until(serf_critical, 30, 0.1, "c1 serfHealth critical")
+        log(f"c1 serfHealth critical after {time.monotonic() - t0:.1f}s")
         cl.heal()
         log(f"healed: ready again after {cl.wait_ready(60):.1f}s")
+        # lockwrap<->agent cut: a poller under a contender uid loses its agent, and only it.
+        uid = CONTENDER_UID_BASE + 99
+        cl.fw.register_uid(uid)
+        poll_src = ("import http.client,sys,time\n"
+                    "c=http.client.HTTPConnection(sys.argv[1],8500,timeout=1)\n"
+                    "for i in range(400):\n"
+                    "  t=time.monotonic()\n"
+                    "  try:\n"
+                    "    c.request('GET','/v1/status/leader'); c.getresponse().read(); r='ok'\n"
+                    "  except Exception as e:\n"
+                    "    r='fail'; c.close(); c=http.client.HTTPConnection(sys.argv[1],8500,timeout=1)\n"
+                    "  print(round(t,2), r, flush=True); time.sleep(0.1)\n")
+        out = os.path.join(cl.work, "poller.out")
+        with open(out, "wb") as f:
+            p = cl.tracker.spawn(as_uid(uid, [PYTHON, "-S", "-c", poll_src, c1.addr]), stdout=f)
+        time.sleep(2)
+        t_cut = time.monotonic()
+        cl.cut_contender(uid, "drop")
+        time.sleep(4)
+        ok_root = bool(c1.leader())
+        cl.heal()
+        t_heal = time.monotonic()
+        time.sleep(3)
+        signal_pid(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+        res = [ln.split() for ln in open(out).read().splitlines() if ln.strip()]
+        before = [r for t, r in res if float(t) < t_cut]
+        during = [r for t, r in res if t_cut + 0.1 < float(t) < t_heal - 1.1]
+        after = [r for t, r in res if float(t) > t_heal + 1.5]
+        log(f"uid cut: before {before.count('ok')}/{len(before)} ok, during "
+            f"{during.count('ok')}/{len(during)} ok, after {after.count('ok')}/{len(after)} ok; "
+            f"root's request to the same agent during the cut ok={ok_root}")
+        assert before and all(r == "ok" for r in before), "poller failed before the cut"
+        assert during and not any(r == "ok" for r in during), "the cut did not cut"
+        assert after and after[-1] == "ok", "the link did not come back"
+        assert ok_root, "the cut hit other uids"
         t0 = time.monotonic()
         lead = cl.partition_leader()
         wait_until(lambda: (cl.clients[0].leader() not in ("", lead.addr)) or None, 30, 0.1,
