@@ -256,7 +256,9 @@ class ClusterChaos(chaos.Chaos):
             while time.monotonic() < end and not self.stop_flag:
                 time.sleep(min(0.05, max(0.0, end - time.monotonic())))
         finally:
-            self.cl.heal()
+            rejoin = self.rng.random() < 0.5
+            self.cl.heal(rejoin=rejoin)
+            self.faults_rejoin = getattr(self, "faults_rejoin", 0) + rejoin
         if wait_ready:
             try:
                 self.cl.wait_ready(90)

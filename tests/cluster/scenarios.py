@@ -196,7 +196,7 @@ class Suite:
         try:
             C.pace(seconds)
         finally:
-            self.cl.heal()
+            self.cl.heal(rejoin=True)
         log(f"healed after {(mono() - t_fault) / 1e9:.1f}s; settling")
         try:
             self.cl.wait_ready(60)
