@@ -60,6 +60,7 @@ class Group:
         self.contenders: list[C.Contender] = []
         self.exits: dict[str, int | None] = {}
         self.refused = None          # stderr of a refusal at start
+        self.killed: set[str] = set()  # tags we kill -9'd (exit -9 expected)
         self.result: dict = {"scenario": name, "args": " ".join(args) or "(defaults)"}
 
     def spawn(self, agent, n: int) -> C.Contender:
@@ -125,7 +126,8 @@ class Group:
         starts = self.starts()
         bad_tok, missing = checker.fencing(starts)
         still = [ln.tag for ln in starts if alive(ln.pid)]
-        odd = {t: rc for t, rc in self.exits.items() if rc not in OK_EXIT}
+        odd = {t: rc for t, rc in self.exits.items()
+               if rc not in OK_EXIT and not (t in self.killed and rc == -9)}
         r.update(fault=fault, sections=len(ivs), overlaps=len(hard),
                  overlap_max_ms=max((o["overlap_ms"] for o in hard), default=0.0),
                  fencing_violations=bad_tok + [f"no token: {m}" for m in missing],
@@ -231,6 +233,7 @@ class Suite:
             if owner is None:
                 raise RuntimeError("d-crash: no holder to kill")
             t_kill = mono()
+            g.killed.add(owner.tag)
             owner.kill9(h.pid)
             wait_until(lambda: any(ln.t > t_kill for ln in g.starts()), 60, 0.005,
                        "the next START after kill -9")
