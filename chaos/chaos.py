@@ -369,7 +369,7 @@ class Chaos:
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
     def injector(self) -> None:
-        first = list(KINDS)
+        first = list(self.kinds)
         self.rng.shuffle(first)
         trials = 0
         while trials < self.args.trials and not self.over():

@@ -84,14 +84,25 @@ class ClusterContender(chaos.Contender):
         self.uid = s.uid_base + self.slot
         s.cl.fw.register_uid(self.uid)
         self.exit_times: list[tuple[str, int | None, int, int]] = []   # tag, rc, spawn, exit (ns)
+        self.spawned_at = 0
         return NoLink()
 
     def argv(self, tag: str) -> list[str]:
         s, a = self.s, self.s.args
+        self.spawned_at = mono()
         return C.as_uid(self.uid, [a.lockwrap, "run", "--key", s.key, "--consul-addr",
                                    f"{self.agent.addr}:{C.HTTP_PORT}", *s.flags, "--", C.PYTHON,
                                    "-S", C.CHILD, "chaos", s.logfile, tag, str(a.hold_min),
                                    str(a.hold_max)])
+
+    def stop(self):
+        """Final SIGTERM, but never in the first second of a wrapper's life: setpriv may not
+        have exec'd lockwrap yet (it would die of the signal, -15, a harness artefact)."""
+        p = self.proc
+        if p is not None:
+            wait_until(lambda: mono() - self.spawned_at >= 1e9 or p.poll() is not None, 2, 0.01,
+                       "the wrapper's first second")
+        return super().stop()
 
     def supervise(self, p, tag, t_spawn):
         t0 = mono() - int((time.monotonic() - t_spawn) * 1e9)
