@@ -98,7 +98,9 @@ class ClusterContender(chaos.Contender):
     def stop(self):
         """Final SIGTERM, but never in the first second of a wrapper's life: setpriv may not
         have exec'd lockwrap yet (it would die of the signal, -15, a harness artefact)."""
-        p = self.proc
+        with self.lock:
+            self.running = False      # no respawn from here on
+            p = self.proc
         if p is not None:
             wait_until(lambda: mono() - self.spawned_at >= 1e9 or p.poll() is not None, 2, 0.01,
                        "the wrapper's first second")
