@@ -6,7 +6,9 @@ scenario runs one `lockwrap run` contender per client agent on its own key, the 
 checks from the children's START/END log that no two commands overlapped:
 
   a  holder's client agent partitioned from every other agent for 40 s, lockwrap defaults
-                                                    -> zero overlap
+                                                    -> zero overlap; one more contender started
+                                                    on that agent during the partition waits
+                                                    (no exit 8)
   b  same, `--lock-delay 0`                         -> refused at start (exit 3) OR zero overlap
   c  holder's HTTP link to its agent cut for 30 s, `--health-check-ttl 2s --lock-delay 0`
                                                     -> refused at start OR zero overlap
@@ -61,6 +63,7 @@ class Group:
         self.exits: dict[str, int | None] = {}
         self.refused = None          # stderr of a refusal at start
         self.killed: set[str] = set()  # tags we kill -9'd (exit -9 expected)
+        self.late_agent = None         # start one more contender here once the fault is on
         self.result: dict = {"scenario": name, "args": " ".join(args) or "(defaults)"}
 
     def spawn(self, agent, n: int) -> C.Contender:
@@ -195,6 +198,10 @@ class Suite:
         t_fault = mono()
         log(f"{fault} for {seconds:.0f}s: {[g.name for g in live]}")
         apply()
+        # A contender started on the cut-off agent must wait for it (not exit 8, issue 9 item 5).
+        for g in live:
+            if g.late_agent is not None:
+                g.spawn(g.late_agent, len(g.contenders))
         try:
             C.pace(seconds)
         finally:
@@ -274,6 +281,7 @@ class Suite:
         part = [self.group("a-defaults", S.TABLE["a_defaults"]["args"], c1, [c2, c3]),
                 self.group("b-lock-delay-0", S.TABLE["b_lock_delay_0"]["args"], c1, [c2, c3]),
                 self.group("d-fast-partition", fast, c1, [c2, c3])]
+        part[0].late_agent = c1
         self.fault_phase(part, "node partition of the holder's agent",
                          lambda: cl.partition_node(c1), a.partition)
         # HTTP cut: holders on c2 (their uids cut), standbys on c3 and c1.
