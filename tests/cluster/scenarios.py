@@ -10,6 +10,8 @@ checks from the children's START/END log that no two commands overlapped:
                                                     on that agent during the partition waits
                                                     (no exit 8)
   b  same, `--lock-delay 0`                         -> refused at start (exit 3) OR zero overlap
+  b2 same, `--lock-delay 0 --session-checks serfHealth` (the table's row with the old default
+     checks)                                        -> refused at start OR zero overlap
   c  holder's HTTP link to its agent cut for 30 s, `--health-check-ttl 2s --lock-delay 0`
                                                     -> refused at start OR zero overlap
   d  the fast-failover setting (tests/cluster/settings.py) under the same node partition and the
@@ -121,9 +123,11 @@ class Group:
         self.lw.poll()
         r = self.result
         if self.refused is not None:
-            line = self.refused.splitlines()[-1] if self.refused else ""
+            # One line naming what to change (e.g. "use --lock-delay 2s or more, …").
+            lines = [ln for ln in self.refused.splitlines() if ln.strip()]
+            line = lines[-1] if lines else ""
             r.update(verdict="refused at start", message=line[:300])
-            return True
+            return len(lines) == 1 and "--" in line
         ivs, unended = checker.intervals(self.lw.lines, self.s.deaths.dead_at, alive, mono)
         hard, _ = checker.overlaps(ivs, self.s.t0)
         starts = self.starts()
@@ -280,6 +284,8 @@ class Suite:
         # Node partition: every holder on c1, standbys on c2 and c3.
         part = [self.group("a-defaults", S.TABLE["a_defaults"]["args"], c1, [c2, c3]),
                 self.group("b-lock-delay-0", S.TABLE["b_lock_delay_0"]["args"], c1, [c2, c3]),
+                self.group("b2-lock-delay-0-serf", S.TABLE["b2_lock_delay_0_serf"]["args"], c1,
+                           [c2, c3]),
                 self.group("d-fast-partition", fast, c1, [c2, c3])]
         part[0].late_agent = c1
         self.fault_phase(part, "node partition of the holder's agent",

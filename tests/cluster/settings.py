@@ -35,6 +35,8 @@ LEGACY = {
 TABLE = {
     "a_defaults": {"args": [], "refusable": False},
     "b_lock_delay_0": {"args": ["--lock-delay", "0"], "refusable": True},
+    "b2_lock_delay_0_serf": {"args": ["--lock-delay", "0", "--session-checks", "serfHealth"],
+                             "refusable": True},
     "c_hc_ttl_2s_lock_delay_0": {"args": ["--health-check-ttl", "2s", "--lock-delay", "0"],
                                  "refusable": True},
     "unsafe": {"args": ["--unsafe-allow-overlap", "--lock-delay", "0", "--session-checks",
