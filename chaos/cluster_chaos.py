@@ -342,12 +342,17 @@ def run_setting(a, cl: C.Cluster, setting: str, trials: int, budget: float, uid_
     ch.t0_mono = mono()
     log(f"[{setting}] flags {' '.join(ch.flags) or '(defaults)'}; trials {trials}, budget {budget:.0f}s")
     checks, detail = [], {}
+    interrupted = False
     try:
         ch.run()
         checks, detail = ch.check()
     except KeyboardInterrupt:
+        interrupted = True
         checks = [("run completed", False, "interrupted")]
-        raise
+        try:     # still check what ran (the contenders are stopped by now or killed below)
+            checks += ch.check()[0]
+        except Exception:  # noqa: BLE001
+            pass
     except Exception as e:  # noqa: BLE001
         checks = [("run completed", False, repr(e))]
     finally:
@@ -359,7 +364,7 @@ def run_setting(a, cl: C.Cluster, setting: str, trials: int, budget: float, uid_
                "overlaps": detail.get("overlaps", []), "exit_codes": detail.get("exit_codes", {}),
                "failover": detail.get("failover", {}), "starved": len(ch.starved),
                "problems": detail.get("problems", ch.problems)[:10], "seed": sa.seed,
-               "logs": ch.work}
+               "logs": ch.work, "interrupted": interrupted}
         print_setting(out)
     return out
 
@@ -468,6 +473,8 @@ def main() -> int:
             done = sum(r["trials"] for r in results)
             trials = max(1, (a.trials - done) // left)
             results.append(run_setting(a, cl, st, trials, budget, C.CONTENDER_UID_BASE + 1 + 10 * i))
+            if results[-1]["interrupted"]:
+                raise KeyboardInterrupt
             wait_until(lambda: cl.ready() == "", 90, 0.2, "cluster ready between settings")
     except KeyboardInterrupt:
         err = "interrupted"
