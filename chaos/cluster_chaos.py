@@ -12,8 +12,8 @@ the fast-failover setting).
 
 Fault kinds (every kind at least once, then by weight; with --holder-bias 1, the default, each
 trial first waits for a live holder):
-    node_part    the holder's client agent isolated from every other agent (2-20 s, sometimes
-                 20-45 s), then heal
+    node_part    the holder's client agent isolated from every other agent (70 %) or from the
+                 servers only (30 %) for 2-20 s, sometimes 20-45 s, then heal
     http_cut     the holder lockwrap's connections to its agent dropped or reset (1-30 s), heal
     leader_part  the leader server isolated from every other agent (minority leader), 3-20 s
     leader_kill  kill -9 the leader server, restart it after 0-5 s (same data dir)
@@ -218,8 +218,9 @@ class ClusterChaos(chaos.Chaos):
         elif kind == "node_part":
             c, _ = h
             d = rng.uniform(2, 20) if rng.random() < 0.75 else rng.uniform(20, 45)
-            rec["duration_s"] = round(d, 2)
-            cl.partition_node(c.agent)
+            only_servers = rng.random() < 0.3   # gossip with the other clients still flows
+            rec.update(duration_s=round(d, 2), scope="servers" if only_servers else "all")
+            cl.partition_node(c.agent, only_servers=only_servers)
             self.hold_fault(d)
         elif kind == "http_cut":
             c, _ = h
