@@ -148,8 +148,8 @@ class Contender:
             start = s.start_by_tag(tag)
             if start is not None:
                 end = s.ended_at(start.pid)
-                if end is not None and mono() - end > (self.s.kill_grace + 30) * 1e9:
-                    s.problem(f"{tag}: wrapper pid {p.pid} still running {self.s.kill_grace + 30:.0f}s after "
+                if end is not None and mono() - end > s.hung_after() * 1e9:
+                    s.problem(f"{tag}: wrapper pid {p.pid} still running {s.hung_after():.0f}s after "
                               f"its command ended (hung); killed")
                     signal_pid(p.pid, signal.SIGKILL)
                     return p.wait(timeout=10)
@@ -224,6 +224,10 @@ class Chaos:
         self.contenders: list[Contender] = []
         self.restarts: list[tuple[int, int]] = []   # (kill time, ready time) of agent restarts
         self.agent_lock = threading.Lock()
+
+    def hung_after(self) -> float:
+        """Seconds a wrapper may keep running after its command ended (release, cleanup)."""
+        return self.kill_grace + 30
 
     def start_by_tag(self, tag: str):
         with self.mon_lock:
