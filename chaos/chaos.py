@@ -71,6 +71,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "bench"))
 from harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,  # noqa: E402
                      alive, become_subreaper, child_argv, find_consul, log, machine_info, mono,
                      ppid_of, proc_state, signal_pid, source_revision, wait_until)
+sys.path.insert(0, HERE)
+import checker  # noqa: E402  (shared with cluster_chaos.py and tests/cluster/scenarios.py)
 
 KEY = "chaos/lock"
 TTL = 10.0
@@ -80,7 +82,6 @@ WEIGHTS = {"kill9": 3, "stop_short": 2, "stop_long": 0.3, "part_short": 2, "part
            "destroy": 2, "delete": 2, "restart": 1}
 HOLDER_KINDS = {"kill9", "part_short", "part_long"}
 BREAK_KINDS = {"destroy", "delete", "restart"}
-BREAK_SLACK_NS = 1_000_000_000
 EXPECTED_EXIT = {0, 8, 101, 143, -9, -15, 128 + 15}
 
 
@@ -88,7 +89,7 @@ class Contender:
     def __init__(self, suite: "Chaos", slot: int):
         self.s = suite
         self.slot = slot
-        self.proxy = Proxy(suite.agent.http_port, f"c{slot}")
+        self.proxy = self.make_link()
         self.gen = 0
         self.proc: subprocess.Popen | None = None
         self.tag = ""
@@ -97,6 +98,10 @@ class Contender:
         self.exits: list[tuple[str, int | None, float]] = []
         self.errf = open(os.path.join(suite.work, f"contender-{slot}.err"), "ab")
         self.thread = threading.Thread(target=self.loop, name=f"contender-{slot}", daemon=True)
+
+    def make_link(self):
+        """The contender's own way to its agent (here a loopback proxy the faults can cut)."""
+        return Proxy(self.s.agent.http_port, f"c{self.slot}")
 
     def argv(self, tag: str) -> list[str]:
         a = self.s.args
@@ -131,7 +136,7 @@ class Contender:
 
     def supervise(self, p: subprocess.Popen, tag: str, t_spawn: float) -> int | None:
         """Wait for the wrapper, bounded. A wrapper whose child has ended but which is still running
-        KILL_GRACE + 30 s later is hung (a problem). A standby that never got the lock within
+        self.s.kill_grace + 30 s later is hung (a problem). A standby that never got the lock within
         --wrapper-timeout is starved (counted, not a failure: Consul locks are not fair); it gets
         SIGTERM (so it cleans up its session) and is restarted."""
         while True:
@@ -143,8 +148,8 @@ class Contender:
             start = s.start_by_tag(tag)
             if start is not None:
                 end = s.ended_at(start.pid)
-                if end is not None and mono() - end > (KILL_GRACE + 30) * 1e9:
-                    s.problem(f"{tag}: wrapper pid {p.pid} still running {KILL_GRACE + 30:.0f}s after "
+                if end is not None and mono() - end > s.hung_after() * 1e9:
+                    s.problem(f"{tag}: wrapper pid {p.pid} still running {s.hung_after():.0f}s after "
                               f"its command ended (hung); killed")
                     signal_pid(p.pid, signal.SIGKILL)
                     return p.wait(timeout=10)
@@ -157,7 +162,7 @@ class Contender:
                 log(f"{tag}: standby got no lock in {s.args.wrapper_timeout:.0f}s (starved); SIGTERM")
                 signal_pid(p.pid, signal.SIGTERM)
                 try:
-                    return p.wait(timeout=KILL_GRACE + 15)
+                    return p.wait(timeout=self.s.kill_grace + 15)
                 except subprocess.TimeoutExpired:
                     s.problem(f"{tag}: waiting wrapper pid {p.pid} ignored SIGTERM; killed")
                     signal_pid(p.pid, signal.SIGKILL)
@@ -173,16 +178,24 @@ class Contender:
         if p.poll() is None:
             signal_pid(p.pid, signal.SIGTERM)
         try:
-            return p.wait(timeout=KILL_GRACE + 15)
+            return p.wait(timeout=self.s.kill_grace + 15)
         except subprocess.TimeoutExpired:
             self.s.problem(f"{self.tag}: wrapper pid {p.pid} did not exit within "
-                           f"{KILL_GRACE + 15:.0f}s of SIGTERM; killed")
+                           f"{self.s.kill_grace + 15:.0f}s of SIGTERM; killed")
             signal_pid(p.pid, signal.SIGKILL)
             p.wait(timeout=10)
             return None
 
 
 class Chaos:
+    # What a subclass (chaos/cluster_chaos.py) changes.
+    ttl = TTL
+    kill_grace = KILL_GRACE
+    key = KEY
+    kinds = KINDS
+    expected_exit = EXPECTED_EXIT
+    contender_cls = Contender
+
     def __init__(self, args):
         self.args = args
         self.rng = random.Random(args.seed)
@@ -199,8 +212,8 @@ class Chaos:
         self.stop_flag = False
         self.problems: list[str] = []
         self.faults: list[dict] = []
-        self.counts: dict[str, int] = {k: 0 for k in KINDS}
-        self.on_holder: dict[str, int] = {k: 0 for k in KINDS}
+        self.counts: dict[str, int] = {k: 0 for k in self.kinds}
+        self.on_holder: dict[str, int] = {k: 0 for k in self.kinds}
         self.t_shutdown = 0
         self.skipped = 0
         self.starved: list[str] = []
@@ -211,6 +224,10 @@ class Chaos:
         self.contenders: list[Contender] = []
         self.restarts: list[tuple[int, int]] = []   # (kill time, ready time) of agent restarts
         self.agent_lock = threading.Lock()
+
+    def hung_after(self) -> float:
+        """Seconds a wrapper may keep running after its command ended (release, cleanup)."""
+        return self.kill_grace + 30
 
     def start_by_tag(self, tag: str):
         with self.mon_lock:
@@ -356,7 +373,7 @@ class Chaos:
             time.sleep(min(0.05, max(0.0, end - time.monotonic())))
 
     def injector(self) -> None:
-        first = list(KINDS)
+        first = list(self.kinds)
         self.rng.shuffle(first)
         trials = 0
         while trials < self.args.trials and not self.over():
@@ -405,7 +422,7 @@ class Chaos:
             f"trials {a.trials}, contenders {a.contenders}")
         mon = threading.Thread(target=self.monitor, daemon=True, name="monitor")
         mon.start()
-        self.contenders = [Contender(self, i) for i in range(a.contenders)]
+        self.contenders = [self.contender_cls(self, i) for i in range(a.contenders)]
         for c in self.contenders:
             c.thread.start()
         try:
@@ -419,11 +436,7 @@ class Chaos:
     def shutdown(self) -> None:
         log("stopping: heal, SIGCONT, SIGTERM every contender")
         self.t_shutdown = mono()
-        for c in self.contenders:
-            c.proxy.heal()
-        self.agent.sigcont()
-        if self.agent.proc is None or self.agent.proc.poll() is not None:
-            self.agent.start()
+        self.heal_all()
         self.final_exit: dict[str, int | None] = {}
         self.final_pids: dict[int, str] = {}
         for c in self.contenders:
@@ -442,13 +455,21 @@ class Chaos:
         time.sleep(0)  # let the monitor catch the last records
         wait_until(lambda: self._monitor_caught_up(), 5, 0.01, "log monitor")
 
+    def heal_all(self) -> None:
+        """Undo every fault before the final SIGTERMs (the agent must answer for the cleanup)."""
+        for c in self.contenders:
+            c.proxy.heal()
+        self.agent.sigcont()
+        if self.agent.proc is None or self.agent.proc.poll() is not None:
+            self.agent.start()
+
     def _monitor_caught_up(self) -> bool:
         return self.lw.off >= os.path.getsize(self.logfile)
 
     def check_sessions(self) -> dict:
         rep = {"immediate_leaks": [], "remaining_after_wait": [], "waited_s": 0.0}
         try:
-            sess = self.agent.sessions()
+            sess = self.list_sessions()
         except Exception as e:  # noqa: BLE001
             self.problem(f"cannot list sessions: {e!r}")
             return rep
@@ -459,79 +480,34 @@ class Chaos:
                                                "tag": self.final_pids[int(m.group(1))]})
         t0 = time.monotonic()
         try:
-            wait_until(lambda: not self.agent.sessions(), 2 * TTL + 5, 0.1, "sessions to expire")
+            wait_until(lambda: not self.list_sessions(), 2 * self.ttl + 5, 0.1,
+                       "sessions to expire")
         except TimeoutError:
             pass
         rep["waited_s"] = round(time.monotonic() - t0, 2)
         rep["remaining_after_wait"] = [{"ID": s["ID"], "Name": s.get("Name")}
-                                       for s in self.agent.sessions()]
+                                       for s in self.list_sessions()]
         return rep
+
+    def list_sessions(self) -> list[dict]:
+        return self.agent.sessions()
 
     # -- checker
     def check(self) -> tuple[list[tuple[str, bool, str]], dict]:
         checks: list[tuple[str, bool, str]] = []
         lines = self.lw.lines
         starts = [ln for ln in lines if ln.kind == "START"]
-        ends = {ln.pid: ln for ln in lines if ln.kind == "END"}
-        # intervals
-        ivs = []
-        unended = []
-        for s in starts:
-            if s.pid in ends:
-                e, how = ends[s.pid].t, "END"
-            else:
-                d = self.deaths.dead_at(s.pid)
-                if d is None and not alive(s.pid):
-                    d = mono()
-                if d is None:
-                    unended.append(s.tag)
-                    continue
-                e, how = d, "death"
-            ivs.append({"tag": s.tag, "pid": s.pid, "start": s.t, "end": e, "how": how,
-                        "token": s.token})
-        ivs.sort(key=lambda x: x["start"])
+        ivs, unended = checker.intervals(lines, self.deaths.dead_at, alive, mono)
         breaks = [f for f in self.faults if f["kind"] in BREAK_KINDS]
-        hard, tolerated = [], []
-        prev = None
-        for iv in ivs:
-            if prev is not None and iv["start"] < prev["end"]:
-                ov = {"earlier": prev["tag"], "later": iv["tag"],
-                      "overlap_ms": round((prev["end"] - iv["start"]) / 1e6, 3),
-                      "earlier_end_by": prev["how"],
-                      "earlier_start_rel_s": round((prev["start"] - self.t0_mono) / 1e9, 3),
-                      "later_start_rel_s": round((iv["start"] - self.t0_mono) / 1e9, 3)}
-                # The lock is acquired a little before the START record (child start-up): a break
-                # up to BREAK_SLACK before the earlier START can still have hit that holder.
-                brk = [b for b in breaks if prev["start"] - BREAK_SLACK_NS <= b["t"] <= iv["start"]]
-                if brk:
-                    b = brk[-1]
-                    ov["break"] = b["kind"]
-                    ov["old_child_stopped_after_break_ms"] = round((prev["end"] - b["t"]) / 1e6, 3)
-                    lenient = not self.args.strict and self.args.takeover_delay == 0
-                    if prev["end"] - b["t"] <= TTL * 1e9 and lenient:
-                        tolerated.append(ov)
-                    else:
-                        hard.append(ov)
-                else:
-                    hard.append(ov)
-            if prev is None or iv["end"] > prev["end"]:
-                prev = iv
+        lenient = not self.args.strict and self.args.takeover_delay == 0
+        hard, tolerated = checker.overlaps(ivs, self.t0_mono, breaks,
+                                           int(self.ttl * 1e9) if lenient else None)
         checks.append(("no overlapping critical sections", not hard,
                        f"{len(ivs)} sections, {len(hard)} overlaps" +
                        (f", {len(tolerated)} after an external lock break (tolerated, see "
                         f"--strict)" if tolerated else "")))
         # fencing tokens
-        bad_tok = []
-        missing = [s.tag for s in starts if not s.token.isdigit()]
-        ordered = sorted(starts, key=lambda s: s.t)
-        for a, b in zip(ordered, ordered[1:]):
-            if not (a.token.isdigit() and b.token.isdigit()):
-                continue
-            if int(b.token) > int(a.token):
-                continue
-            if any(a.t - 2e9 < k <= b.t for k, _ in self.restarts):
-                continue  # a -dev restart resets Consul's indexes
-            bad_tok.append(f"{a.tag}:{a.token} -> {b.tag}:{b.token}")
+        bad_tok, missing = checker.fencing(starts, [k for k, _ in self.restarts])
         checks.append(("fencing tokens strictly increase across STARTs", not bad_tok and not missing,
                        f"{len(starts)} STARTs, {len(bad_tok)} non-increasing, {len(missing)} without "
                        f"a token" + (f" e.g. {bad_tok[:3]}" if bad_tok else "")))
@@ -550,7 +526,7 @@ class Chaos:
         for c in self.contenders:
             for tag, rc, _ in c.exits:
                 codes[str(rc)] = codes.get(str(rc), 0) + 1
-        odd = {k: v for k, v in codes.items() if k != "None" and int(k) not in EXPECTED_EXIT}
+        odd = {k: v for k, v in codes.items() if k != "None" and int(k) not in self.expected_exit}
         panics = []
         for c in self.contenders:
             c.errf.flush()
@@ -562,7 +538,7 @@ class Chaos:
         # when the last faults had broken that wrapper's lock (while its command ran, or during
         # its takeover wait, when no child shows it as the holder): it was already on its way out
         # for the loss when the SIGTERM came. A loss shows within TTL + kill grace of a fault.
-        recent = self.t_shutdown - int((TTL + KILL_GRACE + 2) * 1e9)
+        recent = self.t_shutdown - int((self.ttl + self.kill_grace + 2) * 1e9)
         late_faults = any(f.get("t_end", 0) >= recent for f in self.faults)
         final_bad = {t: rc for t, rc in self.final_exit.items()
                      if rc is None or (rc not in (143, 0) and not (rc == 101 and late_faults))}
@@ -574,8 +550,8 @@ class Chaos:
         # Every kind must have been injected. The short run needs 4 of the 8: kill -9 and the
         # partitions need a holder whose command runs, and in 70 s of faults a takeover delay of a
         # whole TTL after each external break leaves few such moments (the full run needs all 8).
-        kinds_needed = 4 if self.args.short else len(KINDS)
-        kinds_seen = sum(1 for k in KINDS if self.counts[k] > 0)
+        kinds_needed = 4 if self.args.short else len(self.kinds)
+        kinds_seen = sum(1 for k in self.kinds if self.counts[k] > 0)
         checks.append(("fault trials ran", trials >= min(self.args.trials, self.args.min_trials) and
                        kinds_seen >= kinds_needed if not self.args.allow_partial else
                        trials > 0,
@@ -590,15 +566,7 @@ class Chaos:
         # a free lock.
         fault_ends = sorted(f["t"] + int(f.get("duration_s", 0) * 1e9) for f in self.faults
                             if "t" in f)
-        gaps = []
-        cover_end = None
-        for iv in ivs:
-            if cover_end is not None and iv["start"] > cover_end:
-                inside = [e for e in fault_ends if cover_end <= e <= iv["start"]]
-                quiet_from = max(inside) if inside else cover_end
-                gaps.append((iv["start"] - quiet_from, quiet_from, iv["tag"]))
-            cover_end = iv["end"] if cover_end is None else max(cover_end, iv["end"])
-        gaps.sort(reverse=True)
+        gaps = checker.quiet_gaps(ivs, fault_ends)
         long_gaps = [{"gap_s": round(g / 1e9, 1), "from_rel_s": round((t - self.t0_mono) / 1e9, 1),
                       "next": tag} for g, t, tag in gaps if g > self.args.max_gap * 1e9]
         longest = round(gaps[0][0] / 1e9, 1) if gaps else 0.0

@@ -1,0 +1,508 @@
+#!/usr/bin/env python3
+"""lockwrap chaos on a real Consul cluster (issue 9): `make chaos-cluster`. Not part of `make test`.
+
+The cluster of tests/cluster/cluster.py (3 servers, 3 client agents on 127.0.0.x, each agent and
+each contender under its own uid, iptables partitions) and the machinery of chaos/chaos.py
+(contenders restarted whenever they exit, the log monitor, the death watcher and every check,
+through chaos/checker.py). Contender i runs under uid 41101+i against client agent i mod 3:
+    lockwrap run --key chaos-cluster/<setting> --consul-addr 127.0.0.2x:8500 <setting's flags> \
+                 -- python3 -S bench/child.py chaos logfile tag HOLD_MIN HOLD_MAX
+with the setting's flags from tests/cluster/settings.py ("default": lockwrap's defaults; "fast":
+the fast-failover setting).
+
+Fault kinds (every kind at least once, then by weight; with --holder-bias 1, the default, each
+trial first waits for a live holder):
+    node_part    the holder's client agent isolated from every other agent (70 %) or from the
+                 servers only (30 %) for 2-20 s, sometimes 20-45 s, then heal
+    http_cut     the holder lockwrap's connections to its agent dropped or reset (1-30 s), heal
+    leader_part  the leader server isolated from every other agent (minority leader), 3-20 s
+    leader_kill  kill -9 the leader server, restart it after 0-5 s (same data dir)
+    rolling      rolling restart (SIGTERM + start) of all three servers, followers first
+    kill9        kill -9 the holder's lockwrap and its child
+    destroy      PUT /v1/session/destroy/<the lock's session> (through a server)
+    delete       DELETE /v1/kv/<key>
+    heal         partition a node that is not the holder's (a standby's agent or a follower
+                 server) for 2-15 s, then heal: the gossip flaps after a heal must not hurt
+Each fault that faces a cluster-wide outage waits (bounded) for the cluster to be ready again.
+
+Checks: chaos.py's (no overlap - strict, fencing tokens increase, every child ended, no session
+of this key left after SIGTERM of every contender + 2×TTL + 5 s, no panic/hang/unexpected exit,
+all kinds injected, liveness) plus: exit 8 only where justified (a legacy build whose agent had
+no leader during a fault; the new build must keep waiting). Failover per fault kind = time from
+the fault to the next START of another contender, over the faults that cost a live holder its
+command (stopped or killed, not finished, before the next fault); the others count as "kept".
+
+    python3 chaos/cluster_chaos.py --quick                      # ~10 trials
+    python3 chaos/cluster_chaos.py --trials 500 --budget 7200 --setting both \
+        --summary chaos/results/cluster-summary.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "cluster"))
+sys.path.insert(0, HERE)
+import chaos  # noqa: E402
+import checker  # noqa: E402
+import cluster as C  # noqa: E402
+import settings as S  # noqa: E402
+from harness import (become_subreaper, log, machine_info, mono, signal_pid,  # noqa: E402
+                     source_revision, wait_until)
+
+KINDS = ["node_part", "http_cut", "leader_part", "leader_kill", "rolling", "kill9", "destroy",
+         "delete", "heal"]
+WEIGHTS = {"node_part": 2, "http_cut": 2, "leader_part": 1, "leader_kill": 1, "rolling": 0.4,
+           "kill9": 3, "destroy": 2, "delete": 2, "heal": 1.5}
+HOLDER_KINDS = {"node_part", "http_cut", "kill9"}
+BREAK_KINDS = {"destroy", "delete"}
+# Faults during which a contender's agent may have no leader (exit 8 of a legacy build).
+LEADERLESS_KINDS = {"node_part", "leader_part", "leader_kill", "rolling", "heal"}
+
+
+class NoLink:
+    """The contender talks to its agent directly; faults are iptables rules, not a proxy."""
+
+    def heal(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class ClusterContender(chaos.Contender):
+    def make_link(self):
+        s = self.s
+        self.agent = s.cl.clients[self.slot % len(s.cl.clients)]
+        self.uid = s.uid_base + self.slot
+        s.cl.fw.register_uid(self.uid)
+        self.exit_times: list[tuple[str, int | None, int, int]] = []   # tag, rc, spawn, exit (ns)
+        self.spawned_at = 0
+        return NoLink()
+
+    def argv(self, tag: str) -> list[str]:
+        s, a = self.s, self.s.args
+        self.spawned_at = mono()
+        return C.as_uid(self.uid, [a.lockwrap, "run", "--key", s.key, "--consul-addr",
+                                   f"{self.agent.addr}:{C.HTTP_PORT}", *s.flags, "--", C.PYTHON,
+                                   "-S", C.CHILD, "chaos", s.logfile, tag, str(a.hold_min),
+                                   str(a.hold_max)])
+
+    def stop(self):
+        """Final SIGTERM, but never in the first second of a wrapper's life: setpriv may not
+        have exec'd lockwrap yet (it would die of the signal, -15, a harness artefact)."""
+        with self.lock:
+            self.running = False      # no respawn from here on
+            p = self.proc
+        if p is not None:
+            wait_until(lambda: mono() - self.spawned_at >= 1e9 or p.poll() is not None, 2, 0.01,
+                       "the wrapper's first second")
+        return super().stop()
+
+    def supervise(self, p, tag, t_spawn):
+        t0 = mono() - int((time.monotonic() - t_spawn) * 1e9)
+        rc = super().supervise(p, tag, t_spawn)
+        self.exit_times.append((tag, rc, t0, mono()))
+        return rc
+
+
+class ClusterFacade:
+    """What chaos.Chaos asks of `self.agent`, answered by the cluster."""
+
+    def __init__(self, cl: C.Cluster):
+        self.cl = cl
+        self.stopped = False
+        self.addr = ",".join(c.addr for c in cl.clients)
+        self.http_port = C.HTTP_PORT
+
+    def start(self) -> None:
+        pass
+
+    def sigcont(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def kv_session(self, key: str):
+        try:
+            v = self.cl.kv(key)
+        except (OSError, RuntimeError, ValueError):
+            return None
+        return v.get("Session") if v else None
+
+    def sessions(self) -> list[dict]:
+        return self.cl.sessions()
+
+
+class ClusterChaos(chaos.Chaos):
+    kinds = KINDS
+    contender_cls = ClusterContender
+    expected_exit = {0, 8, 101, 143, 137, -9, -15}
+    ttl = S.SESSION_TTL
+
+    def __init__(self, args, cl: C.Cluster, setting: str, uid_base: int):
+        self.cl = cl
+        self.setting = setting
+        self.flags = S.setting(setting, args.lockwrap)
+        self.kill_grace = S.KILL_GRACE[setting]
+        self.key = f"chaos-cluster/{setting}"
+        self.uid_base = uid_base
+        args.workdir = os.path.join(cl.work, f"chaos-{setting}")
+        os.makedirs(args.workdir, exist_ok=True)
+        os.chmod(args.workdir, 0o755)
+        super().__init__(args)
+        os.chmod(self.logfile, 0o666)
+        self.agent = ClusterFacade(cl)
+
+    def hung_after(self) -> float:
+        """A wrapper whose agent is cut off retries its release until the session's TTL makes it
+        moot (Consul invalidates by 2×TTL after the last renew), plus one HTTP timeout."""
+        return self.kill_grace + 2 * self.ttl + 15
+
+    def list_sessions(self) -> list[dict]:
+        return [s for s in self.cl.sessions() if self.key in s.get("Name", "")]
+
+    def heal_all(self) -> None:
+        self.cl.heal()
+        try:
+            self.cl.wait_ready(90)
+        except TimeoutError as e:
+            self.problem(f"cluster not ready for the final cleanup: {e}")
+
+    def close(self) -> None:
+        self.stop_flag = True
+        for c in self.contenders:
+            c.running = False
+        for c in self.contenders:
+            if c.proc is not None and c.proc.poll() is None:
+                signal_pid(c.proc.pid, signal.SIGKILL)
+        self.deaths.close()
+
+    # -- faults
+    def pick(self, first_round: list[str]):
+        h = self.holder()
+        ok = set(KINDS)
+        if not h:
+            ok -= HOLDER_KINDS
+        if not self.agent.kv_session(self.key):
+            ok.discard("destroy")
+        left = self.deadline - time.monotonic()
+        if left < 60:
+            ok -= {"node_part", "rolling", "leader_kill"}
+        for k in list(first_round):
+            if k in ok:
+                first_round.remove(k)
+                return k, h
+        if not ok:
+            return "", h
+        kinds = sorted(ok)
+        return self.rng.choices(kinds, [WEIGHTS[k] for k in kinds])[0], h
+
+    def contender_of(self, tag: str):
+        return next((c for c in self.contenders if c.tag == tag), None)
+
+    def inject(self, kind: str, h) -> dict:
+        rng, cl = self.rng, self.cl
+        rec = {"kind": kind, "t": mono(), "t_rel_s": round(time.monotonic() - self.t_start, 3)}
+        if h:
+            c, ln = h
+            rec.update(tag=ln.tag, agent=c.agent.name)
+        if kind == "kill9":
+            c, ln = h
+            signal_pid(c.proc.pid, signal.SIGKILL)
+            signal_pid(ln.pid, signal.SIGKILL)
+        elif kind == "node_part":
+            c, _ = h
+            d = rng.uniform(2, 20) if rng.random() < 0.75 else rng.uniform(20, 45)
+            only_servers = rng.random() < 0.3   # gossip with the other clients still flows
+            rec.update(duration_s=round(d, 2), scope="servers" if only_servers else "all")
+            cl.partition_node(c.agent, only_servers=only_servers)
+            self.hold_fault(d)
+        elif kind == "http_cut":
+            c, _ = h
+            d = rng.uniform(1, 8) if rng.random() < 0.6 else rng.uniform(8, 30)
+            mode = rng.choice(["drop", "reset"])
+            rec.update(duration_s=round(d, 2), mode=mode)
+            cl.cut_contender(c.uid, mode)
+            self.hold_fault(d, wait_ready=False)
+        elif kind == "leader_part":
+            d = rng.uniform(3, 20)
+            rec["duration_s"] = round(d, 2)
+            lead = cl.partition_leader()
+            rec["node"] = lead.name if lead else None
+            self.hold_fault(d)
+        elif kind == "heal":
+            holder_agent = h[0].agent if h else None
+            lead = cl.leader()
+            cands = [a for a in cl.clients if a is not holder_agent] + \
+                    [s for s in cl.servers if s is not lead]
+            node = rng.choice(cands)
+            d = rng.uniform(2, 15)
+            rec.update(node=node.name, duration_s=round(d, 2))
+            cl.partition_node(node)
+            self.hold_fault(d)
+        elif kind == "leader_kill":
+            down = rng.uniform(0, 5)
+            rec["down_s"] = round(down, 2)
+            lead = cl.kill_leader(down, wait=90)
+            rec["node"] = lead.name if lead else None
+            rec["duration_s"] = round((mono() - rec["t"]) / 1e9, 2)
+        elif kind == "rolling":
+            cl.rolling_restart(wait=90)
+            rec["duration_s"] = round((mono() - rec["t"]) / 1e9, 2)
+        elif kind == "destroy":
+            sid = self.agent.kv_session(self.key)
+            rec["session"] = sid
+            if sid:
+                rec["http"] = C.http(cl.any_server().addr, "PUT", "/v1/session/destroy/" + sid)[0]
+        elif kind == "delete":
+            rec["http"] = C.http(cl.any_server().addr, "DELETE", "/v1/kv/" + self.key)[0]
+        rec["holder"] = h[1].tag if h else None
+        rec["t_end"] = mono()
+        return rec
+
+    def hold_fault(self, seconds: float, wait_ready: bool = True) -> None:
+        end = time.monotonic() + seconds
+        try:
+            while time.monotonic() < end and not self.stop_flag:
+                time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        finally:
+            rejoin = self.rng.random() < 0.5
+            self.cl.heal(rejoin=rejoin)
+            self.faults_rejoin = getattr(self, "faults_rejoin", 0) + rejoin
+        if wait_ready:
+            try:
+                self.cl.wait_ready(90)
+            except TimeoutError as e:
+                self.problem(f"cluster not ready 90 s after heal: {e}")
+
+    # -- extra checks and figures
+    def failovers(self) -> dict:
+        """Per kind, over the faults that hit a live holder: how often the fault cost the holder
+        its command (its child ended by a signal or died, not by finishing its work, before the
+        next fault), and for those the failover: fault start -> next START of another contender."""
+        lines = self.lw.lines
+        starts = sorted((ln for ln in lines if ln.kind == "START"), key=lambda x: x.t)
+        start_by_tag = {ln.tag: ln for ln in starts}
+        end_by_pid = {ln.pid: ln for ln in lines if ln.kind == "END"}
+        faults = sorted(self.faults, key=lambda f: f["t"])
+        per: dict[str, list[float]] = {k: [] for k in KINDS}
+        kept = {k: 0 for k in KINDS}
+        for i, f in enumerate(faults):
+            st = start_by_tag.get(f.get("holder") or "")
+            if st is None:
+                continue
+            nxt_fault = faults[i + 1]["t"] if i + 1 < len(faults) else float("inf")
+            end = end_by_pid.get(st.pid)
+            natural = end is not None and (end.extra or "").startswith("done")
+            end_t = end.t if end is not None else self.deaths.dead_at(st.pid)
+            lost = not natural and end_t is not None and end_t < nxt_fault
+            nxt = next((s for s in starts if s.t > f["t"] and s.tag != st.tag), None)
+            if lost and nxt is not None:
+                per[f["kind"]].append((nxt.t - f["t"]) / 1e9)
+            else:
+                kept[f["kind"]] += 1
+        return {k: dict(checker.summary(v), kept=kept[k]) for k, v in per.items()}
+
+    def exit8_check(self):
+        """Exit 8 is justified only for a legacy build whose wrapper lived through a fault that
+        can leave its agent without a leader (the new build keeps waiting instead)."""
+        legacy = not S.is_new(self.args.lockwrap)
+        windows = [(f["t"], f["t_end"] + int(15e9)) for f in self.faults
+                   if f["kind"] in LEADERLESS_KINDS]
+        bad, justified = [], 0
+        for c in self.contenders:
+            for tag, rc, t0, t1 in c.exit_times:
+                if rc != 8:
+                    continue
+                if legacy and any(a <= t1 and t0 <= b for a, b in windows):
+                    justified += 1
+                else:
+                    bad.append(tag)
+        return ("exit 8 only where justified", not bad,
+                f"{justified} justified (legacy build, leaderless agent during a fault), "
+                f"unjustified {bad[:5]}")
+
+    def check(self):
+        checks, detail = super().check()
+        checks.append(self.exit8_check())
+        detail["failover"] = self.failovers()
+        return checks, detail
+
+
+def run_setting(a, cl: C.Cluster, setting: str, trials: int, budget: float, uid_base: int) -> dict:
+    sa = argparse.Namespace(**vars(a))
+    sa.trials, sa.budget = trials, budget
+    sa.min_trials = trials if not a.allow_partial else 0
+    sa.takeover_delay = S.takeover_delay(setting)     # > 0: every overlap fails (strict)
+    ch = ClusterChaos(sa, cl, setting, uid_base)
+    ch.t0_mono = mono()
+    log(f"[{setting}] flags {' '.join(ch.flags) or '(defaults)'}; trials {trials}, budget {budget:.0f}s")
+    checks, detail = [], {}
+    interrupted = False
+    try:
+        ch.run()
+        checks, detail = ch.check()
+    except KeyboardInterrupt:
+        interrupted = True
+        checks = [("run completed", False, "interrupted")]
+        try:     # still check what ran (the contenders are stopped by now or killed below)
+            checks += ch.check()[0]
+        except Exception:  # noqa: BLE001
+            pass
+    except Exception as e:  # noqa: BLE001
+        checks = [("run completed", False, repr(e))]
+    finally:
+        ch.close()
+        out = {"setting": setting, "flags": " ".join(ch.flags) or "(defaults)",
+               "trials": sum(ch.counts.values()), "counts": ch.counts,
+               "with_live_holder": ch.on_holder, "seconds": round(time.monotonic() - ch.t_start),
+               "sections": detail.get("sections", 0), "checks": checks,
+               "overlaps": detail.get("overlaps", []), "exit_codes": detail.get("exit_codes", {}),
+               "failover": detail.get("failover", {}), "starved": len(ch.starved),
+               "problems": detail.get("problems", ch.problems)[:10], "seed": sa.seed,
+               "logs": ch.work, "interrupted": interrupted}
+        print_setting(out)
+    return out
+
+
+def print_setting(o: dict) -> None:
+    print(f"\n[{o['setting']}] {o['flags']}: {o['trials']} fault trials in {o['seconds']}s, "
+          f"{o['sections']} critical sections")
+    print("  faults: " + ", ".join(f"{k}={v}" for k, v in o["counts"].items()))
+    for name, ok, info in o["checks"]:
+        print(f"  {'PASS' if ok else 'FAIL'}  {name}: {info}")
+    for ov in o["overlaps"][:5]:
+        print(f"    overlap: {ov}")
+    for k, f in o["failover"].items():
+        if f.get("n"):
+            print(f"  failover after {k:<12} n={f['n']:<3} median {f['median_s']}s "
+                  f"p95 {f['p95_s']}s max {f['max_s']}s (holder's command not cut short: {f['kept']})")
+
+
+def write_summary(path: str, a, results: list[dict], source: str) -> None:
+    lines = ["# lockwrap on a real Consul cluster: chaos summary", "",
+             f"`make chaos-cluster` (chaos/cluster_chaos.py), {time.strftime('%Y-%m-%d')}; lockwrap "
+             f"source {source} ({'new' if S.is_new(a.lockwrap) else 'legacy'} timing model); "
+             f"Consul 1.8.7, 3 servers + 3 client agents on loopback, 3 contenders; "
+             f"machine: {machine_info()['nproc']} cores.", ""]
+    for o in results:
+        ok = all(c[1] for c in o["checks"])
+        lines += [f"## setting `{o['setting']}`: {o['flags']}", "",
+                  f"{o['trials']} fault trials in {o['seconds']} s, {o['sections']} critical sections, "
+                  f"seed {o['seed']}: **{'all checks pass' if ok else 'CHECKS FAIL'}**, "
+                  f"{len(o['overlaps'])} overlaps.", "",
+                  "| fault | trials | with live holder | command not cut short | cut short | "
+                  "failover median s | p95 s | max s |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for k in KINDS:
+            f = o["failover"].get(k, {})
+            lines.append(f"| {k} | {o['counts'].get(k, 0)} | {o['with_live_holder'].get(k, 0)} | "
+                         f"{f.get('kept', 0)} | {f.get('n', 0)} | {f.get('median_s', '-')} | "
+                         f"{f.get('p95_s', '-')} | {f.get('max_s', '-')} |")
+        lines += ["", "\"Cut short\": the holder's command was stopped or killed (not finished) before "
+                  "the next fault; failover = fault start to the next START of another contender.",
+                  ""]
+        for name, okc, info in o["checks"]:
+            lines.append(f"- {'PASS' if okc else 'FAIL'} {name}: {info[:300]}")
+        lines.append("")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    with open(os.path.splitext(path)[0] + ".json", "w") as f:
+        json.dump([{k: v for k, v in o.items() if k not in ("logs", "problems")} for o in results],
+                  f, indent=1, default=str)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lockwrap", default=os.environ.get("LOCKWRAP_BIN") or
+                    os.path.join(ROOT, "target", "release", "lockwrap"))
+    ap.add_argument("--setting", choices=["default", "fast", "both"], default="both")
+    ap.add_argument("--trials", type=int, default=500, help="fault trials in all (split over settings)")
+    ap.add_argument("--budget", type=float, default=7200.0, help="seconds for all fault phases")
+    ap.add_argument("--allow-partial", action="store_true",
+                    help="do not fail when the budget ran out before --trials")
+    ap.add_argument("--quick", action="store_true", help="~10 trials (development)")
+    ap.add_argument("--contenders", type=int, default=3)
+    ap.add_argument("--holder-bias", type=float, default=1.0)
+    ap.add_argument("--holder-wait", type=float, default=90.0)
+    ap.add_argument("--hold-min", type=float, default=2.0)
+    ap.add_argument("--hold-max", type=float, default=8.0)
+    ap.add_argument("--gap-min", type=float, default=0.2)
+    ap.add_argument("--gap-max", type=float, default=2.0)
+    ap.add_argument("--wrapper-timeout", type=float, default=180.0)
+    ap.add_argument("--max-gap", type=float, default=80.0)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--summary", default="", help="write the short markdown (+ .json) summary here")
+    a = ap.parse_args()
+    a.short = a.quick
+    a.strict = True
+    a.report = ""
+    if a.quick:
+        a.trials, a.budget = min(a.trials, 10), min(a.budget, 300.0)
+    if a.seed is None:
+        a.seed = random.randrange(1 << 30)
+    why = C.ensure_tools()
+    if why:
+        print(f"chaos-cluster: SKIP: {why}")
+        return 0
+    try:
+        subprocess.run([a.lockwrap, "run", "--help"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        print(f"chaos-cluster: {a.lockwrap} is missing or `run --help` fails\n0 passed, 1 failed")
+        return 1
+    become_subreaper()
+    C.install_signal_handlers()
+    source = source_revision()
+    log(f"seed {a.seed}; lockwrap {a.lockwrap} ({'new' if S.is_new(a.lockwrap) else 'legacy'})")
+    settings = ["default", "fast"] if a.setting == "both" else [a.setting]
+    cl = C.Cluster()
+    results: list[dict] = []
+    err = None
+    t0 = time.monotonic()
+    try:
+        cl.start()
+        for i, st in enumerate(settings):
+            left = len(settings) - i
+            budget = (a.budget - (time.monotonic() - t0)) / left
+            done = sum(r["trials"] for r in results)
+            trials = max(1, (a.trials - done) // left)
+            results.append(run_setting(a, cl, st, trials, budget, C.CONTENDER_UID_BASE + 1 + 10 * i))
+            if results[-1]["interrupted"]:
+                raise KeyboardInterrupt
+            wait_until(lambda: cl.ready() == "", 90, 0.2, "cluster ready between settings")
+    except KeyboardInterrupt:
+        err = "interrupted"
+    except Exception as e:  # noqa: BLE001
+        err = repr(e)
+    finally:
+        cl.stop()
+        C.run_cleanups()
+    if a.summary and results:
+        write_summary(a.summary, a, results, source)
+        log(f"summary written to {a.summary}")
+    fails = [f"{r['setting']}: {n}" for r in results for n, ok, _ in r["checks"] if not ok]
+    if err:
+        fails.append(err)
+        print(f"  FAIL  run: {err}")
+    total = sum(r["trials"] for r in results)
+    passed = sum(1 for r in results for _, ok, _ in r["checks"] if ok)
+    print(f"\nchaos-cluster: {total} trials over {len(results)} setting(s) in "
+          f"{time.monotonic() - t0:.0f}s; work dir {cl.work}")
+    print(f"{passed} passed, {len(fails)} failed")
+    return 1 if fails else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
