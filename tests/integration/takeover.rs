@@ -243,3 +243,64 @@ fn takeover_delay_waits_only_after_an_unclean_release() {
     assert_eq!(c.finish(Duration::from_secs(10)).status.code(), Some(0));
     assert!(consul.sessions_for(&key).is_empty());
 }
+
+/// The session is bound to exactly the checks the timing model assumes (docs/timing.md):
+/// a health-check session with `--session-checks none` must not be bound to `serfHealth`
+/// too, or a gossip flap could end it at any moment.
+#[test]
+fn sessions_are_bound_to_exactly_the_configured_checks() {
+    let consul = Consul::shared();
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&[], &[]),
+        (&["--health-check-ttl", "3s"], &["lockwrap:"]),
+        (
+            &[
+                "--session-checks",
+                "serfHealth",
+                "--health-check-ttl",
+                "3s",
+                "--lock-delay",
+                "5s",
+            ],
+            &["serfHealth", "lockwrap:"],
+        ),
+        (
+            &["--session-checks", "serfHealth", "--lock-delay", "5s"],
+            &["serfHealth"],
+        ),
+    ];
+    for (opts, want) in cases {
+        let key = unique_key("bound-checks");
+        let dir = Dir::new("bound-checks");
+        let child = term_recorder(&dir);
+        let holder = Proc::spawn(run_cmd(consul, &key, opts, &[&child]));
+        if !dir.wait_for("ready", Duration::from_secs(20)) {
+            holder.signal(Signal::SIGTERM);
+            let out = holder.finish(Duration::from_secs(20));
+            panic!("{opts:?}: child did not start: {}", describe(&out));
+        }
+        let session = consul.holder(&key).expect("held");
+        let (_, body) = consul
+            .get(&format!("/v1/session/info/{session}"))
+            .expect("session info");
+        let info: serde_json::Value = serde_json::from_str(&body).expect("session JSON");
+        let bound: Vec<String> = info[0]["NodeChecks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(bound.len(), want.len(), "{opts:?}: {info}");
+        for (got, prefix) in bound.iter().zip(want) {
+            assert!(got.starts_with(prefix), "{opts:?}: {info}");
+        }
+        assert!(
+            info[0]["Checks"].is_null() || info[0]["Checks"] == serde_json::json!([]),
+            "{opts:?}: {info}"
+        );
+        holder.signal(Signal::SIGTERM);
+        let _ = holder.finish(Duration::from_secs(20));
+    }
+}

@@ -75,8 +75,12 @@ pub struct SessionRequest {
     pub lock_delay: String,
     #[serde(rename = "Behavior")]
     pub behavior: String,
-    /// `None` = the agent's default (`serfHealth`); `Some([])` = no checks.
-    #[serde(rename = "Checks", skip_serializing_if = "Option::is_none")]
+    /// Exactly the node checks the session is bound to; `None` = the agent's default
+    /// (`serfHealth`), `Some([])` = none. Sent as `NodeChecks` (Consul ≥ 1.7): the legacy
+    /// `Checks` field makes Consul add `serfHealth` to whatever list it is given, which would
+    /// bind a `--session-checks none --health-check-ttl` session to gossip as well
+    /// (docs/timing.md).
+    #[serde(rename = "NodeChecks", skip_serializing_if = "Option::is_none")]
     pub checks: Option<Vec<String>>,
 }
 
@@ -405,7 +409,8 @@ mod tests {
         };
         let json = serde_json::to_value(&req).unwrap();
         assert_eq!(json["LockDelay"], "0s");
-        assert_eq!(json["Checks"], serde_json::json!([]));
+        assert_eq!(json["NodeChecks"], serde_json::json!([]));
+        assert!(json.get("Checks").is_none());
         assert!(json.get("TTL").is_none());
     }
 

@@ -90,7 +90,7 @@ impl KeyHold {
         params: &[(&str, String)],
         patience: Duration,
     ) -> Result<(), BackendError> {
-        let give_up = Instant::now() + patience.min(Duration::from_secs(10));
+        let give_up = Instant::now() + patience;
         let mut backoff = Backoff::default();
         loop {
             match client

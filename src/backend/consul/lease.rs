@@ -13,9 +13,9 @@ use super::session::{self, OwnedSession};
 use crate::backend::timing::{Cadence, TimingPlan};
 use crate::backend::BackendEvents;
 use crate::backend::{BackendError, HeldLock, LockInfo, LossReason};
-/// How long a release and session destroy are retried through transient trouble (no leader)
-/// when the session has no TTL to make them moot.
-const RELEASE_PATIENCE_NO_TTL: Duration = Duration::from_secs(60);
+/// How long a release and session destroy are retried, together, through transient trouble
+/// (no leader) when the session has no TTL to make them moot.
+const RELEASE_PATIENCE_NO_TTL: Duration = Duration::from_secs(30);
 
 /// What the background tasks need to watch a lease.
 pub(crate) struct KeepAlive {
@@ -93,8 +93,10 @@ impl Lease {
         if let Some(ka) = keep_alive {
             let sid = session.id.clone();
             if let Some(ttl) = ka.plan.inputs.ttl {
-                // Past 2×TTL without renewals Consul has expired the session anyway.
-                release_patience = 2 * ttl;
+                // Once nobody renews, Consul expires the session after TTL (up to 2×TTL); by
+                // then a stuck release is moot. One budget for release and destroy together, so
+                // an exit never waits longer than that (the command is already dead).
+                release_patience = ttl;
             }
             if let Some(cadence) = ka.plan.renew {
                 tasks.push(tokio::spawn(renew_loop(
@@ -165,11 +167,13 @@ impl Lease {
         }
         let sid = self.session.id.clone();
         let still_held = self.loss().is_none();
+        let give_up = Instant::now() + self.release_patience;
         let result = self
             .hold
-            .release(&self.client, &sid, still_held, self.release_patience)
+            .release(&self.client, &sid, still_held, self.release_patience / 2)
             .await;
-        session::destroy_within(&self.client, &self.session, self.release_patience).await;
+        let left = give_up.saturating_duration_since(Instant::now());
+        session::destroy_within(&self.client, &self.session, left).await;
         self.hold.after_destroy(&self.client).await;
         tracing::debug!(key = %self.info.key, session = %sid, "lock released");
         result
