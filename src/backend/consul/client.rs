@@ -30,9 +30,10 @@ pub struct ConsulClient {
     pub(super) token: Option<String>,
     pub(super) http_auth: Option<HttpAuth>,
     pub(super) datacenter: Option<String>,
-    /// Whether any HTTP answer (whatever its status) ever came back: an agent that answers
-    /// "No cluster leader" is reachable and worth waiting for; an address that never answered
-    /// is a configuration error (exit 8).
+    /// Whether the agent ever accepted a connection: it answered (whatever the status), or it
+    /// accepted the request and then kept it past the timeout (an agent cut off from its
+    /// servers holds requests while it looks for a leader). Such an agent is worth waiting for;
+    /// an address nothing ever listened on is a configuration error (exit 8).
     pub(super) answered: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub(super) namespace: Option<String>,
     pub(super) partition: Option<String>,
@@ -303,6 +304,11 @@ impl ConsulClient {
     }
 
     pub(super) fn transport_error(&self, err: reqwest::Error) -> BackendError {
+        if err.is_timeout() && !err.is_connect() {
+            // Connected, then no answer in time: the agent is there.
+            self.answered
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let what = if err.is_timeout() {
             "timed out"
         } else if err.is_connect() {
