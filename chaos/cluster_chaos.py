@@ -363,6 +363,11 @@ def run_setting(a, cl: C.Cluster, setting: str, trials: int, budget: float, uid_
         checks = [("run completed", False, repr(e))]
     finally:
         ch.close()
+        try:     # the raw fault records stay with the logs (not committed)
+            with open(os.path.join(ch.work, "faults.json"), "w") as f:
+                json.dump(ch.faults, f, default=str)
+        except OSError:
+            pass
         out = {"setting": setting, "flags": " ".join(ch.flags) or "(defaults)",
                "trials": sum(ch.counts.values()), "counts": ch.counts,
                "with_live_holder": ch.on_holder, "seconds": round(time.monotonic() - ch.t_start),
