@@ -6,10 +6,10 @@ HashiCorp's `consul lock` in the same run (alternating which tool goes first on 
 prints a table (median / min / max, ratio lockwrap / consul lock) with PASS/MISS per target, and
 writes bench/results/latest.json and bench/results/latest.md.
 
-  python3 bench/bench.py                      # everything, default iteration counts
-  python3 bench/bench.py --quick              # small counts (smoke test, ~4 min)
-  python3 bench/bench.py --only acquire,handoff --iterations 5
-  python3 bench/bench.py --tools consul       # only `consul lock` (no lockwrap binary needed)
+  python3 -m bench.bench                      # everything, default iteration counts
+  python3 -m bench.bench --quick              # small counts (smoke test, ~4 min)
+  python3 -m bench.bench --only acquire,handoff --iterations 5
+  python3 -m bench.bench --tools consul       # only `consul lock` (no lockwrap binary needed)
 
 Timing: every timestamp is CLOCK_MONOTONIC (time.monotonic_ns() in the harness and in the child).
 The child is `python3 -S bench/child.py` which needs ~10 ms to start; the `baseline` scenario measures
@@ -29,10 +29,10 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,  # noqa: E402
-                     alive, become_subreaper, child_argv, source_revision, find_consul, log, machine_info, median,
-                     mono, shell_quote, signal_pid, vm_hwm_kib, wait_until)
+from bench.harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,
+                           alive, become_subreaper, child_argv, source_revision, find_consul, log,
+                           machine_info, median, mono, shell_quote, signal_pid, vm_hwm_kib,
+                           wait_until)
 
 SCENARIOS = ["baseline", "acquire", "handoff", "loss", "standby", "contention", "failover",
              "partition"]

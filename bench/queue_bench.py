@@ -27,9 +27,9 @@ only after its queue entry exists; every waiter that finishes is replaced by a n
 the back) until --fifo-handoffs handoffs have happened; the order of the START records must equal
 the order in which the entries were created (violations must be 0), and START/END must not overlap.
 
-  python3 bench/queue_bench.py                       # full run, writes bench/results/queue.{json,md}
-  python3 bench/queue_bench.py --quick --out ''      # N = 1, 10; short window; nothing written
-  python3 bench/queue_bench.py --ns 1,10 --handoffs 10 --window 20
+  python3 -m bench.queue_bench                       # full run, writes bench/results/queue.{json,md}
+  python3 -m bench.queue_bench --quick --out ''      # N = 1, 10; short window; nothing written
+  python3 -m bench.queue_bench --ns 1,10 --handoffs 10 --window 20
 """
 from __future__ import annotations
 
@@ -46,10 +46,9 @@ import tempfile
 import time
 import urllib.parse
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (ROOT, ConsulAgent, LogWatcher, ProcTracker, Proxy, alive,  # noqa: E402
-                     become_subreaper, child_argv, find_consul, log, machine_info, median, mono,
-                     shell_quote, signal_pid, source_revision, wait_until)
+from bench.harness import (ROOT, ConsulAgent, LogWatcher, ProcTracker, Proxy, alive,
+                           become_subreaper, child_argv, find_consul, log, machine_info, median,
+                           mono, shell_quote, signal_pid, source_revision, wait_until)
 
 CONSUL_LOCK_MAX_N = 50
 

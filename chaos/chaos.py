@@ -49,8 +49,8 @@ Liveness: the longest stretch with no critical section running must stay below -
 a kill -9'd holder keeps the lock for up to 2×TTL and a freeze or a cut adds at most TTL + 5 s,
 so a longer gap means waiting contenders missed a free lock.
 
-    python3 chaos/chaos.py --short            # ≈ 2 minutes (part of `make test`)
-    python3 chaos/chaos.py --trials 1000 --budget 3600
+    python3 -m chaos.chaos --short            # ≈ 2 minutes (part of `make test`)
+    python3 -m chaos.chaos --trials 1000 --budget 3600
 """
 from __future__ import annotations
 
@@ -66,13 +66,10 @@ import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "bench"))
-from harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,  # noqa: E402
-                     alive, become_subreaper, child_argv, find_consul, log, machine_info, mono,
-                     ppid_of, proc_state, signal_pid, source_revision, wait_until)
-sys.path.insert(0, HERE)
-import checker  # noqa: E402  (shared with cluster_chaos.py and tests/cluster/scenarios.py)
+from bench.harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,
+                           alive, become_subreaper, child_argv, find_consul, log, machine_info,
+                           mono, ppid_of, proc_state, signal_pid, source_revision, wait_until)
+from chaos import checker  # shared with cluster_chaos.py and tests/cluster/scenarios.py
 
 KEY = "chaos/lock"
 TTL = 10.0

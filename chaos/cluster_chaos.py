@@ -32,8 +32,8 @@ no leader during a fault; the new build must keep waiting). Failover per fault k
 the fault to the next START of another contender, over the faults that cost a live holder its
 command (stopped or killed, not finished, before the next fault); the others count as "kept".
 
-    python3 chaos/cluster_chaos.py --quick                      # ~10 trials
-    python3 chaos/cluster_chaos.py --trials 500 --budget 7200 --setting both \
+    python3 -m chaos.cluster_chaos --quick                      # ~10 trials
+    python3 -m chaos.cluster_chaos --trials 500 --budget 7200 --setting both \
         --summary chaos/results/cluster-summary.md
 """
 from __future__ import annotations
@@ -47,16 +47,11 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests", "cluster"))
-sys.path.insert(0, HERE)
-import chaos  # noqa: E402
-import checker  # noqa: E402
-import cluster as C  # noqa: E402
-import settings as S  # noqa: E402
-from harness import (become_subreaper, log, machine_info, mono, signal_pid,  # noqa: E402
-                     source_revision, wait_until)
+from bench.harness import (ROOT, become_subreaper, log, machine_info, mono, signal_pid,
+                           source_revision, wait_until)
+from chaos import chaos, checker
+from tests.cluster import cluster as C
+from tests.cluster import settings as S
 
 KINDS = ["node_part", "http_cut", "leader_part", "leader_kill", "rolling", "kill9", "destroy",
          "delete", "heal"]

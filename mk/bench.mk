@@ -18,26 +18,26 @@ LOCKWRAP_BIN ?= $(CURDIR)/target/release/lockwrap
 .PHONY: bench bench-quick bench-queue chaos chaos-short chaos-holders
 
 bench: consul build
-	$(PYTHON) bench/bench.py --lockwrap $(LOCKWRAP_BIN) $(BENCH_ARGS)
-	$(PYTHON) bench/queue_bench.py --lockwrap $(LOCKWRAP_BIN) $(QUEUE_BENCH_ARGS)
+	$(PYTHON) -m bench.bench --lockwrap $(LOCKWRAP_BIN) $(BENCH_ARGS)
+	$(PYTHON) -m bench.queue_bench --lockwrap $(LOCKWRAP_BIN) $(QUEUE_BENCH_ARGS)
 
 bench-quick: consul build
-	$(PYTHON) bench/bench.py --lockwrap $(LOCKWRAP_BIN) --quick --out '' $(BENCH_ARGS)
-	$(PYTHON) bench/queue_bench.py --lockwrap $(LOCKWRAP_BIN) --quick --out '' $(QUEUE_BENCH_ARGS)
+	$(PYTHON) -m bench.bench --lockwrap $(LOCKWRAP_BIN) --quick --out '' $(BENCH_ARGS)
+	$(PYTHON) -m bench.queue_bench --lockwrap $(LOCKWRAP_BIN) --quick --out '' $(QUEUE_BENCH_ARGS)
 
 bench-queue: consul build
-	$(PYTHON) bench/queue_bench.py --lockwrap $(LOCKWRAP_BIN) $(QUEUE_BENCH_ARGS)
+	$(PYTHON) -m bench.queue_bench --lockwrap $(LOCKWRAP_BIN) $(QUEUE_BENCH_ARGS)
 
 chaos: consul build
-	$(PYTHON) chaos/chaos.py --lockwrap $(LOCKWRAP_BIN) --trials $(CHAOS_TRIALS) \
+	$(PYTHON) -m chaos.chaos --lockwrap $(LOCKWRAP_BIN) --trials $(CHAOS_TRIALS) \
 	  --budget $(CHAOS_BUDGET) --report chaos/results/latest.json $(CHAOS_ARGS)
 
 chaos-holders: consul build
-	$(PYTHON) chaos/chaos.py --lockwrap $(LOCKWRAP_BIN) --holder-bias 1 \
+	$(PYTHON) -m chaos.chaos --lockwrap $(LOCKWRAP_BIN) --holder-bias 1 \
 	  --trials $(CHAOS_HOLDER_TRIALS) --min-trials $(CHAOS_HOLDER_TRIALS) --budget $(CHAOS_BUDGET) \
 	  --report chaos/results/holders.json $(CHAOS_ARGS)
 
 chaos-short: consul build
-	$(PYTHON) chaos/chaos.py --lockwrap $(LOCKWRAP_BIN) --short $(CHAOS_ARGS)
+	$(PYTHON) -m chaos.chaos --lockwrap $(LOCKWRAP_BIN) --short $(CHAOS_ARGS)
 
 TEST_TARGETS += chaos-short

@@ -15,13 +15,13 @@ TEST_TARGETS += cluster-test
 
 cluster-test: consul build
 	LOCKWRAP_BIN=$(LOCKWRAP_BIN) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
-	  $(PYTHON) tests/cluster/scenarios.py $(CLUSTER_ARGS)
+	  $(PYTHON) -m tests.cluster.scenarios $(CLUSTER_ARGS)
 
 chaos-cluster: consul build
 	LOCKWRAP_BIN=$(LOCKWRAP_BIN) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
-	  $(PYTHON) chaos/cluster_chaos.py --trials $(CLUSTER_TRIALS) --budget $(CLUSTER_BUDGET) \
+	  $(PYTHON) -m chaos.cluster_chaos --trials $(CLUSTER_TRIALS) --budget $(CLUSTER_BUDGET) \
 	  --setting $(CLUSTER_SETTING) --summary chaos/results/cluster-summary.md $(CLUSTER_ARGS)
 
 chaos-cluster-quick: consul build
 	LOCKWRAP_BIN=$(LOCKWRAP_BIN) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
-	  $(PYTHON) chaos/cluster_chaos.py --quick --setting $(CLUSTER_SETTING) $(CLUSTER_ARGS)
+	  $(PYTHON) -m chaos.cluster_chaos --quick --setting $(CLUSTER_SETTING) $(CLUSTER_ARGS)

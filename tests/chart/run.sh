@@ -28,4 +28,4 @@ if ! "$venv/bin/python" -c "import kubernetes_validate.version as v, sys; sys.ex
 fi
 
 [ "${1:-}" = --install-only ] && exit 0
-CHART_HELMS="$helms" exec "$venv/bin/python" tests/chart/test_chart.py "$@"
+CHART_HELMS="$helms" exec "$venv/bin/python" -m tests.chart.test_chart "$@"

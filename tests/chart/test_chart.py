@@ -27,8 +27,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from support import ConsulAgent, Skip, free_port, http_get, run_tests, summary, wait_until  # noqa: E402
+from tests.support import ConsulAgent, Skip, free_port, http_get, run_tests, summary, wait_until
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "charts", "lockwrap")

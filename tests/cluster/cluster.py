@@ -25,7 +25,7 @@ both directions ("drop"), or answers them with a TCP reset ("reset"). Heal remov
 atexit) every rule and the chain are removed and every process is stopped by PID.
 Only 127.0.0.0/8 addresses are ever used. One harness at a time (flock on /tmp/lockwrap-cluster.lock).
 
-    python3 tests/cluster/cluster.py smoke     # start, partition a client, heal, kill the leader, stop
+    python3 -m tests.cluster.cluster smoke     # start, partition a client, heal, kill the leader, stop
 """
 from __future__ import annotations
 
@@ -44,11 +44,8 @@ import threading
 import time
 import urllib.parse
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "bench"))
-from harness import (CHILD, ProcTracker, alive, find_consul, log, mono,  # noqa: E402
-                     signal_pid, wait_until)
+from bench.harness import (CHILD, ROOT, ProcTracker, alive, find_consul, log, mono, signal_pid,
+                           wait_until)
 
 SERVERS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
 CLIENTS = ("127.0.0.21", "127.0.0.22", "127.0.0.23")

@@ -25,7 +25,7 @@ node / cut uids), so the suite takes ~3 minutes. Fencing tokens must increase, e
 end, exit codes must be 0/101/143 (3 for a refusal). Skips (exit 0, "SKIP: why") only when
 iptables or setpriv cannot work (not root).
 
-    python3 tests/cluster/scenarios.py [--lockwrap PATH] [--partition 40] [--cut 30] [--crashes 3]
+    python3 -m tests.cluster.scenarios [--lockwrap PATH] [--partition 40] [--cut 30] [--crashes 3]
 """
 from __future__ import annotations
 
@@ -37,14 +37,11 @@ import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-import cluster as C  # noqa: E402
-import settings as S  # noqa: E402
-sys.path.insert(0, os.path.join(C.ROOT, "chaos"))
-import checker  # noqa: E402
-from harness import (DeathWatcher, LogWatcher, alive, become_subreaper, log,  # noqa: E402
-                     mono, wait_until)
+from bench.harness import (DeathWatcher, LogWatcher, alive, become_subreaper, log, mono,
+                           wait_until)
+from chaos import checker
+from tests.cluster import cluster as C
+from tests.cluster import settings as S
 
 OK_EXIT = {0, 101, 143, -15}
 

@@ -70,4 +70,4 @@ if [ $up = 0 ]; then
 fi
 echo "container-test: private dockerd pid $dockerd_pid, $("$docker" version --format '{{.Server.Version}}'), storage $("$docker" info --format '{{.Driver}}')" >&2
 
-DOCKER="$docker" CONSUL_BIN="$consul" python3 tests/container/test_container.py "$@"
+DOCKER="$docker" CONSUL_BIN="$consul" python3 -m tests.container.test_container "$@"

@@ -19,8 +19,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from support import ConsulAgent, free_port, http_get, run_tests, summary, wait_until  # noqa: E402
+from tests.support import ConsulAgent, free_port, http_get, run_tests, summary, wait_until
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
