@@ -239,15 +239,16 @@ pub async fn destroy_within(client: &ConsulClient, session: &OwnedSession, patie
 /// Prefix of the IDs of the checks lockwrap registers.
 const CHECK_PREFIX: &str = "lockwrap:";
 
-/// Whether `err` is Consul's "Missing check '…' registration" for a check lockwrap did not
-/// register itself (a user-named check). Our own checks are only briefly unknown to the
-/// servers (the agent syncs them right after registration), so those are retried as long as
-/// any transient error.
+/// Whether `err` is Consul's "Missing check '…' registration" for a check neither lockwrap nor
+/// the agent registers (a user-named check, most likely a typo). Our own checks and the agent's
+/// `serfHealth` are only briefly unknown to the servers (an agent that has just started, a check
+/// not yet synced), so those are retried as long as any transient error.
 pub fn names_foreign_missing_check(err: &BackendError) -> bool {
     match err {
         BackendError::Transient(message) => {
             message.contains("Missing check '")
                 && !message.contains(&format!("Missing check '{CHECK_PREFIX}"))
+                && !message.contains("Missing check 'serfHealth'")
         }
         _ => false,
     }
@@ -300,6 +301,18 @@ mod tests {
             check_id: id.to_string(),
             status: status.to_string(),
         }
+    }
+
+    #[test]
+    fn missing_checks_of_lockwrap_and_the_agent_are_transient() {
+        let missing = |id: &str| {
+            BackendError::Transient(format!(
+                "Consul answered 500: Missing check '{id}' registration"
+            ))
+        };
+        assert!(!names_foreign_missing_check(&missing("serfHealth")));
+        assert!(!names_foreign_missing_check(&missing("lockwrap:h:1:ab")));
+        assert!(names_foreign_missing_check(&missing("my-typo")));
     }
 
     #[test]
