@@ -162,6 +162,16 @@ pub async fn until_signal<B: LockBackend>(
                         tracing::debug!(%err, "acquire failed after a stop signal");
                         Ok(Acquired::Cancelled)
                     }
+                    // The acquire completed in the same instant as the stop signal: the signal
+                    // wins. Give the lock back at once rather than start anything under it (the
+                    // signal is consumed here, so nothing later would stop the command).
+                    Ok(Acquired::Held(lease)) if received.is_some() => {
+                        tracing::info!("stop signal arrived as the lock was taken: releasing it");
+                        if let Err(err) = lease.release().await {
+                            tracing::warn!(%err, "releasing the lock after a stop signal failed");
+                        }
+                        Ok(Acquired::Cancelled)
+                    }
                     other => other,
                 };
                 return (result, received);

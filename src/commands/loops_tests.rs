@@ -224,3 +224,33 @@ async fn sidecar_exit_on_loss_exits_101() {
     let outcome = outcome.expect("sidecar ran");
     assert_eq!(outcome.exit_code(), 101, "{outcome:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_signal_that_races_the_acquisition_is_never_lost() {
+    // The signal and a free lock at the same instant: whichever wins, either the wait is
+    // cancelled and the lock given back, or the lock is held and the signal is still there
+    // for the supervisor to act on. Many rounds, since select! picks its branch at random.
+    for round in 0..50 {
+        let (store, manager) = manager();
+        let (tx, mut signals) = mpsc::unbounded_channel();
+        tx.send(Signal::TERM).expect("send");
+        let (result, signal) =
+            acquire::until_signal(&manager, &LockRequest::new("k"), &NoObserver, &mut signals)
+                .await;
+        match result {
+            Ok(Acquired::Cancelled) => {
+                assert_eq!(signal, Some(Signal::TERM), "round {round}");
+                assert!(store.holder("k").is_none(), "round {round}: lock kept");
+            }
+            Ok(Acquired::Held(_)) => {
+                assert!(signal.is_none(), "round {round}");
+                assert_eq!(
+                    signals.try_recv().ok(),
+                    Some(Signal::TERM),
+                    "round {round}: lost"
+                );
+            }
+            _ => panic!("round {round}: unexpected outcome"),
+        }
+    }
+}
