@@ -675,6 +675,22 @@ def rendering_refuses_timing_lockwrap_would_refuse():
 
 
 @test
+def consul_scope_and_basic_auth_reach_lockwrap_from_values_and_a_secret():
+    docs, _ = rendered("consul-scope-auth-values.yaml")
+    app = container(pod_spec(docs)["containers"], "app")
+    env = {e["name"]: e for e in app["env"]}
+    assert env["CONSUL_NAMESPACE"]["value"] == "team-a"
+    assert env["CONSUL_PARTITION"]["value"] == "payments"
+    assert env["CONSUL_HTTP_AUTH"]["valueFrom"] == {
+        "secretKeyRef": {"name": "consul-proxy-auth", "key": "credentials"}}
+    assert "value" not in env["CONSUL_HTTP_AUTH"], "basic auth must come from the Secret"
+    # Unset by default: nothing is sent.
+    docs, _ = render(values=with_base({}))
+    names = {e["name"] for e in container(pod_spec(docs)["containers"], "app")["env"]}
+    assert not names & {"CONSUL_NAMESPACE", "CONSUL_PARTITION", "CONSUL_HTTP_AUTH"}, names
+
+
+@test
 def fast_failover_preset_sets_the_tested_timing():
     docs, _ = rendered("fast-failover-values.yaml")
     env = env_of(container(pod_spec(docs)["containers"], "app"))

@@ -39,6 +39,21 @@ settings (LOCKWRAP_*), as lockwrap reads them (docs/cli-surface.md). The token i
 - name: CONSUL_DATACENTER
   value: {{ . | quote }}
 {{- end }}
+{{- with .Values.consul.namespace }}
+- name: CONSUL_NAMESPACE
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.consul.partition }}
+- name: CONSUL_PARTITION
+  value: {{ . | quote }}
+{{- end }}
+{{- with .Values.consul.httpAuth.existingSecret }}
+- name: CONSUL_HTTP_AUTH
+  valueFrom:
+    secretKeyRef:
+      name: {{ . | quote }}
+      key: {{ $.Values.consul.httpAuth.key | quote }}
+{{- end }}
 {{- if .Values.consul.tls.existingSecret }}
 - name: CONSUL_CACERT
   value: {{ printf "/var/run/secrets/lockwrap/consul-tls/%s" .Values.consul.tls.caKey | quote }}
