@@ -30,7 +30,8 @@ import threading
 import time
 
 from bench.harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,
-                           alive, become_subreaper, child_argv, source_revision, find_consul, log,
+                           check_lockwrap, run_interruptibly,
+                           alive, child_argv, source_revision, find_consul, log,
                            machine_info, median, mono, shell_quote, signal_pid, vm_hwm_kib,
                            wait_until)
 
@@ -721,23 +722,9 @@ def main():
     random.seed(a.seed)
     a.tools = [t.strip() for t in a.tools.split(",") if t.strip()]
     if "lockwrap" in a.tools:
-        try:
-            subprocess.run([a.lockwrap, "run", "--help"], check=True, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            sys.exit(f"bench: {a.lockwrap} is missing or `run --help` fails; build it with "
-                     f"`cargo build --release` (or use --tools consul)")
-    become_subreaper()
+        check_lockwrap(a.lockwrap, "bench", " (or use --tools consul)")
     b = Bench(a)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        b.run()
-    except KeyboardInterrupt:
-        log("interrupted")
-        b.results.setdefault("errors", {})["run"] = "interrupted"
-    finally:
-        b.close()
+    run_interruptibly(b)
     rows, targets = summarize(b.results)
     b.results["table"] = rows
     b.results["targets"] = targets

@@ -16,7 +16,6 @@ Contents:
 from __future__ import annotations
 
 import ctypes
-import errno
 import http.client
 import json
 import os
@@ -871,3 +870,29 @@ def median(xs):
     if not n:
         return None
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def check_lockwrap(lockwrap: str, who: str, hint: str = "") -> None:
+    """Exit with one line if the lockwrap binary is missing or cannot run."""
+    try:
+        subprocess.run([lockwrap, "run", "--help"], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        sys.exit(f"{who}: {lockwrap} is missing or `run --help` fails; build it with "
+                 f"`cargo build --release`{hint}")
+
+
+def run_interruptibly(suite) -> None:
+    """Runs `suite.run()` as a subreaper, turning SIGTERM/SIGHUP into a clean interruption that
+    is recorded in `suite.results["errors"]["run"]`; `suite.close()` always runs."""
+    become_subreaper()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        suite.run()
+    except KeyboardInterrupt:
+        log("interrupted")
+        suite.results.setdefault("errors", {})["run"] = "interrupted"
+    finally:
+        suite.close()
+

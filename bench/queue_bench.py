@@ -46,8 +46,9 @@ import tempfile
 import time
 import urllib.parse
 
-from bench.harness import (ROOT, ConsulAgent, LogWatcher, ProcTracker, Proxy, alive,
-                           become_subreaper, child_argv, find_consul, log, machine_info, median,
+from bench.harness import (ROOT, ConsulAgent, LogWatcher, ProcTracker, Proxy, alive, check_lockwrap,
+                           run_interruptibly,
+                           child_argv, find_consul, log, machine_info, median,
                            mono, shell_quote, signal_pid, source_revision, wait_until)
 
 CONSUL_LOCK_MAX_N = 50
@@ -669,23 +670,9 @@ def main():
     if any(n < 1 or n > 500 for n in a.ns) or a.handoffs < 1 or a.handoffs > 1000:
         sys.exit("queue_bench: N must be 1..500 and --handoffs 1..1000")
     if {"lockwrap", "queue"} & set(a.tools):
-        try:
-            subprocess.run([a.lockwrap, "run", "--help"], check=True, stdout=subprocess.PIPE,
-                           stderr=subprocess.DEVNULL, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            sys.exit(f"queue_bench: {a.lockwrap} is missing or `run --help` fails; "
-                     f"build it with `cargo build --release`")
-    become_subreaper()
+        check_lockwrap(a.lockwrap, "queue_bench")
     b = QueueBench(a)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt()))
-    try:
-        b.run()
-    except KeyboardInterrupt:
-        log("interrupted")
-        b.results.setdefault("errors", {})["run"] = "interrupted"
-    finally:
-        b.close()
+    run_interruptibly(b)
     text = render(b.results)
     print(text)
     if a.out:

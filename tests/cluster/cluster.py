@@ -44,7 +44,7 @@ import threading
 import time
 import urllib.parse
 
-from bench.harness import (CHILD, ROOT, ProcTracker, alive, find_consul, log, mono, signal_pid,
+from bench.harness import (CHILD, ROOT, ProcTracker, alive, find_consul, log, mono, signal_pid,  # noqa: F401 (ROOT: for scenarios.py)
                            wait_until)
 
 SERVERS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
