@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use super::acquire;
 use super::policy::{self, Action, Phase};
-use crate::backend::{Acquired, HeldLock, LockBackend, LockInfo};
+use crate::backend::{Acquired, HeldLock, LockBackend, LockInfo, LossReason};
 use crate::config::Config;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
 use crate::locks::LockManager;
-use crate::supervisor::{Child, CommandSpec, ExitStatus, ProcessControl, Signal, StdinMode};
+use crate::supervisor::{
+    Child, CommandSpec, ExitStatus, ProcessControl, Signal, SpawnError, StdinMode,
+};
 use crate::telemetry::Telemetry;
 
 /// Starts the optional HTTP server and status file shared by run and sidecar.
@@ -103,40 +105,109 @@ pub async fn run<B: LockBackend>(
     let acquired_hooks = hooks.fire_detached(Event::Acquired, &ctx);
 
     let spec = command_spec(config, lease.info());
-    let child = match process.spawner().spawn(&spec) {
-        Ok(child) => child,
-        Err(err) => {
+    let end = match process.spawner().spawn(&spec) {
+        Ok(child) => {
+            tracing::info!(
+                event = "started",
+                pid = child.pid.as_raw(),
+                "command started"
+            );
+            hold(
+                config,
+                &mut lease,
+                child,
+                &mut process,
+                &hooks,
+                &ctx,
+                &telemetry,
+            )
+            .await
+        }
+        Err(err) => HoldEnd::NotStarted(err),
+    };
+    let outcome = conclude(config, lease, end, &hooks, &ctx, &telemetry).await;
+    let _ = acquired_hooks.await;
+    Ok(outcome)
+}
+
+/// How a hold ended. [`hold`] only stops the command; [`conclude`] is the one place that
+/// releases, runs the closing hooks, updates telemetry and picks the outcome.
+enum HoldEnd {
+    /// The command ended on its own, or after a forwarded stop signal.
+    Exited(ExitStatus),
+    /// The lock was lost and the command was stopped; the lost hooks were started at the loss.
+    Lost {
+        reason: LossReason,
+        status: ExitStatus,
+        hooks: tokio::task::JoinHandle<()>,
+    },
+    /// The command could not be started.
+    NotStarted(SpawnError),
+}
+
+/// Releases the lock (and destroys the session), runs the hooks that close the hold, records
+/// it, and turns it into the outcome.
+async fn conclude(
+    config: &Config,
+    lease: impl HeldLock,
+    end: HoldEnd,
+    hooks: &Hooks,
+    ctx: &EventContext,
+    telemetry: &Telemetry,
+) -> Outcome {
+    if let HoldEnd::Exited(status) | HoldEnd::Lost { status, .. } = &end {
+        telemetry.child_exited(status.code());
+    }
+    if !matches!(end, HoldEnd::Lost { .. }) {
+        // (A loss was recorded at the moment it happened, by `hold`.)
+        telemetry.not_leader(false);
+    }
+    if let Err(err) = lease.release().await {
+        tracing::warn!(%err, "releasing the lock failed; the session was destroyed");
+    }
+    match end {
+        HoldEnd::Exited(status) => {
+            hooks.fire(Event::Released, ctx).await;
+            Outcome::Child(status.code())
+        }
+        HoldEnd::NotStarted(err) => {
+            hooks.fire(Event::Released, ctx).await;
             let kind = if err.exit_code() == 127 {
                 ErrorKind::CommandNotFound
             } else {
                 ErrorKind::NotExecutable
             };
-            finish(lease, &hooks, &ctx, &telemetry, false).await;
-            let _ = acquired_hooks.await;
-            return Ok(Outcome::Failed(Error::new(kind, err.to_string())));
+            Outcome::Failed(Error::new(kind, err.to_string()))
         }
-    };
-    tracing::info!(
-        event = "started",
-        pid = child.pid.as_raw(),
-        "command started"
-    );
-    let outcome = hold(config, lease, child, &mut process, &hooks, &ctx, &telemetry).await;
-    let _ = acquired_hooks.await;
-    Ok(outcome)
+        HoldEnd::Lost {
+            reason,
+            status,
+            hooks: lost_hooks,
+        } => {
+            let _ = tokio::time::timeout(config.hook_timeout, lost_hooks).await;
+            Outcome::Failed(Error::new(
+                ErrorKind::LockLost,
+                format!(
+                    "lock {} lost ({reason}); the command was stopped ({})",
+                    ctx.key,
+                    describe(status)
+                ),
+            ))
+        }
+    }
 }
 
-/// The loop while the command runs: returns when it exits, the lock is lost, or lockwrap is
-/// told to stop.
+/// The loop while the command runs: returns when it exits, the lock is lost (the command is
+/// stopped first), or lockwrap is told to stop. Releases nothing: that is [`conclude`]'s job.
 async fn hold(
     config: &Config,
-    mut lease: impl HeldLock,
+    lease: &mut impl HeldLock,
     mut child: Child,
     process: &mut ProcessControl,
     hooks: &Hooks,
     ctx: &EventContext,
     telemetry: &Telemetry,
-) -> Outcome {
+) -> HoldEnd {
     let grace = config.request.hold.kill_grace;
     loop {
         tokio::select! {
@@ -144,38 +215,25 @@ async fn hold(
                 tracing::info!(event = "exited", code = status.code(), "command exited");
                 // Nothing of the command may outlive the lock.
                 child.reap_group_leftovers(grace).await;
-                telemetry.child_exited(status.code());
-                finish(lease, hooks, ctx, telemetry, false).await;
-                return Outcome::Child(status.code());
+                return HoldEnd::Exited(status);
             }
             reason = lease.lost() => {
+                // The on-lost hooks start as the command is being stopped, not after.
                 let lost_hooks = hooks.fire_detached(Event::Lost, &EventContext {
                     detail: Some(reason.to_string()),
                     ..ctx.clone()
                 });
+                // Readiness and /leader flip at the loss, while the command is being stopped.
                 telemetry.not_leader(true);
                 telemetry.lost_because(&reason);
                 tracing::warn!(event = "lost", %reason, grace = ?grace, "lock lost: stopping the command");
                 let status = child.stop(grace).await;
-                telemetry.child_exited(status.code());
-                let _ = lease.release().await;
-                let _ = tokio::time::timeout(config.hook_timeout, lost_hooks).await;
-                return Outcome::Failed(Error::new(
-                    ErrorKind::LockLost,
-                    format!(
-                        "lock {} lost ({reason}); the command was stopped ({})",
-                        ctx.key,
-                        describe(status)
-                    ),
-                ));
+                return HoldEnd::Lost { reason, status, hooks: lost_hooks };
             }
             Some(signal) = process.signals.recv() => match policy::on_signal(signal, Phase::Supervising) {
                 Action::ForwardAndStop => {
                     forward(&child, signal);
-                    let status = stop_after_signal(&mut child, grace).await;
-                    telemetry.child_exited(status.code());
-                    finish(lease, hooks, ctx, telemetry, false).await;
-                    return Outcome::Child(status.code());
+                    return HoldEnd::Exited(stop_after_signal(&mut child, grace).await);
                 }
                 Action::Forward => forward(&child, signal),
                 Action::Stop | Action::Ignore => {}
@@ -203,21 +261,6 @@ fn forward(child: &Child, signal: Signal) {
     if let Err(err) = child.signal_group(signal) {
         tracing::debug!(signal = signal.name(), %err, "could not forward signal");
     }
-}
-
-/// Releases the lock, destroys the session, runs the released hooks.
-async fn finish(
-    lease: impl HeldLock,
-    hooks: &Hooks,
-    ctx: &EventContext,
-    telemetry: &Telemetry,
-    lost: bool,
-) {
-    telemetry.not_leader(lost);
-    if let Err(err) = lease.release().await {
-        tracing::warn!(%err, "releasing the lock failed; the session was destroyed");
-    }
-    hooks.fire(Event::Released, ctx).await;
 }
 
 fn command_spec(config: &Config, info: &LockInfo) -> CommandSpec {
