@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::acquire;
 use super::policy::{self, Action, Phase};
 use super::supervise::start_reporting;
-use crate::backend::{Acquired, HeldLock, LockBackend, Wait};
+use crate::backend::{Acquired, HeldLock, LockBackend, LossReason, Wait};
 use crate::config::Config;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
@@ -59,73 +59,93 @@ pub async fn run<B: LockBackend>(
             }
             Acquired::Locked(_) => continue,
         };
-        match acquire::takeover_wait(
+        let end = match acquire::takeover_wait(
             config.request.hold.takeover_delay,
             &mut lease,
             &mut process.signals,
         )
         .await
         {
-            Ok(()) => {}
-            Err(acquire::TakeoverAbort::Stopped(_)) => {
-                let _ = lease.release().await;
-                return Ok(Outcome::Success);
-            }
-            Err(acquire::TakeoverAbort::Lost(reason)) => {
-                let _ = lease.release().await;
-                if config.exit_on_loss {
-                    return Ok(Outcome::Failed(Error::new(
-                        ErrorKind::LockLost,
-                        format!("lock {} lost: {reason}", config.request.key),
-                    )));
-                }
-                continue;
-            }
-        }
-        let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
-        hooks.fire(Event::Acquired, &ctx).await;
-
-        let stop_signal = loop {
-            tokio::select! {
-                reason = lease.lost() => break Err(reason),
-                Some(signal) = process.signals.recv() => {
-                    // A leader steps down on the same signals that end a standby's wait.
-                    if policy::on_signal(signal, Phase::Leading) == Action::Stop {
-                        break Ok(signal);
+            Err(acquire::TakeoverAbort::Stopped(_)) => TermEnd::NeverLed(None),
+            Err(acquire::TakeoverAbort::Lost(reason)) => TermEnd::NeverLed(Some(reason)),
+            Ok(()) => {
+                let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
+                hooks.fire(Event::Acquired, &ctx).await;
+                let end = loop {
+                    tokio::select! {
+                        reason = lease.lost() => break TermEnd::Lost(reason, ctx),
+                        Some(signal) = process.signals.recv() => {
+                            // A leader steps down on the same signals that end a standby's wait.
+                            if policy::on_signal(signal, Phase::Leading) == Action::Stop {
+                                tracing::info!(event = "released", signal = signal.name(), "stepping down");
+                                break TermEnd::SteppedDown(ctx);
+                            }
+                        }
                     }
-                }
+                };
+                end
             }
         };
-        match stop_signal {
-            Ok(signal) => {
-                tracing::info!(event = "released", signal = signal.name(), "stepping down");
-                telemetry.not_leader(false);
-                let _ = lease.release().await;
-                hooks.fire(Event::Released, &ctx).await;
-                return Ok(Outcome::Success);
-            }
-            Err(reason) => {
-                telemetry.not_leader(true);
-                telemetry.lost_because(&reason);
-                let _ = lease.release().await;
-                hooks
-                    .fire(
-                        Event::Lost,
-                        &EventContext {
-                            detail: Some(reason.to_string()),
-                            ..ctx.clone()
-                        },
-                    )
-                    .await;
-                if config.exit_on_loss {
-                    return Ok(Outcome::Failed(Error::new(
-                        ErrorKind::LockLost,
-                        format!("lock {} lost: {reason}", config.request.key),
-                    )));
-                }
-                tracing::warn!(event = "lost", %reason, "leadership lost; campaigning again");
-                tokio::time::sleep(RECAMPAIGN_PAUSE).await;
-            }
+        if let Some(outcome) = conclude(config, lease, end, &hooks, &telemetry).await {
+            return Ok(outcome);
+        }
+        tokio::time::sleep(RECAMPAIGN_PAUSE).await;
+    }
+}
+
+/// How one term of leadership (or the takeover wait before it) ended.
+enum TermEnd {
+    /// Ended during the takeover wait: by a stop signal (`None`) or a loss.
+    NeverLed(Option<LossReason>),
+    /// Leadership was lost.
+    Lost(LossReason, EventContext),
+    /// A stop signal: step down and exit.
+    SteppedDown(EventContext),
+}
+
+/// The one place a term ends: releases the lock, records it, fires the closing hooks, and says
+/// whether to exit (`Some`) or campaign again (`None`).
+async fn conclude(
+    config: &Config,
+    lease: impl HeldLock,
+    end: TermEnd,
+    hooks: &Hooks,
+    telemetry: &Telemetry,
+) -> Option<Outcome> {
+    // Leadership was reported only once the takeover wait was over.
+    match &end {
+        TermEnd::Lost(reason, _) => {
+            telemetry.not_leader(true);
+            telemetry.lost_because(reason);
+        }
+        TermEnd::SteppedDown(_) => telemetry.not_leader(false),
+        TermEnd::NeverLed(_) => {}
+    }
+    let _ = lease.release().await;
+    let lost = |reason: &LossReason| {
+        if config.exit_on_loss {
+            return Some(Outcome::Failed(Error::new(
+                ErrorKind::LockLost,
+                format!("lock {} lost: {reason}", config.request.key),
+            )));
+        }
+        tracing::warn!(event = "lost", %reason, "leadership lost; campaigning again");
+        None
+    };
+    match end {
+        TermEnd::NeverLed(None) => Some(Outcome::Success),
+        TermEnd::NeverLed(Some(reason)) => lost(&reason),
+        TermEnd::SteppedDown(ctx) => {
+            hooks.fire(Event::Released, &ctx).await;
+            Some(Outcome::Success)
+        }
+        TermEnd::Lost(reason, ctx) => {
+            let detail = EventContext {
+                detail: Some(reason.to_string()),
+                ..ctx
+            };
+            hooks.fire(Event::Lost, &detail).await;
+            lost(&reason)
         }
     }
 }
