@@ -2,7 +2,6 @@
 //! (TERM → grace → KILL for the whole group), and the exit codes they produce.
 
 use std::ffi::OsString;
-use std::fmt;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -19,6 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::reaper::{self, SharedRegistry, Slot};
 use super::signals::{Signal, IGNORED};
+pub use super::status::ExitStatus;
+use super::tty::{foreground_group, set_foreground_group};
 
 /// How often a stop checks whether the command's process group is empty. Group members are not
 /// our children, so no status or signal tells us when they are gone; `kill(-pgid, 0)` is a cheap
@@ -114,41 +115,6 @@ impl SpawnError {
             SpawnError::NotFound { program, .. }
             | SpawnError::NotExecutable { program, .. }
             | SpawnError::Other { program, .. } => program,
-        }
-    }
-}
-
-/// How a child ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ExitStatus {
-    /// Exited with this code.
-    Exited(i32),
-    /// Killed by this signal number.
-    Signaled(i32),
-}
-
-impl ExitStatus {
-    /// The code lockwrap exits with: the command's own code, or 128 + the signal number.
-    pub fn code(&self) -> i32 {
-        match *self {
-            ExitStatus::Exited(code) => code,
-            ExitStatus::Signaled(signal) => 128 + signal,
-        }
-    }
-
-    pub fn success(&self) -> bool {
-        *self == ExitStatus::Exited(0)
-    }
-}
-
-impl fmt::Display for ExitStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ExitStatus::Exited(code) => write!(f, "exited with code {code}"),
-            ExitStatus::Signaled(number) => match Signal::from_raw(number) {
-                Some(signal) => write!(f, "killed by {signal}"),
-                None => write!(f, "killed by signal {number}"),
-            },
         }
     }
 }
@@ -274,22 +240,6 @@ fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spa
 /// it ours to hand to the command (a backgrounded `lockwrap … &` must not steal the terminal).
 fn we_hold_the_terminal() -> bool {
     isatty(libc::STDIN_FILENO).unwrap_or(false) && foreground_group() == Some(getpgrp())
-}
-
-/// The foreground process group of the terminal on stdin, if stdin is a terminal.
-///
-/// Called through libc because nix gates `tcgetpgrp` behind its `term` feature, which lockwrap
-/// does not otherwise need.
-pub(crate) fn foreground_group() -> Option<Pid> {
-    // SAFETY: tcgetpgrp only reads the descriptor number; a closed or non-tty fd yields -1.
-    let pgid = unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) };
-    (pgid > 0).then(|| Pid::from_raw(pgid))
-}
-
-/// Makes `pgid` the foreground group of the terminal on stdin. Async-signal-safe (used pre-exec).
-pub(crate) fn set_foreground_group(pgid: Pid) -> nix::Result<()> {
-    // SAFETY: tcsetpgrp only passes integers to the kernel.
-    Errno::result(unsafe { libc::tcsetpgrp(libc::STDIN_FILENO, pgid.as_raw()) }).map(drop)
 }
 
 /// Runs in the forked child, after std's `setpgid(0, 0)` and signal-mask reset, before exec.

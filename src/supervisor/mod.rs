@@ -13,6 +13,8 @@
 pub mod child;
 pub mod reaper;
 pub mod signals;
+pub mod status;
+pub mod tty;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -13,7 +13,8 @@ use nix::unistd::{getpgrp, Pid};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use super::child::{foreground_group, set_foreground_group, ExitStatus};
+use super::status::ExitStatus;
+use super::tty::{foreground_group, set_foreground_group};
 
 /// Registry shared by the spawner (inserts under the lock, across the fork) and the reaper (reaps
 /// under the lock), so a status can never arrive for a pid that is not registered yet.
