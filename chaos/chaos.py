@@ -440,9 +440,14 @@ class Chaos:
             with c.lock:
                 c.running = False
         for c in self.contenders:
-            if c.proc is not None:
+            # A wrapper that already exited (a last kill -9 fault, no respawn yet) gets no SIGTERM:
+            # its session and exit code are the fault's, not the shutdown's.
+            live = c.proc is not None and c.proc.poll() is None
+            if live:
                 self.final_pids[c.proc.pid] = c.tag
-            self.final_exit[c.tag] = c.stop()
+            rc = c.stop()
+            if live:
+                self.final_exit[c.tag] = rc
         for c in self.contenders:
             c.thread.join(timeout=30)
         # sessions check

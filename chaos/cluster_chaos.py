@@ -45,6 +45,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from bench.harness import (ROOT, become_subreaper, log, machine_info, mono, signal_pid,
@@ -306,26 +307,34 @@ class ClusterChaos(chaos.Chaos):
                 per[f["kind"]].append((nxt.t - f["t"]) / 1e9)
             else:
                 kept[f["kind"]] += 1
-        return {k: dict(checker.summary(v), kept=kept[k]) for k, v in per.items()}
+        return {k: dict(checker.summary(v), kept=kept[k], samples=[round(x, 3) for x in v])
+                for k, v in per.items()}
 
     def exit8_check(self):
-        """Exit 8 is justified only for a legacy build whose wrapper lived through a fault that
-        can leave its agent without a leader (the new build keeps waiting instead)."""
+        """Exit 8 means the agent never answered since the wrapper started (README, "Exit
+        codes"). Justified: a wrapper started while its own link to the agent was cut (http_cut
+        of its contender), or a legacy build whose wrapper lived through a fault that can leave
+        its agent without a leader (the new build keeps waiting instead)."""
         legacy = not S.is_new(self.args.lockwrap)
         windows = [(f["t"], f["t_end"] + int(15e9)) for f in self.faults
                    if f["kind"] in LEADERLESS_KINDS]
-        bad, justified = [], 0
+        cuts = [(f["tag"].rsplit("g", 1)[0], f["t"], f["t_end"]) for f in self.faults
+                if f["kind"] == "http_cut" and f.get("tag")]
+        bad, cut_off, justified = [], 0, 0
         for c in self.contenders:
             for tag, rc, t0, t1 in c.exit_times:
                 if rc != 8:
                     continue
-                if legacy and any(a <= t1 and t0 <= b for a, b in windows):
+                who = tag.rsplit("g", 1)[0]
+                if any(w == who and a <= t0 <= b for w, a, b in cuts):
+                    cut_off += 1
+                elif legacy and any(a <= t1 and t0 <= b for a, b in windows):
                     justified += 1
                 else:
                     bad.append(tag)
         return ("exit 8 only where justified", not bad,
-                f"{justified} justified (legacy build, leaderless agent during a fault), "
-                f"unjustified {bad[:5]}")
+                f"{cut_off} started while their own link to the agent was cut, {justified} "
+                f"legacy build with a leaderless agent during a fault; unjustified {bad[:5]}")
 
     def check(self):
         checks, detail = super().check()
@@ -375,6 +384,36 @@ def run_setting(a, cl: C.Cluster, setting: str, trials: int, budget: float, uid_
     return out
 
 
+def merge_setting(runs: list[dict]) -> dict:
+    """One setting's result over the clusters that ran it side by side: counts and failover
+    samples add up; every cluster's checks stay listed under its slot."""
+    o = dict(runs[0])
+    o["clusters"] = [{"slot": r.get("slot", 0), "trials": r["trials"], "seconds": r["seconds"],
+                      "sections": r["sections"], "seed": r["seed"], "checks": r["checks"],
+                      "logs": r.get("logs", "")} for r in runs]
+    for key in ("counts", "with_live_holder", "exit_codes"):
+        total: dict = {}
+        for r in runs:
+            for k, v in r.get(key, {}).items():
+                total[k] = total.get(k, 0) + v
+        o[key] = total
+    for key in ("trials", "sections", "starved"):
+        o[key] = sum(r.get(key, 0) for r in runs)
+    o["seconds"] = max(r["seconds"] for r in runs)
+    o["overlaps"] = [ov for r in runs for ov in r.get("overlaps", [])]
+    o["problems"] = [p for r in runs for p in r.get("problems", [])][:10]
+    o["checks"] = [(f"cluster {r.get('slot', 0)}: {name}", ok, info)
+                   for r in runs for name, ok, info in r["checks"]]
+    failover = {}
+    for k in KINDS:
+        samples = [x for r in runs for x in r.get("failover", {}).get(k, {}).get("samples", [])]
+        kept = sum(r.get("failover", {}).get(k, {}).get("kept", 0) for r in runs)
+        failover[k] = dict(checker.summary(samples), kept=kept, samples=samples)
+    o["failover"] = failover
+    o["interrupted"] = any(r.get("interrupted") for r in runs)
+    return o
+
+
 def print_setting(o: dict) -> None:
     print(f"\n[{o['setting']}] {o['flags']}: {o['trials']} fault trials in {o['seconds']}s, "
           f"{o['sections']} critical sections")
@@ -393,14 +432,22 @@ def write_summary(path: str, a, results: list[dict], source: str) -> None:
     lines = ["# lockwrap on a real Consul cluster: chaos summary", "",
              f"`make chaos-cluster` (chaos/cluster_chaos.py), {time.strftime('%Y-%m-%d')}; lockwrap "
              f"source {source} ({'new' if S.is_new(a.lockwrap) else 'legacy'} timing model); "
-             f"Consul 1.8.7, 3 servers + 3 client agents on loopback, 3 contenders; "
+             f"Consul 1.8.7, 3 servers + 3 client agents on loopback, {a.contenders} contenders "
+             f"per cluster; {max(1, a.clusters)} cluster(s) side by side; "
              f"machine: {machine_info()['nproc']} cores.", ""]
+    total = sum(o["trials"] for o in results)
+    all_ok = all(c[1] for o in results for c in o["checks"])
+    lines += [f"**{total} fault trials, {sum(len(o['overlaps']) for o in results)} overlaps, "
+              f"{'every check passing' if all_ok else 'CHECKS FAIL'}.**", ""]
     for o in results:
         ok = all(c[1] for c in o["checks"])
         lines += [f"## setting `{o['setting']}`: {o['flags']}", "",
                   f"{o['trials']} fault trials in {o['seconds']} s, {o['sections']} critical sections, "
                   f"seed {o['seed']}: **{'all checks pass' if ok else 'CHECKS FAIL'}**, "
-                  f"{len(o['overlaps'])} overlaps.", "",
+                  f"{len(o['overlaps'])} overlaps"
+                  + (f"; {len(o['clusters'])} clusters: " + ", ".join(
+                      f"slot {c['slot']} {c['trials']} trials in {c['seconds']} s (seed {c['seed']})"
+                      for c in o["clusters"]) if o.get("clusters") else "") + ".", "",
                   "| fault | trials | with live holder | command not cut short | cut short | "
                   "failover median s | p95 s | max s |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -444,6 +491,9 @@ def main() -> int:
     ap.add_argument("--max-gap", type=float, default=80.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--summary", default="", help="write the short markdown (+ .json) summary here")
+    ap.add_argument("--clusters", type=int, default=1,
+                    help="clusters side by side (slots 1..N), split evenly over the settings")
+    ap.add_argument("--result-json", default="", help=argparse.SUPPRESS)  # a job of --clusters
     a = ap.parse_args()
     a.short = a.quick
     a.strict = True
@@ -464,9 +514,17 @@ def main() -> int:
         return 1
     become_subreaper()
     C.install_signal_handlers()
-    source = source_revision()
-    log(f"seed {a.seed}; lockwrap {a.lockwrap} ({'new' if S.is_new(a.lockwrap) else 'legacy'})")
     settings = ["default", "fast"] if a.setting == "both" else [a.setting]
+    if a.clusters > 1:
+        return run_parallel(a, settings)
+    return run_sequential(a, settings)
+
+
+def run_sequential(a, settings: list[str]) -> int:
+    """One cluster (slot LOCKWRAP_CLUSTER_SLOT), the settings one after the other."""
+    source = source_revision()
+    log(f"seed {a.seed}; lockwrap {a.lockwrap} ({'new' if S.is_new(a.lockwrap) else 'legacy'}); "
+        f"cluster slot {C.SLOT}")
     cl = C.Cluster()
     results: list[dict] = []
     err = None
@@ -479,6 +537,7 @@ def main() -> int:
             done = sum(r["trials"] for r in results)
             trials = max(1, (a.trials - done) // left)
             results.append(run_setting(a, cl, st, trials, budget, C.CONTENDER_UID_BASE + 1 + 10 * i))
+            results[-1]["slot"] = C.SLOT
             if results[-1]["interrupted"]:
                 raise KeyboardInterrupt
             wait_until(lambda: cl.ready() == "", 90, 0.2, "cluster ready between settings")
@@ -489,17 +548,107 @@ def main() -> int:
     finally:
         cl.stop()
         C.run_cleanups()
+    if a.result_json:
+        with open(a.result_json, "w") as f:
+            json.dump({"results": results, "error": err}, f, default=str)
     if a.summary and results:
         write_summary(a.summary, a, results, source)
         log(f"summary written to {a.summary}")
+    return report(results, [err] if err else [], time.monotonic() - t0, cl.work)
+
+
+# Seconds one fault trial takes per setting, measured on this kind of machine (2 cores): a trial
+# lasts until the cluster and a holder are back, so the defaults' 15 s TTL + 15 s lock-delay make
+# it ~2.4 times as long as the fast setting's. Jobs share the trials in inverse proportion, so the
+# clusters of both settings finish together.
+TRIAL_SECONDS = {"default": 23.0, "fast": 9.5}
+
+
+def plan_jobs(settings: list[str], clusters: int, trials: int) -> list[tuple[int, str, int]]:
+    """(slot, setting, trials) for each cluster: clusters split evenly over the settings, trials
+    in inverse proportion to TRIAL_SECONDS, so every job needs about the same time."""
+    per = max(1, clusters // len(settings))
+    jobs = [st for st in settings for _ in range(per)]
+    weights = [1.0 / TRIAL_SECONDS[st] for st in jobs]
+    counts = [int(trials * w / sum(weights)) for w in weights]
+    for k in range(trials - sum(counts)):       # rounding remainder, one each
+        counts[k % len(counts)] += 1
+    return [(slot + 1, st, n) for slot, (st, n) in enumerate(zip(jobs, counts))]
+
+
+PASS_THROUGH = ("contenders", "holder_bias", "holder_wait", "hold_min", "hold_max", "gap_min",
+                "gap_max", "wrapper_timeout", "max_gap", "lockwrap")
+
+
+def run_parallel(a, settings: list[str]) -> int:
+    """Each job is this script on its own cluster slot (tests/cluster/cluster.py: own addresses,
+    uids, chains); the parent only waits, forwards a stop, and merges the results."""
+    source = source_revision()
+    work = tempfile.mkdtemp(prefix="lockwrap-chaos-cluster-")
+    jobs = plan_jobs(settings, a.clusters, a.trials)
+    log(f"seed {a.seed}; {len(jobs)} clusters side by side: "
+        + ", ".join(f"slot {slot} {st} x{n}" for slot, st, n in jobs) + f"; logs in {work}")
+    procs = []
+    t0 = time.monotonic()
+    errors: list[str] = []
+    try:
+        for slot, st, n in jobs:
+            argv = [sys.executable, "-m", "chaos.cluster_chaos", "--setting", st, "--trials", str(n),
+                    "--budget", str(a.budget), "--seed", str(a.seed + slot),
+                    "--result-json", os.path.join(work, f"slot{slot}.json")]
+            for name in PASS_THROUGH:
+                argv += [f"--{name.replace('_', '-')}", str(getattr(a, name))]
+            if a.allow_partial:
+                argv.append("--allow-partial")
+            env = dict(os.environ, LOCKWRAP_CLUSTER_SLOT=str(slot))
+            with open(os.path.join(work, f"slot{slot}.log"), "wb") as out:
+                procs.append((slot, subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out,
+                                                     stderr=subprocess.STDOUT)))
+        for _, p in procs:
+            p.wait()
+    except KeyboardInterrupt:
+        errors.append("interrupted")
+        for _, p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)      # each job removes its rules and agents
+        for _, p in procs:
+            try:
+                p.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    runs: list[dict] = []
+    for slot, p in procs:
+        try:
+            with open(os.path.join(work, f"slot{slot}.json")) as f:
+                got = json.load(f)
+        except (OSError, ValueError) as e:
+            errors.append(f"cluster {slot}: no result (exit {p.returncode}, {e}); "
+                          f"see {work}/slot{slot}.log")
+            continue
+        runs += got["results"]
+        if got.get("error"):
+            errors.append(f"cluster {slot}: {got['error']}")
+    results = [merge_setting([r for r in runs if r["setting"] == st])
+               for st in settings if any(r["setting"] == st for r in runs)]
+    asked = sum(n for _, _, n in jobs)
+    total = sum(r["trials"] for r in results)
+    if total < asked and not a.allow_partial:
+        errors.append(f"{total} trials of {asked}")
+    if a.summary and results:
+        write_summary(a.summary, a, results, source)
+        log(f"summary written to {a.summary}")
+    return report(results, errors, time.monotonic() - t0, work)
+
+
+def report(results: list[dict], errors: list[str], seconds: float, work: str) -> int:
     fails = [f"{r['setting']}: {n}" for r in results for n, ok, _ in r["checks"] if not ok]
-    if err:
+    for err in errors:
         fails.append(err)
         print(f"  FAIL  run: {err}")
     total = sum(r["trials"] for r in results)
     passed = sum(1 for r in results for _, ok, _ in r["checks"] if ok)
     print(f"\nchaos-cluster: {total} trials over {len(results)} setting(s) in "
-          f"{time.monotonic() - t0:.0f}s; work dir {cl.work}")
+          f"{seconds:.0f}s; work dir {work}")
     print(f"{passed} passed, {len(fails)} failed")
     return 1 if fails else 0
 

@@ -2,11 +2,14 @@
 # under its own uid, partitions with iptables (chain LWTEST on lo). Needs root; skips with a
 # message when iptables/setpriv cannot work. See tests/cluster/cluster.py.
 #   make cluster-test     the issue's table as deterministic scenarios (~3 min); part of `make test`
-#   make chaos-cluster    >= 500 fault trials for the default and the fast-failover setting
-#                         (CLUSTER_TRIALS, CLUSTER_BUDGET seconds, CLUSTER_SETTING default|fast|both)
+#   make chaos-cluster    >= 500 fault trials for the default and the fast-failover setting, on
+#                         CLUSTER_CLUSTERS clusters side by side (127.0.N.x, N = 1..4; ~35 min)
+#                         (CLUSTER_TRIALS, CLUSTER_BUDGET seconds per cluster, CLUSTER_SETTING
+#                         default|fast|both)
 #   make chaos-cluster-quick  ~10 trials, for development
 CLUSTER_TRIALS ?= 500
-CLUSTER_BUDGET ?= 7200
+CLUSTER_BUDGET ?= 5400
+CLUSTER_CLUSTERS ?= 4
 CLUSTER_SETTING ?= both
 CLUSTER_ARGS ?=
 
@@ -20,7 +23,7 @@ cluster-test: consul build
 chaos-cluster: consul build
 	LOCKWRAP_BIN=$(LOCKWRAP_BIN) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
 	  $(PYTHON) -m chaos.cluster_chaos --trials $(CLUSTER_TRIALS) --budget $(CLUSTER_BUDGET) \
-	  --setting $(CLUSTER_SETTING) --summary chaos/results/cluster-summary.md $(CLUSTER_ARGS)
+	  --setting $(CLUSTER_SETTING) --clusters $(CLUSTER_CLUSTERS) --summary chaos/results/cluster-summary.md $(CLUSTER_ARGS)
 
 chaos-cluster-quick: consul build
 	LOCKWRAP_BIN=$(LOCKWRAP_BIN) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \

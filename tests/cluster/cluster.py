@@ -23,7 +23,9 @@ catches those). A lockwrap↔agent cut: every connection of a contender's uid ca
 (installed when the contender is registered); the cut marks the packets of those connections in
 both directions ("drop"), or answers them with a TCP reset ("reset"). Heal removes the fault rules. At the end (also on failure, SIGTERM, SIGINT, and
 atexit) every rule and the chain are removed and every process is stopped by PID.
-Only 127.0.0.0/8 addresses are ever used. One harness at a time (flock on /tmp/lockwrap-cluster.lock).
+Only 127.0.0.0/8 addresses are ever used. One harness per slot at a time (flock on
+/tmp/lockwrap-cluster.lock); slot N (LOCKWRAP_CLUSTER_SLOT=N) moves everything to 127.0.N.x, uids
++1000·N, chains LWTEST<N>/LWTEST<N>_IN and its own lock file, so clusters can run side by side.
 
     python3 -m tests.cluster.cluster smoke     # start, partition a client, heal, kill the leader, stop
 """
@@ -47,19 +49,31 @@ import urllib.parse
 from bench.harness import (CHILD, ROOT, ProcTracker, alive, find_consul, log, mono, signal_pid,  # noqa: F401 (ROOT: for scenarios.py)
                            wait_until)
 
-SERVERS = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
-CLIENTS = ("127.0.0.21", "127.0.0.22", "127.0.0.23")
+# Several clusters can run side by side (`make chaos-cluster` runs one per job): slot N (env
+# LOCKWRAP_CLUSTER_SLOT, 0-9, default 0) uses addresses 127.0.N.x, uids shifted by 1000·N, its own
+# iptables chains and its own lock file, so the slots share nothing but the kernel.
+SLOT = int(os.environ.get("LOCKWRAP_CLUSTER_SLOT") or 0)
+if not 0 <= SLOT <= 9:
+    raise SystemExit(f"LOCKWRAP_CLUSTER_SLOT={SLOT}: expected 0-9")
+SERVERS = tuple(f"127.0.{SLOT}.{n}" for n in (11, 12, 13))
+CLIENTS = tuple(f"127.0.{SLOT}.{n}" for n in (21, 22, 23))
 HTTP_PORT = 8500
-AGENT_UID_BASE = 41000
-CONTENDER_UID_BASE = 41100
-CHAIN = "LWTEST"          # from OUTPUT -o lo: marks the packets a fault drops (or resets them)
-CHAIN_IN = "LWTEST_IN"    # from INPUT -i lo: drops the marked packets, silently
+AGENT_UID_BASE = 41000 + 1000 * SLOT
+CONTENDER_UID_BASE = 41100 + 1000 * SLOT
+# from OUTPUT -o lo: marks the packets a fault drops (or resets them)
+CHAIN = "LWTEST" if SLOT == 0 else f"LWTEST{SLOT}"
+CHAIN_IN = f"{CHAIN}_IN"  # from INPUT -i lo: drops the marked packets, silently
 DROP_MARK = "0x100000/0x100000"
-LOCK_PATH = "/tmp/lockwrap-cluster.lock"
+LOCK_PATH = "/tmp/lockwrap-cluster.lock" if SLOT == 0 else f"/tmp/lockwrap-cluster-{SLOT}.lock"
 # The child and the contenders run as unprivileged uids: use a python they can execute.
 PYTHON = next((p for p in ("/usr/bin/python3", "/bin/python3") if os.access(p, os.X_OK)),
               sys.executable)
 LOOPBACK_NET = ipaddress.ip_network("127.0.0.0/8")
+
+
+def has_chain(rules: str) -> bool:
+    """Whether `iptables -S` output still has this slot's chains (not another slot's)."""
+    return any(w in (CHAIN, CHAIN_IN) for w in rules.split())
 
 
 def loopback(addr: str) -> str:
@@ -154,7 +168,7 @@ def ensure_tools() -> str | None:
                 return f"could not install iptables: {e!r}"
         if shutil.which("iptables") is None:
             return "iptables still missing after apt-get install"
-    probe = "LWPROBE"
+    probe = f"LWPROBE{SLOT}"   # per slot: clusters side by side probe at once
     try:
         _run(["iptables", "-w", "5", "-N", probe])
         try:
@@ -227,7 +241,7 @@ class Firewall:
             self.faults.clear()
             self.permanent.clear()
         left = self.ipt("-S", check=False).stdout.decode()
-        if CHAIN in left:   # also matches LWTEST_IN
+        if has_chain(left):
             log(f"WARNING: {CHAIN} still present after teardown:\n{left}")
 
     def _add(self, rule: list[str], permanent: bool) -> None:
@@ -723,7 +737,7 @@ def smoke() -> int:
         cl.stop()
         run_cleanups()
         left = _run(["iptables", "-S"], check=False).stdout.decode()
-        log("iptables after stop: " + ("clean" if CHAIN not in left else left))
+        log("iptables after stop: " + ("clean" if not has_chain(left) else left))
         alive_agents = [a.name for a in cl.agents if a.proc and alive(a.proc.pid)]
         log(f"agents still alive: {alive_agents}")
 
