@@ -691,6 +691,36 @@ def consul_scope_and_basic_auth_reach_lockwrap_from_values_and_a_secret():
 
 
 @test
+def unix_socket_agent_is_mounted_from_the_node_read_only():
+    docs, _ = rendered("unix-socket-values.yaml")
+    spec = pod_spec(docs)
+    mounts = [m for c in spec.get("initContainers", []) + spec["containers"]
+              for m in c.get("volumeMounts", []) if m["name"] == "consul-socket"]
+    assert mounts and all(m == {"name": "consul-socket", "mountPath": "/var/run/consul",
+                                "readOnly": True} for m in mounts), mounts
+    vols = [v for v in spec["volumes"] if v["name"] == "consul-socket"]
+    # The directory, not the socket file: an agent restart makes a new socket inode.
+    assert vols == [{"name": "consul-socket",
+                     "hostPath": {"path": "/var/run/consul", "type": "Directory"}}], vols
+    # Init mode: the `helm test` pod asks the agent over the same socket.
+    docs, _ = render(values=with_base({"consul": {"address": "unix:///run/c/consul.sock"},
+                                       "mode": "init", "initJob": {"command": ["/x"]}}))
+    test_pod = next(d for d in docs if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test")
+    script = test_pod["spec"]["containers"][0]["command"][-1]
+    assert '--unix-socket "/run/c/consul.sock"' in script and "http://localhost/v1/status/leader" in script
+    assert test_pod["spec"]["volumes"][0]["hostPath"]["path"] == "/run/c"
+    # Opt out: the user brings the socket in; no hostPath from the chart.
+    docs, _ = render(values=with_base({"consul": {"address": "unix:///run/c/consul.sock",
+                                                  "mountSocketFromHost": False}}))
+    assert not any(v["name"] == "consul-socket" for v in pod_spec(docs).get("volumes", []))
+    # TLS cannot apply to a local socket: refused by the schema.
+    expect_schema_error(with_base({"consul": {"address": "unix:///run/c/consul.sock",
+                                              "tls": {"enabled": True}}}), {
+        3: "consul.tls.enabled: consul.tls.enabled does not match: false",
+        4: "at '/consul/tls/enabled': value must be false"})
+
+
+@test
 def fast_failover_preset_sets_the_tested_timing():
     docs, _ = rendered("fast-failover-values.yaml")
     env = env_of(container(pod_spec(docs)["containers"], "app"))

@@ -124,8 +124,23 @@ settings (LOCKWRAP_*), as lockwrap reads them (docs/cli-surface.md). The token i
 {{- end }}
 {{- end }}
 
-{{/* Volumes holding the Consul TLS files and the token, when configured. */}}
+{{/* The node directory holding the agent's unix socket, when consul.address is unix:// and the
+chart mounts it (consul.mountSocketFromHost); empty otherwise. */}}
+{{- define "lockwrap.consulSocketDir" -}}
+{{- $addr := .Values.consul.address | default "" }}
+{{- if and (hasPrefix "unix://" $addr) .Values.consul.mountSocketFromHost }}
+{{- dir (trimPrefix "unix://" $addr) }}
+{{- end }}
+{{- end }}
+
+{{/* Volumes holding the Consul TLS files, the token and the agent's socket, when configured. */}}
 {{- define "lockwrap.consulVolumes" -}}
+{{- with include "lockwrap.consulSocketDir" . }}
+- name: consul-socket
+  hostPath:
+    path: {{ . }}
+    type: Directory
+{{- end }}
 {{- if .Values.consul.tls.existingSecret }}
 - name: consul-tls
   secret:
@@ -145,6 +160,11 @@ settings (LOCKWRAP_*), as lockwrap reads them (docs/cli-surface.md). The token i
 
 {{/* Mounts of those volumes, in every container that talks to Consul. */}}
 {{- define "lockwrap.consulVolumeMounts" -}}
+{{- with include "lockwrap.consulSocketDir" . }}
+- name: consul-socket
+  mountPath: {{ . }}
+  readOnly: true
+{{- end }}
 {{- if .Values.consul.tls.existingSecret }}
 - name: consul-tls
   mountPath: /var/run/secrets/lockwrap/consul-tls
