@@ -8,8 +8,8 @@ use nix::sys::signal::Signal;
 
 use crate::consul::{wait_until, Consul};
 use crate::harness::{
-    alive, assert_no_sessions, code, describe, ms, now_ns, run_cmd, term_recorder, unique_key, Dir,
-    Proc,
+    alive, assert_no_sessions, code, describe, hold, ms, now_ns, run_cmd, term_recorder,
+    unique_key, Dir, Proc,
 };
 
 /// Resumes a frozen agent on drop, whatever happened in between.
@@ -28,12 +28,7 @@ fn loss_stops_child(name: &str, lose: impl FnOnce(&Consul, &str)) {
     let key = unique_key(name);
     let dir = Dir::new(name);
     let child = term_recorder(&dir);
-    let wrapper = Proc::spawn(run_cmd(consul, &key, &["--kill-grace", "3s"], &[&child]));
-    assert!(
-        dir.wait_for("ready", Duration::from_secs(10)),
-        "child did not start"
-    );
-    let child_pid = dir.pids("child.pid")[0];
+    let (wrapper, child_pid) = hold(consul, &key, &["--kill-grace", "3s"], &child, &dir);
 
     let lost_at = now_ns();
     lose(consul, &key);
@@ -87,20 +82,8 @@ fn run_sigkills_child_that_ignores_sigterm_after_kill_grace() {
     let consul = Consul::shared();
     let key = unique_key("run-ignore-term");
     let dir = Dir::new("run-ignore-term");
-    let child = dir.script(
-        "stubborn.sh",
-        &format!(
-            "D='{}'\ntrap '' TERM\necho $$ >> \"$D/child.pid\"\necho ready > \"$D/ready\"\n\
-             while :; do sleep 0.1; done",
-            dir.display()
-        ),
-    );
-    let wrapper = Proc::spawn(run_cmd(consul, &key, &["--kill-grace", "1s"], &[&child]));
-    assert!(
-        dir.wait_for("ready", Duration::from_secs(10)),
-        "child did not start"
-    );
-    let child_pid = dir.pids("child.pid")[0];
+    let child = dir.stubborn_child();
+    let (wrapper, child_pid) = hold(consul, &key, &["--kill-grace", "1s"], &child, &dir);
 
     let session = consul.holder(&key).expect("the key is held");
     let lost = Instant::now();
@@ -184,17 +167,13 @@ fn run_stops_child_before_ttl_when_consul_is_frozen() {
     let key = unique_key("run-frozen");
     let dir = Dir::new("run-frozen");
     let child = term_recorder(&dir);
-    let wrapper = Proc::spawn(run_cmd(
+    let (wrapper, child_pid) = hold(
         &consul,
         &key,
         &["--session-ttl", "10s", "--kill-grace", "2s"],
-        &[&child],
-    ));
-    assert!(
-        dir.wait_for("ready", Duration::from_secs(15)),
-        "child did not start"
+        &child,
+        &dir,
     );
-    let child_pid = dir.pids("child.pid")[0];
 
     let thaw = Thaw(&consul);
     let frozen_at = now_ns();
@@ -235,17 +214,13 @@ fn run_stops_child_when_consul_restarts() {
     let key = unique_key("run-restart");
     let dir = Dir::new("run-restart");
     let child = term_recorder(&dir);
-    let wrapper = Proc::spawn(run_cmd(
+    let (wrapper, child_pid) = hold(
         &consul,
         &key,
         &["--session-ttl", "10s", "--kill-grace", "1s"],
-        &[&child],
-    ));
-    assert!(
-        dir.wait_for("ready", Duration::from_secs(15)),
-        "child did not start"
+        &child,
+        &dir,
     );
-    let child_pid = dir.pids("child.pid")[0];
 
     let restarted = Instant::now();
     consul.restart();

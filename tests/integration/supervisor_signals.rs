@@ -142,14 +142,7 @@ fn run_sigterm_kills_child_ignoring_it_after_kill_grace() {
     let consul = Consul::shared();
     let key = unique_key("run-term-stubborn");
     let dir = Dir::new("run-term-stubborn");
-    let child = dir.script(
-        "stubborn.sh",
-        &format!(
-            "D='{}'\ntrap '' TERM\necho $$ >> \"$D/child.pid\"\necho ready > \"$D/ready\"\n\
-             while :; do sleep 0.1; done",
-            dir.display()
-        ),
-    );
+    let child = dir.stubborn_child();
     let wrapper = Proc::spawn(run_cmd(consul, &key, &["--kill-grace", "1s"], &[&child]));
     assert!(
         dir.wait_for("ready", Duration::from_secs(10)),

@@ -9,7 +9,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::consul::{wait_until, Consul};
-use crate::harness::{alive, lockwrap, scratch, script};
+use crate::harness::{alive, lockwrap, scratch, script, Proc};
 
 /// A scratch directory whose children record their pids in `*.pid` files (whitespace-separated);
 /// on drop every recorded process and process group still around is SIGKILLed.
@@ -73,6 +73,19 @@ impl Dir {
     pub fn script(&self, name: &str, body: &str) -> String {
         script(&self.0, name, body).display().to_string()
     }
+
+    /// A child that ignores SIGTERM (only the kill grace's SIGKILL ends it); it writes its pid
+    /// to `child.pid`, then `ready`.
+    pub fn stubborn_child(&self) -> String {
+        self.script(
+            "stubborn.sh",
+            &format!(
+                "D='{}'\ntrap '' TERM\necho $$ >> \"$D/child.pid\"\necho ready > \"$D/ready\"\n\
+                 while :; do sleep 0.1; done",
+                self.display()
+            ),
+        )
+    }
 }
 
 impl Drop for Dir {
@@ -110,6 +123,17 @@ pub fn run_cmd(consul: &Consul, key: &str, opts: &[&str], command: &[&str]) -> C
         cmd.env("LOCKWRAP_LOCK_DELAY", "0");
     }
     cmd
+}
+
+/// `lockwrap run` holding `key` with `child` (a script that writes `child.pid`, then `ready`,
+/// like [`term_recorder`]): returns once the child runs, with the wrapper and the child's pid.
+pub fn hold(consul: &Consul, key: &str, opts: &[&str], child: &str, dir: &Dir) -> (Proc, i32) {
+    let wrapper = Proc::spawn(run_cmd(consul, key, opts, &[child]));
+    assert!(
+        dir.wait_for("ready", Duration::from_secs(15)),
+        "child did not start"
+    );
+    (wrapper, dir.pids("child.pid")[0])
 }
 
 pub fn now_ns() -> i128 {
