@@ -17,17 +17,13 @@ use crate::harness::{
 /// enough that a slow path (e.g. a 15 s lock-delay) is measured and reported, not killed.
 const WAITER: Duration = Duration::from_secs(40);
 
-#[test]
-fn lock_when_locked_blocks_until_unlocked() {
-    let consul = Consul::shared();
-    let key = unique_key("lock_blocks");
-    let dir = scratch("lock_blocks");
-    let first = lock_ok(consul, &key, &[]);
-    let (hook, seen_locked) = recording_hook(&dir, "already", 0);
-
+/// `lockwrap lock KEY` started while KEY is held; returns once it has found the lock taken
+/// (its `--on-already-locked` hook ran) and is still waiting.
+fn waiting_lock(consul: &Consul, dir: &std::path::Path, key: &str) -> Proc {
+    let (hook, seen_locked) = recording_hook(dir, "already", 0);
     let mut waiter = Proc::spawn(cli_cmd(
         consul,
-        &["lock", "--on-already-locked", path_str(&hook), "--", &key],
+        &["lock", "--on-already-locked", path_str(&hook), "--", key],
     ));
     assert!(
         wait_until(QUICK, || !lines(&seen_locked).is_empty()),
@@ -37,6 +33,16 @@ fn lock_when_locked_blocks_until_unlocked() {
         waiter.running(),
         "the waiter returned while the lock was held"
     );
+    waiter
+}
+
+#[test]
+fn lock_when_locked_blocks_until_unlocked() {
+    let consul = Consul::shared();
+    let key = unique_key("lock_blocks");
+    let dir = scratch("lock_blocks");
+    let first = lock_ok(consul, &key, &[]);
+    let waiter = waiting_lock(consul, &dir, &key);
     assert_eq!(consul.holder(&key), Some(session_of(&first)));
 
     let out = cli(consul, &["unlock", &key]);
@@ -64,13 +70,7 @@ fn lock_wait_cancelled_by_sigterm_exits_143_and_destroys_its_session() {
     let key = unique_key("lock_sigterm");
     let dir = scratch("lock_sigterm");
     let held = lock_ok(consul, &key, &[]);
-    let (hook, seen_locked) = recording_hook(&dir, "already", 0);
-    let mut waiter = Proc::spawn(cli_cmd(
-        consul,
-        &["lock", "--on-already-locked", path_str(&hook), "--", &key],
-    ));
-    assert!(wait_until(QUICK, || !lines(&seen_locked).is_empty()));
-    assert!(waiter.running());
+    let waiter = waiting_lock(consul, &dir, &key);
     let pid = nix::unistd::Pid::from_raw(waiter.pid);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     let sent = Instant::now();
