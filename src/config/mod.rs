@@ -23,7 +23,8 @@ mod types;
 
 use consul::consul_settings_and_client;
 use lock::lock_request;
-pub use settings::{names as setting_names, Settings};
+pub use settings::names as setting_names;
+use settings::Settings;
 pub use sources::Source;
 use sources::{gather, Provenance};
 
@@ -44,28 +45,105 @@ impl Mode {
     }
 }
 
-/// The fully validated configuration of one invocation.
+/// The fully validated configuration of one invocation: what every mode uses, and in [`Task`]
+/// what only its mode uses.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub mode: Mode,
     pub consul: ConsulSettings,
     /// The client built from `consul` during validation (so bad TLS files fail early and the
     /// TLS setup is paid once).
     pub client: ConsulClient,
-    /// The lock request (key validated) for modes that take a key.
+    pub log_json: bool,
+    pub verbose: u8,
+    pub task: Task,
+}
+
+/// The mode and the settings only it uses.
+#[derive(Debug, Clone)]
+pub enum Task {
+    Lock(Acquiring),
+    Unlock(Query),
+    Status(Query),
+    Execute(Supervised),
+    Run(Supervised),
+    Sidecar(Supervised),
+}
+
+/// `unlock` and `status`: a key (or regex) in a layout; no session of their own.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub key: String,
+    pub layout: Layout,
+    pub regex: bool,
+}
+
+/// What every acquiring mode needs: the lock request (key validated) and the hooks fired
+/// around acquiring (`lock` fires the before-lock and already-locked ones).
+#[derive(Debug, Clone)]
+pub struct Acquiring {
     pub request: LockRequest,
     pub hooks: HookSet,
     pub hook_timeout: Duration,
-    pub shell: bool,
-    pub subreaper: bool,
+}
+
+/// An acquiring mode that supervises a command or a leadership term (execute, run, sidecar).
+#[derive(Debug, Clone)]
+pub struct Supervised {
+    pub lock: Acquiring,
+    pub supervision: Supervision,
+}
+
+/// How a held lock is supervised and reported.
+#[derive(Debug, Clone)]
+pub struct Supervision {
     pub http_addr: Option<SocketAddr>,
     pub ready_always: bool,
     pub status_file: Option<PathBuf>,
+    /// Sidecar: exit when the lock is lost instead of campaigning again.
     pub exit_on_loss: bool,
-    pub regex: bool,
+    pub subreaper: bool,
+    /// Run the command through `/bin/sh -c` (always for execute).
+    pub shell: bool,
+    /// The command (execute: the one shell string; sidecar: none).
     pub command: Vec<std::ffi::OsString>,
-    pub log_json: bool,
-    pub verbose: u8,
+}
+
+impl Config {
+    pub fn mode(&self) -> Mode {
+        match self.task {
+            Task::Lock(_) => Mode::Lock,
+            Task::Unlock(_) => Mode::Unlock,
+            Task::Status(_) => Mode::Status,
+            Task::Execute(_) => Mode::Execute,
+            Task::Run(_) => Mode::Run,
+            Task::Sidecar(_) => Mode::Sidecar,
+        }
+    }
+
+    /// The key (or regex) this invocation works on.
+    pub fn key(&self) -> &str {
+        match &self.task {
+            Task::Lock(lock) => &lock.request.key,
+            Task::Unlock(query) | Task::Status(query) => &query.key,
+            Task::Execute(job) | Task::Run(job) | Task::Sidecar(job) => &job.lock.request.key,
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        match &self.task {
+            Task::Lock(lock) => lock.request.layout,
+            Task::Unlock(query) | Task::Status(query) => query.layout,
+            Task::Execute(job) | Task::Run(job) | Task::Sidecar(job) => job.lock.request.layout,
+        }
+    }
+
+    /// Whether to become a child subreaper before the runtime starts (automatic as PID 1).
+    pub fn subreaper(&self) -> bool {
+        match &self.task {
+            Task::Execute(job) | Task::Run(job) | Task::Sidecar(job) => job.supervision.subreaper,
+            Task::Lock(_) | Task::Unlock(_) | Task::Status(_) => false,
+        }
+    }
 }
 
 /// Builds the validated configuration for this invocation from flags, env and the YAML file.
@@ -176,30 +254,51 @@ fn build(mode: Mode, cli: Cli, s: Settings, v: &Provenance) -> Result<Config> {
         None => None,
         Some(text) => Some(parse_listen(&text).map_err(|e| v.bad("http_addr", e))?),
     };
-    let mut command = command;
-    if mode == Mode::Execute {
-        command = vec![executable.unwrap_or_default().into()];
-    }
-    Ok(Config {
-        mode,
-        consul,
-        client,
+    // Every setting is validated in every mode (a bad value is refused even where the mode
+    // would not use it); each mode then keeps only what it uses.
+    let shell = mode == Mode::Execute || switch(s.shell);
+    let command = match (mode, executable) {
+        (Mode::Execute, executable) => vec![executable.unwrap_or_default().into()],
+        _ => command,
+    };
+    let lock = Acquiring {
         request,
         hooks,
         hook_timeout,
-        shell: mode == Mode::Execute || switch(s.shell),
-        subreaper: switch(s.subreaper),
-        http_addr,
-        ready_always: switch(s.ready_always),
-        status_file: path(&s.status_file),
-        exit_on_loss: switch(s.exit_on_loss),
+    };
+    let supervised = |lock| Supervised {
+        lock,
+        supervision: Supervision {
+            http_addr,
+            ready_always: switch(s.ready_always),
+            status_file: path(&s.status_file),
+            exit_on_loss: switch(s.exit_on_loss),
+            subreaper: switch(s.subreaper),
+            shell,
+            command,
+        },
+    };
+    let query = |lock: Acquiring| Query {
+        key: lock.request.key,
+        layout,
         regex,
-        command,
+    };
+    let task = match mode {
+        Mode::Lock => Task::Lock(lock),
+        Mode::Unlock => Task::Unlock(query(lock)),
+        Mode::Status => Task::Status(query(lock)),
+        Mode::Execute => Task::Execute(supervised(lock)),
+        Mode::Run => Task::Run(supervised(lock)),
+        Mode::Sidecar => Task::Sidecar(supervised(lock)),
+    };
+    Ok(Config {
+        consul,
+        client,
         log_json,
         verbose: cli.verbose,
+        task,
     })
 }
-
 /// `HOST:PORT`, or `:PORT` for every interface.
 fn parse_listen(text: &str) -> std::result::Result<SocketAddr, String> {
     let full = if text.starts_with(':') {
