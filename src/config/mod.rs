@@ -326,6 +326,11 @@ fn path(value: &Option<Text>) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
+mod precedence_tests;
+#[cfg(test)]
+mod rejection_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
