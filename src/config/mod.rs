@@ -1,7 +1,8 @@
-//! Configuration: defaults < YAML file < `CONSUL_*` env < `LOCKWRAP_*` env < CLI flags, merged
-//! with figment, then validated into a typed [`Config`]. Every error names the setting and
-//! where its value came from, with exit code 3 for flags and 2 for env/file (6 for keys,
-//! 7 for TTLs), and is raised before anything touches Consul.
+//! Configuration in two steps: the raw `settings` (one typed list) merged by figment from
+//! defaults < YAML file < `CONSUL_*` env < `LOCKWRAP_*` env < CLI flags (`sources`), then
+//! validated into a [`Config`] per mode. Every error names the setting and where its value came
+//! from, with exit code 3 for flags and 2 for env/file (6 for keys, 7 for TTLs), and is raised
+//! before anything touches Consul.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,6 @@ use crate::cli::{Cli, Command};
 use crate::exit::{Error, ErrorKind, Result};
 use crate::hooks::HookSet;
 use crate::key;
-use types::{List, Switch, Text};
 
 mod consul;
 mod lock;
@@ -27,6 +27,7 @@ pub use settings::names as setting_names;
 use settings::Settings;
 pub use sources::Source;
 use sources::{gather, Provenance};
+use types::{List, Switch, Text};
 
 /// Which subcommand the config is for; decides defaults (README, "Options").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,17 +110,6 @@ pub struct Supervision {
 }
 
 impl Config {
-    pub fn mode(&self) -> Mode {
-        match self.task {
-            Task::Lock(_) => Mode::Lock,
-            Task::Unlock(_) => Mode::Unlock,
-            Task::Status(_) => Mode::Status,
-            Task::Execute(_) => Mode::Execute,
-            Task::Run(_) => Mode::Run,
-            Task::Sidecar(_) => Mode::Sidecar,
-        }
-    }
-
     /// The key (or regex) this invocation works on.
     pub fn key(&self) -> &str {
         match &self.task {

@@ -10,8 +10,8 @@ use super::types::{Checks, Count, Credentials, List, Metadata, Seconds, Switch, 
 /// mode (that is `config::load`'s job). `None` means no source set it.
 ///
 /// Every setting is listed here and nowhere else: the `LOCKWRAP_*` filter and the YAML key
-/// check read the names from this struct through [`names`].
-#[derive(Debug, Default, Deserialize)]
+/// check read the names from this struct through [`names`]. No `Debug`: it holds the token.
+#[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     // What to lock and how the session behaves.
@@ -65,7 +65,7 @@ pub struct Settings {
     pub partition: Option<Text>,
 }
 
-/// Every setting name, read from [`Settings`]' own field list (serde hands it to
+/// Every setting name, read from `Settings`' own field list (serde hands it to
 /// `deserialize_struct`), so no second list can drift from the struct.
 pub fn names() -> &'static [&'static str] {
     let mut capture = FieldNames(None);
