@@ -1,13 +1,15 @@
-//! Command-line definitions (clap). Flags are raw strings here; `config` validates them
-//! together with the environment and the YAML file.
+//! Command-line definitions (clap). Flags are raw strings here; they serialize (only those
+//! given) as one of `config`'s figment sources, which types and validates them together with
+//! the environment and the YAML file.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+use serde::Serialize;
 
 /// lockwrap: run a program only while holding a distributed lock in Consul.
-#[derive(Debug, Parser)]
+#[derive(Debug, Parser, Serialize)]
 #[command(
     name = "lockwrap",
     version,
@@ -20,58 +22,74 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 pub struct Cli {
     /// Increase log verbosity on stderr (-v info of every transition, -vv debug, -vvv trace).
     #[arg(short = 'v', action = ArgAction::Count, global = true)]
+    #[serde(skip)]
     pub verbose: u8,
 
     /// Log format on stderr: text or json (env LOCKWRAP_LOG_FORMAT).
     #[arg(long, global = true, value_name = "text|json")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
 
     /// YAML config file (env LOCKWRAP_CONFIG); flags override env, env overrides the file.
     #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
 
     #[command(flatten)]
+    #[serde(flatten)]
     pub consul: ConsulArgs,
 
     #[command(subcommand)]
+    #[serde(flatten)]
     pub command: Command,
 }
 
 /// Consul connection flags; each also reads Consul's own environment variable.
-#[derive(Debug, Args, Default, Clone)]
+#[derive(Debug, Args, Default, Clone, Serialize)]
 pub struct ConsulArgs {
     /// Consul agent address: host:port, http://…, https://… or unix:///path/consul.sock [env CONSUL_HTTP_ADDR; default 127.0.0.1:8500]
     #[arg(long, global = true, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_addr: Option<String>,
     /// Use HTTPS when the address has no scheme [env CONSUL_HTTP_SSL]
     #[arg(long, global = true, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_ssl: Option<String>,
     /// ACL token, sent as X-Consul-Token and never logged [env CONSUL_HTTP_TOKEN]
     #[arg(long, global = true, value_name = "TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_token: Option<String>,
     /// File holding the ACL token [env CONSUL_HTTP_TOKEN_FILE]
     #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_token_file: Option<String>,
     /// CA certificate file (PEM) to verify Consul's TLS certificate [env CONSUL_CACERT]
     #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_cacert: Option<String>,
     /// Directory of CA certificates (PEM) [env CONSUL_CAPATH]
     #[arg(long, global = true, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_capath: Option<String>,
     /// Client certificate for mutual TLS [env CONSUL_CLIENT_CERT]
     #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_client_cert: Option<String>,
     /// Client key for mutual TLS [env CONSUL_CLIENT_KEY]
     #[arg(long, global = true, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_client_key: Option<String>,
     /// Server name (SNI) expected in Consul's certificate [env CONSUL_TLS_SERVER_NAME]
     #[arg(long, global = true, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_tls_server_name: Option<String>,
     /// Verify Consul's TLS certificate (default true) [env CONSUL_HTTP_SSL_VERIFY]
     #[arg(long, global = true, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_ssl_verify: Option<String>,
     /// Consul datacenter to use [env CONSUL_DATACENTER]
     #[arg(long, global = true, value_name = "DC")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub datacenter: Option<String>,
     /// HTTP basic auth for a proxy in front of Consul, never logged [env CONSUL_HTTP_AUTH]
     #[arg(
@@ -80,16 +98,22 @@ pub struct ConsulArgs {
         value_name = "USER:PASSWORD",
         hide_env_values = true
     )]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub consul_http_auth: Option<String>,
     /// Consul Enterprise namespace for every KV, session and check request [env CONSUL_NAMESPACE]
     #[arg(long, global = true, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Consul Enterprise admin partition for every request [env CONSUL_PARTITION]
     #[arg(long, global = true, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Subcommand, Serialize)]
+// Serialized without the variant name: the flags of the chosen subcommand sit beside the global
+// ones, under their setting names.
+#[serde(untagged)]
 pub enum Command {
     /// Acquire a lock and leave it held (consullock `lock`); prints the lock as JSON.
     #[command(
@@ -127,178 +151,228 @@ pub enum Command {
 }
 
 /// Options shared by every command that acquires a lock.
-#[derive(Debug, Args, Default, Clone)]
+#[derive(Debug, Args, Default, Clone, Serialize)]
 pub struct LockArgs {
     /// Session TTL: 10s…86400s, or 0 for none (lock default 86400s; run/execute/sidecar 15s)
     // A negative value reaches validation (exit 7, as consullock answers) instead of clap.
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_ttl: Option<String>,
     /// Consul lock-delay after the session is invalidated, 0…60s (default 15s; explicit 0 honoured)
     #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_delay: Option<String>,
     /// What happens to the key when the session is invalidated: release or delete
     #[arg(long, value_name = "release|delete")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_behavior: Option<String>,
     /// Health checks bound to the session: `none`, or check IDs separated by commas (default: the agent's serfHealth)
     #[arg(long, value_name = "none|CHECK,…")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_checks: Option<String>,
     /// Session name (default "lockwrap <key> on <hostname> pid <pid>")
     #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub session_name: Option<String>,
     /// Register an agent TTL check kept passing while lockwrap is healthy and bind the session to it: a crashed holder's lock is freed ~this long after the crash
     #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub health_check_ttl: Option<String>,
     /// Do not wait: exit 100 if the lock is taken
     #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub non_blocking: bool,
     /// Give up waiting after this long (exit 5); 0 = never
     #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
     /// Poll every DURATION instead of waiting with blocking queries (consullock's -i)
     #[arg(short = 'i', long = "poll-interval", value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub poll_interval: Option<String>,
     /// Extra JSON stored with the lock (visible to `status` and other holders)
     #[arg(long, value_name = "JSON")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
     /// Executable(s) run as `EXE <key>` before every acquire attempt; failures ignored
     #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_before_lock: Vec<String>,
     /// Executable(s) run as `EXE <key>` after every attempt that found the lock taken
     #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_already_locked: Vec<String>,
     /// Key layout: default (consullock: the key is the lock) or consul-lock (`<prefix>/.lock`, interoperates with `consul lock`)
     #[arg(long, value_name = "default|consul-lock")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
     /// Number of holders allowed; more than 1 uses Consul's semaphore recipe (like `consul lock -n`)
     #[arg(short = 'n', long = "limit", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
     /// Wait in a fair queue: waiters get the lock in arrival order, and a handoff wakes only the next one
     #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub queue: bool,
 }
 
 /// Options of the supervising commands (execute, run, sidecar).
-#[derive(Debug, Args, Default, Clone)]
+#[derive(Debug, Args, Default, Clone, Serialize)]
 pub struct SupervisorArgs {
     /// Time between SIGTERM and SIGKILL when the command must stop (default 5s)
     #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kill_grace: Option<String>,
     /// When the previous holder did not release cleanly (key deleted, session expired or destroyed, forced unlock), wait this long after acquiring before starting the command, so its command has surely stopped (default: kill grace + 1s)
     #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub takeover_delay: Option<String>,
     /// Executable(s) run as `EXE <key>` once the lock is held
     #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_acquired: Vec<String>,
     /// Executable(s) run as `EXE <key>` when the lock is lost (started as the command is stopped)
     #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_lost: Vec<String>,
     /// Executable(s) run as `EXE <key>` after the lock was released
     #[arg(long, value_name = "EXE", num_args = 1.., action = ArgAction::Append)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_released: Vec<String>,
     /// Upper bound for each hook run and webhook call (default 30s)
     #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hook_timeout: Option<String>,
     /// URL receiving every lock event as a JSON POST (in the background)
     #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<String>,
     /// Give the lock up early after N consecutive failed watch reads (default: never; only the lease deadline ends a hold)
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub monitor_retry: Option<String>,
     /// Accept timing settings that let another holder start before this command has stopped on some failure path (logged as a warning); see docs/timing.md
     #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unsafe_allow_overlap: bool,
     /// Become a child subreaper (PR_SET_CHILD_SUBREAPER) and reap orphaned descendants (automatic as PID 1)
     #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub subreaper: bool,
     /// Serve /healthz, /readyz, /leader and /metrics on this address (e.g. 0.0.0.0:8080 or :8080)
     #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http_addr: Option<String>,
     /// /readyz answers 200 on standbys too (for pods whose traffic should not follow the lock)
     #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ready_always: bool,
     /// Write the leadership state as JSON to this file on every change (atomically)
     #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status_file: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct LockCmd {
     #[command(flatten)]
+    #[serde(flatten)]
     pub lock: LockArgs,
     /// The lock key
+    #[serde(skip)]
     pub key: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct UnlockCmd {
     /// Treat KEY as a regular expression that must match whole keys; release every match
     #[arg(short = 'r', long = "regex", action = ArgAction::SetTrue)]
+    #[serde(skip)]
     pub regex: bool,
     /// Key layout: default or consul-lock
     #[arg(long, value_name = "default|consul-lock")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
     /// The lock key (or regex with -r)
+    #[serde(skip)]
     pub key: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct InstallCmd {
     /// Destination directory or file path; written atomically, mode 0755
+    #[serde(skip)]
     pub dest: PathBuf,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct StatusCmd {
     /// Treat KEY as a regular expression that must match whole keys
     #[arg(short = 'r', long = "regex", action = ArgAction::SetTrue)]
+    #[serde(skip)]
     pub regex: bool,
     /// Key layout: default or consul-lock
     #[arg(long, value_name = "default|consul-lock")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
     /// The lock key (or regex with -r)
+    #[serde(skip)]
     pub key: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct ExecuteCmd {
     #[command(flatten)]
+    #[serde(flatten)]
     pub lock: LockArgs,
     #[command(flatten)]
+    #[serde(flatten)]
     pub supervisor: SupervisorArgs,
     /// The lock key
+    #[serde(skip)]
     pub key: Option<String>,
     /// Shell string run with /bin/sh -c while the lock is held
+    #[serde(skip)]
     pub executable: Option<String>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct RunCmd {
     /// The lock key [env LOCKWRAP_KEY]
     #[arg(long, value_name = "KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub lock: LockArgs,
     #[command(flatten)]
+    #[serde(flatten)]
     pub supervisor: SupervisorArgs,
     /// Run the command through /bin/sh -c (the arguments are joined with spaces)
     #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shell: bool,
     /// The command and its arguments (after `--`)
     #[arg(trailing_var_arg = true, value_name = "CMD")]
+    #[serde(skip)]
     pub command: Vec<OsString>,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize)]
 pub struct SidecarCmd {
     /// The lock key [env LOCKWRAP_KEY]
     #[arg(long, value_name = "KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub lock: LockArgs,
     #[command(flatten)]
+    #[serde(flatten)]
     pub supervisor: SupervisorArgs,
     /// Exit 101 when the lock is lost instead of campaigning again
     #[arg(long, action = ArgAction::SetTrue)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub exit_on_loss: bool,
 }
 

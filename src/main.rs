@@ -54,7 +54,7 @@ fn run(cli: Cli) -> Outcome {
     tracing::debug!(?config, "configuration");
 
     // As PID 1 reaping is automatic; elsewhere only with --subreaper.
-    let process = match supervisor::install(config.subreaper) {
+    let process = match supervisor::install(config.subreaper()) {
         Ok(process) => process,
         Err(err) => {
             return report(Outcome::Failed(Error::new(

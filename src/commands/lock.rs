@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::acquire;
 use crate::backend::{Acquired, HeldLock, LockBackend};
-use crate::config::Config;
+use crate::config::Acquiring;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Hooks};
 use crate::locks::LockManager;
@@ -15,7 +15,7 @@ use crate::output;
 use crate::supervisor::ProcessControl;
 
 pub async fn lock<B: LockBackend>(
-    config: &Config,
+    config: &Acquiring,
     manager: &LockManager<B>,
     mut process: ProcessControl,
 ) -> Result<Outcome> {

@@ -13,7 +13,7 @@ use super::acquire::{self, OnUnreachable, TakeoverAbort};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Acquired, HeldLock, LockRequest, LossReason, NoObserver};
 use crate::cli::Cli;
-use crate::config::Config;
+use crate::config::{Supervised, Task};
 use crate::exit::{ErrorKind, Outcome};
 use crate::locks::LockManager;
 use crate::supervisor::{ProcessControl, Signal};
@@ -44,10 +44,22 @@ async fn campaign(
     .await
 }
 
-fn config(args: &[&str]) -> Config {
+/// The validated configuration of a sidecar invocation. Loaded in figment's `Jail`, which the
+/// config tests hold while they set `LOCKWRAP_*` variables, so none can leak in here.
+// `Jail` fixes the closure's error type (figment's, which is large); it is never built here.
+#[allow(clippy::result_large_err)]
+fn config(args: &[&str]) -> Supervised {
     let cli = Cli::try_parse_from(std::iter::once("lockwrap").chain(args.iter().copied()))
         .expect("valid arguments");
-    crate::config::load(cli).expect("valid configuration")
+    let mut loaded = None;
+    figment::Jail::expect_with(|_| {
+        loaded = Some(crate::config::load(cli).expect("valid configuration"));
+        Ok(())
+    });
+    match loaded.map(|config| config.task) {
+        Some(Task::Sidecar(job)) => job,
+        other => panic!("expected a sidecar configuration, got {other:?}"),
+    }
 }
 
 #[tokio::test(start_paused = true)]

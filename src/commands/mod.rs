@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use crate::backend::consul::ConsulBackend;
-use crate::config::{Config, Mode};
+use crate::config::{Config, Task};
 use crate::exit::Outcome;
 use crate::locks::LockManager;
 use crate::supervisor::ProcessControl;
@@ -22,24 +22,24 @@ use crate::telemetry::Telemetry;
 
 /// Runs the configured subcommand to completion.
 pub async fn run(config: Config, process: ProcessControl) -> Outcome {
-    let telemetry = Arc::new(Telemetry::new(&config.request.key));
+    let telemetry = Arc::new(Telemetry::new(config.key()));
     let manager = LockManager::new(ConsulBackend::with_events(
         config.client.clone(),
         telemetry.clone(),
     ))
-    .with_layout(config.request.layout);
+    .with_layout(config.layout());
     // Every log line of this invocation carries the key (and the session, once held).
     let span =
-        tracing::info_span!("lockwrap", key = %config.request.key, session = tracing::field::Empty);
+        tracing::info_span!("lockwrap", key = %config.key(), session = tracing::field::Empty);
     let result = async {
-        match config.mode {
-            Mode::Lock => lock::lock(&config, &manager, process).await,
-            Mode::Unlock => query::unlock(&config, &manager).await,
-            Mode::Status => query::status(&config, &manager).await,
-            Mode::Execute | Mode::Run => {
-                supervise::run(&config, &manager, process, telemetry).await
+        match &config.task {
+            Task::Lock(lock) => lock::lock(lock, &manager, process).await,
+            Task::Unlock(query) => query::unlock(query, &manager).await,
+            Task::Status(query) => query::status(query, &manager).await,
+            Task::Execute(job) | Task::Run(job) => {
+                supervise::run(job, &manager, process, telemetry).await
             }
-            Mode::Sidecar => sidecar::run(&config, &manager, process, telemetry).await,
+            Task::Sidecar(job) => sidecar::run(job, &manager, process, telemetry).await,
         }
     }
     .instrument(span)

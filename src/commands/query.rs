@@ -2,15 +2,15 @@
 //! session of their own.
 
 use crate::backend::LockBackend;
-use crate::config::Config;
+use crate::config::Query;
 use crate::exit::{Outcome, Result};
 use crate::locks::LockManager;
 use crate::output;
 
 /// Prints the released key (or `null`), or with `-r` the sorted list of released keys.
-pub async fn unlock<B: LockBackend>(config: &Config, manager: &LockManager<B>) -> Result<Outcome> {
-    let key = &config.request.key;
-    if config.regex {
+pub async fn unlock<B: LockBackend>(query: &Query, manager: &LockManager<B>) -> Result<Outcome> {
+    let key = &query.key;
+    if query.regex {
         let released = manager.release_regex(key).await?;
         output::print(&released);
     } else if manager.release(key).await? {
@@ -22,9 +22,9 @@ pub async fn unlock<B: LockBackend>(config: &Config, manager: &LockManager<B>) -
 }
 
 /// Prints the holder info of a key (or `null`), or with `-r` a map of key → info/null.
-pub async fn status<B: LockBackend>(config: &Config, manager: &LockManager<B>) -> Result<Outcome> {
-    let key = &config.request.key;
-    if config.regex {
+pub async fn status<B: LockBackend>(query: &Query, manager: &LockManager<B>) -> Result<Outcome> {
+    let key = &query.key;
+    if query.regex {
         output::print(&manager.find_regex(key).await?);
     } else {
         output::print(&manager.find(key).await?);

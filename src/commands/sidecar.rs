@@ -8,7 +8,7 @@ use super::acquire;
 use super::policy::{self, Action, Phase};
 use super::supervise::start_reporting;
 use crate::backend::{Acquired, HeldLock, LockBackend, LossReason, Wait};
-use crate::config::Config;
+use crate::config::Supervised;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
 use crate::locks::LockManager;
@@ -19,14 +19,18 @@ use crate::telemetry::Telemetry;
 const RECAMPAIGN_PAUSE: Duration = Duration::from_secs(1);
 
 pub async fn run<B: LockBackend>(
-    config: &Config,
+    config: &Supervised,
     manager: &LockManager<B>,
     mut process: ProcessControl,
     telemetry: Arc<Telemetry>,
 ) -> Result<Outcome> {
-    acquire::warn_accepted_risks(&config.request);
+    acquire::warn_accepted_risks(&config.lock.request);
     start_reporting(config, &telemetry).await?;
-    let hooks = Hooks::new(config.hooks.clone(), process.spawner(), config.hook_timeout);
+    let hooks = Hooks::new(
+        config.lock.hooks.clone(),
+        process.spawner(),
+        config.lock.hook_timeout,
+    );
     let observer = AcquireHooks {
         hooks: hooks.clone(),
     };
@@ -35,7 +39,7 @@ pub async fn run<B: LockBackend>(
         // A sidecar outlives Consul outages, even at start: campaign again with back-off.
         let (result, _signal) = acquire::campaign(
             manager,
-            &config.request,
+            &config.lock.request,
             &observer,
             &mut process.signals,
             &telemetry,
@@ -48,19 +52,19 @@ pub async fn run<B: LockBackend>(
             Acquired::TimedOut => {
                 return Ok(Outcome::Failed(Error::new(
                     ErrorKind::Timeout,
-                    format!("timed out waiting for lock {}", config.request.key),
+                    format!("timed out waiting for lock {}", config.lock.request.key),
                 )))
             }
-            Acquired::Locked(_) if config.request.wait == Wait::NonBlocking => {
+            Acquired::Locked(_) if config.lock.request.wait == Wait::NonBlocking => {
                 return Ok(Outcome::Failed(Error::new(
                     ErrorKind::Locked,
-                    format!("lock {} is taken", config.request.key),
+                    format!("lock {} is taken", config.lock.request.key),
                 )))
             }
             Acquired::Locked(_) => continue,
         };
         let end = match acquire::takeover_wait(
-            config.request.hold.takeover_delay,
+            config.lock.request.hold.takeover_delay,
             &mut lease,
             &mut process.signals,
         )
@@ -106,7 +110,7 @@ enum TermEnd {
 /// The one place a term ends: releases the lock, records it, fires the closing hooks, and says
 /// whether to exit (`Some`) or campaign again (`None`).
 async fn conclude(
-    config: &Config,
+    config: &Supervised,
     lease: impl HeldLock,
     end: TermEnd,
     hooks: &Hooks,
@@ -123,10 +127,10 @@ async fn conclude(
     }
     let _ = lease.release().await;
     let lost = |reason: &LossReason| {
-        if config.exit_on_loss {
+        if config.supervision.exit_on_loss {
             return Some(Outcome::Failed(Error::new(
                 ErrorKind::LockLost,
-                format!("lock {} lost: {reason}", config.request.key),
+                format!("lock {} lost: {reason}", config.lock.request.key),
             )));
         }
         tracing::warn!(event = "lost", %reason, "leadership lost; campaigning again");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::acquire;
 use super::policy::{self, Action, Phase};
 use crate::backend::{Acquired, HeldLock, LockBackend, LockInfo, LossReason};
-use crate::config::Config;
+use crate::config::Supervised;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
 use crate::locks::LockManager;
@@ -20,27 +20,31 @@ use crate::supervisor::{
 use crate::telemetry::Telemetry;
 
 /// Starts the optional HTTP server and status file shared by run and sidecar.
-pub async fn start_reporting(config: &Config, telemetry: &Arc<Telemetry>) -> Result<()> {
-    if let Some(addr) = config.http_addr {
-        crate::http::serve(addr, telemetry.clone(), config.ready_always).await?;
+pub async fn start_reporting(config: &Supervised, telemetry: &Arc<Telemetry>) -> Result<()> {
+    if let Some(addr) = config.supervision.http_addr {
+        crate::http::serve(addr, telemetry.clone(), config.supervision.ready_always).await?;
     }
-    if let Some(path) = &config.status_file {
+    if let Some(path) = &config.supervision.status_file {
         crate::http::spawn_status_file(path.clone(), telemetry)?;
     }
     Ok(())
 }
 
 pub async fn run<B: LockBackend>(
-    config: &Config,
+    config: &Supervised,
     manager: &LockManager<B>,
     mut process: ProcessControl,
     telemetry: Arc<Telemetry>,
 ) -> Result<Outcome> {
     // A typo in the command must not take the lock from a healthy standby set.
     check_program(config)?;
-    acquire::warn_accepted_risks(&config.request);
+    acquire::warn_accepted_risks(&config.lock.request);
     start_reporting(config, &telemetry).await?;
-    let hooks = Hooks::new(config.hooks.clone(), process.spawner(), config.hook_timeout);
+    let hooks = Hooks::new(
+        config.lock.hooks.clone(),
+        process.spawner(),
+        config.lock.hook_timeout,
+    );
     let observer = AcquireHooks {
         hooks: hooks.clone(),
     };
@@ -48,7 +52,7 @@ pub async fn run<B: LockBackend>(
     tracing::info!(event = "waiting", "waiting for the lock");
     let (result, signal) = acquire::campaign(
         manager,
-        &config.request,
+        &config.lock.request,
         &observer,
         &mut process.signals,
         &telemetry,
@@ -63,13 +67,13 @@ pub async fn run<B: LockBackend>(
                 .unwrap_or_default();
             return Ok(Outcome::Failed(Error::new(
                 ErrorKind::Locked,
-                format!("lock {} is taken{who}", config.request.key),
+                format!("lock {} is taken{who}", config.lock.request.key),
             )));
         }
         Acquired::TimedOut => {
             return Ok(Outcome::Failed(Error::new(
                 ErrorKind::Timeout,
-                format!("timed out waiting for lock {}", config.request.key),
+                format!("timed out waiting for lock {}", config.lock.request.key),
             )))
         }
         Acquired::Cancelled => {
@@ -79,7 +83,7 @@ pub async fn run<B: LockBackend>(
         }
     };
     match acquire::takeover_wait(
-        config.request.hold.takeover_delay,
+        config.lock.request.hold.takeover_delay,
         &mut lease,
         &mut process.signals,
     )
@@ -94,7 +98,7 @@ pub async fn run<B: LockBackend>(
                     ErrorKind::LockLost,
                     format!(
                         "lock {} lost before the command started ({reason})",
-                        config.request.key
+                        config.lock.request.key
                     ),
                 )),
             });
@@ -148,7 +152,7 @@ enum HoldEnd {
 /// Releases the lock (and destroys the session), runs the hooks that close the hold, records
 /// it, and turns it into the outcome.
 async fn conclude(
-    config: &Config,
+    config: &Supervised,
     lease: impl HeldLock,
     end: HoldEnd,
     hooks: &Hooks,
@@ -184,7 +188,7 @@ async fn conclude(
             status,
             hooks: lost_hooks,
         } => {
-            let _ = tokio::time::timeout(config.hook_timeout, lost_hooks).await;
+            let _ = tokio::time::timeout(config.lock.hook_timeout, lost_hooks).await;
             Outcome::Failed(Error::new(
                 ErrorKind::LockLost,
                 format!(
@@ -200,7 +204,7 @@ async fn conclude(
 /// The loop while the command runs: returns when it exits, the lock is lost (the command is
 /// stopped first), or lockwrap is told to stop. Releases nothing: that is [`conclude`]'s job.
 async fn hold(
-    config: &Config,
+    config: &Supervised,
     lease: &mut impl HeldLock,
     mut child: Child,
     process: &mut ProcessControl,
@@ -208,7 +212,7 @@ async fn hold(
     ctx: &EventContext,
     telemetry: &Telemetry,
 ) -> HoldEnd {
-    let grace = config.request.hold.kill_grace;
+    let grace = config.lock.request.hold.kill_grace;
     loop {
         tokio::select! {
             status = child.wait() => {
@@ -263,9 +267,10 @@ fn forward(child: &Child, signal: Signal) {
     }
 }
 
-fn command_spec(config: &Config, info: &LockInfo) -> CommandSpec {
-    let (program, args): (OsString, Vec<OsString>) = if config.shell {
+fn command_spec(config: &Supervised, info: &LockInfo) -> CommandSpec {
+    let (program, args): (OsString, Vec<OsString>) = if config.supervision.shell {
         let joined = config
+            .supervision
             .command
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -273,7 +278,7 @@ fn command_spec(config: &Config, info: &LockInfo) -> CommandSpec {
             .join(" ");
         ("/bin/sh".into(), vec!["-c".into(), joined.into()])
     } else {
-        let mut parts = config.command.clone().into_iter();
+        let mut parts = config.supervision.command.clone().into_iter();
         (parts.next().unwrap_or_default(), parts.collect())
     };
     CommandSpec {
@@ -281,7 +286,10 @@ fn command_spec(config: &Config, info: &LockInfo) -> CommandSpec {
         args,
         env: vec![
             ("CONSUL_LOCK_HELD".into(), "true".into()),
-            ("LOCKWRAP_KEY".into(), config.request.key.clone().into()),
+            (
+                "LOCKWRAP_KEY".into(),
+                config.lock.request.key.clone().into(),
+            ),
             (
                 "LOCKWRAP_SESSION".into(),
                 info.session.clone().unwrap_or_default().into(),
@@ -299,12 +307,12 @@ fn command_spec(config: &Config, info: &LockInfo) -> CommandSpec {
 
 /// Finds the program the way exec will (PATH search for bare names) and checks it can run:
 /// 127 when missing, 126 when not an executable file, before anything touches Consul.
-fn check_program(config: &Config) -> Result<()> {
+fn check_program(config: &Supervised) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let program: &std::path::Path = if config.shell {
+    let program: &std::path::Path = if config.supervision.shell {
         std::path::Path::new("/bin/sh")
     } else {
-        match config.command.first() {
+        match config.supervision.command.first() {
             Some(p) => std::path::Path::new(p),
             None => return Ok(()),
         }

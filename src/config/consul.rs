@@ -1,23 +1,29 @@
 //! The Consul connection settings of the CLI, validated with their sources; the client is built
 //! here so bad TLS files or addresses fail before anything else happens.
 
-use serde_json::Value;
-
-use super::values::{rank, Values};
-use crate::backend::consul::{ConsulClient, ConsulSettings, HttpAuth};
+use super::settings::Settings;
+use super::sources::Provenance;
+use super::types::Text;
+use super::{path, switch};
+use crate::backend::consul::{ConsulClient, ConsulSettings};
 use crate::exit::Result;
 
-pub(super) fn consul_settings_and_client(v: &Values) -> Result<(ConsulSettings, ConsulClient)> {
-    let address = v
-        .string("consul_addr")?
-        .filter(|s| !s.trim().is_empty())
+pub(super) fn consul_settings_and_client(
+    s: &Settings,
+    v: &Provenance,
+) -> Result<(ConsulSettings, ConsulClient)> {
+    let address = s
+        .consul_addr
+        .as_ref()
+        .map(|t| t.0.clone())
+        .filter(|a| !a.trim().is_empty())
         .unwrap_or_else(|| crate::backend::consul::env::DEFAULT_ADDRESS.to_string());
-    let token_inline = v.string("consul_token")?.filter(|s| !s.is_empty());
-    let token_file = v.path("consul_token_file")?;
+    let token_inline = s.consul_token.as_ref().and_then(Text::non_empty);
+    let token_file = path(&s.consul_token_file);
     // A token file wins unless the inline token comes from a higher-precedence source.
     let inline_wins = token_inline.is_some()
         && token_file.is_some()
-        && rank(&v.source("consul_token")) > rank(&v.source("consul_token_file"));
+        && v.source("consul_token").rank() > v.source("consul_token_file").rank();
     let token = match (&token_file, inline_wins) {
         (Some(path), false) => Some(
             crate::backend::consul::env::read_token_file(path)
@@ -27,47 +33,29 @@ pub(super) fn consul_settings_and_client(v: &Values) -> Result<(ConsulSettings, 
     };
     let settings = ConsulSettings {
         address,
-        ssl: v.bool("consul_ssl")?.unwrap_or(false),
+        ssl: switch(s.consul_ssl),
         token,
-        ca_file: v.path("consul_cacert")?,
-        ca_path: v.path("consul_capath")?,
-        client_cert: v.path("consul_client_cert")?,
-        client_key: v.path("consul_client_key")?,
-        tls_server_name: v
-            .string("consul_tls_server_name")?
-            .filter(|s| !s.is_empty()),
-        ssl_verify: v.bool("consul_ssl_verify")?.unwrap_or(true),
-        datacenter: v.string("datacenter")?.filter(|s| !s.is_empty()),
-        http_auth: http_auth(v)?,
-        namespace: scope_name(v, "namespace")?,
-        partition: scope_name(v, "partition")?,
+        ca_file: path(&s.consul_cacert),
+        ca_path: path(&s.consul_capath),
+        client_cert: path(&s.consul_client_cert),
+        client_key: path(&s.consul_client_key),
+        tls_server_name: s.consul_tls_server_name.as_ref().and_then(Text::non_empty),
+        ssl_verify: s.consul_ssl_verify.map_or(true, |b| b.0),
+        datacenter: s.datacenter.as_ref().and_then(Text::non_empty),
+        http_auth: s.consul_http_auth.clone().and_then(|c| c.0),
+        namespace: scope_name(v, "namespace", &s.namespace)?,
+        partition: scope_name(v, "partition", &s.partition)?,
     };
     // Built now, so bad TLS files or addresses fail validation, before anything else happens.
     let client = ConsulClient::new(&settings).map_err(|e| v.bad(e.setting, e.message))?;
     Ok((settings, client))
 }
 
-/// `user:password` for HTTP basic auth; empty means unset, like the token. The value is a
-/// secret, so errors describe what is wrong with it and never show it.
-fn http_auth(v: &Values) -> Result<Option<HttpAuth>> {
-    match v.get("consul_http_auth") {
-        None => Ok(None),
-        Some(Value::String(text)) if text.is_empty() => Ok(None),
-        Some(Value::String(text)) => HttpAuth::parse(text)
-            .map(Some)
-            .map_err(|why| v.bad("consul_http_auth", why)),
-        Some(_) => Err(v.bad(
-            "consul_http_auth",
-            "expected a USER:PASSWORD string (value not shown)",
-        )),
-    }
-}
-
 /// A namespace or partition name. Unlike most settings an empty value is refused rather than
 /// read as unset: it would silently mean the default namespace, where a holder does not exclude
 /// one in the intended namespace (README, "Consul connection").
-fn scope_name(v: &Values, name: &str) -> Result<Option<String>> {
-    let Some(value) = v.string(name)? else {
+fn scope_name(v: &Provenance, name: &str, value: &Option<Text>) -> Result<Option<String>> {
+    let Some(Text(value)) = value.clone() else {
         return Ok(None);
     };
     if value.trim().is_empty() {

@@ -3,35 +3,28 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
-use super::values::{Source, Values};
-use super::{abbreviate, Mode};
+use super::settings::Settings;
+use super::sources::{Provenance, Source};
+use super::types::{self, Text, Ttl};
+use super::{switch, Mode};
 use crate::backend::timing::TimingInputs;
 use crate::backend::{Behavior, Checks, HoldSettings, Layout, LockRequest, SessionSettings, Wait};
 use crate::duration;
 use crate::exit::{Error, ErrorKind, Result};
 
-/// Metadata is stored in the lock value; Consul refuses values over 512 KiB, so refuse early.
-const MAX_METADATA_BYTES: usize = 64 * 1024;
-
 pub(super) fn lock_request(
     mode: Mode,
     key: String,
     layout: Layout,
-    v: &Values,
+    s: &Settings,
+    v: &Provenance,
 ) -> Result<LockRequest> {
     let default_ttl = if mode == Mode::Lock {
         Duration::from_secs(86400)
     } else {
         Duration::from_secs(15)
     };
-    let negative = match v.get("session_ttl") {
-        Some(Value::String(s)) => s.trim().starts_with('-'),
-        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f < 0.0),
-        _ => false,
-    };
-    if negative {
+    if s.session_ttl == Some(Ttl::Negative) {
         return Err(Error::new(
             ErrorKind::InvalidTtl,
             format!(
@@ -40,7 +33,10 @@ pub(super) fn lock_request(
             ),
         ));
     }
-    let ttl = v.duration("session_ttl")?.unwrap_or(default_ttl);
+    let ttl = match s.session_ttl {
+        Some(Ttl::Given(ttl)) => ttl,
+        _ => default_ttl,
+    };
     let ttl_ok =
         ttl.is_zero() || (Duration::from_secs(10)..=Duration::from_secs(86400)).contains(&ttl);
     if !ttl_ok {
@@ -59,14 +55,14 @@ pub(super) fn lock_request(
         Mode::Lock | Mode::Execute => Duration::ZERO,
         _ => Duration::from_secs(15),
     };
-    let lock_delay = v.duration("lock_delay")?.unwrap_or(default_delay);
+    let lock_delay = s.lock_delay.map_or(default_delay, |d| d.0);
     if lock_delay > Duration::from_secs(60) {
         return Err(v.bad(
             "lock_delay",
             format!("{} is more than 60s", duration::display(lock_delay)),
         ));
     }
-    let behavior = match v.string("session_behavior")?.as_deref() {
+    let behavior = match s.session_behavior.as_ref().map(|t| t.0.as_str()) {
         None if mode == Mode::Lock => Behavior::Delete,
         None | Some("release") => Behavior::Release,
         Some("delete") => Behavior::Delete,
@@ -84,13 +80,12 @@ pub(super) fn lock_request(
     } else {
         Checks::AgentDefault
     };
-    let checks = match v.get("session_checks") {
-        None => default_checks,
-        Some(Value::String(s)) if s.trim() == "none" => Checks::None,
-        Some(Value::String(s)) if s.trim().is_empty() => default_checks,
-        Some(_) => Checks::List(v.list("session_checks")?),
+    let checks = match &s.session_checks {
+        None | Some(types::Checks::ModeDefault) => default_checks,
+        Some(types::Checks::None) => Checks::None,
+        Some(types::Checks::List(ids)) => Checks::List(ids.clone()),
     };
-    let health_check_ttl = v.duration("health_check_ttl")?;
+    let health_check_ttl = s.health_check_ttl.map(|d| d.0);
     if let Some(d) = health_check_ttl {
         if d < Duration::from_secs(1) {
             return Err(v.bad(
@@ -102,9 +97,9 @@ pub(super) fn lock_request(
             ));
         }
     }
-    let non_blocking = v.bool("non_blocking")?.unwrap_or(false);
-    let timeout = v.duration("timeout")?;
-    let poll = v.duration("poll_interval")?;
+    let non_blocking = switch(s.non_blocking);
+    let timeout = s.timeout.map(|d| d.0);
+    let poll = s.poll_interval.map(|d| d.0);
     if poll.is_some_and(|p| p.is_zero()) {
         return Err(v.bad("poll_interval", "must be greater than 0"));
     }
@@ -115,32 +110,12 @@ pub(super) fn lock_request(
     } else {
         Wait::Blocking
     };
-    let metadata = match v.get("metadata") {
-        None => None,
-        Some(Value::String(text)) => {
-            if text.len() > MAX_METADATA_BYTES {
-                return Err(v.bad(
-                    "metadata",
-                    format!(
-                        "{} bytes is more than the {MAX_METADATA_BYTES}-byte limit",
-                        text.len()
-                    ),
-                ));
-            }
-            Some(serde_json::from_str::<Value>(text).map_err(|e| {
-                v.bad(
-                    "metadata",
-                    format!("not valid JSON ({e}): {}", abbreviate(text)),
-                )
-            })?)
-        }
-        Some(other) => Some(other.clone()),
-    };
-    let limit = v.u32("limit")?.unwrap_or(1);
+    let metadata = s.metadata.clone().map(|m| m.0);
+    let limit = s.limit.map_or(1, |n| n.0);
     if limit == 0 {
         return Err(v.bad("limit", "must be at least 1"));
     }
-    let queue = v.bool("queue")?.unwrap_or(false);
+    let queue = switch(s.queue);
     if queue && limit > 1 {
         let culprit = if v.source("limit") == Source::Flag {
             "limit"
@@ -152,11 +127,11 @@ pub(super) fn lock_request(
             format!("--queue orders waiters for a single holder; it cannot be combined with -n {limit} (the semaphore)"),
         ));
     }
-    let kill_grace = v.duration("kill_grace")?.unwrap_or(Duration::from_secs(5));
-    let takeover_delay = v
-        .duration("takeover_delay")?
-        .unwrap_or_else(|| TimingInputs::auto_takeover_delay(kill_grace));
-    let monitor_retry = match v.u32("monitor_retry")? {
+    let kill_grace = s.kill_grace.map_or(Duration::from_secs(5), |d| d.0);
+    let takeover_delay = s
+        .takeover_delay
+        .map_or_else(|| TimingInputs::auto_takeover_delay(kill_grace), |d| d.0);
+    let monitor_retry = match s.monitor_retry.map(|n| n.0) {
         Some(0) => {
             return Err(v.bad(
                 "monitor_retry",
@@ -165,13 +140,13 @@ pub(super) fn lock_request(
         }
         other => other,
     };
-    let allow_unsafe = v.bool("unsafe_allow_overlap")?.unwrap_or(false);
+    let allow_unsafe = switch(s.unsafe_allow_overlap);
     let request = LockRequest {
         key,
         layout,
         limit,
         session: SessionSettings {
-            name: v.string("session_name")?.filter(|s| !s.is_empty()),
+            name: s.session_name.as_ref().and_then(Text::non_empty),
             ttl: (!ttl.is_zero()).then_some(ttl),
             lock_delay,
             behavior,
@@ -198,7 +173,7 @@ pub(super) fn lock_request(
 /// Refuses, before anything touches Consul, a configuration where the timing model finds a
 /// failure path that leaves the command less time to stop than it needs (docs/timing.md);
 /// with `--unsafe-allow-overlap` logs each such path as a warning instead.
-fn check_timing(request: &LockRequest, v: &Values) -> Result<()> {
+fn check_timing(request: &LockRequest, v: &Provenance) -> Result<()> {
     match request.timing_plan() {
         Err(refused) => {
             // Name the setting the user chose; a default is never the culprit on its own.

@@ -1,7 +1,8 @@
-//! Configuration: defaults < YAML file < `CONSUL_*` env < `LOCKWRAP_*` env < CLI flags, merged
-//! with figment, then validated into a typed [`Config`]. Every error names the setting and
-//! where its value came from, with exit code 3 for flags and 2 for env/file (6 for keys,
-//! 7 for TTLs), and is raised before anything touches Consul.
+//! Configuration in two steps: the raw `settings` (one typed list) merged by figment from
+//! defaults < YAML file < `CONSUL_*` env < `LOCKWRAP_*` env < CLI flags (`sources`), then
+//! validated into a [`Config`] per mode. Every error names the setting and where its value came
+//! from, with exit code 3 for flags and 2 for env/file (6 for keys, 7 for TTLs), and is raised
+//! before anything touches Consul.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,66 +15,19 @@ use crate::exit::{Error, ErrorKind, Result};
 use crate::hooks::HookSet;
 use crate::key;
 
-/// Every setting name (YAML key; `LOCKWRAP_<UPPER>` env var; `--kebab-case` flag).
-pub const SETTINGS: &[&str] = &[
-    "key",
-    "session_ttl",
-    "lock_delay",
-    "session_behavior",
-    "session_checks",
-    "session_name",
-    "health_check_ttl",
-    "non_blocking",
-    "queue",
-    "timeout",
-    "poll_interval",
-    "metadata",
-    "on_before_lock",
-    "on_already_locked",
-    "layout",
-    "limit",
-    "kill_grace",
-    "takeover_delay",
-    "on_acquired",
-    "on_lost",
-    "on_released",
-    "hook_timeout",
-    "webhook",
-    "monitor_retry",
-    "unsafe_allow_overlap",
-    "subreaper",
-    "http_addr",
-    "ready_always",
-    "status_file",
-    "exit_on_loss",
-    "shell",
-    "log_format",
-    "consul_addr",
-    "consul_ssl",
-    "consul_token",
-    "consul_token_file",
-    "consul_cacert",
-    "consul_capath",
-    "consul_client_cert",
-    "consul_client_key",
-    "consul_tls_server_name",
-    "consul_ssl_verify",
-    "datacenter",
-    "consul_http_auth",
-    "namespace",
-    "partition",
-];
-
-pub use crate::backend::consul::env::CONSUL_ENV;
-
 mod consul;
 mod lock;
-mod values;
+mod settings;
+mod sources;
+mod types;
 
 use consul::consul_settings_and_client;
 use lock::lock_request;
-pub use values::Source;
-use values::{flag_values, merge, Values};
+pub use settings::names as setting_names;
+use settings::Settings;
+pub use sources::Source;
+use sources::{gather, Provenance};
+use types::{List, Switch, Text};
 
 /// Which subcommand the config is for; decides defaults (README, "Options").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,28 +46,94 @@ impl Mode {
     }
 }
 
-/// The fully validated configuration of one invocation.
+/// The fully validated configuration of one invocation: what every mode uses, and in [`Task`]
+/// what only its mode uses.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub mode: Mode,
     pub consul: ConsulSettings,
     /// The client built from `consul` during validation (so bad TLS files fail early and the
     /// TLS setup is paid once).
     pub client: ConsulClient,
-    /// The lock request (key validated) for modes that take a key.
+    pub log_json: bool,
+    pub verbose: u8,
+    pub task: Task,
+}
+
+/// The mode and the settings only it uses.
+#[derive(Debug, Clone)]
+pub enum Task {
+    Lock(Acquiring),
+    Unlock(Query),
+    Status(Query),
+    Execute(Supervised),
+    Run(Supervised),
+    Sidecar(Supervised),
+}
+
+/// `unlock` and `status`: a key (or regex) in a layout; no session of their own.
+#[derive(Debug, Clone)]
+pub struct Query {
+    pub key: String,
+    pub layout: Layout,
+    pub regex: bool,
+}
+
+/// What every acquiring mode needs: the lock request (key validated) and the hooks fired
+/// around acquiring (`lock` fires the before-lock and already-locked ones).
+#[derive(Debug, Clone)]
+pub struct Acquiring {
     pub request: LockRequest,
     pub hooks: HookSet,
     pub hook_timeout: Duration,
-    pub shell: bool,
-    pub subreaper: bool,
+}
+
+/// An acquiring mode that supervises a command or a leadership term (execute, run, sidecar).
+#[derive(Debug, Clone)]
+pub struct Supervised {
+    pub lock: Acquiring,
+    pub supervision: Supervision,
+}
+
+/// How a held lock is supervised and reported.
+#[derive(Debug, Clone)]
+pub struct Supervision {
     pub http_addr: Option<SocketAddr>,
     pub ready_always: bool,
     pub status_file: Option<PathBuf>,
+    /// Sidecar: exit when the lock is lost instead of campaigning again.
     pub exit_on_loss: bool,
-    pub regex: bool,
+    pub subreaper: bool,
+    /// Run the command through `/bin/sh -c` (always for execute).
+    pub shell: bool,
+    /// The command (execute: the one shell string; sidecar: none).
     pub command: Vec<std::ffi::OsString>,
-    pub log_json: bool,
-    pub verbose: u8,
+}
+
+impl Config {
+    /// The key (or regex) this invocation works on.
+    pub fn key(&self) -> &str {
+        match &self.task {
+            Task::Lock(lock) => &lock.request.key,
+            Task::Unlock(query) | Task::Status(query) => &query.key,
+            Task::Execute(job) | Task::Run(job) | Task::Sidecar(job) => &job.lock.request.key,
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        match &self.task {
+            Task::Lock(lock) => lock.request.layout,
+            Task::Unlock(query) | Task::Status(query) => query.layout,
+            Task::Execute(job) | Task::Run(job) | Task::Sidecar(job) => job.lock.request.layout,
+        }
+    }
+
+    /// Whether to become a child subreaper before the runtime starts (automatic as PID 1).
+    pub fn subreaper(&self) -> bool {
+        match &self.task {
+            Task::Execute(job) | Task::Run(job) | Task::Sidecar(job) => job.supervision.subreaper,
+            Task::Lock(_) | Task::Unlock(_) | Task::Status(_) => false,
+        }
+    }
 }
 
 /// Builds the validated configuration for this invocation from flags, env and the YAML file.
@@ -138,12 +158,11 @@ pub fn load(cli: Cli) -> Result<Config> {
             .filter(|v| !v.is_empty())
             .map(PathBuf::from)
     });
-    let flags = flag_values(&cli);
-    let values = merge(config_file.as_deref(), flags)?;
-    build(mode, cli, &values)
+    let (settings, provenance) = gather(config_file.as_deref(), &cli)?;
+    build(mode, cli, settings, &provenance)
 }
 
-fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
+fn build(mode: Mode, cli: Cli, s: Settings, v: &Provenance) -> Result<Config> {
     // Positional arguments and the command line are not settings: take them from the CLI.
     let (positional_key, executable, command, regex) = match cli.command {
         Command::Lock(c) => (c.key, None, Vec::new(), false),
@@ -153,14 +172,14 @@ fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
         Command::Run(c) => (None, None, c.command, false),
         Command::Sidecar(_) | Command::Install(_) => (None, None, Vec::new(), false),
     };
-    let log_json = match v.string("log_format")?.as_deref() {
+    let log_json = match s.log_format.as_ref().map(|t| t.0.as_str()) {
         None | Some("text") => false,
         Some("json") => true,
         Some(other) => return Err(v.bad("log_format", format!("`{other}` is not text or json"))),
     };
 
     let key = match mode {
-        Mode::Run | Mode::Sidecar => v.string("key")?,
+        Mode::Run | Mode::Sidecar => s.key.clone().map(|t| t.0),
         _ => positional_key,
     };
     let Some(key) = key.filter(|k| !k.is_empty() || mode != Mode::Run) else {
@@ -192,23 +211,21 @@ fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
         ));
     }
 
-    let layout = match v.string("layout")?.as_deref() {
+    let layout = match s.layout.as_ref().map(|t| t.0.as_str()) {
         None | Some("default") => Layout::Default,
         Some("consul-lock") => Layout::ConsulLock,
         Some(other) => {
             return Err(v.bad("layout", format!("`{other}` is not default or consul-lock")))
         }
     };
-    let (consul, client) = consul_settings_and_client(v)?;
+    let (consul, client) = consul_settings_and_client(&s, v)?;
 
-    let request = lock_request(mode, key, layout, v)?;
-    let hook_timeout = v
-        .duration("hook_timeout")?
-        .unwrap_or(Duration::from_secs(30));
+    let request = lock_request(mode, key, layout, &s, v)?;
+    let hook_timeout = s.hook_timeout.map_or(Duration::from_secs(30), |d| d.0);
     if hook_timeout.is_zero() {
         return Err(v.bad("hook_timeout", "must be greater than 0"));
     }
-    let webhook = v.string("webhook")?.filter(|s| !s.is_empty());
+    let webhook = s.webhook.as_ref().and_then(Text::non_empty);
     if let Some(url) = &webhook {
         match reqwest::Url::parse(url) {
             Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
@@ -216,41 +233,62 @@ fn build(mode: Mode, cli: Cli, v: &Values) -> Result<Config> {
         }
     }
     let hooks = HookSet {
-        before_lock: v.list("on_before_lock")?,
-        already_locked: v.list("on_already_locked")?,
-        acquired: v.list("on_acquired")?,
-        lost: v.list("on_lost")?,
-        released: v.list("on_released")?,
+        before_lock: list(&s.on_before_lock),
+        already_locked: list(&s.on_already_locked),
+        acquired: list(&s.on_acquired),
+        lost: list(&s.on_lost),
+        released: list(&s.on_released),
         webhook,
     };
-    let http_addr = match v.string("http_addr")?.filter(|s| !s.is_empty()) {
+    let http_addr = match s.http_addr.as_ref().and_then(Text::non_empty) {
         None => None,
         Some(text) => Some(parse_listen(&text).map_err(|e| v.bad("http_addr", e))?),
     };
-    let mut command = command;
-    if mode == Mode::Execute {
-        command = vec![executable.unwrap_or_default().into()];
-    }
-    Ok(Config {
-        mode,
-        consul,
-        client,
+    // Every setting is validated in every mode (a bad value is refused even where the mode
+    // would not use it); each mode then keeps only what it uses.
+    let shell = mode == Mode::Execute || switch(s.shell);
+    let command = match (mode, executable) {
+        (Mode::Execute, executable) => vec![executable.unwrap_or_default().into()],
+        _ => command,
+    };
+    let lock = Acquiring {
         request,
         hooks,
         hook_timeout,
-        shell: mode == Mode::Execute || v.bool("shell")?.unwrap_or(false),
-        subreaper: v.bool("subreaper")?.unwrap_or(false),
-        http_addr,
-        ready_always: v.bool("ready_always")?.unwrap_or(false),
-        status_file: v.path("status_file")?,
-        exit_on_loss: v.bool("exit_on_loss")?.unwrap_or(false),
+    };
+    let supervised = |lock| Supervised {
+        lock,
+        supervision: Supervision {
+            http_addr,
+            ready_always: switch(s.ready_always),
+            status_file: path(&s.status_file),
+            exit_on_loss: switch(s.exit_on_loss),
+            subreaper: switch(s.subreaper),
+            shell,
+            command,
+        },
+    };
+    let query = |lock: Acquiring| Query {
+        key: lock.request.key,
+        layout,
         regex,
-        command,
+    };
+    let task = match mode {
+        Mode::Lock => Task::Lock(lock),
+        Mode::Unlock => Task::Unlock(query(lock)),
+        Mode::Status => Task::Status(query(lock)),
+        Mode::Execute => Task::Execute(supervised(lock)),
+        Mode::Run => Task::Run(supervised(lock)),
+        Mode::Sidecar => Task::Sidecar(supervised(lock)),
+    };
+    Ok(Config {
+        consul,
+        client,
         log_json,
         verbose: cli.verbose,
+        task,
     })
 }
-
 /// `HOST:PORT`, or `:PORT` for every interface.
 fn parse_listen(text: &str) -> std::result::Result<SocketAddr, String> {
     let full = if text.starts_with(':') {
@@ -262,13 +300,25 @@ fn parse_listen(text: &str) -> std::result::Result<SocketAddr, String> {
         .map_err(|_| format!("`{text}` is not HOST:PORT (e.g. 0.0.0.0:8080 or :8080)"))
 }
 
-pub(super) fn abbreviate(text: &str) -> String {
-    if text.chars().count() > 60 {
-        format!("{}…", text.chars().take(60).collect::<String>())
-    } else {
-        text.to_string()
-    }
+/// A switch's value; unset is off.
+fn switch(value: Option<Switch>) -> bool {
+    value.is_some_and(|s| s.0)
 }
+
+/// A list's items; unset is empty.
+fn list(value: &Option<List>) -> Vec<String> {
+    value.as_ref().map(|l| l.0.clone()).unwrap_or_default()
+}
+
+/// A path setting; empty means unset.
+fn path(value: &Option<Text>) -> Option<PathBuf> {
+    value.as_ref().and_then(Text::non_empty).map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod precedence_tests;
+#[cfg(test)]
+mod rejection_tests;
 
 #[cfg(test)]
 mod tests {

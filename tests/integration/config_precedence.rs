@@ -46,18 +46,11 @@ fn key_seen(
 
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lockwrap.yaml");
 
-/// The names in `config::SETTINGS`, read from the source so the example cannot fall behind.
+/// Every setting name, from the settings struct itself, so the example cannot fall behind.
 fn settings() -> Vec<String> {
-    let source = include_str!("../../src/config/mod.rs");
-    let start = source
-        .find("pub const SETTINGS")
-        .expect("SETTINGS in src/config.rs");
-    let body = &source[start..];
-    let body = &body[..body.find("];").expect("end of SETTINGS")];
-    body.split('"')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
+    lockwrap::config::setting_names()
+        .iter()
+        .map(|name| name.to_string())
         .collect()
 }
 
