@@ -360,7 +360,8 @@ def run_setting(a, cl: C.Cluster, setting: str, trials: int, budget: float, uid_
         interrupted = True
         checks = [("run completed", False, "interrupted")]
         try:     # still check what ran (the contenders are stopped by now or killed below)
-            checks += ch.check()[0]
+            more, detail = ch.check()
+            checks += more
         except Exception:  # noqa: BLE001
             pass
     except Exception as e:  # noqa: BLE001
