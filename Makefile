@@ -6,7 +6,8 @@ TEST_TARGETS :=
 
 -include mk/*.mk
 
-.PHONY: build test test-rust consul demo fmt lint
+.PHONY: build test test-rust consul demo fmt lint check-layers
+TEST_TARGETS += check-layers
 build:
 	$(CARGO) build --release
 
@@ -19,9 +20,13 @@ test-rust: consul
 
 test: test-rust $(TEST_TARGETS)
 
-lint:
+lint: check-layers
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# The module graph as src/lib.rs draws it: no import circles, no import from a layer above.
+check-layers:
+	$(PYTHON) scripts/check-layers.py
 
 fmt:
 	$(CARGO) fmt --all
