@@ -30,7 +30,7 @@ import threading
 import time
 
 from bench.harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,
-                           check_lockwrap, run_interruptibly,
+                           check_lockwrap, loadavg, run_interruptibly,
                            alive, child_argv, source_revision, find_consul, log,
                            machine_info, median, mono, shell_quote, signal_pid, vm_hwm_kib,
                            wait_until)
@@ -542,14 +542,6 @@ class Bench:
 
 # --------------------------------------------------------------------------------------------
 # Report
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
 
 
 def stats(xs):

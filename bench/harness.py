@@ -61,6 +61,15 @@ def wait_until(pred, timeout: float, interval: float = 0.005, what: str = "condi
         step = min(step * 1.2, 0.05)
 
 
+def loadavg() -> str:
+    """The 1/5/15-minute load averages, noted beside every timing result."""
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
 def free_port(udp_too: bool = False) -> int:
     for _ in range(200):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -47,7 +47,7 @@ import time
 import urllib.parse
 
 from bench.harness import (ROOT, ConsulAgent, LogWatcher, ProcTracker, Proxy, alive, check_lockwrap,
-                           run_interruptibly,
+                           loadavg, run_interruptibly,
                            child_argv, find_consul, log, machine_info, median,
                            mono, shell_quote, signal_pid, source_revision, wait_until)
 
@@ -564,14 +564,6 @@ class QueueBench:
             pass
         self.tracker.kill_all()
         shutil.rmtree(self.work, ignore_errors=True) if not self.args.keep else None
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
 
 
 def other_load() -> list[str]:

@@ -1,36 +1,22 @@
 """Helpers shared by the Python test suites (tests/chart, tests/container): waiting on conditions,
 local ports and HTTP, a Consul dev agent on 127.0.0.1, and the `ok`/`FAIL`/`skip` runner.
-Python 3 standard library only."""
-import os
+Python 3 standard library only; the process and agent helpers are bench/harness.py's."""
 import shutil
-import signal
-import socket
-import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
+
+from bench import harness
+from bench.harness import free_port  # noqa: F401 (re-exported for the suites)
 
 
 class Skip(Exception):
     """Raised by a test that cannot run here; the runner reports the reason."""
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_until(cond, timeout, what):
-    """Polls cond() every 0.1 s until it returns something true, which is returned."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    """Polls cond() until it returns something true, which is returned (bench.harness's loop)."""
+    return harness.wait_until(cond, timeout, 0.05, what)
 
 
 def http_get(port, path):
@@ -45,40 +31,25 @@ def http_get(port, path):
 
 
 class ConsulAgent:
-    """A Consul dev agent bound to 127.0.0.1 on free ports; stopped (by its PID) on exit."""
+    """bench.harness's Consul dev agent (127.0.0.1, free ports) as a context manager: started on
+    enter, stopped by its PID on exit, its work directory removed."""
 
     def __init__(self, consul_bin):
-        self.consul_bin = consul_bin
-        self.http_port = free_port()
-        self.proc = None
-        self.data = None
+        self.work = tempfile.mkdtemp(prefix="lockwrap-consul-")
+        self.agent = harness.ConsulAgent(consul_bin, self.work, harness.ProcTracker())
+        self.http_port = self.agent.http_port
 
     def __enter__(self):
-        self.data = tempfile.mkdtemp()
-        ports = {k: free_port() for k in ("server", "lan", "wan")}
-        self.proc = subprocess.Popen(
-            [self.consul_bin, "agent", "-dev", "-data-dir", self.data, "-bind", "127.0.0.1",
-             "-client", "127.0.0.1", "-http-port", str(self.http_port),
-             "-server-port", str(ports["server"]), "-serf-lan-port", str(ports["lan"]),
-             "-serf-wan-port", str(ports["wan"]), "-dns-port", "-1", "-grpc-port", "-1"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_until(lambda: http_get(self.http_port, "/v1/status/leader")[1].strip() not in ("", '""'),
-                       30, "the Consul dev agent")
+            self.agent.start(30)
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.data, ignore_errors=True)
+        self.agent.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
         return False
 
 
