@@ -844,6 +844,11 @@ class DeathWatcher:
         with self.lock:
             return self.death.get(pid)
 
+    def snapshot(self) -> dict[int, int]:
+        """Every recorded death so far: pid -> mono ns."""
+        with self.lock:
+            return dict(self.death)
+
     def _loop(self) -> None:
         while not self.stop:
             with self.lock:

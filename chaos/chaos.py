@@ -502,6 +502,12 @@ class Chaos:
         ivs, unended = checker.intervals(lines, self.deaths.dead_at, alive, mono)
         breaks = [f for f in self.faults if f["kind"] in BREAK_KINDS]
         lenient = not self.args.strict and self.args.takeover_delay == 0
+        # Beside the child log, what `python3 -m chaos.checker WORKDIR` needs to re-check the run.
+        checker.save_evidence(self.work, {
+            "t0": self.t0_mono, "deaths": self.deaths.snapshot(),
+            "breaks": [{"kind": f["kind"], "t": f["t"]} for f in breaks],
+            "resets": [k for k, _ in self.restarts],
+            "lenient_within_ns": int(self.ttl * 1e9) if lenient else None})
         hard, tolerated = checker.overlaps(ivs, self.t0_mono, breaks,
                                            int(self.ttl * 1e9) if lenient else None)
         checks.append(("no overlapping critical sections", not hard,
@@ -518,6 +524,14 @@ class Chaos:
                        f"{len(starts) - len(unended)} of {len(starts)} ended "
                        f"({sum(1 for i in ivs if i['how'] == 'death')} by observed death); "
                        f"still running: {still[:5]}"))
+        # The saved run (child log + evidence.json) must give the same verdicts on its own.
+        again = {name: ok for name, ok, _ in checker.recheck(self.work)}
+        live = {"no overlapping critical sections": not hard,
+                "fencing tokens strictly increase across STARTs": not bad_tok and not missing,
+                "every child ended": not unended}
+        differ = [name for name, ok in live.items() if again.get(name) != ok]
+        checks.append(("the saved run re-checks the same (python3 -m chaos.checker)", not differ,
+                       f"work dir {self.work}; differing: {differ}"))
         sr = self.sessions_report
         checks.append(("no session left after SIGTERM of every contender",
                        not sr["immediate_leaks"] and not sr["remaining_after_wait"],

@@ -4,10 +4,22 @@ tests/cluster/scenarios.py (a real cluster). Standard library only.
 Input: the child log (bench/child.py START/END records, harness.read_log) and the observed death
 times of children that wrote no END (harness.DeathWatcher). See chaos.py's docstring for why
 these interval bounds can only over-report overlaps, never hide one.
+
+A run leaves its child log and `evidence.json` (deaths, lock breaks, agent restarts) in its work
+directory, so the safety checks can be run again on a saved run, with no process or agent:
+
+    python3 -m chaos.checker WORKDIR [WORKDIR…]     # exit 0 when every check passes
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+import sys
+
+from bench.harness import read_log
+
+EVIDENCE = "evidence.json"
 
 BREAK_SLACK_NS = 1_000_000_000
 
@@ -114,3 +126,47 @@ def summary(xs) -> dict:
         return {"n": 0}
     return {"n": len(xs), "median_s": round(percentile(xs, 50), 2),
             "p95_s": round(percentile(xs, 95), 2), "max_s": round(max(xs), 2)}
+
+
+def save_evidence(workdir: str, evidence: dict) -> None:
+    """Writes what recheck() needs beside the child log (deaths: pid -> mono ns)."""
+    with open(os.path.join(workdir, EVIDENCE), "w") as f:
+        json.dump(evidence, f)
+
+
+def recheck(workdir: str) -> list[tuple[str, bool, str]]:
+    """The safety checks of a saved run, from its child log and evidence.json alone: no overlap,
+    fencing tokens increasing, every child ended (END or an observed death)."""
+    lines, _ = read_log(os.path.join(workdir, "child.log"))
+    with open(os.path.join(workdir, EVIDENCE)) as f:
+        ev = json.load(f)
+    deaths = {int(pid): t for pid, t in ev["deaths"].items()}
+    # Nothing of a saved run is alive: a START with neither END nor a recorded death is unended.
+    ivs, unended = intervals(lines, deaths.get, lambda _pid: True, lambda: 0)
+    hard, tolerated = overlaps(ivs, ev["t0"], ev["breaks"], ev.get("lenient_within_ns"))
+    starts = [ln for ln in lines if ln.kind == "START"]
+    bad, missing = fencing(starts, ev.get("resets", []))
+    return [
+        ("no overlapping critical sections", not hard,
+         f"{len(ivs)} sections, {len(hard)} overlaps, {len(tolerated)} tolerated"
+         + (f"; first {hard[0]}" if hard else "")),
+        ("fencing tokens strictly increase across STARTs", not bad and not missing,
+         f"{len(starts)} STARTs, {len(bad)} non-increasing, {len(missing)} without a token"),
+        ("every child ended", not unended, f"{len(ivs)} ended, unended {unended[:5]}"),
+    ]
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    failed = 0
+    for workdir in argv:
+        for name, ok, info in recheck(workdir):
+            failed += not ok
+            print(f"  {'PASS' if ok else 'FAIL'}  {workdir}: {name}: {info}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
