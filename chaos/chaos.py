@@ -479,7 +479,9 @@ class Chaos:
             m = re.search(r"pid (\d+)", s.get("Name", ""))
             if m and int(m.group(1)) in self.final_pids:
                 rep["immediate_leaks"].append({"ID": s["ID"], "Name": s.get("Name"),
-                                               "tag": self.final_pids[int(m.group(1))]})
+                                               "tag": self.final_pids[int(m.group(1))],
+                                               "Node": s.get("Node"),
+                                               "CreateIndex": s.get("CreateIndex")})
         t0 = time.monotonic()
         try:
             wait_until(lambda: not self.list_sessions(), 2 * self.ttl + 5, 0.1,
@@ -536,7 +538,8 @@ class Chaos:
         checks.append(("no session left after SIGTERM of every contender",
                        not sr["immediate_leaks"] and not sr["remaining_after_wait"],
                        f"{len(sr['immediate_leaks'])} sessions of SIGTERM'd wrappers left, "
-                       f"{len(sr['remaining_after_wait'])} left after waiting {sr['waited_s']}s"))
+                       f"{len(sr['remaining_after_wait'])} left after waiting {sr['waited_s']}s"
+                       + (f"; left: {sr['immediate_leaks'][:2]}" if sr["immediate_leaks"] else "")))
         # wrapper exits
         codes: dict[str, int] = {}
         for c in self.contenders:

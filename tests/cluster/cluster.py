@@ -562,7 +562,9 @@ class Cluster:
             self.wait_ready(wait)
 
     def sessions(self) -> list[dict]:
-        return self.any_server().get("/v1/session/list") or []
+        # `consistent`: the leader confirms with a quorum that it still leads before answering,
+        # so a just-deposed or just-elected leader cannot list a session already destroyed.
+        return self.any_server().get("/v1/session/list?consistent") or []
 
     def kv(self, key: str):
         v = self.any_server().get("/v1/kv/" + urllib.parse.quote(key))
