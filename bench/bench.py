@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""lockwrap vs `consul lock` benchmark (issue 5). Standard library only; loopback only.
+"""lockwrap vs `consul lock` benchmark (docs/performance.md). Standard library only; loopback only.
 
 Starts its own `consul agent -dev` on free loopback ports, runs every scenario for lockwrap and for
 HashiCorp's `consul lock` in the same run (alternating which tool goes first on each iteration),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fair queue benchmark (issue 12, item 5). Standard library only; loopback only.
+"""Fair queue benchmark (docs/performance.md). Standard library only; loopback only.
 
 For N waiting contenders (default 1, 10, 50, 200) it measures, side by side on ONE Consul dev agent
 and in the same run:

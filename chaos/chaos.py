@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""lockwrap chaos suite (issue 5). Standard library only; loopback only; bounded in trials and time.
+"""lockwrap chaos suite (docs/performance.md, "What the chaos suite checks").
+Standard library only; loopback only; bounded in trials and time.
 
 K contenders run, and are restarted whenever they exit:
     lockwrap run --key chaos/lock --session-ttl 10s --kill-grace 1s --lock-delay 0 \

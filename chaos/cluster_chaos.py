@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""lockwrap chaos on a real Consul cluster (issue 9): `make chaos-cluster`. Not part of `make test`.
+"""lockwrap chaos on a real Consul cluster (docs/performance.md, "On a real cluster"):
+`make chaos-cluster`. Not part of `make test`.
 
 The cluster of tests/cluster/cluster.py (3 servers, 3 client agents on 127.0.0.x, each agent and
 each contender under its own uid, iptables partitions) and the machinery of chaos/chaos.py

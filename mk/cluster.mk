@@ -1,6 +1,7 @@
-# Real Consul cluster tests (issue 9): 3 servers + 3 client agents on 127.0.0.11-13 / .21-23, each
-# under its own uid, partitions with iptables (chain LWTEST on lo). Needs root; skips with a
-# message when iptables/setpriv cannot work. See tests/cluster/cluster.py.
+# Real Consul cluster tests (docs/performance.md, "On a real cluster"): 3 servers + 3 client agents
+# on 127.0.N.11-13 / .21-23 (cluster slot N, 0 for cluster-test), each under its own uid, partitions
+# with iptables (chain LWTEST<N> on lo). Needs root; skips with a message when iptables/setpriv
+# cannot work. See tests/cluster/cluster.py.
 #   make cluster-test     the issue's table as deterministic scenarios (~3 min); part of `make test`
 #   make chaos-cluster    >= 500 fault trials for the default and the fast-failover setting, on
 #                         CLUSTER_CLUSTERS clusters side by side (127.0.N.x, N = 1..4; ~35 min)

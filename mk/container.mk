@@ -1,4 +1,4 @@
-# The container image, built and run in the tests (issue 10); see docs/kubernetes.md.
+# The container image, built and run in the tests (docs/kubernetes.md); see docs/kubernetes.md.
 #   make image           the image lockwrap:$(IMAGE_VERSION) from the host's static binary (no pull)
 #   make container-test  build it in a private dockerd and run it as PID 1 against a local Consul;
 #                        part of `make test`, skipped with a message where Docker cannot run

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A real multi-node Consul cluster on loopback, with iptables partitions (issue 9, item 7).
+"""A real multi-node Consul cluster on loopback, with iptables partitions (docs/performance.md,
+"On a real cluster").
 
 Standard library only; needs root (iptables, setpriv). Used by tests/cluster/scenarios.py
 (`make cluster-test`) and chaos/cluster_chaos.py (`make chaos-cluster`).

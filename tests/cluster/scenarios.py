@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Deterministic cluster scenarios (issue 9's table), run by `make cluster-test` (part of `make test`).
+"""Deterministic cluster scenarios (docs/performance.md, "On a real cluster"), run by
+`make cluster-test` (part of `make test`).
 
 On a real cluster (tests/cluster/cluster.py: 3 servers, 3 client agents, iptables partitions) each
 scenario runs one `lockwrap run` contender per client agent on its own key, the holder first, and
@@ -199,7 +200,7 @@ class Suite:
         t_fault = mono()
         log(f"{fault} for {seconds:.0f}s: {[g.name for g in live]}")
         apply()
-        # A contender started on the cut-off agent must wait for it (not exit 8, issue 9 item 5).
+        # A contender started on the cut-off agent must wait for it (not exit 8: README, "Exit codes").
         for g in live:
             if g.late_agent is not None:
                 g.spawn(g.late_agent, len(g.contenders))

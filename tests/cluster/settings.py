@@ -5,7 +5,7 @@ Two named settings are tested everywhere:
   fast     the documented fast-failover setting: TTL-only session bound to lockwrap's own health
            check, no lock-delay, 1 s kill grace; the takeover delay is derived (kill grace + 1 s)
 
-Until the new timing model (issue 9) landed, `lockwrap run` had other defaults and no
+Until the timing model (docs/timing.md) landed, `lockwrap run` had other defaults and no
 `--unsafe-allow-overlap`; against such a binary ("legacy", detected from `run --help`) the harness
 spells out what the new binary derives by itself, so the harness mechanics can be exercised with
 either build. Set LOCKWRAP_CLUSTER_LEGACY=0/1 to override the detection.
