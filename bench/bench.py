@@ -35,6 +35,9 @@ from bench.harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTrac
                            machine_info, median, mono, shell_quote, signal_pid, vm_hwm_kib,
                            wait_until)
 
+# lockwrap's takeover delay in the partition scenario: its default for --kill-grace 2s.
+PARTITION_TAKEOVER_S = 3
+
 SCENARIOS = ["baseline", "acquire", "handoff", "loss", "standby", "contention", "failover",
              "partition"]
 
@@ -427,6 +430,7 @@ class Bench:
 
     def _partition_one(self, tool: Tool, variant: str):
         if isinstance(tool, Lockwrap):
+            # Takeover delay: lockwrap's default, kill grace + 1 s (PARTITION_TAKEOVER_S).
             opts, ttl, delay = ["--session-ttl", "10s", "--kill-grace", "2s", "--lock-delay", "0"], 10, 0
         else:
             opts, ttl, delay = [], 15, 15
@@ -669,10 +673,18 @@ def summarize(res: dict) -> tuple[list[dict], list[dict]]:
                      "note": "; ".join(f"stop {a} / deadline {b} / standby {c}"
                                        for a, b, c in zip(stop, dl, sb))})
         if d["tool"] == "lockwrap":
-            ok = all(x["stopped_before_deadline"] for x in runs)
-            tgt(f"partition ({label.split()[-1]}): lockwrap stops its child before last renew + TTL",
-                ok, "; ".join(f"stopped {x['child_stopped_s']} s, deadline {x['deadline_s']} s"
-                              for x in runs))
+            # The timing model (docs/timing.md): nobody else can start before the last renew +
+            # TTL + lock-delay + takeover delay; the child must be dead by then, and the standby
+            # must start after it died.
+            def safe_until(x):
+                return round(x["deadline_s"] + x["lock_delay_s"] + PARTITION_TAKEOVER_S, 3)
+            ok = all(x["child_dead_s"] is not None and x["child_dead_s"] <= safe_until(x)
+                     and not x["overlap_with_standby"] for x in runs)
+            tgt(f"partition ({label.split()[-1]}): lockwrap's child is dead before anyone else "
+                f"may start (last renew + TTL + lock-delay + takeover delay)", ok,
+                "; ".join(f"child dead {x['child_dead_s']} s, others may start at "
+                          f"{safe_until(x)} s, standby started {x['standby_started_s']} s"
+                          for x in runs))
     return rows, targets
 
 
@@ -726,12 +738,22 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results"),
                     help="directory for latest.json / latest.md ('' = do not write)")
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--rerender", action="store_true",
+                    help="only rebuild latest.md (table and targets) from the saved latest.json")
     a = ap.parse_args()
     if a.quick:
         a.iterations, a.standby_window, a.contention_iterations = 3, 20.0, 4
         a.failover_iterations = 1
     random.seed(a.seed)
     a.tools = [t.strip() for t in a.tools.split(",") if t.strip()]
+    if a.rerender:
+        with open(os.path.join(a.out, "latest.json")) as f:
+            saved = json.load(f)
+        rows, targets = summarize(saved)
+        with open(os.path.join(a.out, "latest.md"), "w") as f:
+            f.write("# lockwrap benchmark — latest run\n\nProduced by `make bench` "
+                    "(bench/bench.py). See docs/performance.md.\n\n" + render(saved, rows, targets))
+        return 0
     if "lockwrap" in a.tools:
         check_lockwrap(a.lockwrap, "bench", " (or use --tools consul)")
     b = Bench(a)
