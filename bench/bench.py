@@ -124,22 +124,10 @@ class Bench:
         return p
 
     def start_of(self, tag: str, timeout: float, proc=None):
-        def pred(ln):
-            return ln.kind == "START" and ln.tag == tag
-
-        def check():
-            self.lw.poll()
-            ln = self.lw.find(pred)
-            if ln:
-                return ln
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"wrapper for {tag} exited with {proc.returncode} before its child "
-                                   f"started (stderr: {self.work}/{tag}.err)")
-            return None
-        return wait_until(check, timeout, 0.0005, f"START of {tag}")
+        return self.lw.start_of(tag, timeout, proc, self.work, interval=0.0005)
 
     def line(self, kind: str, tag: str, timeout: float):
-        return self.lw.wait(lambda ln: ln.kind == kind and ln.tag == tag, timeout, f"{kind} of {tag}")
+        return self.lw.line(kind, tag, timeout)
 
     def spawn(self, tool: Tool, key: str, tag: str, mode: str = "wait", addr: str | None = None,
               opts=(), extra=()):

@@ -804,6 +804,24 @@ class LogWatcher:
             return self.find(pred)
         return wait_until(check, timeout, 0.001, what)
 
+    def start_of(self, tag: str, timeout: float, proc=None, errdir: str = "",
+                 interval: float = 0.001) -> LogLine:
+        """The START record of `tag`; fails at once if its wrapper `proc` exits first (its
+        stderr is `errdir/tag.err`)."""
+        def check():
+            self.poll()
+            ln = self.find(lambda x: x.kind == "START" and x.tag == tag)
+            if ln:
+                return ln
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"wrapper for {tag} exited with {proc.returncode} before its child "
+                                   f"started (stderr: {errdir}/{tag}.err)")
+            return None
+        return wait_until(check, timeout, interval, f"START of {tag}")
+
+    def line(self, kind: str, tag: str, timeout: float) -> LogLine:
+        return self.wait(lambda ln: ln.kind == kind and ln.tag == tag, timeout, f"{kind} of {tag}")
+
 
 def pidfd_open(pid: int) -> int | None:
     try:

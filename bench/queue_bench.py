@@ -338,19 +338,10 @@ class QueueBench:
         return self.agent.get_json("/v1/session/list") or []
 
     def start_of(self, tag: str, timeout: float, proc=None):
-        def check():
-            self.lw.poll()
-            ln = self.lw.find(lambda x: x.kind == "START" and x.tag == tag)
-            if ln:
-                return ln
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"wrapper for {tag} exited with {proc.returncode} before its child "
-                                   f"started (stderr: {self.work}/{tag}.err)")
-            return None
-        return wait_until(check, timeout, 0.001, f"START of {tag}")
+        return self.lw.start_of(tag, timeout, proc, self.work)
 
     def line(self, kind: str, tag: str, timeout: float):
-        return self.lw.wait(lambda ln: ln.kind == kind and ln.tag == tag, timeout, f"{kind} of {tag}")
+        return self.lw.line(kind, tag, timeout)
 
     # -- one N: set up all configurations, one shared steady window, then the handoff series
     def run_n(self, n: int) -> None:

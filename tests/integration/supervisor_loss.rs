@@ -105,20 +105,27 @@ fn run_sigkills_child_that_ignores_sigterm_after_kill_grace() {
     assert_no_sessions(consul, &key);
 }
 
+/// `lockwrap run` holding `key` with a shell and its grandchild (`tree_command`), given as a
+/// `--shell` string (`form` "shell") or as `sh -c` (`exec`); returns the wrapper and both pids.
+fn run_tree(consul: &Consul, key: &str, dir: &Dir, form: &str, stubborn: bool) -> (Proc, i32, i32) {
+    let line = tree_command(dir, stubborn);
+    let cmd = if form == "shell" {
+        run_cmd(consul, key, &["--shell", "--kill-grace", "1s"], &[&line])
+    } else {
+        run_cmd(consul, key, &["--kill-grace", "1s"], &["sh", "-c", &line])
+    };
+    let wrapper = Proc::spawn(cmd);
+    let (sh, sleep) = tree_pids(dir);
+    (wrapper, sh, sleep)
+}
+
 #[test]
 fn run_shell_child_and_grandchild_are_gone_after_loss() {
     let consul = Consul::shared();
     for (form, stubborn) in [("shell", false), ("exec", true)] {
         let key = unique_key("run-tree-loss");
         let dir = Dir::new("run-tree-loss");
-        let line = tree_command(&dir, stubborn);
-        let cmd = if form == "shell" {
-            run_cmd(consul, &key, &["--shell", "--kill-grace", "1s"], &[&line])
-        } else {
-            run_cmd(consul, &key, &["--kill-grace", "1s"], &["sh", "-c", &line])
-        };
-        let wrapper = Proc::spawn(cmd);
-        let (sh, sleep) = tree_pids(&dir);
+        let (wrapper, sh, sleep) = run_tree(consul, &key, &dir, form, stubborn);
         assert!(alive(sh) && alive(sleep));
 
         consul.delete_kv(&key);
@@ -139,14 +146,7 @@ fn run_shell_child_and_grandchild_are_gone_after_sigterm() {
     for (form, stubborn) in [("shell", false), ("exec", false), ("exec", true)] {
         let key = unique_key("run-tree-term");
         let dir = Dir::new("run-tree-term");
-        let line = tree_command(&dir, stubborn);
-        let cmd = if form == "shell" {
-            run_cmd(consul, &key, &["--shell", "--kill-grace", "1s"], &[&line])
-        } else {
-            run_cmd(consul, &key, &["--kill-grace", "1s"], &["sh", "-c", &line])
-        };
-        let wrapper = Proc::spawn(cmd);
-        let (sh, sleep) = tree_pids(&dir);
+        let (wrapper, sh, sleep) = run_tree(consul, &key, &dir, form, stubborn);
 
         wrapper.signal(Signal::SIGTERM);
         let out = wrapper.finish(Duration::from_secs(10));
