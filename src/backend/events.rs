@@ -14,6 +14,10 @@ pub trait BackendEvents: Send + Sync + std::fmt::Debug {
     fn store_healthy(&self, _healthy: bool) {}
     /// The current holder as a read saw it (`None`: nobody).
     fn observed_holder(&self, _info: Option<&LockInfo>) {}
+    /// The local stop deadline of the hold moved (each accepted renew or check pass moves it;
+    /// `None`: nothing is held). Consumers of `/leader` and the status file must stop trusting
+    /// a "leader" after it (docs/timing.md).
+    fn lease_deadline(&self, _deadline: Option<std::time::Instant>) {}
 }
 
 /// Reports nowhere (library use without metrics).
