@@ -13,13 +13,15 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use regex::Regex;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::consul::{ConsulBackend, ConsulClient, ConsulSettings, Lease};
 use crate::backend::{
-    AcquireObserver, Acquired, HeldLock, Layout, LockBackend, LockInfo, LockRequest, NoObserver,
+    AcquireObserver, Acquired, HeldLock, Layout, LockBackend, LockInfo, LockRequest, LossReason,
+    NoObserver,
 };
 use crate::exit::{Error, ErrorKind, Result};
 use crate::key;
@@ -94,10 +96,32 @@ impl<B: LockBackend> LockManager<B> {
         stop: &CancellationToken,
     ) -> Result<Acquired<B::Lease>> {
         key::validate(&request.key)?;
-        self.backend
-            .acquire(request, observer, stop)
-            .await
-            .map_err(|e| Error::from(e).context(format!("acquiring {}", request.key)))
+        loop {
+            let acquired = self
+                .backend
+                .acquire(request, observer, stop)
+                .await
+                .map_err(|e| Error::from(e).context(format!("acquiring {}", request.key)))?;
+            let Acquired::Held(mut lease) = acquired else {
+                return Ok(acquired);
+            };
+            match takeover_wait(request, &mut lease, stop).await {
+                None => return Ok(Acquired::Held(lease)),
+                Some(end) => {
+                    // Nothing was started: give the lock back without the clean marker, so the
+                    // next holder still waits for the previous holder's command.
+                    if let Err(err) = lease.release().await {
+                        tracing::warn!(%err, "releasing the lock after the takeover wait failed");
+                    }
+                    match end {
+                        TakeoverEnd::Cancelled => return Ok(Acquired::Cancelled),
+                        TakeoverEnd::Lost(reason) => {
+                            tracing::info!(%reason, "lock lost during the takeover wait; waiting again");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The holder of `key`, or `None` when it is not locked.
@@ -215,6 +239,47 @@ impl<B: LockBackend> LockManager<B> {
                 ))
             }
         }
+    }
+}
+
+/// Why a takeover wait ended before its time.
+enum TakeoverEnd {
+    Cancelled,
+    Lost(LossReason),
+}
+
+/// After taking over from a holder that did not release cleanly, holds the lock for the
+/// takeover delay before the caller may start anything, so the previous holder's command has
+/// time to stop (docs/timing.md). While the wait is owed the lease may not be released as
+/// clean. A request that supervises nothing (CLI `lock`) waits only what the previous holder
+/// announced. Returns `None` once the wait is over; the stop token or a loss end it early.
+async fn takeover_wait<L: HeldLock>(
+    request: &LockRequest,
+    lease: &mut L,
+    stop: &CancellationToken,
+) -> Option<TakeoverEnd> {
+    let own = if request.hold.keep_alive {
+        request.hold.takeover_delay
+    } else {
+        Duration::ZERO
+    };
+    let delay = lease.takeover_delay(own);
+    if delay.is_zero() {
+        return None;
+    }
+    lease.set_release_clean(false);
+    tracing::info!(
+        event = "takeover-wait",
+        delay = ?delay,
+        "the previous holder did not release cleanly; waiting before taking over"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {
+            lease.set_release_clean(true);
+            None
+        }
+        _ = stop.cancelled() => Some(TakeoverEnd::Cancelled),
+        reason = lease.lost() => Some(TakeoverEnd::Lost(reason)),
     }
 }
 

@@ -116,6 +116,7 @@ impl MemoryBackend {
             info,
             lost,
             previous_clean,
+            release_clean: true,
         }))
     }
 }
@@ -190,6 +191,7 @@ pub struct MemoryLease {
     info: LockInfo,
     lost: watch::Receiver<Option<LossReason>>,
     previous_clean: bool,
+    release_clean: bool,
 }
 
 impl HeldLock for MemoryLease {
@@ -216,7 +218,9 @@ impl HeldLock for MemoryLease {
             .is_some_and(|h| h.info.session == self.info.session);
         if ours {
             state.held.remove(&self.info.key);
-            state.released_cleanly.insert(self.info.key.clone(), true);
+            state
+                .released_cleanly
+                .insert(self.info.key.clone(), self.release_clean);
         }
         drop(state);
         self.backend.changed.notify_waiters();
@@ -225,6 +229,10 @@ impl HeldLock for MemoryLease {
 
     fn previous_release_clean(&self) -> bool {
         self.previous_clean
+    }
+
+    fn set_release_clean(&mut self, clean: bool) {
+        self.release_clean = clean;
     }
 
     fn detach(self) -> LockInfo {

@@ -146,7 +146,11 @@ impl Default for HoldSettings {
         HoldSettings {
             keep_alive: true,
             kill_grace,
-            takeover_delay: timing::TimingInputs::auto_takeover_delay(kill_grace),
+            // The library's default session has lock-delay 15 s (`SessionSettings::default`).
+            takeover_delay: timing::TimingInputs::auto_takeover_delay(
+                kill_grace,
+                SessionSettings::default().lock_delay,
+            ),
             monitor_retry: None,
             allow_unsafe: false,
         }
@@ -179,7 +183,13 @@ impl LockRequest {
                 Checks::List(list) => !list.is_empty(),
             },
             health_check_ttl: self.session.health_check_ttl,
-            lock_delay: self.session.lock_delay,
+            // Lock-delay guards a lock key; a semaphore slot freed by a dead session is taken
+            // again at once.
+            lock_delay: if self.limit > 1 {
+                Duration::ZERO
+            } else {
+                self.session.lock_delay
+            },
             takeover_delay: self.hold.takeover_delay,
             kill_grace: self.hold.kill_grace,
         }
@@ -364,6 +374,20 @@ pub trait HeldLock {
     fn previous_release_clean(&self) -> bool {
         true
     }
+    /// How long to hold before starting anything: nothing after a clean release; otherwise the
+    /// longer of `own` and the takeover delay the previous holder announced in the lock's value
+    /// (a rollout that lowers the kill grace must still wait for the old, slower command).
+    fn takeover_delay(&self, own: std::time::Duration) -> std::time::Duration {
+        if self.previous_release_clean() {
+            std::time::Duration::ZERO
+        } else {
+            own
+        }
+    }
+    /// Whether [`HeldLock::release`] may tell the next holder that this release was clean
+    /// (default: yes). Cleared while a takeover wait is still owed and when something the
+    /// command started could not be stopped: the next holder then waits its takeover delay.
+    fn set_release_clean(&mut self, _clean: bool) {}
     /// Stops watching and keeps the lock held on purpose (CLI `lock`).
     fn detach(self) -> LockInfo;
 }

@@ -14,7 +14,14 @@
 //! - after an invalidation, Consul refuses to let anyone acquire the session's keys for the
 //!   session's lock-delay;
 //! - a destroyed session, a deleted key, a forced unlock or an agent that lost its state end the
-//!   hold at any moment and without lock-delay; the holder sees that through its watch.
+//!   hold at any moment and without lock-delay; the holder sees that through its watch;
+//! - a node deregistered (`consul force-leave`, a graceful `consul leave`, the reaper) ends every
+//!   session on it at that moment, with lock-delay. A holder that can hear its agent sees it
+//!   through its watch; a holder that cannot (its agent crashed or is cut off) cannot, so an
+//!   unreachable agent means "the session may end at any moment": the window is the one of a
+//!   bound check, from the last renew;
+//! - lock-delay guards a lock key, not a semaphore slot: a slot freed by a dead session is taken
+//!   again at once, so for `-n N` the model counts lock-delay as 0.
 //!
 //! After any unclean end, the next lockwrap holder waits `takeover-delay` before starting its
 //! command (see `commands::acquire::takeover_wait`).
@@ -57,6 +64,9 @@ pub enum Path {
     TtlExpiry,
     /// A bound check (`serfHealth`, user-named) goes critical.
     CheckCritical,
+    /// The node is deregistered (force-leave, leave, reap) while the holder cannot hear its
+    /// agent: every session on it ends at any moment.
+    BlindDeregistration,
     /// lockwrap's own TTL check goes critical: no pass for its TTL.
     HealthCheck,
     /// Session destroyed, key deleted, forced unlock, agent state lost.
@@ -68,6 +78,9 @@ impl Path {
         match self {
             Path::TtlExpiry => "session TTL expiry",
             Path::CheckCritical => "a bound check (serfHealth) going critical",
+            Path::BlindDeregistration => {
+                "the node deregistered (force-leave) while lockwrap cannot reach its agent"
+            }
             Path::HealthCheck => "the --health-check-ttl check going critical",
             Path::ExternalBreak => "session destroyed, key deleted or forced unlock",
         }
@@ -151,9 +164,16 @@ pub struct TimingPlan {
 
 impl TimingInputs {
     /// The default takeover delay: the command's stop plus the margin, which is what a holder
-    /// that sees an external break through its watch needs.
-    pub fn auto_takeover_delay(kill_grace: Duration) -> Duration {
-        kill_grace + SAFETY_MARGIN
+    /// that sees an external break through its watch needs; and at least what a holder that
+    /// cannot hear its agent needs when its node is deregistered (lock-delay + takeover delay
+    /// ≥ grace + margin + [`MIN_BUDGET`]). `lock_delay` is the one that protects the key
+    /// (0 for a semaphore slot).
+    pub fn auto_takeover_delay(kill_grace: Duration, lock_delay: Duration) -> Duration {
+        let watched = kill_grace + SAFETY_MARGIN;
+        let blind = (kill_grace + SAFETY_MARGIN + MIN_BUDGET)
+            .checked_sub(lock_delay)
+            .unwrap_or_default();
+        watched.max(blind)
     }
 
     /// Every path this configuration allows, with its window.
@@ -174,6 +194,13 @@ impl TimingInputs {
                 window: after_invalidation,
             });
         }
+        // Always possible: an operator can force-leave the node of a holder cut off from its
+        // agent; only the last renew says the session was still valid.
+        paths.push(PathBound {
+            path: Path::BlindDeregistration,
+            evidence: Evidence::Renew,
+            window: after_invalidation,
+        });
         if let Some(d) = self.health_check_ttl {
             paths.push(PathBound {
                 path: Path::HealthCheck,
@@ -198,13 +225,18 @@ impl TimingPlan {
         let mut problems = Vec::new();
         let g = inputs.kill_grace;
 
-        if inputs.any_moment_checks && inputs.ttl.is_none() {
+        if inputs.ttl.is_none() {
+            let message = if inputs.any_moment_checks {
+                "a session without TTL that is bound to checks (serfHealth) can end at any \
+                 moment with no renew to tell lockwrap it is still valid; set a --session-ttl \
+                 (e.g. 15s)"
+            } else {
+                "a session without TTL and without checks outlives a crashed holder: nothing \
+                 would ever free the lock; set a --session-ttl (e.g. 15s)"
+            };
             problems.push(Unsafe {
                 setting: "session_ttl",
-                message: "a session without TTL that is bound to checks (serfHealth) can end at \
-                          any moment with no renew to tell lockwrap it is still valid; set a \
-                          --session-ttl (e.g. 15s) or use --session-checks none"
-                    .to_string(),
+                message: message.to_string(),
             });
         }
         let renew_budget = paths
@@ -303,6 +335,10 @@ fn too_short(inputs: &TimingInputs, bound: &PathBound) -> Unsafe {
             ),
         ),
         Path::CheckCritical => ("lock_delay", "--session-checks none".to_string()),
+        Path::BlindDeregistration => (
+            "lock_delay",
+            format!("--takeover-delay {}", display(inputs.takeover_delay + missing)),
+        ),
         Path::HealthCheck => (
             "health_check_ttl",
             format!(
@@ -342,20 +378,45 @@ mod tests {
             any_moment_checks: false,
             health_check_ttl: None,
             lock_delay: S(15),
-            takeover_delay: TimingInputs::auto_takeover_delay(S(5)),
+            takeover_delay: TimingInputs::auto_takeover_delay(S(5), S(15)),
             kill_grace: S(5),
         }
     }
 
     #[test]
-    fn run_defaults_ride_out_a_long_outage() {
+    fn run_defaults_ride_out_an_outage_but_stop_before_a_blind_deregistration() {
         let plan = TimingPlan::new(inputs(), false).unwrap();
         let renew = plan.renew.unwrap();
-        // TTL 15 + lock-delay 15 + takeover 6, minus grace 5 and margin 1.
-        assert_eq!(renew.stop_after, S(30));
-        assert_eq!(renew.every, Duration::from_millis(7500));
+        // A deregistration while blind: lock-delay 15 + takeover 6, minus grace 5 and margin 1.
+        assert_eq!(renew.stop_after, S(15));
+        assert_eq!(renew.every, S(5));
         assert!(renew.every + 2 * renew.retry_every < renew.stop_after);
         assert!(plan.pass.is_none());
+    }
+
+    #[test]
+    fn default_takeover_covers_a_blind_holder_when_lock_delay_is_short() {
+        assert_eq!(TimingInputs::auto_takeover_delay(S(5), S(15)), S(6));
+        assert_eq!(TimingInputs::auto_takeover_delay(S(5), Duration::ZERO), S(8));
+        assert_eq!(TimingInputs::auto_takeover_delay(S(1), Duration::ZERO), S(4));
+        assert_eq!(TimingInputs::auto_takeover_delay(S(60), S(1)), S(62));
+        let mut i = inputs();
+        i.lock_delay = Duration::ZERO;
+        i.takeover_delay = TimingInputs::auto_takeover_delay(S(5), Duration::ZERO);
+        let plan = TimingPlan::new(i, false).unwrap();
+        assert_eq!(plan.renew.unwrap().stop_after, MIN_BUDGET);
+    }
+
+    #[test]
+    fn a_short_takeover_with_no_lock_delay_is_refused_for_the_blind_holder() {
+        let mut i = inputs();
+        i.lock_delay = Duration::ZERO;
+        i.takeover_delay = S(6);
+        let err = TimingPlan::new(i, false).unwrap_err();
+        assert_eq!(err.setting, "lock_delay");
+        assert!(err.message.contains("force-leave"), "{}", err.message);
+        assert!(err.message.contains("--takeover-delay 8s"), "{}", err.message);
+        assert!(err.message.contains("--kill-grace 3s"), "{}", err.message);
     }
 
     #[test]
@@ -390,28 +451,17 @@ mod tests {
             any_moment_checks: false,
             health_check_ttl: Some(S(2)),
             lock_delay: Duration::ZERO,
-            takeover_delay: TimingInputs::auto_takeover_delay(S(1)),
+            takeover_delay: TimingInputs::auto_takeover_delay(S(1), Duration::ZERO),
             kill_grace: S(1),
         };
         let plan = TimingPlan::new(i, false).unwrap();
         let pass = plan.pass.unwrap();
-        assert_eq!(pass.stop_after, S(2));
+        // Health-check path 2 + 0 + 4, minus grace 1 and margin 1.
+        assert_eq!(pass.stop_after, S(4));
         assert!(pass.every <= S(2) / 3);
-        assert_eq!(plan.crash_failover_bound(), Some(S(4)));
-    }
-
-    #[test]
-    fn health_check_without_room_to_pass_is_refused() {
-        let mut i = inputs();
-        i.lock_delay = Duration::ZERO;
-        i.health_check_ttl = Some(S(1));
-        let err = TimingPlan::new(i, false).unwrap_err();
-        assert_eq!(err.setting, "health_check_ttl");
-        assert!(
-            err.message.contains("--health-check-ttl 2s"),
-            "{}",
-            err.message
-        );
+        // Blind path 0 + 4, minus grace 1 and margin 1.
+        assert_eq!(plan.renew.unwrap().stop_after, S(2));
+        assert_eq!(plan.crash_failover_bound(), Some(S(6)));
     }
 
     #[test]
@@ -428,9 +478,12 @@ mod tests {
     }
 
     #[test]
-    fn serf_health_without_ttl_is_refused() {
+    fn a_session_without_ttl_is_refused_with_or_without_checks() {
         let mut i = inputs();
         i.ttl = None;
+        let err = TimingPlan::new(i, false).unwrap_err();
+        assert_eq!(err.setting, "session_ttl");
+        assert!(err.message.contains("crashed holder"), "{}", err.message);
         i.any_moment_checks = true;
         assert_eq!(
             TimingPlan::new(i, false).unwrap_err().setting,
@@ -450,8 +503,8 @@ mod tests {
     }
 
     #[test]
-    fn huge_grace_on_ttl_path_names_a_longer_ttl() {
-        let i = TimingInputs {
+    fn huge_grace_needs_a_takeover_delay_that_covers_it() {
+        let mut i = TimingInputs {
             ttl: Some(S(10)),
             any_moment_checks: false,
             health_check_ttl: None,
@@ -459,7 +512,9 @@ mod tests {
             takeover_delay: S(9),
             kill_grace: S(8),
         };
-        // TTL path: 10 + 0 + 9 = 19 ≥ 8 + 1 + 2: fine.
+        let err = TimingPlan::new(i, false).unwrap_err();
+        assert!(err.message.contains("--takeover-delay 11s"), "{}", err.message);
+        i.takeover_delay = TimingInputs::auto_takeover_delay(S(8), Duration::ZERO);
         assert!(TimingPlan::new(i, false).is_ok());
     }
 }

@@ -7,7 +7,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{self, Action, Phase};
-use crate::backend::{AcquireObserver, Acquired, HeldLock, LockBackend, LockRequest, LossReason};
+use crate::backend::{AcquireObserver, Acquired, HeldLock, LockBackend, LockRequest};
 use crate::exit::{ErrorKind, Result};
 use crate::hooks::EventContext;
 use crate::locks::LockManager;
@@ -97,43 +97,6 @@ pub fn record_acquired(
         "lock acquired"
     );
     EventContext::from_info(lease.info())
-}
-
-/// Why a takeover wait ended early.
-pub enum TakeoverAbort {
-    Lost(LossReason),
-    Stopped(Signal),
-}
-
-/// After taking over from a holder that did not release cleanly, holds the lock for `delay`
-/// before the caller announces leadership or starts the command, so the previous holder's
-/// command has time to stop. Ends early on loss or a stop signal.
-pub async fn takeover_wait(
-    delay: Duration,
-    lease: &mut impl HeldLock,
-    signals: &mut UnboundedReceiver<Signal>,
-) -> Result<(), TakeoverAbort> {
-    if delay.is_zero() || lease.previous_release_clean() {
-        return Ok(());
-    }
-    tracing::info!(
-        event = "takeover-wait",
-        delay = ?delay,
-        "the previous holder did not release cleanly; waiting before taking over"
-    );
-    let sleep = tokio::time::sleep(delay);
-    tokio::pin!(sleep);
-    loop {
-        tokio::select! {
-            _ = &mut sleep => return Ok(()),
-            reason = lease.lost() => return Err(TakeoverAbort::Lost(reason)),
-            Some(signal) = signals.recv() => {
-                if ends_wait(signal) {
-                    return Err(TakeoverAbort::Stopped(signal));
-                }
-            }
-        }
-    }
 }
 
 /// Whether `signal` ends a wait for the lock (the one policy: [`policy::on_signal`]).

@@ -9,7 +9,7 @@ use clap::Parser;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::acquire::{self, OnUnreachable, TakeoverAbort};
+use super::acquire::{self, OnUnreachable};
 use crate::backend::memory::MemoryBackend;
 use crate::backend::{Acquired, HeldLock, LockRequest, LossReason, NoObserver};
 use crate::cli::Cli;
@@ -71,8 +71,8 @@ async fn campaign_rides_out_an_outage_with_growing_back_off() {
     let (result, signal) = campaign(&manager, &mut signals, OnUnreachable::Retry).await;
     assert!(matches!(result, Ok(Acquired::Held(_))));
     assert!(signal.is_none());
-    // 0.5 + 1 + 2 s of back-off, nothing more.
-    assert_eq!(started.elapsed(), Duration::from_millis(3500));
+    // 0.5 + 1 + 2 s of back-off, then the 6 s takeover wait of a key never held before.
+    assert_eq!(started.elapsed(), Duration::from_millis(9500));
 }
 
 #[tokio::test(start_paused = true)]
@@ -125,55 +125,80 @@ async fn a_waiting_campaign_takes_the_lock_when_the_holder_releases() {
 #[tokio::test(start_paused = true)]
 async fn takeover_waits_the_delay_only_after_an_unclean_release() {
     let (store, manager) = manager();
-    // Never held before: unclean.
-    let mut lease = manager.acquire("k").await.expect("held");
-    let (_tx, mut signals) = mpsc::unbounded_channel();
+    // Never held before: unclean. The library's default takeover delay is 6 s.
     let started = Instant::now();
-    acquire::takeover_wait(Duration::from_secs(6), &mut lease, &mut signals)
-        .await
-        .unwrap_or_else(|_| panic!("takeover aborted"));
+    let lease = manager.acquire("k").await.expect("held");
     assert_eq!(started.elapsed(), Duration::from_secs(6));
+    drop(lease);
 
     // Broken away from the holder: the next one waits too; a clean release does not.
     assert!(store.break_lock("k", LossReason::KeyDeleted));
+    let started = Instant::now();
     let lease = manager.acquire("k").await.expect("held again");
-    assert!(!lease.previous_release_clean());
+    assert_eq!(started.elapsed(), Duration::from_secs(6));
     lease.release().await.expect("release");
-    let mut lease = manager
+    let started = Instant::now();
+    let lease = manager
         .acquire("k")
         .await
         .expect("held after a clean release");
-    let started = Instant::now();
-    acquire::takeover_wait(Duration::from_secs(6), &mut lease, &mut signals)
-        .await
-        .unwrap_or_else(|_| panic!("takeover aborted"));
     assert_eq!(started.elapsed(), Duration::ZERO);
+    lease.release().await.expect("release");
 }
 
 #[tokio::test(start_paused = true)]
-async fn takeover_ends_early_on_loss_or_a_stop_signal() {
+async fn a_stop_during_the_takeover_wait_leaves_the_wait_owed() {
     let (store, manager) = manager();
-    let mut lease = manager.acquire("k").await.expect("held");
-    let (tx, mut signals) = mpsc::unbounded_channel();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopper = {
+        let stop = stop.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stop.cancel();
+        }
+    };
+    let request = LockRequest::new("k");
+    let (result, ()) = tokio::join!(
+        manager.acquire_with(&request, &NoObserver, &stop),
+        stopper
+    );
+    assert!(matches!(result, Ok(Acquired::Cancelled)));
+    assert!(store.holder("k").is_none(), "given back");
+    // The wait was not over: the next holder owes the whole of it.
+    let started = Instant::now();
+    let lease = manager.acquire("k").await.expect("held");
+    assert_eq!(started.elapsed(), Duration::from_secs(6));
+    lease.release().await.expect("release");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_loss_during_the_takeover_wait_campaigns_again() {
+    let (store, manager) = manager();
     let breaker = {
         let store = store.clone();
-        tokio::spawn(async move {
+        async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            store.break_lock("k", LossReason::SessionInvalidated);
-        })
+            assert!(store.break_lock("k", LossReason::SessionInvalidated));
+        }
     };
-    match acquire::takeover_wait(Duration::from_secs(6), &mut lease, &mut signals).await {
-        Err(TakeoverAbort::Lost(LossReason::SessionInvalidated)) => {}
-        _ => panic!("expected the loss"),
-    }
-    let _ = breaker.await;
+    let started = Instant::now();
+    let (lease, ()) = tokio::join!(manager.acquire("k"), breaker);
+    let lease = lease.expect("held in the end");
+    // 1 s into the first wait, then a whole new wait.
+    assert_eq!(started.elapsed(), Duration::from_secs(7));
+    lease.release().await.expect("release");
+}
 
+#[tokio::test(start_paused = true)]
+async fn a_release_marked_unclean_makes_the_next_holder_wait() {
+    let (_store, manager) = manager();
     let mut lease = manager.acquire("k").await.expect("held");
-    tx.send(Signal::QUIT).expect("send");
-    match acquire::takeover_wait(Duration::from_secs(6), &mut lease, &mut signals).await {
-        Err(TakeoverAbort::Stopped(Signal::QUIT)) => {}
-        _ => panic!("expected the stop"),
-    }
+    lease.set_release_clean(false);
+    lease.release().await.expect("release");
+    let started = Instant::now();
+    let lease = manager.acquire("k").await.expect("held");
+    assert_eq!(started.elapsed(), Duration::from_secs(6));
+    lease.release().await.expect("release");
 }
 
 #[tokio::test(start_paused = true)]

@@ -63,32 +63,22 @@ pub async fn run<B: LockBackend>(
             }
             Acquired::Locked(_) => continue,
         };
-        let end = match acquire::takeover_wait(
-            config.lock.request.hold.takeover_delay,
-            &mut lease,
-            &mut process.signals,
-        )
-        .await
-        {
-            Err(acquire::TakeoverAbort::Stopped(_)) => TermEnd::NeverLed(None),
-            Err(acquire::TakeoverAbort::Lost(reason)) => TermEnd::NeverLed(Some(reason)),
-            Ok(()) => {
-                let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
-                hooks.fire(Event::Acquired, &ctx).await;
-                let end = loop {
-                    tokio::select! {
-                        reason = lease.lost() => break TermEnd::Lost(reason, ctx),
-                        Some(signal) = process.signals.recv() => {
-                            // A leader steps down on the same signals that end a standby's wait.
-                            if policy::on_signal(signal, Phase::Leading) == Action::Stop {
-                                tracing::info!(event = "released", signal = signal.name(), "stepping down");
-                                break TermEnd::SteppedDown(ctx);
-                            }
+        let end = {
+            let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
+            hooks.fire(Event::Acquired, &ctx).await;
+            let end = loop {
+                tokio::select! {
+                    reason = lease.lost() => break TermEnd::Lost(reason, ctx),
+                    Some(signal) = process.signals.recv() => {
+                        // A leader steps down on the same signals that end a standby's wait.
+                        if policy::on_signal(signal, Phase::Leading) == Action::Stop {
+                            tracing::info!(event = "released", signal = signal.name(), "stepping down");
+                            break TermEnd::SteppedDown(ctx);
                         }
                     }
-                };
-                end
-            }
+                }
+            };
+            end
         };
         if let Some(outcome) = conclude(config, lease, end, &hooks, &telemetry).await {
             return Ok(outcome);
@@ -97,18 +87,17 @@ pub async fn run<B: LockBackend>(
     }
 }
 
-/// How one term of leadership (or the takeover wait before it) ended.
+/// How one term of leadership ended.
 enum TermEnd {
-    /// Ended during the takeover wait: by a stop signal (`None`) or a loss.
-    NeverLed(Option<LossReason>),
     /// Leadership was lost.
     Lost(LossReason, EventContext),
     /// A stop signal: step down and exit.
     SteppedDown(EventContext),
 }
 
-/// The one place a term ends: releases the lock, records it, fires the closing hooks, and says
-/// whether to exit (`Some`) or campaign again (`None`).
+/// The one place a term ends: records it, fires the closing hooks, releases the lock, and says
+/// whether to exit (`Some`) or campaign again (`None`). After a loss the on-lost hooks run and
+/// `--exit-on-loss` is decided before the release, which may retry for up to one TTL.
 async fn conclude(
     config: &Supervised,
     lease: impl HeldLock,
@@ -116,40 +105,33 @@ async fn conclude(
     hooks: &Hooks,
     telemetry: &Telemetry,
 ) -> Option<Outcome> {
-    // Leadership was reported only once the takeover wait was over.
-    match &end {
-        TermEnd::Lost(reason, _) => {
-            telemetry.not_leader(true);
-            telemetry.lost_because(reason);
-        }
-        TermEnd::SteppedDown(_) => telemetry.not_leader(false),
-        TermEnd::NeverLed(_) => {}
-    }
-    let _ = lease.release().await;
-    let lost = |reason: &LossReason| {
-        if config.supervision.exit_on_loss {
-            return Some(Outcome::Failed(Error::new(
-                ErrorKind::LockLost,
-                format!("lock {} lost: {reason}", config.lock.request.key),
-            )));
-        }
-        tracing::warn!(event = "lost", %reason, "leadership lost; campaigning again");
-        None
-    };
-    match end {
-        TermEnd::NeverLed(None) => Some(Outcome::Success),
-        TermEnd::NeverLed(Some(reason)) => lost(&reason),
-        TermEnd::SteppedDown(ctx) => {
-            hooks.fire(Event::Released, &ctx).await;
-            Some(Outcome::Success)
-        }
+    let outcome = match end {
         TermEnd::Lost(reason, ctx) => {
+            telemetry.not_leader(true);
+            telemetry.lost_because(&reason);
             let detail = EventContext {
                 detail: Some(reason.to_string()),
                 ..ctx
             };
             hooks.fire(Event::Lost, &detail).await;
-            lost(&reason)
+            if config.supervision.exit_on_loss {
+                tracing::warn!(event = "lost", %reason, "leadership lost; exiting (--exit-on-loss)");
+                Some(Outcome::Failed(Error::new(
+                    ErrorKind::LockLost,
+                    format!("lock {} lost: {reason}", config.lock.request.key),
+                )))
+            } else {
+                tracing::warn!(event = "lost", %reason, "leadership lost; campaigning again");
+                None
+            }
         }
-    }
+        TermEnd::SteppedDown(ctx) => {
+            telemetry.not_leader(false);
+            let _ = lease.release().await;
+            hooks.fire(Event::Released, &ctx).await;
+            return Some(Outcome::Success);
+        }
+    };
+    let _ = lease.release().await;
+    outcome
 }

@@ -82,28 +82,6 @@ pub async fn run<B: LockBackend>(
             ))
         }
     };
-    match acquire::takeover_wait(
-        config.lock.request.hold.takeover_delay,
-        &mut lease,
-        &mut process.signals,
-    )
-    .await
-    {
-        Ok(()) => {}
-        Err(abort) => {
-            let _ = lease.release().await;
-            return Ok(match abort {
-                acquire::TakeoverAbort::Stopped(signal) => Outcome::Interrupted(signal.number()),
-                acquire::TakeoverAbort::Lost(reason) => Outcome::Failed(Error::new(
-                    ErrorKind::LockLost,
-                    format!(
-                        "lock {} lost before the command started ({reason})",
-                        config.lock.request.key
-                    ),
-                )),
-            });
-        }
-    }
     let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
     // Hooks run beside the command: the command's start must not wait on them.
     let acquired_hooks = hooks.fire_detached(Event::Acquired, &ctx);

@@ -130,7 +130,10 @@ pub(super) fn lock_request(
     let kill_grace = s.kill_grace.map_or(Duration::from_secs(5), |d| d.0);
     let takeover_delay = s
         .takeover_delay
-        .map_or_else(|| TimingInputs::auto_takeover_delay(kill_grace), |d| d.0);
+        .map_or_else(
+            || TimingInputs::auto_takeover_delay(kill_grace, guarding_lock_delay(lock_delay, limit)),
+            |d| d.0,
+        );
     let monitor_retry = match s.monitor_retry.map(|n| n.0) {
         Some(0) => {
             return Err(v.bad(
@@ -168,6 +171,15 @@ pub(super) fn lock_request(
         check_timing(&request, v)?;
     }
     Ok(request)
+}
+
+/// The lock-delay that guards what is held: a semaphore slot has none (docs/timing.md).
+fn guarding_lock_delay(lock_delay: Duration, limit: u32) -> Duration {
+    if limit > 1 {
+        Duration::ZERO
+    } else {
+        lock_delay
+    }
 }
 
 /// Refuses, before anything touches Consul, a configuration where the timing model finds a

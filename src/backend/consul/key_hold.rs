@@ -44,6 +44,7 @@ impl Holding for KeyHold {
         client: &'a ConsulClient,
         session: &'a str,
         still_held: bool,
+        clean: bool,
         patience: Duration,
     ) -> BoxFut<'a, Result<(), BackendError>> {
         Box::pin(async move {
@@ -55,7 +56,14 @@ impl Holding for KeyHold {
                 ("release", session.to_string()),
                 ("flags", LOCK_FLAG_VALUE.to_string()),
             ];
-            let result = self.release_key(client, &params, patience).await;
+            // An unclean release gives the key back without the `released` marker, so the
+            // next holder waits its takeover delay (docs/timing.md).
+            let value = if clean {
+                value::mark_released(&self.value)
+            } else {
+                self.value.clone()
+            };
+            let result = self.release_key(client, &params, value, patience).await;
             if let Err(err) = &result {
                 tracing::warn!(key = %self.lock_key, %err, "release failed; destroying the session releases the key anyway");
             }
@@ -88,13 +96,14 @@ impl KeyHold {
         &self,
         client: &ConsulClient,
         params: &[(&str, String)],
+        value: Vec<u8>,
         patience: Duration,
     ) -> Result<(), BackendError> {
         let give_up = Instant::now() + patience;
         let mut backoff = Backoff::default();
         loop {
             match client
-                .kv_put(&self.lock_key, value::mark_released(&self.value), params)
+                .kv_put(&self.lock_key, value.clone(), params)
                 .await
             {
                 Ok(_) => return Ok(()),

@@ -44,12 +44,14 @@ pub(crate) struct Watch {
 pub(crate) trait Holding: Send + Sync {
     /// Watches the hold until it is lost (declared through `watch.loss`) or stopped.
     fn watch(&self, watch: Watch) -> BoxFut<'static, ()>;
-    /// Gives the hold back; `still_held` is false after a loss (nothing of ours to release).
+    /// Gives the hold back; `still_held` is false after a loss (nothing of ours to release);
+    /// `clean` says whether the next holder may skip its takeover delay.
     fn release<'a>(
         &'a self,
         client: &'a ConsulClient,
         session: &'a str,
         still_held: bool,
+        clean: bool,
         patience: Duration,
     ) -> BoxFut<'a, Result<(), BackendError>>;
     /// Housekeeping once the session is destroyed.
@@ -75,6 +77,10 @@ pub struct Lease {
     /// Whether the previous holder released cleanly (its command had stopped); when not, the
     /// supervisor may wait `--takeover-delay` before starting ours.
     pub(crate) previous_release_clean: bool,
+    /// The takeover delay the previous holder announced in its value (`None`: not announced).
+    pub(crate) previous_takeover: Option<Duration>,
+    /// Whether the release may be marked clean ([`HeldLock::set_release_clean`]).
+    release_clean: bool,
 }
 
 impl Lease {
@@ -138,6 +144,8 @@ impl Lease {
             release_patience,
             done: false,
             previous_release_clean: true,
+            previous_takeover: None,
+            release_clean: true,
         }
     }
 
@@ -170,7 +178,13 @@ impl Lease {
         let give_up = Instant::now() + self.release_patience;
         let result = self
             .hold
-            .release(&self.client, &sid, still_held, self.release_patience / 2)
+            .release(
+                &self.client,
+                &sid,
+                still_held,
+                self.release_clean,
+                self.release_patience / 2,
+            )
             .await;
         let left = give_up.saturating_duration_since(Instant::now());
         session::destroy_within(&self.client, &self.session, left).await;
@@ -204,6 +218,18 @@ impl HeldLock for Lease {
 
     fn previous_release_clean(&self) -> bool {
         self.previous_release_clean
+    }
+
+    fn takeover_delay(&self, own: Duration) -> Duration {
+        if self.previous_release_clean {
+            Duration::ZERO
+        } else {
+            own.max(self.previous_takeover.unwrap_or_default())
+        }
+    }
+
+    fn set_release_clean(&mut self, clean: bool) {
+        self.release_clean = clean;
     }
 
     /// Keeps the lock and session in Consul on purpose.

@@ -233,6 +233,7 @@ impl ConsulBackend {
 
         // The key is free: take it with a session of our own.
         let previous_clean = read.value.as_ref().is_some_and(value::released_cleanly);
+        let previous_takeover = read.value.as_ref().and_then(value::announced_takeover);
         if session.is_none() {
             *session = Some(step!(self.create_session(request), stop, deadline)?);
         }
@@ -266,6 +267,7 @@ impl ConsulBackend {
                 let mut lease =
                     Lease::start(self.client.clone(), info, owned, Box::new(hold), keep_alive);
                 lease.previous_release_clean = previous_clean;
+                lease.previous_takeover = previous_takeover;
                 Ok(Some(Attempt::Held(Box::new(lease))))
             }
             Some(pair) if pair.holder().is_some() => {
@@ -305,6 +307,7 @@ impl ConsulBackend {
             started.elapsed().as_secs_f64(),
             request.metadata.as_ref(),
             &self.identity,
+            request.hold.takeover_delay,
         )
     }
 

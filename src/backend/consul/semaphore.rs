@@ -30,6 +30,15 @@ pub struct SemaphoreSlot {
     pub limit: u32,
 }
 
+/// A slot this process took: what the lease starts from.
+struct SlotTaken {
+    info: LockInfo,
+    /// The index to watch from.
+    index: u64,
+    /// `Some` when the slot was a dead holder's: the takeover delay it announced, if any.
+    takeover: Option<Option<Duration>>,
+}
+
 /// The coordination entry, in Go's field names.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 struct SemaphoreLock {
@@ -103,16 +112,20 @@ impl ConsulBackend {
             .semaphore_loop(request, observer, stop, started, deadline, &owned, &slot)
             .await;
         match outcome {
-            Ok(Some((info, value, index))) => {
-                let keep_alive = self.keep_alive(request, index)?;
-                let _ = value;
-                Ok(Acquired::Held(Lease::start(
+            Ok(Some(taken)) => {
+                let keep_alive = self.keep_alive(request, taken.index)?;
+                let mut lease = Lease::start(
                     self.client.clone(),
-                    info,
+                    taken.info,
                     owned,
                     Box::new(slot),
                     keep_alive,
-                )))
+                );
+                if let Some(announced) = taken.takeover {
+                    lease.previous_release_clean = false;
+                    lease.previous_takeover = announced;
+                }
+                Ok(Acquired::Held(lease))
             }
             other => {
                 let _ = self.client.kv_delete(&slot.contender_key, None).await;
@@ -140,7 +153,7 @@ impl ConsulBackend {
         deadline: Option<Instant>,
         owned: &OwnedSession,
         slot: &SemaphoreSlot,
-    ) -> Result<Option<(LockInfo, Vec<u8>, u64)>, Result<Interrupt, BackendError>> {
+    ) -> Result<Option<SlotTaken>, Result<Interrupt, BackendError>> {
         let key = request.key.as_str();
         let value = self.holder_value(request, &owned.id, started);
         let params = [
@@ -161,6 +174,8 @@ impl ConsulBackend {
         let prefix = key.trim_end_matches('/');
         let mut index = 0u64;
         let mut backoff = crate::backend::retry::Backoff::default();
+        // `Some(announced)` once we tried to take a dead holder's slot: the takeover is unclean.
+        let mut takeover: Option<Option<Duration>> = None;
         loop {
             interruptible(observer.before_attempt(key), stop, deadline)
                 .await
@@ -203,24 +218,48 @@ impl ConsulBackend {
                 check_limit(&lock, request.limit, key).map_err(Err)?;
             }
             lock.limit = request.limit;
-            // Prune holders whose contender key is gone or no longer held by them.
+            // A holder whose contender key is gone or no longer held by it is dead, but its
+            // command may still be stopping: its entry keeps counting against the limit until
+            // a contender takes its place and waits the takeover delay (lock-delay does not
+            // guard a slot; docs/timing.md, "Semaphores").
             let alive: HashSet<&str> = read.value.iter().filter_map(KvPair::holder).collect();
-            lock.holders.retain(|sid, _| alive.contains(sid.as_str()));
-
-            if lock.holders.len() >= lock.limit as usize && !lock.holders.contains_key(&owned.id) {
-                interruptible(observer.already_locked(key, None), stop, deadline)
-                    .await
-                    .map_err(Ok)?;
-                if request.wait == Wait::NonBlocking {
-                    return Ok(None);
+            let dead: Vec<String> = lock
+                .holders
+                .keys()
+                .filter(|sid| sid.as_str() != owned.id && !alive.contains(sid.as_str()))
+                .cloned()
+                .collect();
+            let mine = lock.holders.contains_key(&owned.id);
+            if !mine && lock.holders.len() >= lock.limit as usize {
+                match dead.first() {
+                    Some(gone) => {
+                        let contender = format!("{prefix}/{gone}");
+                        let announced = read
+                            .value
+                            .iter()
+                            .find(|p| p.key == contender)
+                            .and_then(value::announced_takeover);
+                        tracing::debug!(key, dead = %gone, "taking the slot of a dead holder");
+                        lock.holders.remove(gone);
+                        let owed = takeover.get_or_insert(None);
+                        *owed = (*owed).max(announced);
+                    }
+                    None => {
+                        interruptible(observer.already_locked(key, None), stop, deadline)
+                            .await
+                            .map_err(Ok)?;
+                        if request.wait == Wait::NonBlocking {
+                            return Ok(None);
+                        }
+                        if let Some(poll) = request.wait.poll() {
+                            interruptible(tokio::time::sleep(poll), stop, deadline)
+                                .await
+                                .map_err(Ok)?;
+                            index = 0;
+                        }
+                        continue;
+                    }
                 }
-                if let Some(poll) = request.wait.poll() {
-                    interruptible(tokio::time::sleep(poll), stop, deadline)
-                        .await
-                        .map_err(Ok)?;
-                    index = 0;
-                }
-                continue;
             }
             lock.holders.insert(owned.id.clone(), true);
             let body = serde_json::to_vec(&lock).unwrap_or_default();
@@ -269,7 +308,11 @@ impl ConsulBackend {
                 info.holder = mine.holder;
             }
             info.fencing_token = Some(pair.modify_index);
-            return Ok(Some((info, value, after.index)));
+            return Ok(Some(SlotTaken {
+                info,
+                index: after.index,
+                takeover,
+            }));
         }
     }
 }
@@ -301,10 +344,12 @@ impl Holding for SemaphoreSlot {
         client: &'a ConsulClient,
         session: &'a str,
         _still_held: bool,
+        clean: bool,
         _patience: Duration,
     ) -> BoxFut<'a, Result<(), BackendError>> {
-        // Our contender key and holder entry are ours to remove even after a loss.
-        Box::pin(release(client, self, session))
+        // Our contender key and holder entry are ours to remove even after a loss. An unclean
+        // release leaves the holder entry: the next contender sees a dead holder and waits.
+        Box::pin(release(client, self, session, clean))
     }
 }
 
@@ -377,9 +422,10 @@ pub(crate) async fn release(
     client: &ConsulClient,
     slot: &SemaphoreSlot,
     session: &str,
+    clean: bool,
 ) -> Result<(), BackendError> {
     // Bounded: each failed CAS means someone else changed the entry in between.
-    for _ in 0..20 {
+    for _ in 0..(if clean { 20 } else { 0 }) {
         let read = client.kv_get_retry(&slot.lock_key).await?;
         let Some(pair) = read.value else { break };
         let mut lock = decode_lock(Some(&pair), &slot.lock_key)?;

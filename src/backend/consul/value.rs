@@ -80,6 +80,7 @@ pub fn encode(
     seconds_to_lock: f64,
     metadata: Option<&Value>,
     identity: &Identity,
+    takeover_delay: std::time::Duration,
 ) -> Vec<u8> {
     let mut map = BTreeMap::new();
     map.insert("created", json!(created));
@@ -90,6 +91,9 @@ pub fn encode(
     }
     map.insert("secondsToLock", json!(seconds_to_lock));
     map.insert("session", json!(session));
+    // The wait this holder's command needs after an unclean end; the next holder waits at
+    // least this long (docs/timing.md, "Contenders with different settings").
+    map.insert("takeoverDelaySeconds", json!(takeover_delay.as_secs_f64()));
     // Serialising a map of JSON values cannot fail.
     serde_json::to_vec_pretty(&map).unwrap_or_default()
 }
@@ -132,6 +136,16 @@ pub fn released_cleanly(pair: &KvPair) -> bool {
             .is_some_and(|v| v.get("released").is_some())
 }
 
+/// The takeover delay the holder that wrote `pair` announced (see [`encode`]).
+pub fn announced_takeover(pair: &KvPair) -> Option<std::time::Duration> {
+    serde_json::from_slice::<Value>(&pair.value_bytes())
+        .ok()?
+        .get("takeoverDelaySeconds")?
+        .as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 86_400.0)
+        .map(std::time::Duration::from_secs_f64)
+}
+
 /// Now in UTC, as consullock writes it (see [`crate::output::now_iso8601`]).
 pub fn now_iso8601() -> String {
     crate::output::now_iso8601()
@@ -141,6 +155,7 @@ pub fn now_iso8601() -> String {
 mod tests {
     use super::*;
     use base64::Engine;
+    use std::time::Duration;
 
     fn pair(value: &str, session: Option<&str>) -> KvPair {
         KvPair {
@@ -171,6 +186,7 @@ mod tests {
             0.5,
             Some(&json!({"x": 1})),
             &identity,
+            Duration::from_secs(6),
         );
         let text = String::from_utf8(bytes).unwrap();
         let order: Vec<usize> = [
@@ -216,7 +232,7 @@ mod tests {
             namespace: None,
             partition: None,
         };
-        let value = encode("k", "s", "t", 0.0, None, &identity);
+        let value = encode("k", "s", "t", 0.0, None, &identity, Duration::from_secs(6));
         let held = pair(std::str::from_utf8(&value).unwrap(), None);
         assert!(!released_cleanly(&held));
         let marked = mark_released(&value);
