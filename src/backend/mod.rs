@@ -388,6 +388,11 @@ pub trait HeldLock {
     /// (default: yes). Cleared while a takeover wait is still owed and when something the
     /// command started could not be stopped: the next holder then waits its takeover delay.
     fn set_release_clean(&mut self, _clean: bool) {}
+    /// The hold's local stop deadline, updated on every accepted renew or check pass (`None`:
+    /// this lease has none, e.g. CLI `lock`). The supervisor hands it to its guardian process.
+    fn stop_deadline(&self) -> Option<tokio::sync::watch::Receiver<Option<std::time::Instant>>> {
+        None
+    }
     /// Stops watching and keeps the lock held on purpose (CLI `lock`).
     fn detach(self) -> LockInfo;
 }

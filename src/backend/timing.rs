@@ -337,7 +337,10 @@ fn too_short(inputs: &TimingInputs, bound: &PathBound) -> Unsafe {
         Path::CheckCritical => ("lock_delay", "--session-checks none".to_string()),
         Path::BlindDeregistration => (
             "lock_delay",
-            format!("--takeover-delay {}", display(inputs.takeover_delay + missing)),
+            format!(
+                "--takeover-delay {}",
+                display(inputs.takeover_delay + missing)
+            ),
         ),
         Path::HealthCheck => (
             "health_check_ttl",
@@ -397,8 +400,14 @@ mod tests {
     #[test]
     fn default_takeover_covers_a_blind_holder_when_lock_delay_is_short() {
         assert_eq!(TimingInputs::auto_takeover_delay(S(5), S(15)), S(6));
-        assert_eq!(TimingInputs::auto_takeover_delay(S(5), Duration::ZERO), S(8));
-        assert_eq!(TimingInputs::auto_takeover_delay(S(1), Duration::ZERO), S(4));
+        assert_eq!(
+            TimingInputs::auto_takeover_delay(S(5), Duration::ZERO),
+            S(8)
+        );
+        assert_eq!(
+            TimingInputs::auto_takeover_delay(S(1), Duration::ZERO),
+            S(4)
+        );
         assert_eq!(TimingInputs::auto_takeover_delay(S(60), S(1)), S(62));
         let mut i = inputs();
         i.lock_delay = Duration::ZERO;
@@ -415,7 +424,11 @@ mod tests {
         let err = TimingPlan::new(i, false).unwrap_err();
         assert_eq!(err.setting, "lock_delay");
         assert!(err.message.contains("force-leave"), "{}", err.message);
-        assert!(err.message.contains("--takeover-delay 8s"), "{}", err.message);
+        assert!(
+            err.message.contains("--takeover-delay 8s"),
+            "{}",
+            err.message
+        );
         assert!(err.message.contains("--kill-grace 3s"), "{}", err.message);
     }
 
@@ -513,7 +526,11 @@ mod tests {
             kill_grace: S(8),
         };
         let err = TimingPlan::new(i, false).unwrap_err();
-        assert!(err.message.contains("--takeover-delay 11s"), "{}", err.message);
+        assert!(
+            err.message.contains("--takeover-delay 11s"),
+            "{}",
+            err.message
+        );
         i.takeover_delay = TimingInputs::auto_takeover_delay(S(8), Duration::ZERO);
         assert!(TimingPlan::new(i, false).is_ok());
     }

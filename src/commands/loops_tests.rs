@@ -158,10 +158,7 @@ async fn a_stop_during_the_takeover_wait_leaves_the_wait_owed() {
         }
     };
     let request = LockRequest::new("k");
-    let (result, ()) = tokio::join!(
-        manager.acquire_with(&request, &NoObserver, &stop),
-        stopper
-    );
+    let (result, ()) = tokio::join!(manager.acquire_with(&request, &NoObserver, &stop), stopper);
     assert!(matches!(result, Ok(Acquired::Cancelled)));
     assert!(store.holder("k").is_none(), "given back");
     // The wait was not over: the next holder owes the whole of it.

@@ -50,9 +50,12 @@ pub(super) fn lock_request(
             ),
         ));
     }
-    // consullock creates its sessions with no lock-delay; `consul lock` keeps Consul's 15 s.
+    // consullock creates its sessions with no lock-delay, and `lock` supervises nothing. The
+    // supervising modes keep Consul's 15 s: a holder that cannot reach its agent must assume its
+    // node may be deregistered at any moment, and lock-delay + takeover delay is all it has to
+    // ride out an outage (docs/timing.md); lock-delay costs only unclean handoffs.
     let default_delay = match mode {
-        Mode::Lock | Mode::Execute => Duration::ZERO,
+        Mode::Lock => Duration::ZERO,
         _ => Duration::from_secs(15),
     };
     let lock_delay = s.lock_delay.map_or(default_delay, |d| d.0);
@@ -128,12 +131,10 @@ pub(super) fn lock_request(
         ));
     }
     let kill_grace = s.kill_grace.map_or(Duration::from_secs(5), |d| d.0);
-    let takeover_delay = s
-        .takeover_delay
-        .map_or_else(
-            || TimingInputs::auto_takeover_delay(kill_grace, guarding_lock_delay(lock_delay, limit)),
-            |d| d.0,
-        );
+    let takeover_delay = s.takeover_delay.map_or_else(
+        || TimingInputs::auto_takeover_delay(kill_grace, guarding_lock_delay(lock_delay, limit)),
+        |d| d.0,
+    );
     let monitor_retry = match s.monitor_retry.map(|n| n.0) {
         Some(0) => {
             return Err(v.bad(

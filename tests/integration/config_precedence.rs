@@ -98,7 +98,9 @@ fn run_config_precedence_file_then_env_then_flags() {
     let config = write_yaml(
         &dir,
         "timing.yaml",
-        &format!("key: {key}\nsession_ttl: 10s\nsession_checks: serfHealth\nlock_delay: 0\n"),
+        &format!(
+            "key: {key}\nsession_ttl: 10s\nsession_checks: serfHealth\nlock_delay: 0\ntakeover_delay: 6s\n"
+        ),
     );
     let base = |extra: &[&str], env: &[(&str, &str)]| {
         let mut cmd = lockwrap(consul);

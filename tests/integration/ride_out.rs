@@ -110,10 +110,14 @@ fn a_holder_rides_out_an_agent_restart_that_keeps_state() {
     let dir = scratch("holder-restart");
     let started = dir.join("started");
     let mut holder = lockwrap(&consul);
+    // Lock-delay 30 s: a holder cut off from its agent keeps its command for lock-delay +
+    // takeover delay − kill grace − 1 s = 30 s after its last renew (docs/timing.md).
     holder.args([
         "run",
         "--key",
         &key,
+        "--lock-delay",
+        "30s",
         "--shell",
         "--",
         &format!("touch {}; exec sleep 120", started.display()),
@@ -122,7 +126,7 @@ fn a_holder_rides_out_an_agent_restart_that_keeps_state() {
     assert!(wait_until(Duration::from_secs(20), || started.exists()));
     let session = consul.holder(&key).expect("held");
 
-    // Down for 5 s (below the 30 s the timing model gives the default run settings), then
+    // Down for 5 s (well below the 30 s this holder's settings give it), then
     // back with its state.
     consul.stop();
     std::thread::sleep(Duration::from_secs(5));

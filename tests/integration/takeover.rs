@@ -124,7 +124,8 @@ fn run_two_wrappers_one_child_at_a_time_and_standby_takes_over() {
 fn run_health_check_ttl_frees_a_crashed_holders_lock_fast() {
     let (failover, holder_pid) = crash_failover(
         "run-health-check",
-        &["--health-check-ttl", "2s"],
+        // The documented fast-failover setting (docs/timing.md): takeover delay 4 s.
+        &["--health-check-ttl", "2s", "--kill-grace", "1s"],
         Duration::from_secs(15),
     );
     // The standby removed the dead holder's critical check when it registered its own, and
@@ -186,9 +187,10 @@ fn takeover_delay_waits_only_after_an_unclean_release() {
             dir.display()
         ),
     );
+    // Lock-delay 0 and grace 1 s: the least takeover delay the timing model accepts is 4 s.
     let opts = [
         "--takeover-delay",
-        "2s",
+        "4s",
         "--kill-grace",
         "1s",
         "--lock-delay",
@@ -235,7 +237,7 @@ fn takeover_delay_waits_only_after_an_unclean_release() {
     );
     assert!(start_c > end_b, "c started before b's command ended");
     assert!(
-        start_c - deleted_at >= 2_000_000_000,
+        start_c - deleted_at >= 4_000_000_000,
         "c did not wait the takeover delay"
     );
     assert_eq!(b.finish(Duration::from_secs(10)).status.code(), Some(101));

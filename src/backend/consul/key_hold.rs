@@ -102,10 +102,7 @@ impl KeyHold {
         let give_up = Instant::now() + patience;
         let mut backoff = Backoff::default();
         loop {
-            match client
-                .kv_put(&self.lock_key, value.clone(), params)
-                .await
-            {
+            match client.kv_put(&self.lock_key, value.clone(), params).await {
                 Ok(_) => return Ok(()),
                 Err(err @ (BackendError::Transient(_) | BackendError::Unknown(_))) => {
                     let pause = backoff.failed("releasing the lock", &err);

@@ -60,6 +60,46 @@ pub(crate) trait Holding: Send + Sync {
     }
 }
 
+/// The hold's local stop deadline: the earliest of the renew and the pass deadlines, published
+/// to a watch (for the guardian process) and to the backend's events (for `validUntil`).
+#[derive(Clone)]
+pub(crate) struct DeadlineBoard {
+    /// [renew deadline, pass deadline].
+    slots: Arc<std::sync::Mutex<[Option<Instant>; 2]>>,
+    tx: Arc<watch::Sender<Option<Instant>>>,
+    events: Arc<dyn BackendEvents>,
+}
+
+impl DeadlineBoard {
+    const RENEW: usize = 0;
+    const PASS: usize = 1;
+
+    fn new(events: Arc<dyn BackendEvents>) -> (Self, watch::Receiver<Option<Instant>>) {
+        let (tx, rx) = watch::channel(None);
+        let board = DeadlineBoard {
+            slots: Arc::new(std::sync::Mutex::new([None; 2])),
+            tx: Arc::new(tx),
+            events,
+        };
+        (board, rx)
+    }
+
+    fn set(&self, slot: usize, at: Instant) {
+        let earliest = {
+            let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+            slots[slot] = Some(at);
+            slots.iter().flatten().min().copied()
+        };
+        self.tx.send_replace(earliest);
+        self.events.lease_deadline(earliest);
+    }
+
+    fn clear(&self) {
+        self.tx.send_replace(None);
+        self.events.lease_deadline(None);
+    }
+}
+
 /// A lock held by this process. Dropping it without [`HeldLock::release`] still releases it
 /// in the background (best effort), so a panic or early return cannot leave the lock behind.
 pub struct Lease {
@@ -81,6 +121,8 @@ pub struct Lease {
     pub(crate) previous_takeover: Option<Duration>,
     /// Whether the release may be marked clean ([`HeldLock::set_release_clean`]).
     release_clean: bool,
+    /// The local stop deadline (`None` without keep-alive).
+    deadline: Option<(DeadlineBoard, watch::Receiver<Option<Instant>>)>,
 }
 
 impl Lease {
@@ -96,7 +138,10 @@ impl Lease {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
         let mut release_patience = RELEASE_PATIENCE_NO_TTL;
+        let mut deadline = None;
         if let Some(ka) = keep_alive {
+            let (board, rx) = DeadlineBoard::new(ka.telemetry.clone());
+            deadline = Some((board.clone(), rx));
             let sid = session.id.clone();
             if let Some(ttl) = ka.plan.inputs.ttl {
                 // Once nobody renews, Consul expires the session after TTL (up to 2×TTL); by
@@ -113,6 +158,7 @@ impl Lease {
                     tx.clone(),
                     stop.clone(),
                     ka.telemetry.clone(),
+                    board.clone(),
                 )));
             }
             if let (Some(keeper), Some(cadence)) = (&session.check, ka.plan.pass) {
@@ -122,6 +168,7 @@ impl Lease {
                     cadence,
                     tx.clone(),
                     stop.clone(),
+                    board.clone(),
                 )));
             }
             tasks.push(tokio::spawn(hold.watch(Watch {
@@ -146,6 +193,7 @@ impl Lease {
             previous_release_clean: true,
             previous_takeover: None,
             release_clean: true,
+            deadline,
         }
     }
 
@@ -172,6 +220,9 @@ impl Lease {
         self.stop.cancel();
         for task in self.tasks.drain(..) {
             let _ = task.await;
+        }
+        if let Some((board, _)) = &self.deadline {
+            board.clear();
         }
         let sid = self.session.id.clone();
         let still_held = self.loss().is_none();
@@ -232,10 +283,17 @@ impl HeldLock for Lease {
         self.release_clean = clean;
     }
 
+    fn stop_deadline(&self) -> Option<watch::Receiver<Option<Instant>>> {
+        self.deadline.as_ref().map(|(_, rx)| rx.clone())
+    }
+
     /// Keeps the lock and session in Consul on purpose.
     fn detach(mut self) -> LockInfo {
         self.done = true;
         self.stop.cancel();
+        if let Some((board, _)) = &self.deadline {
+            board.clear();
+        }
         self.info.clone()
     }
 }
@@ -267,8 +325,10 @@ async fn renew_loop(
     loss: Arc<watch::Sender<Option<LossReason>>>,
     stop: CancellationToken,
     telemetry: Arc<dyn BackendEvents>,
+    board: DeadlineBoard,
 ) {
     let mut last_ok = created_at;
+    board.set(DeadlineBoard::RENEW, last_ok + cadence.stop_after);
     let mut next_attempt = created_at + cadence.every;
     let mut failing = false;
     loop {
@@ -297,6 +357,7 @@ async fn renew_loop(
                         failing = false;
                     }
                     last_ok = sent;
+                    board.set(DeadlineBoard::RENEW, last_ok + cadence.stop_after);
                     telemetry.renew_succeeded();
                     next_attempt = sent + cadence.every;
                     tracing::trace!(%session, "session renewed");
@@ -327,9 +388,11 @@ async fn pass_deadline(
     cadence: Cadence,
     loss: Arc<watch::Sender<Option<LossReason>>>,
     stop: CancellationToken,
+    board: DeadlineBoard,
 ) {
     loop {
         let deadline = *last_pass.borrow_and_update() + cadence.stop_after;
+        board.set(DeadlineBoard::PASS, deadline);
         tokio::select! {
             _ = stop.cancelled() => return,
             changed = last_pass.changed() => {

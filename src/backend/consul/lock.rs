@@ -307,7 +307,10 @@ impl ConsulBackend {
             started.elapsed().as_secs_f64(),
             request.metadata.as_ref(),
             &self.identity,
-            request.hold.takeover_delay,
+            request
+                .hold
+                .keep_alive
+                .then_some(request.hold.takeover_delay),
         )
     }
 

@@ -80,7 +80,7 @@ pub fn encode(
     seconds_to_lock: f64,
     metadata: Option<&Value>,
     identity: &Identity,
-    takeover_delay: std::time::Duration,
+    takeover_delay: Option<std::time::Duration>,
 ) -> Vec<u8> {
     let mut map = BTreeMap::new();
     map.insert("created", json!(created));
@@ -92,8 +92,11 @@ pub fn encode(
     map.insert("secondsToLock", json!(seconds_to_lock));
     map.insert("session", json!(session));
     // The wait this holder's command needs after an unclean end; the next holder waits at
-    // least this long (docs/timing.md, "Contenders with different settings").
-    map.insert("takeoverDelaySeconds", json!(takeover_delay.as_secs_f64()));
+    // least this long (docs/timing.md, "Contenders with different settings"). CLI `lock`
+    // supervises nothing and writes consullock's value unchanged.
+    if let Some(delay) = takeover_delay {
+        map.insert("takeoverDelaySeconds", json!(delay.as_secs_f64()));
+    }
     // Serialising a map of JSON values cannot fail.
     serde_json::to_vec_pretty(&map).unwrap_or_default()
 }
@@ -186,7 +189,7 @@ mod tests {
             0.5,
             Some(&json!({"x": 1})),
             &identity,
-            Duration::from_secs(6),
+            None,
         );
         let text = String::from_utf8(bytes).unwrap();
         let order: Vec<usize> = [
@@ -232,7 +235,15 @@ mod tests {
             namespace: None,
             partition: None,
         };
-        let value = encode("k", "s", "t", 0.0, None, &identity, Duration::from_secs(6));
+        let value = encode(
+            "k",
+            "s",
+            "t",
+            0.0,
+            None,
+            &identity,
+            Some(Duration::from_secs(6)),
+        );
         let held = pair(std::str::from_utf8(&value).unwrap(), None);
         assert!(!released_cleanly(&held));
         let marked = mark_released(&value);

@@ -105,6 +105,8 @@ pub fn cases(dir: &Path) -> Vec<Case> {
                 "serfHealth",
                 "--lock-delay",
                 "1s",
+                "--takeover-delay",
+                "6s",
             ],
         )
         // says what would fit
@@ -233,7 +235,33 @@ pub fn cases(dir: &Path) -> Vec<Case> {
         )
         .env("LOCKWRAP_SESSION_CHECKS", "serfHealth")
         .env("LOCKWRAP_LOCK_DELAY", "0")
+        .env("LOCKWRAP_TAKEOVER_DELAY", "6s")
         .mentions(&["LOCKWRAP_LOCK_DELAY", "--lock-delay"]),
+        // A node force-left while its holder cannot reach the agent ends the session at any
+        // moment: lock-delay + takeover delay must leave room to stop (docs/timing.md).
+        run_case(
+            "run: no lock-delay and a takeover delay too short for a blind holder",
+            3,
+            &[
+                "--key",
+                "bad/k",
+                "--lock-delay",
+                "0",
+                "--takeover-delay",
+                "6s",
+            ],
+        )
+        .mentions(&[
+            "force-leave",
+            "--takeover-delay 8s",
+            "--unsafe-allow-overlap",
+        ]),
+        case(
+            "no TTL and no checks in a supervising mode",
+            3,
+            &["execute", "--session-ttl", "0", "bad/k", "true"],
+        )
+        .mentions(&["--session-ttl", "crashed holder"]),
         case(
             "no TTL with serfHealth in a supervising mode",
             3,
