@@ -157,7 +157,6 @@ impl Lease {
                     cadence,
                     tx.clone(),
                     stop.clone(),
-                    ka.telemetry.clone(),
                     board.clone(),
                 )));
             }
@@ -324,9 +323,9 @@ async fn renew_loop(
     cadence: Cadence,
     loss: Arc<watch::Sender<Option<LossReason>>>,
     stop: CancellationToken,
-    telemetry: Arc<dyn BackendEvents>,
     board: DeadlineBoard,
 ) {
+    let telemetry = board.events.clone();
     let mut last_ok = created_at;
     board.set(DeadlineBoard::RENEW, last_ok + cadence.stop_after);
     let mut next_attempt = created_at + cadence.every;
