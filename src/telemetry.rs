@@ -537,7 +537,9 @@ mod tests {
         assert!(t.status().valid_until.is_some());
         t.not_leader(false);
         assert_eq!(t.status().valid_until, None);
-        assert!(t.render_metrics().contains("lockwrap_lease_seconds_left 0.0"));
+        assert!(t
+            .render_metrics()
+            .contains("lockwrap_lease_seconds_left 0.0"));
     }
 
     #[test]
