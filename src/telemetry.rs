@@ -148,7 +148,7 @@ impl Telemetry {
         let child_exit_code = Gauge::default();
         registry.register(
             "lockwrap_lock_held",
-            "1 while this instance holds the lock",
+            "1 while this instance holds the lock (0 once its stop deadline has passed)",
             lock_held.clone(),
         );
         registry.register(
