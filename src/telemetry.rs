@@ -1,9 +1,11 @@
 //! What lockwrap knows about its own state, shared by the lock path (writer) and the HTTP
 //! server / status file (readers): Prometheus metrics and the current leadership status.
-//! Writers never block: metrics are atomics and the status is a `watch` channel.
+//! Writers never block: metrics are atomics, the status is a `watch` channel, and status
+//! listeners (the status file) only take the latest snapshot and hand it to their own thread.
 
-use std::sync::atomic::{AtomicBool, AtomicI64};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -30,7 +32,68 @@ pub struct LeaderStatus {
     pub fencing_token: Option<u64>,
     /// When this instance became leader (UTC ISO-8601), or `null`.
     pub since: Option<String>,
+    /// Until when `isLeader: true` may be trusted (RFC 3339, UTC): the hold's local stop
+    /// deadline (docs/timing.md) as wall-clock time, computed when served or written. Past it,
+    /// a consumer must treat this instance as not leading (README, "Observability").
+    #[serde(rename = "validUntil")]
+    pub valid_until: Option<String>,
 }
+
+/// What the lock path last reported: the status without `validUntil`, plus the hold's stop
+/// deadline. [`StatusSnapshot::at`] turns it into what `/leader` and the status file show.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatusSnapshot {
+    reported: LeaderStatus,
+    /// The local stop deadline of the current hold (`None`: none reported, or nothing held).
+    deadline: Option<Instant>,
+}
+
+impl StatusSnapshot {
+    /// The status as of `now` (monotonic) and `wall_now` (the same moment on the UTC clock).
+    /// Past the stop deadline the instance answers as not leader, even if the lock path has
+    /// not said so yet (it may be stalled): the holder fields stay as last seen and
+    /// `validUntil` keeps the past deadline, so a reader sees why.
+    pub fn at(&self, now: Instant, wall_now: time::OffsetDateTime) -> LeaderStatus {
+        let mut status = self.reported.clone();
+        let Some(deadline) = self.deadline() else {
+            return status;
+        };
+        let wall_deadline = if deadline >= now {
+            wall_now + (deadline - now)
+        } else {
+            wall_now - (now - deadline)
+        };
+        status.valid_until = Some(rfc3339_millis(wall_deadline));
+        if deadline <= now {
+            status.is_leader = false;
+            status.since = None;
+        }
+        status
+    }
+
+    /// The stop deadline while the lock path reports leadership.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline.filter(|_| self.reported.is_leader)
+    }
+
+    /// Whether the lock path reports leadership (whatever the deadline says).
+    pub fn reported_leader(&self) -> bool {
+        self.reported.is_leader
+    }
+}
+
+/// UTC with millisecond precision and a `Z`, truncated (never later than the true instant, so
+/// a reader stops trusting the leader no later than lockwrap does).
+fn rfc3339_millis(t: time::OffsetDateTime) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.format(&format).unwrap_or_else(|_| t.to_string())
+}
+
+/// Told the latest snapshot on every status change (see [`Telemetry::on_status_change`]).
+type StatusListener = Box<dyn Fn(&StatusSnapshot) + Send + Sync>;
 
 /// Metrics plus status; one per process, shared behind an `Arc`.
 pub struct Telemetry {
@@ -41,7 +104,13 @@ pub struct Telemetry {
     renew_failures: Counter,
     acquire_wait: Histogram,
     child_exit_code: Gauge,
-    status: watch::Sender<LeaderStatus>,
+    lease_seconds_left: Gauge<f64, AtomicU64>,
+    seconds_since_renew: Gauge<f64, AtomicU64>,
+    /// When the last renew or check pass was accepted (`lease_deadline` or `renew_succeeded`).
+    last_renew: Mutex<Option<Instant>>,
+    status: watch::Sender<StatusSnapshot>,
+    /// Called in order, with the latest snapshot, after every status change.
+    listeners: Mutex<Vec<StatusListener>>,
     /// False while Consul calls of the lock path fail (drives `/healthz`).
     consul_healthy: AtomicBool,
     /// Consul answered at least once since start (a reachable address, not a typo).
@@ -79,7 +148,7 @@ impl Telemetry {
         let child_exit_code = Gauge::default();
         registry.register(
             "lockwrap_lock_held",
-            "1 while this instance holds the lock",
+            "1 while this instance holds the lock (0 once its stop deadline has passed)",
             lock_held.clone(),
         );
         registry.register(
@@ -107,10 +176,25 @@ impl Telemetry {
             "Exit code of the last wrapped command (-1 while none has exited)",
             child_exit_code.clone(),
         );
+        let lease_seconds_left = Gauge::<f64, AtomicU64>::default();
+        let seconds_since_renew = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lockwrap_lease_seconds_left",
+            "Seconds before the hold's local stop deadline (0 while not holding)",
+            lease_seconds_left.clone(),
+        );
+        registry.register(
+            "lockwrap_seconds_since_renew",
+            "Seconds since the last accepted session renew or check pass (0 while not holding)",
+            seconds_since_renew.clone(),
+        );
         child_exit_code.set(-1);
-        let (status, _) = watch::channel(LeaderStatus {
-            key: key.to_string(),
-            ..Default::default()
+        let (status, _) = watch::channel(StatusSnapshot {
+            reported: LeaderStatus {
+                key: key.to_string(),
+                ..Default::default()
+            },
+            deadline: None,
         });
         Telemetry {
             registry,
@@ -120,7 +204,11 @@ impl Telemetry {
             renew_failures,
             acquire_wait,
             child_exit_code,
+            lease_seconds_left,
+            seconds_since_renew,
+            last_renew: Mutex::new(None),
             status,
+            listeners: Mutex::new(Vec::new()),
             consul_healthy: AtomicBool::new(true),
             consul_answered: AtomicBool::new(false),
             consecutive_renew_failures: AtomicI64::new(0),
@@ -128,18 +216,20 @@ impl Telemetry {
     }
 
     pub fn acquired(&self, info: &LockInfo, waited: Duration, since: String) {
-        self.lock_held.set(1);
         self.acquisitions.inc();
         self.set_consul_healthy(true);
         self.acquire_wait.observe(waited.as_secs_f64());
         self.consecutive_renew_failures
             .store(0, std::sync::atomic::Ordering::Relaxed);
-        self.status.send_modify(|s| {
+        // The deadline is kept: the lease may report it before the hold is announced here.
+        self.publish(|snapshot| {
+            let s = &mut snapshot.reported;
             s.is_leader = true;
             s.holder = info.holder.clone();
             s.session = info.session.clone();
             s.fencing_token = info.fencing_token;
             s.since = Some(since);
+            true
         });
     }
 
@@ -148,19 +238,35 @@ impl Telemetry {
         if lost {
             self.lost.inc();
         }
-        self.lock_held.set(0);
-        self.status.send_modify(|s| {
+        self.publish(|snapshot| {
+            let s = &mut snapshot.reported;
             s.is_leader = false;
             s.holder = None;
             s.session = None;
             s.fencing_token = None;
             s.since = None;
+            snapshot.deadline = None;
+            true
+        });
+    }
+
+    /// The hold's local stop deadline moved (`None`: nothing held). Each accepted renew or
+    /// check pass moves it, so it also counts as the latest renew.
+    pub fn lease_deadline(&self, deadline: Option<Instant>) {
+        if deadline.is_some() {
+            self.note_renew();
+        }
+        self.publish(|snapshot| {
+            let changed = snapshot.deadline != deadline;
+            snapshot.deadline = deadline;
+            changed
         });
     }
 
     /// Another instance holds the lock (seen while waiting).
     pub fn observed_holder(&self, info: Option<&LockInfo>) {
-        self.status.send_if_modified(|s| {
+        self.publish(|snapshot| {
+            let s = &mut snapshot.reported;
             if s.is_leader {
                 return false;
             }
@@ -196,6 +302,16 @@ impl Telemetry {
     pub fn renew_succeeded(&self) {
         self.consecutive_renew_failures
             .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.note_renew();
+    }
+
+    /// `renew_succeeded` carries no time, so the renew counts from when it is reported (a few
+    /// milliseconds after the request was sent, which is what the timing model counts from).
+    fn note_renew(&self) {
+        *self
+            .last_renew
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
     }
 
     pub fn set_consul_healthy(&self, healthy: bool) {
@@ -226,16 +342,73 @@ impl Telemetry {
         self.child_exit_code.set(i64::from(code));
     }
 
+    /// The status as `/leader` serves it now (not leader once the stop deadline has passed).
     pub fn status(&self) -> LeaderStatus {
+        self.snapshot()
+            .at(Instant::now(), time::OffsetDateTime::now_utc())
+    }
+
+    /// What the lock path last reported, to be turned into a status with
+    /// [`StatusSnapshot::at`] when it is served or written.
+    pub fn snapshot(&self) -> StatusSnapshot {
         self.status.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<LeaderStatus> {
+    pub fn subscribe(&self) -> watch::Receiver<StatusSnapshot> {
         self.status.subscribe()
     }
 
-    /// Prometheus text exposition.
+    /// Calls `listener` with the latest snapshot after every status change, on the thread
+    /// that changed it: it must only hand the snapshot over (the status file's writer thread
+    /// does the writing).
+    pub fn on_status_change(&self, listener: impl Fn(&StatusSnapshot) + Send + Sync + 'static) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(listener));
+    }
+
+    /// Applies `modify` (which says whether it changed anything) and tells the listeners.
+    fn publish(&self, modify: impl FnOnce(&mut StatusSnapshot) -> bool) {
+        if !self.status.send_if_modified(modify) {
+            return;
+        }
+        // Reading the snapshot under the listeners' lock keeps the last call the newest state,
+        // whichever of two concurrent writers gets here first.
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if listeners.is_empty() {
+            return;
+        }
+        let snapshot = self.snapshot();
+        for listener in listeners.iter() {
+            listener(&snapshot);
+        }
+    }
+
+    /// Prometheus text exposition. The hold's gauges are computed now, so they stay true while
+    /// the lock path is stalled.
     pub fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        let snapshot = self.snapshot();
+        let holding = snapshot.reported_leader();
+        let leading = holding && !matches!(snapshot.deadline(), Some(d) if d <= now);
+        self.lock_held.set(i64::from(leading));
+        let left = snapshot
+            .deadline()
+            .map_or(0.0, |d| d.saturating_duration_since(now).as_secs_f64());
+        self.lease_seconds_left.set(left);
+        let last_renew = *self
+            .last_renew
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since_renew = match last_renew {
+            Some(at) if holding => now.saturating_duration_since(at).as_secs_f64(),
+            _ => 0.0,
+        };
+        self.seconds_since_renew.set(since_renew);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -258,6 +431,9 @@ impl crate::backend::BackendEvents for Telemetry {
     fn observed_holder(&self, info: Option<&LockInfo>) {
         Telemetry::observed_holder(self, info);
     }
+    fn lease_deadline(&self, deadline: Option<Instant>) {
+        Telemetry::lease_deadline(self, deadline);
+    }
 }
 
 #[cfg(test)]
@@ -275,6 +451,8 @@ mod tests {
             "lockwrap_session_renew_failures_total",
             "lockwrap_acquire_wait_seconds_bucket",
             "lockwrap_child_exit_code",
+            "lockwrap_lease_seconds_left",
+            "lockwrap_seconds_since_renew",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
@@ -291,8 +469,107 @@ mod tests {
             "session",
             "fencingToken",
             "since",
+            "validUntil",
         ] {
             assert!(v.get(f).is_some(), "{f}");
         }
+    }
+
+    fn leader(t: &Telemetry) {
+        let info = LockInfo {
+            key: "k".into(),
+            session: Some("s1".into()),
+            created: None,
+            seconds_to_lock: None,
+            metadata: None,
+            holder: None,
+            fencing_token: Some(7),
+            queue: None,
+        };
+        t.acquired(&info, Duration::ZERO, "2026-12-02T12:00:00.000000".into());
+    }
+
+    #[test]
+    fn valid_until_is_the_stop_deadline_on_the_wall_clock() {
+        let t = Telemetry::new("k");
+        leader(&t);
+        let now = Instant::now();
+        t.lease_deadline(Some(now + Duration::from_millis(30_250)));
+        let wall = time::macros::datetime!(2026-12-02 12:00:00 UTC);
+        let status = t.snapshot().at(now, wall);
+        assert!(status.is_leader);
+        assert_eq!(
+            status.valid_until.as_deref(),
+            Some("2026-12-02T12:00:30.250Z")
+        );
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["validUntil"], "2026-12-02T12:00:30.250Z");
+    }
+
+    #[test]
+    fn a_leader_past_its_deadline_answers_not_leader_with_the_past_valid_until() {
+        let t = Telemetry::new("k");
+        leader(&t);
+        let now = Instant::now();
+        t.lease_deadline(Some(now + Duration::from_secs(30)));
+        let later = now + Duration::from_secs(31);
+        let wall = time::macros::datetime!(2026-12-02 12:00:31 UTC);
+        let status = t.snapshot().at(later, wall);
+        assert!(!status.is_leader, "{status:?}");
+        assert_eq!(status.since, None);
+        assert_eq!(
+            status.valid_until.as_deref(),
+            Some("2026-12-02T12:00:30.000Z")
+        );
+        assert_eq!(status.fencing_token, Some(7), "the holder as last seen");
+        // Served now: a deadline already past flips /leader without any other update.
+        t.lease_deadline(Some(Instant::now()));
+        assert!(!t.status().is_leader);
+        assert!(t.render_metrics().contains("lockwrap_lock_held 0"));
+    }
+
+    #[test]
+    fn valid_until_is_null_when_not_leading() {
+        let t = Telemetry::new("k");
+        t.lease_deadline(Some(Instant::now() + Duration::from_secs(30)));
+        assert_eq!(t.status().valid_until, None, "a deadline without a hold");
+        leader(&t);
+        assert!(t.status().valid_until.is_some());
+        t.not_leader(false);
+        assert_eq!(t.status().valid_until, None);
+        assert!(t
+            .render_metrics()
+            .contains("lockwrap_lease_seconds_left 0.0"));
+    }
+
+    #[test]
+    fn hold_gauges_count_down_from_the_last_renew() {
+        let t = Telemetry::new("k");
+        leader(&t);
+        t.lease_deadline(Some(Instant::now() + Duration::from_secs(30)));
+        let text = t.render_metrics();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} in\n{text}"))
+        };
+        let left = value("lockwrap_lease_seconds_left");
+        assert!(left > 29.0 && left <= 30.0, "{left}");
+        let since = value("lockwrap_seconds_since_renew");
+        assert!((0.0..1.0).contains(&since), "{since}");
+        assert_eq!(value("lockwrap_lock_held"), 1.0);
+    }
+
+    #[test]
+    fn listeners_see_every_change_and_end_on_the_latest() {
+        let t = Telemetry::new("k");
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        t.on_status_change(move |s| sink.lock().unwrap().push(s.reported_leader()));
+        leader(&t);
+        t.lease_deadline(Some(Instant::now() + Duration::from_secs(30)));
+        t.not_leader(true);
+        assert_eq!(*seen.lock().unwrap(), vec![true, true, false]);
     }
 }

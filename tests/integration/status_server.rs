@@ -21,8 +21,17 @@ fn assert_leader_document(doc: &Value, key: &str, is_leader: bool, session: &str
         "session",
         "fencingToken",
         "since",
+        "validUntil",
     ] {
         assert!(doc.get(field).is_some(), "`{field}` missing in {doc}");
+    }
+    // RFC 3339 UTC when set; a standby has none (README, "Observability").
+    assert!(
+        doc["validUntil"].is_null() || doc["validUntil"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "validUntil: {doc}"
+    );
+    if !is_leader {
+        assert!(doc["validUntil"].is_null(), "a standby's validUntil: {doc}");
     }
     assert_eq!(doc["key"], key, "{doc}");
     assert_eq!(doc["isLeader"], is_leader, "{doc}");
@@ -88,6 +97,8 @@ fn sidecar_readyz_leader_and_metrics_follow_the_lock_across_losses() {
         "lockwrap_acquire_wait_seconds_count",
         "lockwrap_acquire_wait_seconds_sum",
         "lockwrap_child_exit_code",
+        "lockwrap_lease_seconds_left",
+        "lockwrap_seconds_since_renew",
     ] {
         assert!(ma.contains_key(name), "{name} missing: {ma:?}");
     }
@@ -103,6 +114,8 @@ fn sidecar_readyz_leader_and_metrics_follow_the_lock_across_losses() {
     assert_eq!(ma["lockwrap_acquire_wait_seconds_count"], 1.0);
     assert_eq!(metric(b.port, "lockwrap_lock_held"), 0.0);
     assert_eq!(metric(b.port, "lockwrap_acquisitions_total"), 0.0);
+    assert_eq!(metric(b.port, "lockwrap_lease_seconds_left"), 0.0);
+    assert_eq!(metric(b.port, "lockwrap_seconds_since_renew"), 0.0);
 
     // Loss: destroy a's session → b leads, a re-campaigns and becomes the standby.
     consul.destroy_session(&first);
