@@ -31,6 +31,20 @@ arithmetic between settings: lockwrap's timing refusals and the pod's terminatio
 {{- fail (printf "lockwrap.healthCheckTTLSeconds + lockDelaySeconds + takeover delay (%d) must be at least killGraceSeconds + 3 (%d) (docs/timing.md)" (add (int $t.healthCheckTTL) (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
 {{- end }}
 {{- end }}
+{{- if and (eq .Values.workload "deployment") (eq .Values.mode "wrapper") .Values.app.port (ne .Values.lockwrap.readiness "holder") (not .Values.app.readinessProbe) }}
+{{- fail "app.port in wrapper mode needs lockwrap.readiness: holder: the app runs on the lock holder only, so with every replica Ready the Service would send traffic to standbys that refuse it. With holder, helm 4's default --wait and kubectl rollout status never see the rollout finish: use helm --wait=legacy (docs/kubernetes.md, \"Probes, readiness and rollouts\")" }}
+{{- end }}
+{{- if and .Values.podDisruptionBudget.enabled (eq .Values.workload "deployment") (eq (include "lockwrap.readinessGated" .) "true") }}
+{{- $max := include "lockwrap.pdbMaxUnavailable" . | fromYaml | dig "value" 1 }}
+{{- $resolved := int $max }}
+{{- if kindIs "string" $max }}
+{{- /* Kubernetes rounds a percentage of maxUnavailable up. */}}
+{{- $resolved = div (add (mul (int (trimSuffix "%" $max)) (int .Values.replicas)) 99) 100 }}
+{{- end }}
+{{- if lt (int $resolved) (int .Values.replicas) }}
+{{- fail (printf "podDisruptionBudget.maxUnavailable %v is below replicas (%d) while only the holder is Ready (lockwrap.readiness: holder): Kubernetes counts only Ready pods as healthy, so the holder could never be evicted and node drains would hang. Leave it empty (the chart then uses replicas) or use lockwrap.readiness: running" $max (int .Values.replicas)) }}
+{{- end }}
+{{- end }}
 {{- $need := add $grace (int .Values.lockwrap.releaseAllowanceSeconds) }}
 {{- $tgps := int .Values.terminationGracePeriodSeconds }}
 {{- if le $tgps $need }}
