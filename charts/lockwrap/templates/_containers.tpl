@@ -4,31 +4,18 @@ wrapper mode), the lockwrap sidecar and the init-mode lockwrap-job; with the pie
 (image references, lockwrap's flags, probes on lockwrap's HTTP port). Their env is in _env.tpl.
 */}}
 
-{{/* The lockwrap image reference. No public registry serves it, so the repository is required. */}}
+{{/* The lockwrap image reference (the repository is required: lockwrap.validate). */}}
 {{- define "lockwrap.image" -}}
-{{- $repo := required "image.repository is required: no public registry serves the lockwrap image; build it from the repository's Dockerfile, push it to your registry and set image.repository (docs/kubernetes.md, \"The image\")" .Values.image.repository }}
-{{- printf "%s:%s" $repo (default .Chart.AppVersion .Values.image.tag | toString) }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
 {{- end }}
 
 {{/*
 An image reference from (list WHAT REPOSITORY TAG): `repo:tag`, or the repository alone when it
-carries its own tag or digest. No default tag: a tag of another image must never leak into yours.
+carries its own tag or digest. No default tag: lockwrap.validate refuses a missing one.
 */}}
 {{- define "lockwrap.imageRef" -}}
-{{- $what := index . 0 }}{{ $repo := index . 1 | toString }}{{ $tag := index . 2 | toString }}
-{{- if not $repo }}
-{{- fail (printf "%s.repository is required: the image to run, e.g. ghcr.io/acme/billing" $what) }}
-{{- end }}
-{{- $ownTag := or (contains "@" $repo) (contains ":" (last (splitList "/" $repo))) }}
-{{- if and $ownTag $tag }}
-{{- fail (printf "%s.repository %q already carries a tag or digest: leave %s.tag empty" $what $repo $what) }}
-{{- else if $ownTag }}
-{{- $repo }}
-{{- else if $tag }}
-{{- printf "%s:%s" $repo $tag }}
-{{- else }}
-{{- fail (printf "%s.tag is required with %s.repository %q: the chart has no default tag for your image" $what $what $repo) }}
-{{- end }}
+{{- $repo := index . 1 | toString }}{{ $tag := index . 2 | default "" | toString }}
+{{- if $tag }}{{ printf "%s:%s" $repo $tag }}{{ else }}{{ $repo }}{{ end }}
 {{- end }}
 
 {{/* The application image reference. */}}
@@ -284,11 +271,7 @@ securityContext:
 {{- define "lockwrap.initJobContainer" -}}
 {{- $img := .Values.initJob.image -}}
 - name: lockwrap-job
-  {{- if $img.repository }}
-  image: {{ include "lockwrap.imageRef" (list "initJob.image" $img.repository $img.tag) }}
-  {{- else }}
-  image: {{ include "lockwrap.imageRef" (list "app.image" .Values.app.image.repository (default (toString .Values.app.image.tag) (toString $img.tag))) }}
-  {{- end }}
+  image: {{ include "lockwrap.imageRef" (list "initJob.image" (default .Values.app.image.repository $img.repository) (ternary $img.tag (default .Values.app.image.tag $img.tag) (not (empty $img.repository)))) }}
   imagePullPolicy: {{ default .Values.app.image.pullPolicy $img.pullPolicy }}
   command:
     - /lockwrap/lockwrap
