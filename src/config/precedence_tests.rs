@@ -20,7 +20,10 @@ pub(super) fn jailed(f: impl FnOnce(&mut Jail)) {
     Jail::expect_with(|jail| {
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy().into_owned();
-            let consul = CONSUL_ENV.iter().chain(CONSULLOCK_ENV).any(|(var, _)| *var == name);
+            let consul = CONSUL_ENV
+                .iter()
+                .chain(CONSULLOCK_ENV)
+                .any(|(var, _)| *var == name);
             if name.starts_with("LOCKWRAP_") || consul {
                 // Registers the variable with the jail, which restores it when dropped.
                 jail.set_env(&name, "");
@@ -95,7 +98,14 @@ fn consullock_scheme_and_dc_variables_are_honoured_like_consuls_own() {
 #[test]
 fn consuls_boolean_spellings_are_accepted_in_its_variables() {
     jailed(|jail| {
-        for (text, want) in [("T", true), ("True", true), ("1", true), ("F", false), ("FALSE", false), ("0", false)] {
+        for (text, want) in [
+            ("T", true),
+            ("True", true),
+            ("1", true),
+            ("F", false),
+            ("FALSE", false),
+            ("0", false),
+        ] {
             jail.set_env("CONSUL_HTTP_SSL", text);
             jail.set_env("CONSUL_HTTP_SSL_VERIFY", text);
             let c = load_args(&["lock", "k"]).expect("valid").consul;

@@ -110,10 +110,7 @@ pub(super) fn gather(file: Option<&Path>, cli: &Cli) -> Result<(Settings, Proven
         format!("--{}", keys.join(".").replace('_', "-"))
     });
     figment = figment
-        .merge(Named(
-            Serialized::defaults(consul_env),
-            consul_metadata,
-        ))
+        .merge(Named(Serialized::defaults(consul_env), consul_metadata))
         .merge(Named(
             Env::prefixed("LOCKWRAP_").only(names),
             lockwrap_metadata,

@@ -65,7 +65,10 @@ pub fn consul_var(
     name: &str,
 ) -> Result<Option<String>, (&'static str, String)> {
     let own = var(name);
-    let Some(&(alias, _)) = CONSULLOCK_ENV.iter().find(|(_, stands_for)| *stands_for == name) else {
+    let Some(&(alias, _)) = CONSULLOCK_ENV
+        .iter()
+        .find(|(_, stands_for)| *stands_for == name)
+    else {
         return Ok(own);
     };
     let Some(alias_text) = var(alias).filter(|v| !v.trim().is_empty()) else {
@@ -102,7 +105,10 @@ pub fn consul_var(
 pub fn env_var_of(setting: &str) -> Option<&'static str> {
     let (var, _) = CONSUL_ENV.iter().find(|(_, s)| *s == setting)?;
     let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    match CONSULLOCK_ENV.iter().find(|(_, stands_for)| stands_for == var) {
+    match CONSULLOCK_ENV
+        .iter()
+        .find(|(_, stands_for)| stands_for == var)
+    {
         Some((alias, _)) if !set(var) && set(alias) => Some(alias),
         _ => Some(var),
     }
@@ -201,11 +207,9 @@ mod tests {
 
     #[test]
     fn consullock_variables_stand_in_for_consuls() {
-        let s = ConsulSettings::from_vars(vars(&[
-            ("CONSUL_SCHEME", "https"),
-            ("CONSUL_DC", "dc3"),
-        ]))
-        .unwrap();
+        let s =
+            ConsulSettings::from_vars(vars(&[("CONSUL_SCHEME", "https"), ("CONSUL_DC", "dc3")]))
+                .unwrap();
         assert!(s.ssl);
         assert_eq!(s.datacenter.as_deref(), Some("dc3"));
         // Consul's own variable wins when both agree; HTTPS spelled as Go's ParseBool spells it.
@@ -251,11 +255,9 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.setting, "consul_ssl");
         assert!(err.message.contains("CONSUL_SCHEME"), "{err}");
-        let err = ConsulSettings::from_vars(vars(&[
-            ("CONSUL_DC", "dc1"),
-            ("CONSUL_DATACENTER", "dc2"),
-        ]))
-        .unwrap_err();
+        let err =
+            ConsulSettings::from_vars(vars(&[("CONSUL_DC", "dc1"), ("CONSUL_DATACENTER", "dc2")]))
+                .unwrap_err();
         assert_eq!(err.setting, "datacenter");
         let err = ConsulSettings::from_vars(vars(&[("CONSUL_SCHEME", "ftp")])).unwrap_err();
         assert!(err.message.contains("`ftp` is not http or https"), "{err}");
