@@ -1331,12 +1331,13 @@ def run_replicas_against(lockwrap, consul_port, procs):
     for e in app["env"]:
         env[e["name"]] = e.get("value", "test-" + e["name"].lower())
     http_ports = [free_port(), free_port()]
+    logs = [tempfile.TemporaryFile() for _ in http_ports]
     for i, port in enumerate(http_ports):
         argv = list(app["command"])
         argv[0] = lockwrap
         argv[argv.index("--http-addr") + 1] = f"127.0.0.1:{port}"
         env_i = dict(env, POD_NAME=f"pod-{i}")
-        procs.append(subprocess.Popen(argv, env=env_i, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(argv, env=env_i, stdout=subprocess.DEVNULL, stderr=logs[i]))
     probe = app["readinessProbe"]["httpGet"]["path"]
 
     def ready():
@@ -1350,6 +1351,16 @@ def run_replicas_against(lockwrap, consul_port, procs):
     assert all(http_get(p, app["livenessProbe"]["httpGet"]["path"])[0] == 200 for p in http_ports)
     leader = json.loads(http_get(http_ports[holder], "/leader")[1])
     assert leader["isLeader"] is True and leader["holder"]["pod"] == f"pod-{holder}", leader
+    # The default readiness (`running`): every replica passes its probe, so rollouts finish.
+    default_docs, _ = render(files=[scenario("minimal-values.yaml")],
+                             sets=[f"consul.address=127.0.0.1:{consul_port}"])
+    running = container(pod_spec(default_docs)["containers"], "app")["readinessProbe"]["httpGet"]["path"]
+    assert running == "/healthz" and all(http_get(p, running)[0] == 200 for p in http_ports)
+    # The default verbosity logs the acquisition (JSON lines on stderr).
+    def logged_acquisition():
+        logs[holder].seek(0)
+        return [line for line in logs[holder].read().decode().splitlines() if '"event":"acquired"' in line]
+    wait_until(logged_acquisition, 10, "the holder to log its acquisition at the chart's default verbosity")
     # A pod deletion: SIGTERM to the holder; the standby takes over (no lock-delay after a release).
     procs[holder].send_signal(signal.SIGTERM)
     procs[holder].wait(timeout=30)
