@@ -8,7 +8,7 @@ use figment::Jail;
 
 use super::sources::{gather, Source};
 use super::{load, Config, Task};
-use crate::backend::consul::env::CONSUL_ENV;
+use crate::backend::consul::env::{CONSULLOCK_ENV, CONSUL_ENV};
 use crate::cli::Cli;
 use crate::exit::Result;
 
@@ -20,7 +20,11 @@ pub(super) fn jailed(f: impl FnOnce(&mut Jail)) {
     Jail::expect_with(|jail| {
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy().into_owned();
-            if name.starts_with("LOCKWRAP_") || CONSUL_ENV.iter().any(|(var, _)| *var == name) {
+            let consul = CONSUL_ENV
+                .iter()
+                .chain(CONSULLOCK_ENV)
+                .any(|(var, _)| *var == name);
+            if name.starts_with("LOCKWRAP_") || consul {
                 // Registers the variable with the jail, which restores it when dropped.
                 jail.set_env(&name, "");
                 std::env::remove_var(&name);
@@ -69,6 +73,44 @@ fn each_source_overrides_the_one_below_it() {
         assert_eq!(address(&args), "lockwrap:3");
         let flagged = ["--config", &file, "--consul-addr", "flag:4", "lock", "k"];
         assert_eq!(address(&flagged), "flag:4");
+    });
+}
+
+#[test]
+fn consullock_scheme_and_dc_variables_are_honoured_like_consuls_own() {
+    jailed(|jail| {
+        let consul = |args: &[&str]| load_args(args).expect("valid").consul;
+        jail.set_env("CONSUL_SCHEME", "https");
+        jail.set_env("CONSUL_DC", "dc7");
+        let c = consul(&["lock", "k"]);
+        assert!(c.ssl, "CONSUL_SCHEME=https means HTTPS");
+        assert_eq!(c.datacenter.as_deref(), Some("dc7"));
+        // The same value from both names is no contradiction; flags still win.
+        jail.set_env("CONSUL_DATACENTER", "dc7");
+        jail.set_env("CONSUL_HTTP_SSL", "T");
+        assert_eq!(consul(&["lock", "k"]).datacenter.as_deref(), Some("dc7"));
+        let c = consul(&["--datacenter", "dc9", "--consul-ssl", "F", "lock", "k"]);
+        assert_eq!(c.datacenter.as_deref(), Some("dc9"));
+        assert!(!c.ssl);
+    });
+}
+
+#[test]
+fn consuls_boolean_spellings_are_accepted_in_its_variables() {
+    jailed(|jail| {
+        for (text, want) in [
+            ("T", true),
+            ("True", true),
+            ("1", true),
+            ("F", false),
+            ("FALSE", false),
+            ("0", false),
+        ] {
+            jail.set_env("CONSUL_HTTP_SSL", text);
+            jail.set_env("CONSUL_HTTP_SSL_VERIFY", text);
+            let c = load_args(&["lock", "k"]).expect("valid").consul;
+            assert_eq!((c.ssl, c.ssl_verify), (want, want), "{text}");
+        }
     });
 }
 

@@ -9,7 +9,7 @@ use figment::value::{Dict, Map};
 use figment::{Figment, Metadata, Profile, Provider};
 
 use super::settings::{self, Settings};
-use crate::backend::consul::env::CONSUL_ENV;
+use crate::backend::consul::env::{consul_var, env_var_of, CONSULLOCK_ENV, CONSUL_ENV};
 use crate::cli::Cli;
 use crate::exit::{Error, ErrorKind, Result};
 
@@ -96,26 +96,11 @@ pub(super) fn gather(file: Option<&Path>, cli: &Cli) -> Result<(Settings, Proven
     if let Some(path) = file {
         figment = figment.merge(YamlFile::read(path, names)?);
     }
-    let consul_vars: Vec<&str> = CONSUL_ENV.iter().map(|(var, _)| *var).collect();
-    let consul_env = Env::raw()
-        .only(&consul_vars)
-        .map(|k| {
-            let upper = k.as_str().to_ascii_uppercase();
-            CONSUL_ENV
-                .iter()
-                .find(|(var, _)| *var == upper)
-                .map(|(_, name)| (*name).into())
-                .unwrap_or_else(|| k.into())
-        })
-        .lowercase(false);
+    let consul_env = consul_env()?;
     let consul_metadata =
         Metadata::named(CONSUL_VARS).interpolater(|_: &Profile, keys: &[&str]| {
             let name = keys.join(".");
-            CONSUL_ENV
-                .iter()
-                .find(|(_, setting)| *setting == name)
-                .map(|(var, _)| (*var).to_string())
-                .unwrap_or(name)
+            env_var_of(&name).map(str::to_string).unwrap_or(name)
         });
     let lockwrap_metadata =
         Metadata::named(LOCKWRAP_VARS).interpolater(|_: &Profile, keys: &[&str]| {
@@ -125,7 +110,7 @@ pub(super) fn gather(file: Option<&Path>, cli: &Cli) -> Result<(Settings, Proven
         format!("--{}", keys.join(".").replace('_', "-"))
     });
     figment = figment
-        .merge(Named(consul_env, consul_metadata))
+        .merge(Named(Serialized::defaults(consul_env), consul_metadata))
         .merge(Named(
             Env::prefixed("LOCKWRAP_").only(names),
             lockwrap_metadata,
@@ -140,12 +125,34 @@ pub(super) fn gather(file: Option<&Path>, cli: &Cli) -> Result<(Settings, Proven
     Ok((settings, provenance))
 }
 
+/// Consul's own variables (and consullock's, standing in for them) as settings. Read here rather
+/// than by figment's `Env`, because a consullock variable is not a setting of its own: it fills
+/// in a Consul variable, and must not contradict it.
+fn consul_env() -> Result<Dict> {
+    let lookup = |name: &str| std::env::var(name).ok();
+    let mut dict = Dict::new();
+    for (var, setting) in CONSUL_ENV {
+        let value = consul_var(&lookup, var).map_err(|(alias, why)| {
+            Error::new(
+                ErrorKind::InvalidEnvironment,
+                format!("invalid environment variable {alias}: {why}"),
+            )
+        })?;
+        if let Some(value) = value {
+            dict.insert((*setting).to_string(), value.into());
+        }
+    }
+    Ok(dict)
+}
+
 /// figment reads the environment lossily; a non-UTF-8 value would silently become a different
 /// key or token, so refuse it by name first.
 fn refuse_non_utf8_env() -> Result<()> {
     for (name, value) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        let ours = name.starts_with("LOCKWRAP_") || CONSUL_ENV.iter().any(|(var, _)| *var == name);
+        let ours = name.starts_with("LOCKWRAP_")
+            || CONSUL_ENV.iter().any(|(var, _)| *var == name)
+            || CONSULLOCK_ENV.iter().any(|(var, _)| *var == name);
         if ours && value.to_str().is_none() {
             return Err(Error::new(
                 ErrorKind::InvalidEnvironment,

@@ -108,8 +108,9 @@ impl<'de> Deserialize<'de> for Switch {
         read(d, |v| match v {
             Value::Bool(b) => Ok(Switch(b)),
             Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => Ok(Switch(true)),
-                "0" | "false" | "no" | "off" | "" => Ok(Switch(false)),
+                // Every spelling of Consul's own boolean parsing (`T`, `F`, …) and yes/no, on/off.
+                "1" | "t" | "true" | "yes" | "on" => Ok(Switch(true)),
+                "0" | "f" | "false" | "no" | "off" | "" => Ok(Switch(false)),
                 _ => Err(format!("`{s}` is not a boolean (true/false)")),
             },
             Value::Number(n) if n.as_u64() == Some(1) => Ok(Switch(true)),

@@ -17,6 +17,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -245,7 +246,13 @@ def expect_schema_error(values, by_major):
     raise AssertionError(f"rendering succeeded, expected the schema error {needle!r}")
 
 
-BASE = {"consul": {"address": "consul:8500"}, "app": {"command": ["/app"]}}
+# The values the chart has no default for: the lockwrap image (no public registry serves it), the
+# app's image and command, the Consul address.
+BASE = {"consul": {"address": "consul:8500"}, "image": {"repository": "registry.example/lockwrap"},
+        "app": {"image": {"repository": "example/app", "tag": "1.0"}, "command": ["/app"]}}
+
+# Containers running lockwrap's own image; the others (app, lockwrap-job) run the app's image.
+LOCKWRAP_CONTAINERS = {"lockwrap-install", "lockwrap"}
 
 
 def with_base(extra):
@@ -286,9 +293,14 @@ def scenario_tests(path):
         lw = values["lockwrap"]
         assert spec["terminationGracePeriodSeconds"] > lw["killGraceSeconds"] + lw["releaseAllowanceSeconds"]
         assert spec["automountServiceAccountToken"] is False
-        assert spec["securityContext"]["runAsNonRoot"] is True
+        # The pod level sets nothing that would change the app's user (it keeps its own).
+        assert not {"runAsUser", "runAsGroup", "runAsNonRoot"} & set(spec.get("securityContext", {}))
         for c in spec.get("initContainers", []) + spec["containers"]:
             sc = c.get("securityContext", {})
+            if c["name"] not in LOCKWRAP_CONTAINERS:
+                assert sc == values["app"]["securityContext"], f"{c['name']}: not the app's own securityContext"
+                continue
+            assert sc.get("runAsNonRoot") is True and sc.get("runAsUser") == 65532, f"{c['name']}: not uid 65532"
             assert sc.get("readOnlyRootFilesystem") is True, f"{c['name']}: root FS not read-only"
             assert sc.get("allowPrivilegeEscalation") is False, f"{c['name']}: privilege escalation"
             assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{c['name']}: capabilities kept"
@@ -324,7 +336,7 @@ for _path in SCENARIOS:
 
 
 @test
-def wrapper_mode_wraps_the_app_command_and_gates_readiness_on_readyz():
+def wrapper_mode_wraps_the_app_command_and_readiness_holder_probes_readyz():
     docs, _ = rendered("wrapper-deployment-values.yaml")
     values = load_yaml(scenario("wrapper-deployment-values.yaml"))
     dep = one(docs, "Deployment")
@@ -343,7 +355,7 @@ def wrapper_mode_wraps_the_app_command_and_gates_readiness_on_readyz():
     assert env["LOCKWRAP_SESSION_TTL"] == "20s" and env["LOCKWRAP_LOCK_DELAY"] == "10s"
     assert env["LOCKWRAP_KILL_GRACE"] == "8s" and env["CONSUL_DATACENTER"] == "dc1"
     install = container(spec["initContainers"], "lockwrap-install")
-    assert install["image"] == "lockwrap:0.1.0"
+    assert install["image"] == "registry.example/lockwrap:0.1.0"
     assert install["command"] == ["/lockwrap", "install", "/shared/lockwrap"]
     assert {"name": "lockwrap-bin", "mountPath": "/shared"} in install["volumeMounts"]
     assert {"name": "lockwrap-bin", "mountPath": "/lockwrap", "readOnly": True} in app["volumeMounts"]
@@ -363,7 +375,7 @@ def wrapper_mode_wraps_the_app_command_and_gates_readiness_on_readyz():
 
 
 @test
-def wrapper_mode_pdb_lets_the_not_ready_standbys_and_the_holder_be_evicted():
+def readiness_holder_pdb_lets_the_not_ready_standbys_and_the_holder_be_evicted():
     docs, _ = rendered("wrapper-deployment-values.yaml")
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"]["maxUnavailable"] == 3, pdb["spec"]
@@ -423,7 +435,8 @@ def sidecar_classic_mode_gates_app_readiness_on_the_sidecar_readyz():
     app = container(spec["containers"], "app")
     assert app["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 8480}
     assert "livenessProbe" not in app
-    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    # Only the holder is Ready: the automatic maxUnavailable lets the holder be evicted.
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 2
     assert "annotations" not in one(docs, "Deployment")["spec"]["template"]["metadata"]
 
 
@@ -895,6 +908,185 @@ def service_monitor_needs_lockwraps_http_server():
 
 
 # ---------------------------------------------------------------------------------------------
+# the chart as written works (issue 19): pullable images, finishing rollouts, evictable holders,
+# logs at acquisition, true failover figures, alerts with data, the app's own securityContext
+
+
+def documented_install(path):
+    """The arguments after `helm install NAME charts/lockwrap` in a document's example."""
+    lines = open(os.path.join(ROOT, path)).read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("helm install ") and "charts/lockwrap" in line)
+    command = ""
+    for line in lines[start:]:
+        command += line.rstrip("\\") + " "
+        if not line.endswith("\\"):
+            break
+    argv = shlex.split(command)
+    return argv[argv.index("charts/lockwrap") + 1:]
+
+
+@test
+def documented_install_commands_render_pullable_images():
+    for path in ("README.md", "docs/kubernetes.md"):
+        argv = documented_install(path)
+        p = helm("template", RELEASE, CHART, *argv)
+        assert p.returncode == 0, f"{path}: {p.stderr}"
+        docs = [d for d in yaml.safe_load_all(p.stdout) if d]
+        spec = pod_spec(docs)
+        sets = dict(a.split("=", 1) for a in argv[1::2] if "=" in a)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            repo, _, tag = c["image"].rpartition(":")
+            want = sets["image.repository"] if c["name"] in LOCKWRAP_CONTAINERS else sets["app.image.repository"]
+            assert repo == want, f"{path}: {c['name']} runs {c['image']}"
+            if c["name"] not in LOCKWRAP_CONTAINERS:
+                assert tag == sets["app.image.tag"], f"{path}: a default tag leaked into {c['image']}"
+
+
+@test
+def images_without_a_repository_or_tag_are_refused_with_what_to_set():
+    no_image = with_base({})
+    del no_image["image"]
+    expect_render_error(no_image, "image.repository is required: no public registry serves the lockwrap image")
+    expect_render_error(with_base({"app": {"image": {"repository": "", "tag": ""}}}),
+                        "app.image.repository is required")
+    expect_render_error(with_base({"app": {"image": {"tag": ""}}}),
+                        'app.image.tag is required with app.image.repository "example/app"')
+    expect_render_error(with_base({"app": {"image": {"repository": "r.example:5000/app:2"}}}),
+                        "already carries a tag or digest")
+    # A registry port is not a tag; a tag or digest in the repository stands alone.
+    for repo, image in (("r.example:5000/app:2", "r.example:5000/app:2"),
+                        ("r.example/app@sha256:" + "a" * 64, "r.example/app@sha256:" + "a" * 64)):
+        docs, _ = render(values=with_base({"app": {"image": {"repository": repo, "tag": ""}}}))
+        assert container(pod_spec(docs)["containers"], "app")["image"] == image
+    docs, _ = render(values=with_base({"app": {"image": {"repository": "r.example:5000/app"}}}))
+    assert container(pod_spec(docs)["containers"], "app")["image"] == "r.example:5000/app:1.0"
+    # init mode: the job's own image, or the app's.
+    init = {"mode": "init", "initJob": {"command": ["/migrate"], "image": {"repository": "example/migrate", "tag": "3"}}}
+    docs, _ = render(values=with_base(init))
+    assert container(pod_spec(docs)["initContainers"], "lockwrap-job")["image"] == "example/migrate:3"
+    expect_render_error(with_base(dict(init, initJob={"command": ["/m"], "image": {"repository": "example/m"}})),
+                        "initJob.image.tag is required")
+
+
+@test
+def readiness_running_is_the_default_so_rollouts_finish():
+    docs, _ = render(values=with_base({}))
+    dep = one(docs, "Deployment")
+    app = container(dep["spec"]["template"]["spec"]["containers"], "app")
+    assert app["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8480}, app["readinessProbe"]
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    # Sidecar mode: the app's readiness follows the sidecar's /readyz only with readiness: holder.
+    docs, _ = render(values=with_base({"mode": "sidecar"}))
+    assert "readinessProbe" not in container(pod_spec(docs)["containers"], "app")
+    docs, _ = render(values=with_base({"mode": "sidecar", "lockwrap": {"readiness": "holder"}}))
+    assert container(pod_spec(docs)["containers"], "app")["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 2
+    # A wrapped app serving a port runs on the holder only: every replica Ready would be wrong.
+    expect_render_error(with_base({"app": {"port": 8080}}), "app.port in wrapper mode needs lockwrap.readiness: holder")
+    expect_schema_error(with_base({"lockwrap": {"readiness": "leader"}}), {
+        3: 'lockwrap.readiness: lockwrap.readiness must be one of the following: "running", "holder"',
+        4: "at '/lockwrap/readiness': value must be one of 'running', 'holder'"})
+    expect_schema_error(with_base({"sidecar": {"gateReadiness": True}}), {
+        3: "sidecar: Additional property gateReadiness is not allowed",
+        4: "at '/sidecar': additional properties 'gateReadiness' not allowed"})
+
+
+@test
+def the_wait_strategies_the_docs_name_exist_in_this_helm():
+    # No Kubernetes API server runs here, so `--wait` itself cannot run: this checks the flags and
+    # what each helm says it waits for, as docs/kubernetes.md ("Probes, readiness and rollouts") states.
+    out = helm("install", "--help").stdout
+    wait = next(line for line in out.splitlines() if line.strip().startswith("--wait "))
+    if Helm.major >= 4:
+        assert "'watcher'" in wait and "'legacy'" in wait, wait
+    else:
+        assert "minimum number of Pods of a Deployment" in wait, wait
+    # With readiness: holder, helm 3's (and helm 4's legacy) check needs replicas - maxUnavailable
+    # Ready pods: 0 with the default strategy, so the one Ready holder is enough.
+    docs, _ = rendered("wrapper-deployment-values.yaml")
+    assert one(docs, "Deployment")["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == "100%"
+
+
+@test
+def a_pdb_that_makes_the_holder_unevictable_is_refused():
+    holder = {"lockwrap": {"readiness": "holder"}, "mode": "sidecar"}
+    for bad in (1, "50%"):
+        expect_render_error(with_base(dict(holder, podDisruptionBudget={"maxUnavailable": bad})),
+                            "is below replicas (2) while only the holder is Ready")
+    for fine in (2, "100%"):
+        render(values=with_base(dict(holder, podDisruptionBudget={"maxUnavailable": fine})))
+    # Every replica Ready: maxUnavailable 1 is an ordinary budget.
+    render(values=with_base({"mode": "sidecar", "podDisruptionBudget": {"maxUnavailable": 1}}))
+
+
+@test
+def verbosity_counts_like_lockwraps_v_and_the_default_logs_acquisitions():
+    # src/logging.rs: no -v = warnings only; -v = info, where acquisitions are logged.
+    def head(values):
+        docs, _ = render(values=with_base(values))
+        cmd = container(pod_spec(docs)["containers"], "app")["command"]
+        return [a for a in cmd[:cmd.index("--")] if re.fullmatch(r"-v+", a)]
+    assert head({}) == ["-v"]
+    assert head({"lockwrap": {"verbosity": 0}}) == []
+    assert head({"lockwrap": {"verbosity": 3}}) == ["-vvv"]
+    src = open(os.path.join(ROOT, "src", "logging.rs")).read()
+    assert '0 => "warn"' in src and '1 => "info"' in src, "src/logging.rs changed its levels"
+
+
+@test
+def notes_give_failover_with_lock_delay_and_takeover_delay():
+    if Helm.major < 4:
+        raise Skip("helm 3's install --dry-run needs a reachable cluster to print NOTES.txt")
+    def notes(values):
+        return render(values=with_base(values), notes=True)[1]
+    # docs/timing.md: TTL…2×TTL + L + T, T = kill grace + 1 s by default.
+    assert "36–51s later" in notes({}), notes({})
+    assert "40–55s later" in notes({"lockwrap": {"takeoverDelaySeconds": 10}})
+    # The health check path: ≈ D + L + T; fastFailover: 2 + 0 + 2.
+    assert "about 4s later" in notes({"lockwrap": {"fastFailover": True}})
+    assert "about 26s later" in notes({"lockwrap": {"healthCheckTTLSeconds": 5}})
+    assert "helm 4's\ndefault --wait" in notes({"lockwrap": {"readiness": "holder"}, "app": {"port": 80}})
+
+
+@test
+def no_holder_alert_needs_scraped_series():
+    # Without the ServiceMonitor nothing matches the default selector: "no data" must not read as
+    # "no holder" for ever.
+    docs, _ = render(values=with_base({"metrics": {"prometheusRule": {"enabled": True}}}))
+    alerts = [r["alert"] for r in one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]]
+    assert "LockwrapNoHolder" not in alerts and "LockwrapLockLost" in alerts, alerts
+    docs, _ = render(values=with_base({"metrics": {"prometheusRule": {"enabled": True},
+                                                   "serviceMonitor": {"enabled": True}}}))
+    alerts = [r["alert"] for r in one(docs, "PrometheusRule")["spec"]["groups"][0]["rules"]]
+    assert alerts[0] == "LockwrapNoHolder", alerts
+
+
+@test
+def the_app_keeps_its_own_security_context():
+    for mode in ("wrapper", "sidecar", "init"):
+        extra = {"mode": mode, "initJob": {"command": ["/migrate"]}}
+        docs, _ = render(values=with_base(extra))
+        spec = pod_spec(docs)
+        assert "securityContext" not in container(spec["containers"], "app"), mode
+        assert "runAsUser" not in spec["securityContext"], mode
+        mine = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] in LOCKWRAP_CONTAINERS]
+        assert mine and all(c["securityContext"]["runAsUser"] == 65532 for c in mine), mode
+        if mode == "init":
+            assert "securityContext" not in container(spec["initContainers"], "lockwrap-job")
+    own = {"runAsUser": 101, "readOnlyRootFilesystem": False}
+    docs, _ = render(values=with_base({"app": {"securityContext": own}}))
+    assert container(pod_spec(docs)["containers"], "app")["securityContext"] == own
+
+
+@test_once
+def cronjob_docs_promise_mutual_exclusion_not_once_only():
+    example = open(os.path.join(ROOT, "examples", "k8s", "cronjob.yaml")).read()
+    assert "runs once" not in example and "mutual exclusion, not once-only" in example
+    doc = open(os.path.join(ROOT, "docs", "kubernetes.md")).read()
+    assert "mutual exclusion, not once per schedule" in doc
+
+
+# ---------------------------------------------------------------------------------------------
 # helm package, and the two helms agree
 
 
@@ -1132,19 +1324,20 @@ def real_binary_runs_the_wrapper_command_line_with_one_ready_holder():
 def run_replicas_against(lockwrap, consul_port, procs):
     """Two replicas of the minimal scenario's app container: one Ready holder, failover on SIGTERM."""
     docs, _ = render(files=[scenario("minimal-values.yaml")],
-                     sets=[f"consul.address=127.0.0.1:{consul_port}"])
+                     sets=[f"consul.address=127.0.0.1:{consul_port}", "lockwrap.readiness=holder"])
     app = container(pod_spec(docs)["containers"], "app")
     # The pod's command and env, as the kubelet would run them (downward-API values faked).
     env = {"PATH": os.environ["PATH"]}
     for e in app["env"]:
         env[e["name"]] = e.get("value", "test-" + e["name"].lower())
     http_ports = [free_port(), free_port()]
+    logs = [tempfile.TemporaryFile() for _ in http_ports]
     for i, port in enumerate(http_ports):
         argv = list(app["command"])
         argv[0] = lockwrap
         argv[argv.index("--http-addr") + 1] = f"127.0.0.1:{port}"
         env_i = dict(env, POD_NAME=f"pod-{i}")
-        procs.append(subprocess.Popen(argv, env=env_i, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(argv, env=env_i, stdout=subprocess.DEVNULL, stderr=logs[i]))
     probe = app["readinessProbe"]["httpGet"]["path"]
 
     def ready():
@@ -1153,9 +1346,21 @@ def run_replicas_against(lockwrap, consul_port, procs):
     assert len(holders) == 1, f"two replicas ready: {holders}"
     holder, standby = holders[0], 1 - holders[0]
     assert http_get(http_ports[standby], probe)[0] == 503
+    # /healthz is the liveness probe, and the readiness probe of the default `readiness: running`:
+    # holder and standby both pass it, so every replica is Ready and rollouts finish.
     assert all(http_get(p, app["livenessProbe"]["httpGet"]["path"])[0] == 200 for p in http_ports)
     leader = json.loads(http_get(http_ports[holder], "/leader")[1])
     assert leader["isLeader"] is True and leader["holder"]["pod"] == f"pod-{holder}", leader
+    # The default readiness (`running`): every replica passes its probe, so rollouts finish.
+    default_docs, _ = render(files=[scenario("minimal-values.yaml")],
+                             sets=[f"consul.address=127.0.0.1:{consul_port}"])
+    running = container(pod_spec(default_docs)["containers"], "app")["readinessProbe"]["httpGet"]["path"]
+    assert running == "/healthz" and all(http_get(p, running)[0] == 200 for p in http_ports)
+    # The default verbosity logs the acquisition (JSON lines on stderr).
+    def logged_acquisition():
+        logs[holder].seek(0)
+        return [line for line in logs[holder].read().decode().splitlines() if '"event":"acquired"' in line]
+    wait_until(logged_acquisition, 10, "the holder to log its acquisition at the chart's default verbosity")
     # A pod deletion: SIGTERM to the holder; the standby takes over (no lock-delay after a release).
     procs[holder].send_signal(signal.SIGTERM)
     procs[holder].wait(timeout=30)

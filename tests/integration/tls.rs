@@ -174,4 +174,19 @@ fn tls_server_name_ca_path_and_disabled_verification_work() {
         .env("CONSUL_HTTP_SSL", "true");
     let out = lock_and_unlock(ssl_env, &key, &agent);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // So do consullock's CONSUL_SCHEME=https and Consul's own spelling `T` (README, "Consul
+    // connection"): against this HTTPS-only port, plain HTTP could not lock.
+    for (var, value) in [("CONSUL_SCHEME", "https"), ("CONSUL_HTTP_SSL", "T")] {
+        let key = unique_key("tls-ssl-spelling");
+        let mut spelled = agent.lockwrap("127.0.0.1");
+        spelled
+            .env(
+                "CONSUL_HTTP_ADDR",
+                format!("127.0.0.1:{}", agent.https_port),
+            )
+            .env(var, value);
+        let out = lock_and_unlock(spelled, &key, &agent);
+        assert_eq!(code(&out), 0, "{var}={value}: {}", stderr(&out));
+    }
 }

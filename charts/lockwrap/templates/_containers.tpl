@@ -4,14 +4,23 @@ wrapper mode), the lockwrap sidecar and the init-mode lockwrap-job; with the pie
 (image references, lockwrap's flags, probes on lockwrap's HTTP port). Their env is in _env.tpl.
 */}}
 
-{{/* The lockwrap image reference. */}}
+{{/* The lockwrap image reference (the repository is required: lockwrap.validate). */}}
 {{- define "lockwrap.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag | toString) }}
 {{- end }}
 
+{{/*
+An image reference from (list WHAT REPOSITORY TAG): `repo:tag`, or the repository alone when it
+carries its own tag or digest. No default tag: lockwrap.validate refuses a missing one.
+*/}}
+{{- define "lockwrap.imageRef" -}}
+{{- $repo := index . 1 | toString }}{{ $tag := index . 2 | default "" | toString }}
+{{- if $tag }}{{ printf "%s:%s" $repo $tag }}{{ else }}{{ $repo }}{{ end }}
+{{- end }}
+
 {{/* The application image reference. */}}
 {{- define "lockwrap.appImage" -}}
-{{- printf "%s:%s" .Values.app.image.repository (.Values.app.image.tag | toString) }}
+{{- include "lockwrap.imageRef" (list "app.image" .Values.app.image.repository .Values.app.image.tag) }}
 {{- end }}
 
 {{/* lockwrap's HTTP listen address (HOST:PORT). */}}
@@ -21,10 +30,9 @@ wrapper mode), the lockwrap sidecar and the init-mode lockwrap-job; with the pie
 
 {{/* Flags shared by `lockwrap run` and `lockwrap sidecar`: verbosity, hooks, extra args. */}}
 {{- define "lockwrap.commonArgs" -}}
-{{- if eq (int .Values.lockwrap.verbosity) 1 }}
-- -v
-{{- else if eq (int .Values.lockwrap.verbosity) 2 }}
-- -vv
+{{- /* lockwrap's -v count: 0 warn, 1 info, 2 debug, 3 trace (src/logging.rs). */}}
+{{- with int .Values.lockwrap.verbosity }}
+- -{{ repeat . "v" }}
 {{- end }}
 {{- range .Values.lockwrap.hooks.onAcquired }}
 - {{ printf "--on-acquired=%s" . | quote }}
@@ -51,9 +59,13 @@ httpGet:
 {{- end }}
 {{- end }}
 
-{{/* Container securityContext of the app: app.securityContext or the chart-wide one. */}}
+{{/* Container securityContext of the app and the init-mode job: app.securityContext only, so the
+app keeps its image's user and filesystem; the chart's securityContext is lockwrap's own. */}}
 {{- define "lockwrap.appSecurityContext" -}}
-{{- toYaml (default .Values.securityContext .Values.app.securityContext) }}
+{{- with .Values.app.securityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
 
 {{/* The init container that copies the lockwrap binary into the shared lockwrap-bin volume. */}}
@@ -161,10 +173,14 @@ httpGet:
   {{- if .Values.app.readinessProbe }}
   readinessProbe:
     {{- toYaml .Values.app.readinessProbe | nindent 4 }}
-  {{- else if and $http (or (eq $mode "wrapper") .Values.sidecar.gateReadiness) }}
+  {{- else if and $http (eq .Values.lockwrap.readiness "holder") }}
   # Ready only while this replica holds the lock: the Service sends traffic to the holder alone.
   readinessProbe:
     {{- include "lockwrap.httpProbe" (list . "/readyz" .Values.lockwrap.probes.readiness) | nindent 4 }}
+  {{- else if and $http (eq $mode "wrapper") }}
+  # Ready while lockwrap runs with a healthy session, holding the lock or standing by: rollouts finish.
+  readinessProbe:
+    {{- include "lockwrap.httpProbe" (list . "/healthz" .Values.lockwrap.probes.readiness) | nindent 4 }}
   {{- end }}
   {{- if .Values.app.livenessProbe }}
   livenessProbe:
@@ -173,8 +189,7 @@ httpGet:
   livenessProbe:
     {{- include "lockwrap.httpProbe" (list . "/healthz" .Values.lockwrap.probes.liveness) | nindent 4 }}
   {{- end }}
-  securityContext:
-    {{- include "lockwrap.appSecurityContext" . | nindent 4 }}
+  {{- with include "lockwrap.appSecurityContext" . | trim }}{{ . | nindent 2 }}{{ end }}
   {{- with .Values.app.resources }}
   resources:
     {{- toYaml . | nindent 4 }}
@@ -256,7 +271,7 @@ httpGet:
 {{- define "lockwrap.initJobContainer" -}}
 {{- $img := .Values.initJob.image -}}
 - name: lockwrap-job
-  image: {{ printf "%s:%s" (default .Values.app.image.repository $img.repository) (default (toString .Values.app.image.tag) (toString $img.tag)) }}
+  image: {{ include "lockwrap.imageRef" (list "initJob.image" (default .Values.app.image.repository $img.repository) (ternary $img.tag (default .Values.app.image.tag $img.tag) (not (empty $img.repository)))) }}
   imagePullPolicy: {{ default .Values.app.image.pullPolicy $img.pullPolicy }}
   command:
     - /lockwrap/lockwrap
@@ -280,8 +295,7 @@ httpGet:
     {{- with .Values.initJob.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
-  securityContext:
-    {{- include "lockwrap.appSecurityContext" . | nindent 4 }}
+  {{- with include "lockwrap.appSecurityContext" . | trim }}{{ . | nindent 2 }}{{ end }}
   {{- with .Values.initJob.resources }}
   resources:
     {{- toYaml . | nindent 4 }}

@@ -9,13 +9,11 @@ _containers.tpl, the Consul env and secret volumes in _env.tpl.
 {{- end }}
 
 {{/*
-"true" when pod readiness follows /readyz, i.e. only the lock holder is Ready: wrapper mode of a
-Deployment, or sidecar mode with sidecar.gateReadiness (unless --ready-always or an own probe).
+"true" when pod readiness follows /readyz, i.e. only the lock holder is Ready: lockwrap.readiness
+`holder` in wrapper or sidecar mode of a Deployment (unless --ready-always or an own probe).
 */}}
 {{- define "lockwrap.readinessGated" -}}
-{{- if and (eq .Values.workload "deployment") (not .Values.lockwrap.readyAlways) (not .Values.app.readinessProbe) }}
-{{- if or (eq .Values.mode "wrapper") (and (eq .Values.mode "sidecar") .Values.sidecar.gateReadiness) }}true{{ end }}
-{{- end }}
+{{- if and (include "lockwrap.servesHTTP" .) (eq .Values.lockwrap.readiness "holder") (not .Values.lockwrap.readyAlways) (not .Values.app.readinessProbe) }}true{{ end }}
 {{- end }}
 
 {{/* The pod template (metadata + spec) shared by the Deployment and the CronJob. */}}
@@ -129,4 +127,17 @@ spec:
     {{- with .Values.extraVolumes }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+{{- end }}
+
+{{/*
+The PodDisruptionBudget's maxUnavailable as YAML `value: N` (or a percentage string): the value
+given, or automatic. Only Ready pods count as healthy, so when only the holder is Ready anything
+below replicas would block its eviction for ever: automatic is then replicas, else 1.
+*/}}
+{{- define "lockwrap.pdbMaxUnavailable" -}}
+{{- $max := .Values.podDisruptionBudget.maxUnavailable }}
+{{- if or (kindIs "invalid" $max) (eq (toString $max) "") }}
+{{- $max = ternary (int .Values.replicas) 1 (eq (include "lockwrap.readinessGated" .) "true") }}
+{{- end }}
+value: {{ if kindIs "string" $max }}{{ $max | quote }}{{ else }}{{ int $max }}{{ end }}
 {{- end }}

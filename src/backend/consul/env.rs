@@ -24,6 +24,14 @@ pub const CONSUL_ENV: &[(&str, &str)] = &[
     ("CONSUL_PARTITION", "partition"),
 ];
 
+/// consullock's variables, each honoured as the Consul variable it stands for (README,
+/// "Environment and config file"): `CONSUL_DC` names the datacenter, `CONSUL_SCHEME=https` turns
+/// on HTTPS like `CONSUL_HTTP_SSL=true`. When both are set they must agree.
+pub const CONSULLOCK_ENV: &[(&str, &str)] = &[
+    ("CONSUL_DC", "CONSUL_DATACENTER"),
+    ("CONSUL_SCHEME", "CONSUL_HTTP_SSL"),
+];
+
 /// The default agent address, as Consul's clients assume it.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8500";
 
@@ -38,12 +46,71 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
     Ok(token)
 }
 
-/// `true`/`false`/`1`/`0` (any case), as Consul parses its boolean variables.
+/// A boolean variable: every spelling Consul's own parsing accepts (`1`, `t`, `T`, `true`, `TRUE`,
+/// `True` and the false ones), and `yes`/`no`, `on`/`off` in any case.
 pub fn parse_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "t" | "true" | "yes" | "on" => Some(true),
         "0" | "f" | "false" | "no" | "off" => Some(false),
         _ => None,
+    }
+}
+
+/// The value of Consul's variable `name` as looked up through `var`, with consullock's variable
+/// that stands for it (`CONSULLOCK_ENV`) filling in when Consul's is unset or empty. A consullock
+/// variable that contradicts Consul's, or a `CONSUL_SCHEME` other than http/https, is refused:
+/// the error names the variable to fix.
+pub fn consul_var(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<String>, (&'static str, String)> {
+    let own = var(name);
+    let Some(&(alias, _)) = CONSULLOCK_ENV
+        .iter()
+        .find(|(_, stands_for)| *stands_for == name)
+    else {
+        return Ok(own);
+    };
+    let Some(alias_text) = var(alias).filter(|v| !v.trim().is_empty()) else {
+        return Ok(own);
+    };
+    let set_own = own.as_deref().map(str::trim).filter(|v| !v.is_empty());
+    if alias == "CONSUL_SCHEME" {
+        let https = match alias_text.trim().to_ascii_lowercase().as_str() {
+            "https" => true,
+            "http" => false,
+            _ => return Err((alias, format!("`{alias_text}` is not http or https"))),
+        };
+        return match set_own {
+            None => Ok(Some(https.to_string())),
+            Some(ssl) if parse_bool(ssl) == Some(!https) => Err((
+                alias,
+                format!("`{alias_text}` contradicts CONSUL_HTTP_SSL=`{ssl}`; set one of them"),
+            )),
+            Some(_) => Ok(own),
+        };
+    }
+    match set_own {
+        None => Ok(Some(alias_text)),
+        Some(value) if value != alias_text.trim() => Err((
+            alias,
+            format!("`{alias_text}` contradicts {name}=`{value}`; set one of them"),
+        )),
+        Some(_) => Ok(own),
+    }
+}
+
+/// Which variable gave `setting` its value in the process environment: Consul's own, or the
+/// consullock variable standing in for it (for error messages).
+pub fn env_var_of(setting: &str) -> Option<&'static str> {
+    let (var, _) = CONSUL_ENV.iter().find(|(_, s)| *s == setting)?;
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    match CONSULLOCK_ENV
+        .iter()
+        .find(|(_, stands_for)| stands_for == var)
+    {
+        Some((alias, _)) if !set(var) && set(alias) => Some(alias),
+        _ => Some(var),
     }
 }
 
@@ -67,7 +134,13 @@ impl ConsulSettings {
             setting: setting_of(name),
             message: format!("invalid environment variable {name}: {message}"),
         };
-        let flag = |name: &str, default: bool| match var(name) {
+        let resolved = |name: &str| {
+            consul_var(&var, name).map_err(|(alias, message)| SettingsError {
+                setting: setting_of(name),
+                message: format!("invalid environment variable {alias}: {message}"),
+            })
+        };
+        let flag = |name: &str, default: bool| match resolved(name)? {
             None => Ok(default),
             Some(text) => {
                 parse_bool(&text).ok_or_else(|| bad(name, format!("`{text}` is not true or false")))
@@ -93,7 +166,7 @@ impl ConsulSettings {
             client_key: var("CONSUL_CLIENT_KEY").map(PathBuf::from),
             tls_server_name: var("CONSUL_TLS_SERVER_NAME"),
             ssl_verify: flag("CONSUL_HTTP_SSL_VERIFY", true)?,
-            datacenter: var("CONSUL_DATACENTER"),
+            datacenter: resolved("CONSUL_DATACENTER")?,
             http_auth,
             namespace: var("CONSUL_NAMESPACE"),
             partition: var("CONSUL_PARTITION"),
@@ -130,6 +203,64 @@ mod tests {
         assert!(!s.ssl_verify);
         assert_eq!(s.token.as_deref(), Some("t"));
         assert_eq!(s.datacenter.as_deref(), Some("dc2"));
+    }
+
+    #[test]
+    fn consullock_variables_stand_in_for_consuls() {
+        let s =
+            ConsulSettings::from_vars(vars(&[("CONSUL_SCHEME", "https"), ("CONSUL_DC", "dc3")]))
+                .unwrap();
+        assert!(s.ssl);
+        assert_eq!(s.datacenter.as_deref(), Some("dc3"));
+        // Consul's own variable wins when both agree; HTTPS spelled as Go's ParseBool spells it.
+        let s = ConsulSettings::from_vars(vars(&[
+            ("CONSUL_SCHEME", "HTTPS"),
+            ("CONSUL_HTTP_SSL", "T"),
+            ("CONSUL_DC", "dc3"),
+            ("CONSUL_DATACENTER", "dc3"),
+        ]))
+        .unwrap();
+        assert!(s.ssl);
+        let s = ConsulSettings::from_vars(vars(&[("CONSUL_SCHEME", "http")])).unwrap();
+        assert!(!s.ssl);
+    }
+
+    #[test]
+    fn every_spelling_of_go_parse_bool_is_accepted() {
+        for (text, want) in [
+            ("1", true),
+            ("t", true),
+            ("T", true),
+            ("TRUE", true),
+            ("true", true),
+            ("True", true),
+            ("0", false),
+            ("f", false),
+            ("F", false),
+            ("FALSE", false),
+            ("false", false),
+            ("False", false),
+        ] {
+            let s = ConsulSettings::from_vars(vars(&[("CONSUL_HTTP_SSL", text)])).unwrap();
+            assert_eq!(s.ssl, want, "CONSUL_HTTP_SSL={text}");
+        }
+    }
+
+    #[test]
+    fn contradicting_consullock_variables_are_refused_by_name() {
+        let err = ConsulSettings::from_vars(vars(&[
+            ("CONSUL_SCHEME", "https"),
+            ("CONSUL_HTTP_SSL", "false"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.setting, "consul_ssl");
+        assert!(err.message.contains("CONSUL_SCHEME"), "{err}");
+        let err =
+            ConsulSettings::from_vars(vars(&[("CONSUL_DC", "dc1"), ("CONSUL_DATACENTER", "dc2")]))
+                .unwrap_err();
+        assert_eq!(err.setting, "datacenter");
+        let err = ConsulSettings::from_vars(vars(&[("CONSUL_SCHEME", "ftp")])).unwrap_err();
+        assert!(err.message.contains("`ftp` is not http or https"), "{err}");
     }
 
     #[test]

@@ -153,6 +153,14 @@ pub fn cases(dir: &Path) -> Vec<Case> {
         case("CONSUL_HTTP_SSL_VERIFY perhaps", 2, &["lock", "bad/k"])
             .env("CONSUL_HTTP_SSL_VERIFY", "perhaps")
             .mentions(&["CONSUL_HTTP_SSL_VERIFY", "perhaps"]),
+        // consullock's variables: a scheme other than http/https, or one contradicting Consul's own.
+        case("CONSUL_SCHEME ftp", 2, &["lock", "bad/k"])
+            .env("CONSUL_SCHEME", "ftp")
+            .mentions(&["CONSUL_SCHEME", "ftp"]),
+        case("CONSUL_DC against CONSUL_DATACENTER", 2, &["lock", "bad/k"])
+            .env("CONSUL_DC", "dc1")
+            .env("CONSUL_DATACENTER", "dc2")
+            .mentions(&["CONSUL_DC", "CONSUL_DATACENTER"]),
         // ---- Consul connection settings ----
         case(
             "consul-addr ftp scheme",
