@@ -674,8 +674,14 @@ def rendering_refuses_timing_lockwrap_would_refuse():
                         "lockwrap.takeoverDelaySeconds (2) must be at least killGraceSeconds + 1 (6)")
     expect_render_error(with_base({"lockwrap": {"sessionChecks": "serfHealth", "lockDelaySeconds": 1}}),
                         "lockDelaySeconds + takeover delay (7) must be at least killGraceSeconds + 3 (8)")
-    expect_render_error(with_base({"lockwrap": {"healthCheckTTLSeconds": 1, "lockDelaySeconds": 0}}),
-                        "must be at least killGraceSeconds + 3 (8)")
+    # A node force-left under a holder cut off from its agent: lock-delay + takeover delay.
+    expect_render_error(with_base({"lockwrap": {"lockDelaySeconds": 0, "takeoverDelaySeconds": 6}}),
+                        "lockDelaySeconds + takeover delay (6) must be at least killGraceSeconds + 3 (8): "
+                        "a node force-left")
+    # The default takeover delay adapts to a short lock-delay: max(G + 1, G + 3 − L).
+    docs, _ = render(values=with_base({"lockwrap": {"lockDelaySeconds": 0}}))
+    env = env_of(container(pod_spec(docs)["containers"], "app"))
+    assert env["LOCKWRAP_TAKEOVER_DELAY"] == "8s", env
     # Accepted with the explicit flag, which reaches lockwrap.
     docs, _ = render(values=with_base({"lockwrap": {"takeoverDelaySeconds": 0, "unsafeAllowOverlap": True}}))
     env = env_of(container(pod_spec(docs)["containers"], "app"))
@@ -738,7 +744,7 @@ def fast_failover_preset_sets_the_tested_timing():
     docs, _ = rendered("fast-failover-values.yaml")
     env = env_of(container(pod_spec(docs)["containers"], "app"))
     want = {"LOCKWRAP_SESSION_CHECKS": "none", "LOCKWRAP_HEALTH_CHECK_TTL": "2s",
-            "LOCKWRAP_LOCK_DELAY": "0s", "LOCKWRAP_KILL_GRACE": "1s", "LOCKWRAP_TAKEOVER_DELAY": "2s"}
+            "LOCKWRAP_LOCK_DELAY": "0s", "LOCKWRAP_KILL_GRACE": "1s", "LOCKWRAP_TAKEOVER_DELAY": "4s"}
     assert {k: env.get(k) for k in want} == want, env
 
 
@@ -1042,8 +1048,8 @@ def notes_give_failover_with_lock_delay_and_takeover_delay():
     # docs/timing.md: TTL…2×TTL + L + T, T = kill grace + 1 s by default.
     assert "36–51s later" in notes({}), notes({})
     assert "40–55s later" in notes({"lockwrap": {"takeoverDelaySeconds": 10}})
-    # The health check path: ≈ D + L + T; fastFailover: 2 + 0 + 2.
-    assert "about 4s later" in notes({"lockwrap": {"fastFailover": True}})
+    # The health check path: ≈ D + L + T; fastFailover: 2 + 0 + 4.
+    assert "about 6s later" in notes({"lockwrap": {"fastFailover": True}})
     assert "about 26s later" in notes({"lockwrap": {"healthCheckTTLSeconds": 5}})
     assert "helm 4's\ndefault --wait" in notes({"lockwrap": {"readiness": "holder"}, "app": {"port": 80}})
 
@@ -1295,6 +1301,56 @@ def example_hooks_log_the_key_and_fencing_token():
         assert p.returncode == 0, f"{hook}: {p.returncode} {p.stderr}"
         out = p.stdout + p.stderr
         assert "service/x/leader" in out and "42" in out, f"{hook} output: {out!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the chart's timing refusals against lockwrap's own (needs LOCKWRAP_BIN; skipped otherwise)
+
+TIMING_GRID = [
+    {"lockDelaySeconds": l, "killGraceSeconds": g, "takeoverDelaySeconds": t,
+     "sessionChecks": c, "healthCheckTTLSeconds": d}
+    for l in (0, 2, 15) for g in (1, 5, 20) for t in (None, 3, 8, 30)
+    for c, d in (("none", 0), ("serfHealth", 0), ("none", 2))
+]
+
+
+@test_once
+def real_binary_refuses_exactly_the_timing_the_chart_refuses():
+    # docs/timing.md: the chart mirrors lockwrap's start-up refusals at render time. Over a grid
+    # of settings, the render fails exactly when lockwrap, given the same settings as env, exits
+    # 2 (unsafe timing from env) before it touches Consul; an accepted render's env is accepted
+    # by lockwrap (which then fails to reach the closed port: exit 8).
+    lockwrap = os.environ.get("LOCKWRAP_BIN")
+    if not lockwrap:
+        raise Skip("set LOCKWRAP_BIN (make static-test does)")
+    disagree = []
+    for lw in TIMING_GRID:
+        values = with_base({"lockwrap": dict(lw), "terminationGracePeriodSeconds": 60})
+        try:
+            docs, _ = render(values=values)
+            env = env_of(container(pod_spec(docs)["containers"], "app"))
+            env = {k: v for k, v in env.items() if k.startswith("LOCKWRAP_") and v is not None}
+            chart_ok = True
+        except RenderError as e:
+            assert "must be at least" in str(e), f"{lw}: {e}"
+            env = {"LOCKWRAP_LOCK_DELAY": f"{lw['lockDelaySeconds']}s",
+                   "LOCKWRAP_KILL_GRACE": f"{lw['killGraceSeconds']}s",
+                   "LOCKWRAP_SESSION_CHECKS": lw["sessionChecks"]}
+            if lw["healthCheckTTLSeconds"]:
+                env["LOCKWRAP_HEALTH_CHECK_TTL"] = f"{lw['healthCheckTTLSeconds']}s"
+            if lw["takeoverDelaySeconds"] is not None:
+                env["LOCKWRAP_TAKEOVER_DELAY"] = f"{lw['takeoverDelaySeconds']}s"
+            chart_ok = False
+        env.pop("LOCKWRAP_KEY", None)
+        p = subprocess.run([lockwrap, "run", "--consul-addr", "127.0.0.1:1", "--non-blocking",
+                            "--key", "grid/k", "--", "true"],
+                           env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True,
+                           timeout=30)
+        lockwrap_ok = p.returncode != 2
+        assert p.returncode in (2, 8), f"{lw}: exit {p.returncode}: {p.stderr}"
+        if chart_ok != lockwrap_ok:
+            disagree.append((lw, chart_ok, p.returncode, p.stderr.strip()))
+    assert not disagree, "\n".join(map(str, disagree))
 
 
 # ---------------------------------------------------------------------------------------------

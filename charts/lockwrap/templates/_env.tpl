@@ -5,7 +5,9 @@ the Secret volumes and mounts holding the Consul TLS files and token the env poi
 
 {{/*
 The timing settings lockwrap gets: the values, or the fast-failover preset, with the takeover
-delay defaulted as lockwrap does (kill grace + 1 s). One place, used by the env and the checks.
+delay defaulted as lockwrap does: max(kill grace + 1 s, kill grace + 3 s − lock-delay), the least
+that covers a forced unlock and a node force-left under a holder cut off from its agent
+(docs/timing.md). One place, used by the env and the checks.
 */}}
 {{- define "lockwrap.timing" -}}
 {{- $lw := .Values.lockwrap }}
@@ -14,13 +16,13 @@ sessionChecks: none
 healthCheckTTL: 2
 lockDelay: 0
 killGrace: 1
-takeoverDelay: 2
+takeoverDelay: 4
 {{- else }}
 sessionChecks: {{ $lw.sessionChecks | quote }}
 healthCheckTTL: {{ int $lw.healthCheckTTLSeconds }}
 lockDelay: {{ int $lw.lockDelaySeconds }}
 killGrace: {{ int $lw.killGraceSeconds }}
-takeoverDelay: {{ if kindIs "invalid" $lw.takeoverDelaySeconds }}{{ add (int $lw.killGraceSeconds) 1 }}{{ else }}{{ int $lw.takeoverDelaySeconds }}{{ end }}
+takeoverDelay: {{ if kindIs "invalid" $lw.takeoverDelaySeconds }}{{ max (add (int $lw.killGraceSeconds) 1) (sub (add (int $lw.killGraceSeconds) 3) (int $lw.lockDelaySeconds)) }}{{ else }}{{ int $lw.takeoverDelaySeconds }}{{ end }}
 {{- end }}
 {{- end }}
 

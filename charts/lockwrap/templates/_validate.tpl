@@ -55,6 +55,9 @@ never leak into yours.
 {{- if and (ne $t.sessionChecks "none") (lt (add (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
 {{- fail (printf "lockwrap.sessionChecks %q can end the session at any moment: lockDelaySeconds + takeover delay (%d) must be at least killGraceSeconds + 3 (%d) (docs/timing.md); or use sessionChecks: none" $t.sessionChecks (add (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
 {{- end }}
+{{- if lt (add (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3) }}
+{{- fail (printf "lockDelaySeconds + takeover delay (%d) must be at least killGraceSeconds + 3 (%d): a node force-left while its holder cannot reach its agent ends the session at any moment (docs/timing.md); raise lockwrap.takeoverDelaySeconds or lockwrap.lockDelaySeconds, or leave takeoverDelaySeconds empty" (add (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
+{{- end }}
 {{- if and (gt (int $t.healthCheckTTL) 0) (lt (add (int $t.healthCheckTTL) (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
 {{- fail (printf "lockwrap.healthCheckTTLSeconds + lockDelaySeconds + takeover delay (%d) must be at least killGraceSeconds + 3 (%d) (docs/timing.md)" (add (int $t.healthCheckTTL) (int $t.lockDelay) (int $t.takeoverDelay)) (add $grace 3)) }}
 {{- end }}
