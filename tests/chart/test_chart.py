@@ -672,8 +672,9 @@ def rendering_refuses_timing_lockwrap_would_refuse():
     # every pod.
     expect_render_error(with_base({"lockwrap": {"takeoverDelaySeconds": 2}}),
                         "lockwrap.takeoverDelaySeconds (2) must be at least killGraceSeconds + 1 (6)")
-    expect_render_error(with_base({"lockwrap": {"sessionChecks": "serfHealth", "lockDelaySeconds": 1}}),
-                        "lockDelaySeconds + takeover delay (7) must be at least killGraceSeconds + 3 (8)")
+    expect_render_error(with_base({"lockwrap": {"sessionChecks": "serfHealth", "lockDelaySeconds": 1,
+                                                "takeoverDelaySeconds": 6}}),
+                        "lockDelaySeconds + takeover delay (7) must be at least killGraceSeconds + 3 (8) (docs/timing.md); or use sessionChecks")
     # A node force-left under a holder cut off from its agent: lock-delay + takeover delay.
     expect_render_error(with_base({"lockwrap": {"lockDelaySeconds": 0, "takeoverDelaySeconds": 6}}),
                         "lockDelaySeconds + takeover delay (6) must be at least killGraceSeconds + 3 (8): "
