@@ -120,8 +120,11 @@ fn fencing_tokens_strictly_increase_across_holders_even_after_deletion() {
             consul.put_kv(&key, "x");
             consul.delete_kv(&key);
         } else {
+            // A forced unlock releases the key and keeps the entry, without a holder.
             let out = cli(consul, &["unlock", &key]);
             assert_eq!(code(&out), 0, "{}", describe(&out));
+            assert_eq!(consul.holder(&key), None, "round {round}: still held");
+            consul.delete_kv(&key);
         }
         assert!(consul.kv(&key).is_none(), "round {round}: key not deleted");
     }

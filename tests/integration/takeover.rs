@@ -7,8 +7,8 @@ use nix::sys::signal::Signal;
 
 use crate::consul::{wait_until, Consul};
 use crate::harness::{
-    alive, assert_no_sessions, code, describe, exclusion_probe, ms, now_ns, run_cmd, term_recorder,
-    unique_key, wait_waiting, waiting_opts, Dir, Proc,
+    alive, assert_no_sessions, cli, code, describe, exclusion_probe, ms, now_ns, run_cmd,
+    term_recorder, unique_key, wait_waiting, waiting_opts, Dir, Proc,
 };
 
 /// SIGKILLs a holder (its child dies by PDEATHSIG) and measures how long until a standby's child
@@ -305,4 +305,69 @@ fn sessions_are_bound_to_exactly_the_configured_checks() {
         holder.signal(Signal::SIGTERM);
         let _ = holder.finish(Duration::from_secs(20));
     }
+}
+
+#[test]
+fn first_use_starts_at_once_and_a_forced_unlock_hands_over_after_the_takeover_delay() {
+    let consul = Consul::shared();
+    let key = unique_key("first-use");
+    let dir = Dir::new("first-use");
+    // A command that takes 2 s of its 3 s kill grace to stop.
+    let child = dir.script(
+        "child.sh",
+        &format!(
+            "D='{}'\ntrap 'sleep 2; date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
+             date +%s%N > \"$D/start.$1\"\n\
+             while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
+             date +%s%N > \"$D/end.$1\"",
+            dir.display()
+        ),
+    );
+    // Lock-delay 15 s (the default), kill grace 3 s: takeover delay 4 s.
+    let opts = ["--kill-grace", "3s"];
+
+    // A key never used: no entry and no session that could hold it, so no takeover wait.
+    let spawned = now_ns();
+    let a = Proc::spawn(run_cmd(consul, &key, &opts, &[&child, "a"]));
+    assert!(dir.wait_for("start.a", Duration::from_secs(10)));
+    let first_use = dir.ns("start.a").expect("start.a") - spawned;
+    eprintln!("first use of a fresh key: {} ms", ms(first_use));
+    assert!(
+        first_use < 3_000_000_000,
+        "the first use waited {} ms",
+        ms(first_use)
+    );
+
+    let waiting = waiting_opts(&dir, "b");
+    let mut b_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    b_opts.extend(opts);
+    let b = Proc::spawn(run_cmd(consul, &key, &b_opts, &[&child, "b"]));
+    wait_waiting(&dir, "b");
+
+    // `unlock` of a running holder: released without lock-delay, the entry kept unclean, so b
+    // waits its takeover delay (not lock-delay + takeover delay) and never overlaps a.
+    let unlocked_at = now_ns();
+    let out = cli(consul, &["unlock", &key]);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(dir.wait_for("start.b", Duration::from_secs(15)));
+    let start_b = dir.ns("start.b").expect("start.b");
+    let end_a = dir.ns("end.a").expect("a's command stopped");
+    eprintln!(
+        "forced unlock: a stopped {} ms after it, b started {} ms after it",
+        ms(end_a - unlocked_at),
+        ms(start_b - unlocked_at)
+    );
+    assert!(start_b > end_a, "b started before a's command ended");
+    assert!(
+        start_b - unlocked_at >= 4_000_000_000,
+        "b did not wait the takeover delay"
+    );
+    assert!(
+        start_b - unlocked_at < 12_000_000_000,
+        "b waited a lock-delay as well"
+    );
+    assert_eq!(a.finish(Duration::from_secs(10)).status.code(), Some(101));
+    dir.touch("release.b");
+    assert_eq!(b.finish(Duration::from_secs(10)).status.code(), Some(0));
+    assert_no_sessions(consul, &key);
 }

@@ -190,6 +190,20 @@ impl ConsulClient {
         Ok(found.and_then(|(mut list, _)| list.pop()))
     }
 
+    /// Every live session, read from the leader (`?consistent`): a just-destroyed session must
+    /// not be seen as alive, nor a live one missed.
+    pub async fn session_list_consistent(&self) -> Result<Vec<SessionEntry>, BackendError> {
+        let found = self
+            .retry_read(|| {
+                self.json::<Vec<SessionEntry>>(
+                    self.request(Method::GET, "session/list")
+                        .query(&[("consistent", "")]),
+                )
+            })
+            .await?;
+        Ok(found.map(|(list, _)| list).unwrap_or_default())
+    }
+
     pub async fn session_list(&self) -> Result<Vec<SessionEntry>, BackendError> {
         let found = self
             .retry_read(|| {

@@ -49,6 +49,9 @@ struct AttemptState {
     fresh: Option<KvRead<Option<KvPair>>>,
     /// Races for a free key this waiter lost: a sign that other waiters wake with it.
     lost_races: u32,
+    /// A free key refused us: a lock-delay runs, so a session holding it was invalidated
+    /// recently and its holder's command may still be stopping.
+    saw_lock_delay: bool,
 }
 
 enum Attempt {
@@ -125,6 +128,7 @@ impl ConsulBackend {
             delay_backoff: LOCK_DELAY_RETRY_FIRST,
             fresh: None,
             lost_races: 0,
+            saw_lock_delay: false,
         };
         let patience =
             (request.wait == Wait::NonBlocking).then(|| started + retry::NON_BLOCKING_PATIENCE);
@@ -211,6 +215,8 @@ impl ConsulBackend {
             if request.wait == Wait::NonBlocking {
                 return Ok(Some(Attempt::Locked(Some(info))));
             }
+            // Whoever holds it now took it after any lock-delay we saw.
+            state.saw_lock_delay = false;
             // A standby needs no session: drop ours until the key is free again.
             if let Some(owned) = session.take() {
                 session::destroy(&self.client, &owned).await;
@@ -232,12 +238,16 @@ impl ConsulBackend {
         }
 
         // The key is free: take it with a session of our own.
-        let previous_clean = read.value.as_ref().is_some_and(value::released_cleanly);
         let previous_takeover = read.value.as_ref().and_then(value::announced_takeover);
         if session.is_none() {
             *session = Some(step!(self.create_session(request), stop, deadline)?);
         }
         let owned = session.as_ref().expect("session was just created");
+        let previous_clean = !state.saw_lock_delay
+            && match read.value.as_ref() {
+                Some(pair) => value::released_cleanly(pair),
+                None => !step!(self.holder_may_live(key, &owned.id), stop, deadline)?,
+            };
         let value = self.holder_value(request, &owned.id, started);
         let params = [
             ("acquire", owned.id.clone()),
@@ -283,6 +293,7 @@ impl ConsulBackend {
                     return Ok(Some(Attempt::Locked(None)));
                 }
                 tracing::debug!(key, retry_in = ?state.delay_backoff, "key is free but in lock-delay");
+                state.saw_lock_delay = true;
                 step!(tokio::time::sleep(state.delay_backoff), stop, deadline);
                 state.delay_backoff = (state.delay_backoff * 2).min(LOCK_DELAY_RETRY_MAX);
                 if let Some(owned) = session.as_mut() {
@@ -291,6 +302,21 @@ impl ConsulBackend {
                 Ok(None)
             }
         }
+    }
+
+    /// For a key with no entry: whether someone may still be running a command under it — the
+    /// entry deleted under a live holder, who stops its command before it destroys its session.
+    /// A key never used has no such session, so its first holder starts at once (docs/timing.md,
+    /// "First use"). Every session lockwrap creates is named for its key.
+    async fn holder_may_live(&self, key: &str, own: &str) -> Result<bool, BackendError> {
+        let sessions = self.client.session_list_consistent().await?;
+        let alive = sessions
+            .iter()
+            .find(|s| s.id != own && super::naming::names_key(&s.name, key));
+        if let Some(s) = alive {
+            tracing::debug!(key, session = %s.id, name = %s.name, "the key has no entry, but a session that may hold it is alive");
+        }
+        Ok(alive.is_some())
     }
 
     /// The entry value this process writes when it acquires with `session`.
@@ -454,8 +480,11 @@ impl ConsulBackend {
         }))
     }
 
-    /// Forces `key` free: destroys the holder's session (so it stops renewing), then removes
-    /// the entry if it is still unheld. Returns whether it was held.
+    /// Forces `key` free: releases it from the holder's session — no lock-delay, so a waiting
+    /// contender can take it at once — then destroys that session, so its holder stops renewing.
+    /// The entry stays, without the `released` marker: the next holder knows the release was
+    /// forced and waits its takeover delay while the old command stops (docs/timing.md). Returns
+    /// whether it was held.
     pub(crate) async fn force_release(
         &self,
         key: &str,
@@ -470,14 +499,20 @@ impl ConsulBackend {
         let Some(holder) = pair.holder().map(str::to_string) else {
             return Ok(false);
         };
-        self.client.session_destroy(&holder).await?;
-        // Only delete what is still unheld, so a new holder's entry is never removed.
-        let after = self.client.kv_get_retry(&lock_key).await?;
-        if let Some(pair) = after.value.filter(|p| p.holder().is_none()) {
-            self.client
-                .kv_delete(&lock_key, Some(pair.modify_index))
-                .await?;
+        let params = [
+            ("release", holder.clone()),
+            ("flags", pair.flags.to_string()),
+        ];
+        // The holder's own value, unchanged: it keeps the announced takeover delay.
+        if let Err(err) = self
+            .client
+            .kv_put(&lock_key, pair.value_bytes(), &params)
+            .await
+        {
+            // Destroying the session frees the key as well (after its lock-delay).
+            tracing::warn!(key, %err, "releasing the holder's key failed; destroying its session");
         }
+        self.client.session_destroy(&holder).await?;
         Ok(true)
     }
 }

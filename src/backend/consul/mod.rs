@@ -7,6 +7,7 @@ pub mod env;
 pub mod key_hold;
 pub mod lease;
 pub mod lock;
+mod naming;
 pub mod queue;
 pub mod scope;
 pub mod semaphore;

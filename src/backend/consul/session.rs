@@ -114,12 +114,12 @@ pub async fn create(
     identity: &Identity,
     pass: Option<Cadence>,
 ) -> Result<OwnedSession, BackendError> {
-    let name = settings.name.clone().unwrap_or_else(|| {
-        format!(
-            "lockwrap {key} on {} pid {}",
-            identity.hostname, identity.pid
-        )
-    });
+    let name = super::naming::session_name(
+        settings.name.as_deref(),
+        key,
+        &identity.hostname,
+        identity.pid,
+    );
     let check = match settings.health_check_ttl {
         Some(ttl) => {
             let id = format!(
