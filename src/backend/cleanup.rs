@@ -60,7 +60,7 @@ pub async fn wait(limit: Duration) {
     let started = Instant::now();
     loop {
         let asked = *latest().lock().unwrap_or_else(|e| e.into_inner());
-        let until = asked.map_or(started + limit, |l| l.max(started + limit));
+        let until = exit_deadline(started + limit, asked);
         if tokio::time::timeout_at(until.into(), tracker.wait())
             .await
             .is_ok()
@@ -74,4 +74,27 @@ pub async fn wait(limit: Duration) {
         }
     }
     tracing::warn!("cleanups still running at exit; their sessions expire with their TTL");
+}
+
+/// The later of `limit` and the deadline a bounded cleanup asked for.
+fn exit_deadline(limit: Instant, asked: Option<Instant>) -> Instant {
+    asked.map_or(limit, |asked| asked.max(limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_waits_for_the_latest_bounded_cleanup() {
+        let now = Instant::now();
+        let limit = now + Duration::from_secs(3);
+        assert_eq!(exit_deadline(limit, None), limit);
+        assert_eq!(
+            exit_deadline(limit, Some(now + Duration::from_secs(1))),
+            limit
+        );
+        let later = now + Duration::from_secs(15);
+        assert_eq!(exit_deadline(limit, Some(later)), later);
+    }
 }

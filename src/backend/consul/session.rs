@@ -402,6 +402,21 @@ mod lost {
     /// One round per [`LOOKUP_EVERY`] while anything is pending; a last round when the process
     /// starts exiting.
     async fn look() {
+        /// A looker dropped with its runtime (a library user's runtime that ends) lets the
+        /// next record start another.
+        struct Looking;
+        impl Drop for Looking {
+            fn drop(&mut self) {
+                pending().lock().unwrap_or_else(|e| e.into_inner()).looking = false;
+            }
+        }
+        let looking = Looking;
+        rounds().await;
+        // Ended by itself: `rounds` cleared the flag under the lock.
+        std::mem::forget(looking);
+    }
+
+    async fn rounds() {
         let closing = crate::backend::cleanup::closing();
         let mut backoff = Backoff::default();
         loop {
@@ -556,6 +571,80 @@ mod tests {
             check_id: id.to_string(),
             status: status.to_string(),
         }
+    }
+
+    #[test]
+    fn attempt_names_keep_the_base_and_differ_per_attempt() {
+        let name = attempt_name("lockwrap jobs/x on h pid 7", 0xab);
+        assert_eq!(
+            name,
+            "lockwrap jobs/x on h pid 7 [attempt 00000000000000ab]"
+        );
+        let user = attempt_name("my session", attempt_nonce());
+        assert!(user.starts_with("my session [attempt "));
+        let nonces: std::collections::HashSet<u64> = (0..1000).map(|_| attempt_nonce()).collect();
+        assert_eq!(nonces.len(), 1000);
+    }
+
+    #[test]
+    fn lost_creates_are_looked_for_twice_the_ttl_within_bounds() {
+        assert_eq!(lookup_window(Some(Duration::from_secs(5))), LOOKUP_MIN);
+        assert_eq!(
+            lookup_window(Some(Duration::from_secs(40))),
+            Duration::from_secs(80)
+        );
+        assert_eq!(lookup_window(Some(Duration::from_secs(600))), LOOKUP_MAX);
+        assert_eq!(lookup_window(None), LOOKUP_MAX);
+    }
+
+    #[test]
+    fn destroy_is_retried_for_one_ttl_or_thirty_seconds() {
+        let session = |ttl| OwnedSession {
+            id: "s".into(),
+            check: None,
+            sent_at: Instant::now(),
+            ttl,
+        };
+        assert_eq!(
+            session(Some(Duration::from_secs(15))).destroy_patience(),
+            Duration::from_secs(15)
+        );
+        assert_eq!(session(None).destroy_patience(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_patience_and_on_lasting_errors() {
+        let mut tries = 0;
+        let result = retry_within("test", Duration::from_secs(2), || {
+            tries += 1;
+            async { Err(BackendError::Transient("No cluster leader".into())) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert!(tries > 2, "retried {tries} times");
+
+        let mut tries = 0;
+        let result = retry_within("test", Duration::from_secs(2), || {
+            tries += 1;
+            let answer = if tries < 3 {
+                Err(BackendError::Transient("No cluster leader".into()))
+            } else {
+                Ok(())
+            };
+            async move { answer }
+        })
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(tries, 3);
+
+        let mut tries = 0;
+        let result = retry_within("test", Duration::from_secs(2), || {
+            tries += 1;
+            async { Err(BackendError::Denied("Permission denied".into())) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(tries, 1);
     }
 
     #[test]
