@@ -335,6 +335,8 @@ const LOOKUP_MAX: Duration = Duration::from_secs(180);
 /// Between lookups: a late commit is destroyed within seconds, and one `session/list` per
 /// round costs the servers little.
 const LOOKUP_EVERY: Duration = Duration::from_secs(2);
+/// The look on the way out: well inside the 3 s `main` gives every cleanup.
+const LAST_LOOK: Duration = Duration::from_secs(1);
 
 /// Records a create attempt named `name` whose outcome is unknown: it is looked for (by name)
 /// and destroyed in the background until [`lookup_window`] has passed, or the process exits.
@@ -359,7 +361,9 @@ mod lost {
 
     use tokio::sync::Notify;
 
-    use super::{destroy_once, retry_within, DESTROY_PATIENCE_WITHOUT_TTL, LOOKUP_EVERY};
+    use super::{
+        destroy_once, retry_within, DESTROY_PATIENCE_WITHOUT_TTL, LAST_LOOK, LOOKUP_EVERY,
+    };
     use crate::backend::consul::client::ConsulClient;
     use crate::backend::retry::Backoff;
 
@@ -440,6 +444,22 @@ mod lost {
                 return;
             }
             let what = "looking for session creates with an unknown outcome";
+            if last {
+                // The exit should not wait on an agent that is not answering: one short look
+                // if it was, else the sessions expire with their TTL.
+                if backoff.in_outage()
+                    || !matches!(
+                        tokio::time::timeout(LAST_LOOK, look_once(&round)).await,
+                        Ok(Ok(()))
+                    )
+                {
+                    tracing::warn!(
+                        "exiting with session creates of unknown outcome not found; \
+                         such a session expires with its TTL"
+                    );
+                }
+                return;
+            }
             let pause = match look_once(&round).await {
                 Ok(()) => {
                     backoff.succeeded(what);
@@ -447,9 +467,6 @@ mod lost {
                 }
                 Err(err) => backoff.failed(what, &err).max(LOOKUP_EVERY),
             };
-            if last {
-                return;
-            }
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
                 _ = wake().notified() => {}
