@@ -1,5 +1,6 @@
 //! Creating and destroying the session that holds a lock, and the optional agent TTL check it
-//! is bound to for fast failover (`--health-check-ttl`).
+//! is bound to for fast failover (`--health-check-ttl`); no session is leaked: destroys are
+//! retried, and creates whose outcome is unknown are found by name (docs/timing.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -330,7 +331,10 @@ fn lookup_window(ttl: Option<Duration>) -> Duration {
     ttl.map_or(LOOKUP_MAX, |ttl| (ttl * 2).clamp(LOOKUP_MIN, LOOKUP_MAX))
 }
 
+/// A short TTL still gets a leader election's worth of looking (elections take seconds).
 const LOOKUP_MIN: Duration = Duration::from_secs(30);
+/// A create left in flight commits within seconds or not at all; three minutes is far past
+/// that, and caps the looking for sessions without TTL (which would never expire).
 const LOOKUP_MAX: Duration = Duration::from_secs(180);
 /// Between lookups: a late commit is destroyed within seconds, and one `session/list` per
 /// round costs the servers little.
