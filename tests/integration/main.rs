@@ -16,6 +16,7 @@ mod layouts_semaphore;
 mod queue;
 mod reach;
 mod ride_out;
+mod sessions;
 mod sidecar;
 mod status_metadata;
 mod status_server;

@@ -21,9 +21,13 @@ pub(crate) fn session_name(custom: Option<&str>, key: &str, hostname: &str, pid:
     }
 }
 
-/// Whether a session named `name` was created by lockwrap for `key`.
+/// Whether a session named `name` was created by lockwrap for `key` (each create attempt adds
+/// its own ` [attempt …]` marker after the name; see `session::attempt_name`).
 pub(crate) fn names_key(name: &str, key: &str) -> bool {
-    name.starts_with(&name_prefix(key)) || name.ends_with(&custom_tag(key))
+    let base = name
+        .rfind(" [attempt ")
+        .map_or(name, |at| &name[..at]);
+    base.starts_with(&name_prefix(key)) || base.ends_with(&custom_tag(key))
 }
 
 #[cfg(test)]
@@ -41,5 +45,7 @@ mod tests {
         assert!(names_key(&custom, "a/b"));
         assert!(!names_key(&custom, "b"));
         assert!(!names_key("Consul API Lock", "a/b"));
+        assert!(names_key("deploy [lockwrap a/b] [attempt 00ff]", "a/b"));
+        assert!(names_key("lockwrap a/b on h pid 1 [attempt 00ff]", "a/b"));
     }
 }

@@ -1,5 +1,6 @@
 //! Creating and destroying the session that holds a lock, and the optional agent TTL check it
-//! is bound to for fast failover (`--health-check-ttl`).
+//! is bound to for fast failover (`--health-check-ttl`); no session is leaked: destroys are
+//! retried, and creates whose outcome is unknown are found by name (docs/timing.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::api::{AgentCheck, SessionRequest};
 use super::client::ConsulClient;
 use super::value::Identity;
+use crate::backend::retry::Backoff;
 use crate::backend::timing::Cadence;
 use crate::backend::{BackendError, Checks, SessionSettings};
 use crate::duration;
@@ -22,13 +24,25 @@ pub struct OwnedSession {
     pub check: Option<CheckKeeper>,
     /// When the create request was sent: the first "renew" of the lease deadline.
     pub sent_at: Instant,
+    /// The session's TTL (`None`: none): bounds how long a destroy is retried.
+    pub ttl: Option<Duration>,
 }
 
 impl OwnedSession {
     pub fn check_id(&self) -> Option<&str> {
         self.check.as_ref().map(|c| c.id.as_str())
     }
+
+    /// How long a destroy is retried: one TTL (after that nobody renews the session and Consul
+    /// expires it), or [`DESTROY_PATIENCE_WITHOUT_TTL`] (docs/timing.md, "Consul trouble").
+    fn destroy_patience(&self) -> Duration {
+        self.ttl.unwrap_or(DESTROY_PATIENCE_WITHOUT_TTL)
+    }
 }
+
+/// A session without TTL never expires, so its destroy is worth more patience than a TTL
+/// session's; 30 s rides out a leader election with room to spare.
+const DESTROY_PATIENCE_WITHOUT_TTL: Duration = Duration::from_secs(30);
 
 /// Keeps lockwrap's TTL check passing from its registration until the session is destroyed
 /// or the last clone of this handle is dropped, whatever phase the session is in (waiting out
@@ -114,12 +128,14 @@ pub async fn create(
     identity: &Identity,
     pass: Option<Cadence>,
 ) -> Result<OwnedSession, BackendError> {
-    let name = super::naming::session_name(
+    let base = super::naming::session_name(
         settings.name.as_deref(),
         key,
         &identity.hostname,
         identity.pid,
     );
+    // Unique per attempt, so an attempt whose outcome is unknown can be found again.
+    let name = attempt_name(&base, attempt_nonce());
     let check = match settings.health_check_ttl {
         Some(ttl) => {
             let id = format!(
@@ -153,7 +169,7 @@ pub async fn create(
         checks.get_or_insert_with(Vec::new).push(id.clone());
     }
     let request = SessionRequest {
-        name,
+        name: name.clone(),
         ttl: settings.ttl.map(duration::to_consul),
         lock_delay: duration::to_consul(settings.lock_delay),
         behavior: settings.behavior.as_str().to_string(),
@@ -168,9 +184,21 @@ pub async fn create(
                 let client = client.clone();
                 crate::backend::cleanup::spawn(async move { remove_dead_checks(&client).await });
             }
-            Ok(OwnedSession { id, check, sent_at })
+            // A leader answers again: look for earlier attempts now.
+            lost::nudge();
+            Ok(OwnedSession {
+                id,
+                check,
+                sent_at,
+                ttl: settings.ttl,
+            })
         }
         Err(err) => {
+            if err.is_transient() {
+                // Sent, maybe applied, answer lost (a timeout, a leader lost while committing
+                // it): the session may exist now or commit later under a new leader.
+                outcome_unknown(client, name, settings.ttl);
+            }
             if let Some(keeper) = &check {
                 keeper.stop();
                 let _ = client.check_deregister(&keeper.id).await;
@@ -190,49 +218,312 @@ fn default_pass_cadence(ttl: Duration) -> Cadence {
     }
 }
 
-/// Destroys the session and deregisters its check; logs and keeps going on failure, because
-/// this runs on exit paths where the best effort is all there is.
+/// Destroys the session and deregisters its check. One try inline; if Consul is not ready, the
+/// check stops passing (so it goes critical and takes the session with it) and the destroy is
+/// retried in the background like the holder's release, for up to one TTL (30 s without TTL),
+/// where the exit waits for it (docs/timing.md, "Consul trouble"). Never waits itself.
 pub async fn destroy(client: &ConsulClient, session: &OwnedSession) {
-    destroy_within(client, session, Duration::ZERO).await;
-}
-
-/// Destroys the session, retrying transient failures (no leader, agent restarting) for up to
-/// `patience`, so a key is not left held by a dead session; then deregisters the check.
-/// A session that outlives `patience` expires with its TTL.
-pub async fn destroy_within(client: &ConsulClient, session: &OwnedSession, patience: Duration) {
-    let give_up = Instant::now() + patience;
-    let mut pause = Duration::from_millis(250);
-    let mut warned = false;
-    loop {
-        match client.session_destroy(&session.id).await {
-            Ok(()) => {
-                if warned {
-                    tracing::info!(session = %session.id, "session destroyed after retries");
-                } else {
-                    tracing::debug!(session = %session.id, "session destroyed");
+    match destroy_once(client, &session.id).await {
+        Err(err) if err.is_transient() => {
+            tracing::warn!(session = %session.id, %err, "could not destroy the session; retrying in the background");
+            if let Some(check) = &session.check {
+                check.stop();
+            }
+            let patience = session.destroy_patience();
+            let (client, session) = (client.clone(), session.clone());
+            crate::backend::cleanup::spawn_within(patience, async move {
+                destroy_within(&client, &session, patience).await
+            });
+        }
+        result => {
+            match result {
+                Ok(()) => tracing::debug!(session = %session.id, "session destroyed"),
+                Err(err) => {
+                    tracing::warn!(session = %session.id, %err, "could not destroy session; it expires with its TTL")
                 }
-                break;
             }
-            Err(err) if err.is_transient() && Instant::now() + pause < give_up => {
-                if !warned {
-                    tracing::warn!(session = %session.id, %err, "could not destroy the session; retrying until it lands");
-                    warned = true;
-                }
-                tokio::time::sleep(crate::backend::retry::jitter(pause)).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(err) => {
-                tracing::warn!(session = %session.id, %err, "could not destroy session; it expires with its TTL");
-                break;
-            }
+            deregister_check(client, session).await;
         }
     }
+}
+
+/// Destroys the session, retrying transient failures (no leader, agent restarting) with the
+/// project's back-off for up to `patience`, so a key is not left held by a dead session; then
+/// deregisters the check. A session that outlives `patience` expires with its TTL.
+pub async fn destroy_within(client: &ConsulClient, session: &OwnedSession, patience: Duration) {
+    let what = format!("destroying session {}", session.id);
+    match retry_within(&what, patience, || destroy_once(client, &session.id)).await {
+        Ok(()) => tracing::debug!(session = %session.id, "session destroyed"),
+        Err(err) => {
+            tracing::warn!(session = %session.id, %err, "could not destroy session; it expires with its TTL")
+        }
+    }
+    deregister_check(client, session).await;
+}
+
+/// One destroy request. A session Consul no longer knows (404, "invalid session") is as good
+/// as destroyed.
+async fn destroy_once(client: &ConsulClient, id: &str) -> Result<(), BackendError> {
+    match client.session_destroy(id).await {
+        Err(BackendError::SessionGone(_)) => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs `op` until it succeeds, fails for good, or transient failures have lasted `patience`;
+/// pauses with [`Backoff`] (docs/timing.md, "Consul trouble").
+async fn retry_within<F, Fut>(what: &str, patience: Duration, mut op: F) -> Result<(), BackendError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BackendError>>,
+{
+    let give_up = Instant::now() + patience;
+    let mut backoff = Backoff::default();
+    loop {
+        match op().await {
+            Ok(()) => {
+                backoff.succeeded(what);
+                return Ok(());
+            }
+            Err(err) if err.is_transient() => {
+                let pause = backoff.failed(what, &err);
+                if Instant::now() + pause >= give_up {
+                    return Err(err);
+                }
+                tokio::time::sleep(pause).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+async fn deregister_check(client: &ConsulClient, session: &OwnedSession) {
     if let Some(check) = &session.check {
         // Stop passing first: a check that stays registered must go critical.
         check.stop();
         if let Err(err) = client.check_deregister(&check.id).await {
             tracing::warn!(check = %check.id, %err, "could not deregister health check");
         }
+    }
+}
+
+/// The name a create attempt sends: the user's `--session-name` or lockwrap's default, then a
+/// marker unique to the attempt (README, "Options"), so an attempt whose outcome is unknown
+/// can be found again by its name and destroyed.
+fn attempt_name(base: &str, nonce: u64) -> String {
+    format!("{base} [attempt {nonce:016x}]")
+}
+
+/// 64 random bits: names of attempts on every host must not collide, since a match is
+/// destroyed. The clock is mixed in against two processes starting from the same seed.
+fn attempt_nonce() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default();
+    fastrand::u64(..) ^ nanos.rotate_left(32) ^ u64::from(std::process::id())
+}
+
+/// How long a create whose outcome is unknown is looked for: it can commit after the first
+/// lookup, under a new leader, within seconds of the request (the agent holds a request for a
+/// leader for a few seconds); twice the TTL, at least 30 s and at most 3 minutes.
+fn lookup_window(ttl: Option<Duration>) -> Duration {
+    ttl.map_or(LOOKUP_MAX, |ttl| (ttl * 2).clamp(LOOKUP_MIN, LOOKUP_MAX))
+}
+
+/// A short TTL still gets a leader election's worth of looking (elections take seconds).
+const LOOKUP_MIN: Duration = Duration::from_secs(30);
+/// A create left in flight commits within seconds or not at all; three minutes is far past
+/// that, and caps the looking for sessions without TTL (which would never expire).
+const LOOKUP_MAX: Duration = Duration::from_secs(180);
+/// Between lookups: a late commit is destroyed within seconds, and one `session/list` per
+/// round costs the servers little.
+const LOOKUP_EVERY: Duration = Duration::from_secs(2);
+/// The look on the way out: well inside the 3 s `main` gives every cleanup.
+const LAST_LOOK: Duration = Duration::from_secs(1);
+
+/// Records a create attempt named `name` whose outcome is unknown: it is looked for (by name)
+/// and destroyed in the background until [`lookup_window`] has passed, or the process exits.
+#[doc(hidden)]
+pub fn outcome_unknown(client: &ConsulClient, name: String, ttl: Option<Duration>) {
+    tracing::debug!(
+        name,
+        "a session create's outcome is unknown; looking for it"
+    );
+    lost::record(lost::Lost {
+        name,
+        client: client.clone(),
+        until: Instant::now() + lookup_window(ttl),
+    });
+}
+
+/// The create attempts whose outcome is unknown, and the one background task that looks for
+/// them (one `session/list` per round for all of them, however many attempts failed).
+mod lost {
+    use std::sync::{Mutex, OnceLock};
+    use std::time::Instant;
+
+    use tokio::sync::Notify;
+
+    use super::{
+        destroy_once, retry_within, DESTROY_PATIENCE_WITHOUT_TTL, LAST_LOOK, LOOKUP_EVERY,
+    };
+    use crate::backend::consul::client::ConsulClient;
+    use crate::backend::retry::Backoff;
+
+    pub(super) struct Lost {
+        pub(super) name: String,
+        pub(super) client: ConsulClient,
+        pub(super) until: Instant,
+    }
+
+    #[derive(Default)]
+    struct Pending {
+        lost: Vec<Lost>,
+        looking: bool,
+    }
+
+    fn pending() -> &'static Mutex<Pending> {
+        static PENDING: OnceLock<Mutex<Pending>> = OnceLock::new();
+        PENDING.get_or_init(Mutex::default)
+    }
+
+    fn wake() -> &'static Notify {
+        static WAKE: OnceLock<Notify> = OnceLock::new();
+        WAKE.get_or_init(Notify::new)
+    }
+
+    pub(super) fn record(lost: Lost) {
+        let mut pending = pending().lock().unwrap_or_else(|e| e.into_inner());
+        pending.lost.push(lost);
+        if !pending.looking {
+            pending.looking = true;
+            crate::backend::cleanup::spawn(look());
+        }
+    }
+
+    /// Looks now rather than at the next round (a create just succeeded: a leader is back).
+    pub(super) fn nudge() {
+        wake().notify_one();
+    }
+
+    /// One round per [`LOOKUP_EVERY`] while anything is pending; a last round when the process
+    /// starts exiting.
+    async fn look() {
+        /// A looker dropped with its runtime (a library user's runtime that ends) lets the
+        /// next record start another.
+        struct Looking;
+        impl Drop for Looking {
+            fn drop(&mut self) {
+                pending().lock().unwrap_or_else(|e| e.into_inner()).looking = false;
+            }
+        }
+        let looking = Looking;
+        rounds().await;
+        // Ended by itself: `rounds` cleared the flag under the lock.
+        std::mem::forget(looking);
+    }
+
+    async fn rounds() {
+        let closing = crate::backend::cleanup::closing();
+        let mut backoff = Backoff::default();
+        loop {
+            let last = closing.is_cancelled();
+            let round: Vec<(String, ConsulClient)> = {
+                let mut pending = pending().lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                pending.lost.retain(|l| l.until > now);
+                let round = pending
+                    .lost
+                    .iter()
+                    .map(|l| (l.name.clone(), l.client.clone()))
+                    .collect::<Vec<_>>();
+                if round.is_empty() || last {
+                    pending.lost.clear();
+                    pending.looking = false;
+                }
+                round
+            };
+            if round.is_empty() {
+                return;
+            }
+            let what = "looking for session creates with an unknown outcome";
+            if last {
+                // The exit should not wait on an agent that is not answering: one short look
+                // if it was, else the sessions expire with their TTL.
+                if backoff.in_outage()
+                    || !matches!(
+                        tokio::time::timeout(LAST_LOOK, look_once(&round)).await,
+                        Ok(Ok(()))
+                    )
+                {
+                    tracing::warn!(
+                        "exiting with session creates of unknown outcome not found; \
+                         such a session expires with its TTL"
+                    );
+                }
+                return;
+            }
+            let pause = match look_once(&round).await {
+                Ok(()) => {
+                    backoff.succeeded(what);
+                    LOOKUP_EVERY
+                }
+                Err(err) => backoff.failed(what, &err).max(LOOKUP_EVERY),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = wake().notified() => {}
+                _ = closing.cancelled() => {}
+            }
+        }
+    }
+
+    /// Lists the sessions of every agent in `round` once and destroys those named like a lost
+    /// attempt. Keeps the names: the same attempt can still commit again after a retry.
+    async fn look_once(
+        round: &[(String, ConsulClient)],
+    ) -> Result<(), crate::backend::BackendError> {
+        let mut result = Ok(());
+        let mut listed: Vec<&str> = Vec::new();
+        for (_, client) in round {
+            if listed.contains(&client.base.as_str()) {
+                continue;
+            }
+            listed.push(client.base.as_str());
+            let sessions = match client.session_list().await {
+                Ok(sessions) => sessions,
+                Err(err) => {
+                    result = Err(err);
+                    continue;
+                }
+            };
+            let names: Vec<&str> = round
+                .iter()
+                .filter(|(_, c)| c.base == client.base)
+                .map(|(name, _)| name.as_str())
+                .collect();
+            for found in sessions.iter().filter(|s| names.contains(&s.name.as_str())) {
+                let what = format!(
+                    "destroying session {} left by a create with an unknown outcome",
+                    found.id
+                );
+                match retry_within(&what, DESTROY_PATIENCE_WITHOUT_TTL, || {
+                    destroy_once(client, &found.id)
+                })
+                .await
+                {
+                    Ok(()) => {
+                        tracing::info!(session = %found.id, name = %found.name, "destroyed a session left by a create with an unknown outcome")
+                    }
+                    Err(err) => {
+                        tracing::warn!(session = %found.id, %err, "could not destroy a session left by a create with an unknown outcome");
+                        result = Err(err);
+                    }
+                }
+            }
+        }
+        result
     }
 }
 
@@ -301,6 +592,80 @@ mod tests {
             check_id: id.to_string(),
             status: status.to_string(),
         }
+    }
+
+    #[test]
+    fn attempt_names_keep_the_base_and_differ_per_attempt() {
+        let name = attempt_name("lockwrap jobs/x on h pid 7", 0xab);
+        assert_eq!(
+            name,
+            "lockwrap jobs/x on h pid 7 [attempt 00000000000000ab]"
+        );
+        let user = attempt_name("my session", attempt_nonce());
+        assert!(user.starts_with("my session [attempt "));
+        let nonces: std::collections::HashSet<u64> = (0..1000).map(|_| attempt_nonce()).collect();
+        assert_eq!(nonces.len(), 1000);
+    }
+
+    #[test]
+    fn lost_creates_are_looked_for_twice_the_ttl_within_bounds() {
+        assert_eq!(lookup_window(Some(Duration::from_secs(5))), LOOKUP_MIN);
+        assert_eq!(
+            lookup_window(Some(Duration::from_secs(40))),
+            Duration::from_secs(80)
+        );
+        assert_eq!(lookup_window(Some(Duration::from_secs(600))), LOOKUP_MAX);
+        assert_eq!(lookup_window(None), LOOKUP_MAX);
+    }
+
+    #[test]
+    fn destroy_is_retried_for_one_ttl_or_thirty_seconds() {
+        let session = |ttl| OwnedSession {
+            id: "s".into(),
+            check: None,
+            sent_at: Instant::now(),
+            ttl,
+        };
+        assert_eq!(
+            session(Some(Duration::from_secs(15))).destroy_patience(),
+            Duration::from_secs(15)
+        );
+        assert_eq!(session(None).destroy_patience(), Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_patience_and_on_lasting_errors() {
+        let mut tries = 0;
+        let result = retry_within("test", Duration::from_secs(2), || {
+            tries += 1;
+            async { Err(BackendError::Transient("No cluster leader".into())) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert!(tries > 2, "retried {tries} times");
+
+        let mut tries = 0;
+        let result = retry_within("test", Duration::from_secs(2), || {
+            tries += 1;
+            let answer = if tries < 3 {
+                Err(BackendError::Transient("No cluster leader".into()))
+            } else {
+                Ok(())
+            };
+            async move { answer }
+        })
+        .await;
+        assert!(result.is_ok());
+        assert_eq!(tries, 3);
+
+        let mut tries = 0;
+        let result = retry_within("test", Duration::from_secs(2), || {
+            tries += 1;
+            async { Err(BackendError::Denied("Permission denied".into())) }
+        })
+        .await;
+        assert!(result.is_err());
+        assert_eq!(tries, 1);
     }
 
     #[test]
