@@ -177,7 +177,11 @@ fn create_answered_with_leadership_lost_destroys_the_session_that_committed_anyw
         .expect("name")
         .clone()
         .expect("a create was sent");
-    assert!(name.starts_with("my job [attempt "), "{name}");
+    // The user's name, tagged with the key (docs/timing.md, "First use"), then the attempt.
+    assert!(
+        name.starts_with("my job [lockwrap jobs/x] [attempt "),
+        "{name}"
+    );
     assert!(
         wait_until(Duration::from_secs(10), || destroyed
             .lock()
