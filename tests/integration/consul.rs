@@ -152,6 +152,11 @@ impl Consul {
                 .map(|(s, _)| s == 200 || s == 404)
                 .unwrap_or(false)
         });
+        // Sessions need the agent's node in the catalog ("Missing node registration" before).
+        wait_until(Duration::from_secs(10), || {
+            self.request("GET", "/v1/catalog/nodes", None, Some("root"))
+                .is_some_and(|(s, body)| s == 200 && body.contains("\"Node\""))
+        });
         true
     }
 
