@@ -5,12 +5,13 @@
 use std::process::Output;
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
 
 use crate::consul::{wait_until, Consul};
 use crate::harness::{
     code, describe, json_line, lockwrap, run_bounded, scratch, sidecar, stderr, stdout, unique_key,
-    QUICK,
+    Proc, QUICK,
 };
 
 /// The agent's node name: the sessions lockwrap creates and the checks it registers are on it.
@@ -214,7 +215,7 @@ fn acquiring_options_need_exactly_their_documented_rules() {
                 &format!("{command} {what}"),
                 &rules,
                 works,
-                &attempt,
+                attempt,
             );
         }
         if what == "--health-check-ttl" {
@@ -390,6 +391,26 @@ fn unlock_and_status_need_exactly_their_documented_rules() {
         },
         |token| run_with(&consul, token, &["status", &a]),
     );
+    // The queue is read from `<key>/.queue/`; without read there it is left out silently.
+    let mut waiter = lockwrap(&consul);
+    waiter
+        .env("CONSUL_HTTP_TOKEN", "root")
+        .args(["execute", "--queue", &a, "true"]);
+    let mut waiter = Proc::spawn(waiter);
+    assert!(
+        wait_until(QUICK, || !consul.keys(&format!("{a}/.queue/")).is_empty()),
+        "the waiter never queued"
+    );
+    let queue_of = |rules: &[String]| {
+        let out = run_with(&consul, &token(&consul, rules), &["status", &a]);
+        json_line(&out).get("queue").cloned()
+    };
+    assert_eq!(queue_of(&[key_read(&a)]), None);
+    let queue = queue_of(&[key_read(&a), prefix_read(&format!("{a}/.queue/"))]);
+    assert_eq!(queue.map(|q| q[0]["position"].clone()), Some(json!(1)));
+    waiter.signal(Signal::SIGTERM);
+    assert!(waiter.wait_exit(QUICK).is_some(), "the waiter did not stop");
+
     // status -r reads the regex's literal prefix; keys the token may not read are left out
     // without an error (Consul filters the listing).
     let out = run_with(
