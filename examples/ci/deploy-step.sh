@@ -6,7 +6,8 @@
 #
 # Configuration, all from the environment (CI secrets/variables):
 #   CONSUL_HTTP_ADDR        Consul address, e.g. https://consul.example.internal:8501 (required)
-#   CONSUL_HTTP_TOKEN_FILE  or CONSUL_HTTP_TOKEN: ACL token with session:write + key:write on the key
+#   CONSUL_HTTP_TOKEN_FILE  or CONSUL_HTTP_TOKEN: ACL token with the rules of the README's "ACL rules":
+#                           key "<key>" write, session "<node>" write, session_prefix "" read
 #   CONSUL_CACERT           CA bundle for a private Consul CA (optional)
 #   DEPLOY_ENV              environment name (default: staging); the lock key is deploy/<env>
 #   DEPLOY_LOCK_KEY         override the key
@@ -55,7 +56,7 @@ case $rc in
   5) echo "deploy-step: $key: gave up after ${DEPLOY_LOCK_TIMEOUT:-30m} waiting; holder:" >&2
      "$lockwrap" status "$key" >&2 || true ;;
   101) echo "deploy-step: $key: lost the lock mid-deploy (Consul unreachable?); the deploy was stopped" >&2 ;;
-  4) echo "deploy-step: $key: Consul ACL denied: the token needs session:write and key:write on $key" >&2 ;;
+  4) echo "deploy-step: $key: Consul ACL denied: the token needs key \"$key\" write, session \"<agent node>\" write and session_prefix \"\" read (README, \"ACL rules\")" >&2 ;;
   8) echo "deploy-step: $key: Consul unreachable at $CONSUL_HTTP_ADDR" >&2 ;;
   *) echo "deploy-step: $key: deploy command failed with exit code $rc" >&2 ;;
 esac

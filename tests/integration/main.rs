@@ -6,6 +6,7 @@ mod consul;
 mod harness;
 
 mod acl_connectivity;
+mod acl_rules;
 mod acquire_release;
 mod bad_input;
 mod config_precedence;
