@@ -154,6 +154,29 @@ fn consul_lock_layout_interoperates_with_hashicorp_consul_lock() {
         consul.holder(&lock_entry).as_deref()
     );
 
+    // The same name in lockwrap's default layout would give no exclusion at all: refused,
+    // naming the layout to use, and nothing runs.
+    let ran = dir.join("default-layout-ran");
+    let out = cli(
+        consul,
+        &[
+            "run",
+            "--non-blocking",
+            "--key",
+            &prefix,
+            "--",
+            "touch",
+            &ran.display().to_string(),
+        ],
+    );
+    assert_eq!(code(&out), 3, "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("--layout consul-lock"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!ran.exists(), "the command ran beside `consul lock`");
+
     // Once it lets go, lockwrap takes the same entry; then `consul lock` cannot.
     std::fs::write(&go, "").expect("go file");
     let (out, _) = theirs.finish_at(QUICK);

@@ -243,6 +243,9 @@ impl ConsulBackend {
             *session = Some(step!(self.create_session(request), stop, deadline)?);
         }
         let owned = session.as_ref().expect("session was just created");
+        if read.value.is_none() {
+            step!(self.refuse_other_layout(key, request.layout), stop, deadline)?;
+        }
         let previous_clean = !state.saw_lock_delay
             && match read.value.as_ref() {
                 Some(pair) => value::released_cleanly(pair),
@@ -302,6 +305,35 @@ impl ConsulBackend {
                 Ok(None)
             }
         }
+    }
+
+    /// For a key with no entry: refuses when the same name is locked in the other layout — a
+    /// `consul lock KEY` holds `KEY/.lock`, lockwrap's default layout holds `KEY` — since the
+    /// two would never exclude each other (README, "Key layouts").
+    async fn refuse_other_layout(&self, key: &str, layout: Layout) -> Result<(), BackendError> {
+        let (other, other_layout, flag) = match layout {
+            Layout::Default => (
+                lock_key(key, Layout::ConsulLock),
+                "consul-lock",
+                "--layout consul-lock",
+            ),
+            Layout::ConsulLock => (key.to_string(), "default", "--layout default"),
+        };
+        let read = self.client.kv_get(&other, None).await?;
+        let Some(pair) = read.value else {
+            return Ok(());
+        };
+        let lock_like = pair.flags == LOCK_FLAG_VALUE
+            || pair.flags == super::api::SEMAPHORE_FLAG_VALUE
+            || pair.holder().is_some();
+        if !lock_like {
+            return Ok(());
+        }
+        Err(BackendError::Conflict(format!(
+            "{other} is a lock in the {other_layout} layout (`consul lock {key}` or lockwrap \
+             {flag}): the same name in two layouts gives no exclusion; use {flag} for every \
+             contender"
+        )))
     }
 
     /// For a key with no entry: whether someone may still be running a command under it — the
