@@ -181,6 +181,26 @@ fn consul_lock_layout_interoperates_with_hashicorp_consul_lock() {
     std::fs::write(&go, "").expect("go file");
     let (out, _) = theirs.finish_at(QUICK);
     assert!(out.status.success(), "consul lock: {}", describe(&out));
+    // `consul lock` released cleanly (and removed its entry): no takeover wait.
+    let started = std::time::Instant::now();
+    let out = cli(
+        consul,
+        &[
+            "run",
+            "--layout",
+            "consul-lock",
+            "--key",
+            &prefix,
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a clean `consul lock` release was waited for: {:?}",
+        started.elapsed()
+    );
     let out = cli(
         consul,
         &[

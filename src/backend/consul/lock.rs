@@ -244,7 +244,11 @@ impl ConsulBackend {
         }
         let owned = session.as_ref().expect("session was just created");
         if read.value.is_none() {
-            step!(self.refuse_other_layout(key, request.layout), stop, deadline)?;
+            step!(
+                self.refuse_other_layout(key, request.layout),
+                stop,
+                deadline
+            )?;
         }
         let previous_clean = !state.saw_lock_delay
             && match read.value.as_ref() {
