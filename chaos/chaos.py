@@ -193,6 +193,7 @@ class Chaos:
     kinds = KINDS
     expected_exit = EXPECTED_EXIT
     contender_cls = Contender
+    limit = 1          # holders allowed at once (a semaphore's -n): more is the overlap
 
     def __init__(self, args):
         self.args = args
@@ -509,16 +510,20 @@ class Chaos:
         checker.save_evidence(self.work, {
             "t0": self.t0_mono, "deaths": self.deaths.snapshot(),
             "breaks": [{"kind": f["kind"], "t": f["t"]} for f in breaks],
-            "resets": [k for k, _ in self.restarts],
+            "resets": [k for k, _ in self.restarts], "limit": self.limit,
             "lenient_within_ns": int(self.ttl * 1e9) if lenient else None})
-        hard, tolerated = checker.overlaps(ivs, self.t0_mono, breaks,
-                                           int(self.ttl * 1e9) if lenient else None)
+        if self.limit > 1:
+            hard, tolerated = checker.overlaps_n(ivs, self.t0_mono, self.limit), []
+        else:
+            hard, tolerated = checker.overlaps(ivs, self.t0_mono, breaks,
+                                               int(self.ttl * 1e9) if lenient else None)
         checks.append(("no overlapping critical sections", not hard,
                        f"{len(ivs)} sections, {len(hard)} overlaps" +
                        (f", {len(tolerated)} after an external lock break (tolerated, see "
                         f"--strict)" if tolerated else "")))
         # fencing tokens
-        bad_tok, missing = checker.fencing(starts, [k for k, _ in self.restarts])
+        bad_tok, missing = (checker.fencing(starts, [k for k, _ in self.restarts])
+                            if self.limit <= 1 else ([], []))
         checks.append(("fencing tokens strictly increase across STARTs", not bad_tok and not missing,
                        f"{len(starts)} STARTs, {len(bad_tok)} non-increasing, {len(missing)} without "
                        f"a token" + (f" e.g. {bad_tok[:3]}" if bad_tok else "")))
