@@ -194,6 +194,7 @@ class Chaos:
     expected_exit = EXPECTED_EXIT
     contender_cls = Contender
     limit = 1          # holders allowed at once (a semaphore's -n): more is the overlap
+    final_ok_exits: set = set()   # more acceptable answers to the final stop (the library: -9)
 
     def __init__(self, args):
         self.args = args
@@ -566,7 +567,8 @@ class Chaos:
         recent = self.t_shutdown - int((self.ttl + self.kill_grace + 2) * 1e9)
         late_faults = any(f.get("t_end", 0) >= recent for f in self.faults)
         final_bad = {t: rc for t, rc in self.final_exit.items()
-                     if rc is None or (rc not in (143, 0) and not (rc == 101 and late_faults))}
+                     if rc is None or (rc not in (143, 0) and rc not in self.final_ok_exits
+                                       and not (rc == 101 and late_faults))}
         checks.append(("wrappers: no panic, hang or unexpected exit code",
                        not odd and not panics and not self.problems and not final_bad,
                        f"exit codes {codes}; unexpected {odd}; panics {len(panics)}; "

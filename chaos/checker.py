@@ -67,7 +67,10 @@ def overlaps(ivs, t0: int, breaks=(), lenient_within_ns: int | None = None):
     hard, tolerated = [], []
     prev = None
     for iv in ivs:
-        if prev is not None and iv["start"] < prev["end"]:
+        # one holder's own sections (its escaped worker, its sidecar application's terms) may
+        # overlap each other: only sections of different holders count
+        if prev is not None and iv["start"] < prev["end"] and \
+                holder_of(prev["tag"]) != holder_of(iv["tag"]):
             ov = {"earlier": prev["tag"], "later": iv["tag"],
                   "overlap_ms": round((prev["end"] - iv["start"]) / 1e6, 3),
                   "earlier_end_by": prev["how"],
@@ -98,15 +101,24 @@ def overlaps_n(ivs, t0: int, limit: int):
     out = []
     active: list[dict] = []
     for iv in ivs:
+        # distinct holders only (a holder's escaped worker is the same holder); per other holder, its latest-ending running section
+        by_holder: dict[str, dict] = {}
+        for a in active:
+            if a["end"] > iv["start"] and holder_of(a["tag"]) != holder_of(iv["tag"]):
+                h = holder_of(a["tag"])
+                if h not in by_holder or a["end"] > by_holder[h]["end"]:
+                    by_holder[h] = a
+        others = list(by_holder.values())
         active = [a for a in active if a["end"] > iv["start"]]
-        if len(active) >= limit:
-            ends = sorted(a["end"] for a in active)
+        if len(others) >= limit:
+            active_now = others
+            ends = sorted(a["end"] for a in active_now)
             # N+1 lasts until the (len-limit+1)-th earliest end, or the new section's end
-            over_until = min(ends[len(active) - limit], iv["end"])
-            out.append({"earlier": ",".join(a["tag"] for a in active), "later": iv["tag"],
+            over_until = min(ends[len(active_now) - limit], iv["end"])
+            out.append({"earlier": ",".join(a["tag"] for a in active_now), "later": iv["tag"],
                         "overlap_ms": round((over_until - iv["start"]) / 1e6, 3),
-                        "earlier_end_by": ",".join(a["how"] for a in active),
-                        "concurrent": len(active) + 1, "limit": limit,
+                        "earlier_end_by": ",".join(a["how"] for a in active_now),
+                        "concurrent": len(active_now) + 1, "limit": limit,
                         "later_start_rel_s": round((iv["start"] - t0) / 1e9, 3)})
         active.append(iv)
     return out

@@ -145,13 +145,25 @@ class ClusterContender(chaos.Contender):
 
     def stop(self):
         """Final SIGTERM, but never in the first second of a wrapper's life: setpriv may not
-        have exec'd lockwrap yet (it would die of the signal, -15, a harness artefact)."""
+        have exec'd lockwrap yet (it would die of the signal, -15, a harness artefact).
+        The library's LockManager::execute cannot be stopped by a signal: SIGKILL, then its
+        command (by the PIDs of this contender's live sections)."""
         with self.lock:
             self.running = False      # no respawn from here on
             p = self.proc
         if p is not None:
             wait_until(lambda: mono() - self.spawned_at >= 1e9 or p.poll() is not None, 2, 0.01,
                        "the wrapper's first second")
+        if self.cmd == "lib" and p is not None:
+            signal_pid(p.pid, signal.SIGKILL)
+            rc = p.wait(timeout=10)
+            with self.s.mon_lock:
+                pids = [pid for pid, ln in self.s.starts.items()
+                        if checker.holder_of(ln.tag) == self.tag]
+            for pid in pids:
+                if C.alive(pid):
+                    signal_pid(pid, signal.SIGKILL)
+            return rc
         return super().stop()
 
     def supervise(self, p, tag, t_spawn):
@@ -207,6 +219,9 @@ class ClusterChaos(chaos.Chaos):
                                for i in range(max(1, args.contenders))])
         self.key = f"chaos-cluster/{mode}/{setting}"
         self.uid_base = uid_base
+        if S.MODES[mode]["cmd"] == "lib":
+            self.kinds = [k for k in KINDS if k != "sigterm"]
+            self.final_ok_exits = {-9}
         args.workdir = os.path.join(cl.work, f"chaos-{mode}-{setting}")
         os.makedirs(args.workdir, exist_ok=True)
         os.chmod(args.workdir, 0o755)
@@ -264,6 +279,8 @@ class ClusterChaos(chaos.Chaos):
     def pick(self, first_round: list[str]):
         h = self.holder()
         ok = set(KINDS)
+        if S.MODES[self.mode]["cmd"] == "lib":   # execute() has no stop signal (see stop())
+            ok.discard("sigterm")
         if not h:
             ok -= HOLDER_KINDS
         if not h and not self.agent.kv_session(self.key):

@@ -355,7 +355,9 @@ class Agent:
 
     def consul_cli(self, *args: str, timeout: float = 30.0) -> int:
         """`consul ARGS -http-addr=<this agent>` (e.g. force-leave, leave); returns the exit code."""
-        r = subprocess.run([self.cluster.consul, *args, f"-http-addr=http://{self.addr}:{HTTP_PORT}"],
+        # flags go between the subcommand and its arguments (`consul force-leave -http-addr=… NODE`)
+        r = subprocess.run([self.cluster.consul, args[0], f"-http-addr=http://{self.addr}:{HTTP_PORT}",
+                            *args[1:]],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
         if r.returncode != 0:
             log(f"consul {' '.join(args)} on {self}: exit {r.returncode}: {r.stdout[-200:]!r}")
@@ -696,6 +698,20 @@ class Contender:
             self.proc = self.cluster.tracker.spawn(self.argv, stdout=subprocess.DEVNULL,
                                                    stderr=errf, env=env)
         return self
+
+    def fill_stderr_pipe(self) -> int:
+        """Fill the unread stderr pipe, so lockwrap's next log line blocks (a new open file
+        description through /proc, non-blocking for us only). Returns the bytes written."""
+        fd = os.open(f"/proc/self/fd/{self.pipe_r}", os.O_WRONLY | os.O_NONBLOCK)
+        n = 0
+        try:
+            while n < (1 << 24):
+                n += os.write(fd, b"x" * 4096)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+        return n
 
     def wrapper_pid(self) -> int | None:
         """The lockwrap process itself (for the sidecar: the sidecar, not its application)."""

@@ -29,9 +29,11 @@ PATHS (name: what happens -> what must hold):
                          as an assumption of the model; the scenario measures what happens)
   stderr-pipe            fast setting, -vv, the holder's stderr a pipe nobody reads, the holder's
                          link cut for 5 s (lots of log lines) -> no overlap, the standby takes over
-  lib-execute-takeover   the library's LockManager::execute (examples/lib_execute): the holder's
-                         session is destroyed -> the next one must not start before the old
-                         command (4 s to stop) is gone
+  lib-execute-takeover   the library's LockManager::execute (examples/lib_execute): the lock key
+                         is deleted under the holder (no lock-delay) -> the next one must not
+                         start before the old command (4 s to stop) is gone. LockManager::execute
+                         has no way to be stopped by a signal, so lib contenders are stopped with
+                         SIGKILL (of the process and its command) at the end
 """
 from __future__ import annotations
 
@@ -129,6 +131,18 @@ class PathGroup:
             pass
 
     def stop_all(self) -> None:
+        if self.mode["cmd"] == "lib":   # execute() cannot be cancelled: kill process + command
+            for c in self.contenders:
+                if c.tag not in self.exits and c.poll() is not None:
+                    self.exits[c.tag] = c.poll()
+            for ln in self.starts():
+                if alive(ln.pid):
+                    c = next((x for x in self.contenders if x.tag == C_tag(ln.tag)), None)
+                    if c is not None and c.tag not in self.exits:
+                        c.kill9()
+                        self.exits[c.tag] = c.proc.wait(timeout=10)
+                        self.exits[c.tag + " (SIGKILLed, then its command)"] = None
+                    signal_pid(ln.pid, signal.SIGKILL)
         for c in self.contenders:
             if c.tag not in self.exits:
                 self.exits[c.tag] = c.terminate(timeout=S.DEFAULT_KILL_GRACE + 15)
@@ -319,6 +333,7 @@ def p_stderr_pipe(suite):
     g.wait_start(a)
     g.spawn(c2)
     time.sleep(2)
+    g.result["pipe_filled_bytes"] = a.fill_stderr_pipe()   # from now on every log line blocks
     t_fault = mono()
     cl.cut_contender(a.uid, "reset")     # lockwrap retries and logs (-vv) into the full pipe
     try:
@@ -343,7 +358,10 @@ def p_lib_execute_takeover(suite):
     g.spawn(c2)
     time.sleep(2)
     t_fault = mono()
-    g.destroy(a)
+    # an external break with no lock-delay (README: "an operator deletes the key"): the holder
+    # sees it at once and stops its command (4 s); the next one must wait its takeover delay
+    st = C.http(cl.any_server().addr, "DELETE", "/v1/kv/" + g.key)[0]
+    cl.note(f"DELETE {g.key}: HTTP {st}")
     time.sleep(S.DEFAULT_KILL_GRACE + S.takeover_for(S.DEFAULT_KILL_GRACE, 15) + 2)
     g.stop_all()
     return [(g, g.check(t_fault))]
