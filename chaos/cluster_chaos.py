@@ -112,11 +112,14 @@ class ClusterContender(chaos.Contender):
         self.private = os.path.join(s.work, f"u{self.uid}")
         os.makedirs(self.private, exist_ok=True)
         os.chown(self.private, self.uid, self.uid)
-        if m.get("stderr_pipe") and self.slot == 0:
-            self.errf.close()
-            self.errf = PipeSink()
         self.env_extra = {}
         return NoLink()
+
+    def __init__(self, suite, slot: int):
+        super().__init__(suite, slot)
+        if S.MODES[suite.mode].get("stderr_pipe") and slot == 0:
+            self.errf.close()
+            self.errf = PipeSink()
 
     def argv(self, tag: str) -> list[str]:
         s, a = self.s, self.s.args
@@ -261,6 +264,9 @@ class ClusterChaos(chaos.Chaos):
 
     def heal_all(self) -> None:
         self.cl.heal()
+        for ag in self.cl.agents:        # an agent a fault left down (interrupted force_leave)
+            if not ag.running():
+                ag.start()
         try:
             self.cl.wait_ready(90)
         except TimeoutError as e:
