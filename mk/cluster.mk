@@ -20,20 +20,24 @@ CLUSTER_ARGS ?=
 
 .PHONY: cluster-test chaos-cluster chaos-cluster-quick cluster-lib-example
 
-# the library contender (LockManager::execute) of the lib mode and lib-execute-takeover
+# the library contender (LockManager::execute) of the lib mode and lib-execute-takeover. Its own
+# target dir: an example build unifies the dev-dependencies' features, so sharing target/ with
+# `cargo build --release` would rebuild both every time.
+LIB_EXAMPLE_TARGET ?= $(CURDIR)/target/lib-example
+LOCKWRAP_LIB_EXAMPLE ?= $(LIB_EXAMPLE_TARGET)/release/examples/lib_execute
 cluster-lib-example:
-	$(CARGO) build --release --example lib_execute
+	CARGO_TARGET_DIR=$(LIB_EXAMPLE_TARGET) $(CARGO) build --release --example lib_execute
 TEST_TARGETS += cluster-test
 
 cluster-test: consul build cluster-lib-example
-	LOCKWRAP_BIN=$(LOCKWRAP_BIN) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
+	LOCKWRAP_BIN=$(LOCKWRAP_BIN) LOCKWRAP_LIB_EXAMPLE=$(LOCKWRAP_LIB_EXAMPLE) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
 	  $(PYTHON) -m tests.cluster.scenarios $(CLUSTER_ARGS)
 
 chaos-cluster: consul build cluster-lib-example
-	LOCKWRAP_BIN=$(LOCKWRAP_BIN) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
+	LOCKWRAP_BIN=$(LOCKWRAP_BIN) LOCKWRAP_LIB_EXAMPLE=$(LOCKWRAP_LIB_EXAMPLE) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
 	  $(PYTHON) -m chaos.cluster_chaos --trials $(CLUSTER_TRIALS) --budget $(CLUSTER_BUDGET) \
 	  --setting $(CLUSTER_SETTING) --modes $(CLUSTER_MODES) --clusters $(CLUSTER_CLUSTERS) --summary chaos/results/cluster-summary.md $(CLUSTER_ARGS)
 
 chaos-cluster-quick: consul build cluster-lib-example
-	LOCKWRAP_BIN=$(LOCKWRAP_BIN) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
+	LOCKWRAP_BIN=$(LOCKWRAP_BIN) LOCKWRAP_LIB_EXAMPLE=$(LOCKWRAP_LIB_EXAMPLE) CONSUL_BIN="$$(scripts/ensure-consul.sh)" \
 	  $(PYTHON) -m chaos.cluster_chaos --quick --setting $(CLUSTER_SETTING) --modes $(CLUSTER_MODES) $(CLUSTER_ARGS)

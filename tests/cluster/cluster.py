@@ -612,9 +612,18 @@ SIDECAR_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sidecar_
 
 
 def lib_example(lockwrap: str) -> str:
-    """examples/lib_execute (LockManager::execute) built beside the lockwrap binary."""
-    return os.environ.get("LOCKWRAP_LIB_EXAMPLE") or os.path.join(
-        os.path.dirname(os.path.abspath(lockwrap)), "examples", "lib_execute")
+    """examples/lib_execute (LockManager::execute): $LOCKWRAP_LIB_EXAMPLE (mk/cluster.mk builds it
+    in target/lib-example), else beside the lockwrap binary."""
+    env = os.environ.get("LOCKWRAP_LIB_EXAMPLE")
+    if env and os.access(env, os.X_OK):
+        return env
+    here = os.path.dirname(os.path.abspath(lockwrap))
+    for p in (os.path.join(here, "examples", "lib_execute"),
+              os.path.join(os.path.dirname(os.path.dirname(here)), "target", "lib-example",
+                           "release", "examples", "lib_execute")):
+        if os.access(p, os.X_OK):
+            return p
+    return env or os.path.join(here, "examples", "lib_execute")
 
 
 def shq(argv: list[str]) -> str:
