@@ -24,6 +24,25 @@ trial first waits for a live holder):
     delete       DELETE /v1/kv/<key>
     heal         partition a node that is not the holder's (a standby's agent or a follower
                  server) for 2-15 s, then heal: the gossip flaps after a heal must not hurt
+    force_leave  kill -9 of the holder's client agent (the holder is blind), `consul force-leave`
+                 of that node from a server 0.3-2 s later (the runbook step), agent restarted
+                 3-25 s later
+    agent_leave  `consul leave` of the holder's agent (graceful), restarted 1-10 s later
+    sigterm      a stop signal to a wrapper in a random phase: waiting, takeover (the holder's
+                 session destroyed, then SIGTERM to a standby as it takes over), acquiring (the
+                 newest wrapper), holding, stopping (session destroyed, then SIGTERM to the old
+                 holder while its command stops)
+    stall        SIGSTOP of the holder's lockwrap alone (the sidecar, not its app) for longer than
+                 its deadline (fast 2.5-6 s, default 5-35 s), then SIGCONT
+
+MODES (tests/cluster/settings.py MODES; `--modes all` or a list): run, execute, sidecar (an app
+reading --status-file, tests/cluster/sidecar_app.py), sem2 (`-n 2`: 3 at once is the overlap),
+queue, layout (consul-lock), lib (LockManager::execute, examples/lib_execute), mixed (contenders of
+one key with different kill graces), escape / escape-nohup (the command leaves a worker behind),
+stderr-pipe (contender 0's stderr is a pipe nobody reads). Each MODE/SETTING combo runs on its own
+key; the combos are dealt over the --clusters (plan_combos). The command is
+tests/cluster/child.py: on SIGTERM it keeps running 80 % of its kill grace; a section ends when
+its process is gone.
 Each fault that faces a cluster-wide outage waits (bounded) for the cluster to be ready again.
 
 Checks: chaos.py's (no overlap - strict, fencing tokens increase, every child ended, no session
