@@ -73,8 +73,10 @@ class Group:
         self.result: dict = {"scenario": name, "args": " ".join(args) or "(defaults)"}
 
     def spawn(self, agent, n: int) -> C.Contender:
+        # tests/cluster/child.py: holds until stopped, then keeps running 80 % of its kill grace
         c = C.Contender(self.s.cl, agent, self.s.a.lockwrap, self.key, self.args, self.logfile,
-                        f"{self.name}-{n}")
+                        f"{self.name}-{n}", cmd="run",
+                        child_args=["3600", "3600", str(S.stop_time(self.args))])
         self.contenders.append(c)
         return c.start()
 
