@@ -374,7 +374,7 @@ class ClusterChaos(chaos.Chaos):
             pid = c.wrapper_pid()
             # longer than the holder's deadline (fast: 2 s after the last pass; default: 30 s
             # after the last renew), bounded
-            d = rng.uniform(2.5, 6.0) if self.setting == "fast" else rng.uniform(5.0, 35.0)
+            d = rng.uniform(*S.STALL_SECONDS[self.setting])
             rec.update(duration_s=round(d, 2), wrapper_pid=pid)
             if pid:
                 signal_pid(pid, signal.SIGSTOP)

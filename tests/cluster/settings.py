@@ -85,6 +85,11 @@ STOP_FRACTION = 0.8               # the command keeps running this share of its 
 TAKEOVER_MODEL = os.environ.get("LOCKWRAP_TAKEOVER_MODEL", "today")   # today | blind
 
 
+# SIGSTOP of a holder's lockwrap (chaos "stall"): longer than its deadline (fast: 2 s after the
+# last check pass; defaults: 30 s after the last renew), bounded.
+STALL_SECONDS = {"fast": (2.5, 6.0), "default": (31.0, 36.0)}
+
+
 def takeover_for(grace: float, lock_delay: float, model: str = "") -> float:
     """The default takeover delay of a contender with kill grace G and lock-delay L."""
     if (model or TAKEOVER_MODEL) == "blind":
