@@ -336,9 +336,14 @@ class ClusterChaos(chaos.Chaos):
             w = c.wrapper_pid()
             if c.cmd == "sidecar":     # the sidecar crashes; its application sees it gone
                 signal_pid(w, signal.SIGKILL)
-            else:
+            else:   # the container dies: the wrapper and every process of its holder
                 signal_pid(c.proc.pid, signal.SIGKILL)
                 signal_pid(ln.pid, signal.SIGKILL)
+                with self.mon_lock:
+                    mine = [pid for pid, x in self.starts.items()
+                            if checker.holder_of(x.tag) == c.tag]
+                for pid in mine:
+                    signal_pid(pid, signal.SIGKILL)
         elif kind == "force_leave":
             c, _ = h
             ag = c.agent
