@@ -227,16 +227,32 @@ def p_stop_in_takeover(suite):
     g.wait_start(a)
     b = g.spawn(c2)
     time.sleep(1.5)
-    c = g.spawn(c3)
+    c = g.spawn(c3)   # noqa: F841 (a contender of the scenario)
     time.sleep(2)
     t_fault = mono()
-    g.destroy(a)
-    # b takes the lock and waits its takeover delay; SIGTERM it during that wait
-    time.sleep(1.0)
-    started_b = any(C_tag(x.tag) == b.tag for x in g.starts())
-    signal_pid(b.proc.pid, signal.SIGTERM)
-    g.result["sigterm_during_takeover_wait"] = not started_b
-    log(f"{g.name}: destroyed {a.tag}'s session, SIGTERM to {b.tag} 1 s later (started: {started_b})")
+    old_sid = g.destroy(a)
+
+    # whichever of b and c took the lock waits its takeover delay: SIGTERM that one during it
+    def taker():
+        v = cl.kv(g.key)
+        sid = v.get("Session") if v else None
+        if not sid or sid == old_sid:
+            return None
+        for x in (b, c):
+            if g.session_of(x) == sid:
+                return x
+        return None
+    try:
+        t = wait_until(taker, 3.0, 0.02, "the next holder's session on the key")
+    except TimeoutError:
+        t = b
+    C.pace(max(0.0, 1.0 - (mono() - t_fault) / 1e9))
+    started = any(C_tag(x.tag) == t.tag for x in g.starts())
+    signal_pid(t.proc.pid, signal.SIGTERM)
+    g.result["sigterm_to"] = t.tag
+    g.result["sigterm_during_takeover_wait"] = not started
+    log(f"{g.name}: destroyed {a.tag}'s session, SIGTERM to {t.tag} (the one taking over) 1 s "
+        f"later (its command started: {started})")
     time.sleep(S.DEFAULT_KILL_GRACE + 4)
     g.stop_all()
     return [(g, g.check(t_fault))]
