@@ -34,6 +34,11 @@ PATHS (name: what happens -> what must hold):
                          start before the old command (4 s to stop) is gone. LockManager::execute
                          has no way to be stopped by a signal, so lib contenders are stopped with
                          SIGKILL (of the process and its command) at the end
+  sidecar-stepdown       two `lockwrap sidecar`s (defaults) with an application reading the status
+                         file (tests/cluster/sidecar_app.py); the leader sidecar gets SIGTERM (its
+                         pod is deleted) -> the other must not report leadership before the first
+                         application, which stops within the kill grace of the "not leader"
+                         report, is done
 """
 from __future__ import annotations
 
@@ -47,7 +52,7 @@ from tests.cluster import cluster as C
 from tests.cluster import settings as S
 
 PATHS = ["sem-destroy-stopping", "stop-in-takeover", "force-leave-blind", "escape-worker",
-         "stall-sigstop", "stderr-pipe", "lib-execute-takeover"]
+         "stall-sigstop", "stderr-pipe", "lib-execute-takeover", "sidecar-stepdown"]
 LONG_HOLD = ["3600", "3600"]   # MIN MAX of a holder that holds until told
 
 
@@ -379,5 +384,22 @@ def p_lib_execute_takeover(suite):
     st = C.http(cl.any_server().addr, "DELETE", "/v1/kv/" + g.key)[0]
     cl.note(f"DELETE {g.key}: HTTP {st}")
     time.sleep(S.DEFAULT_KILL_GRACE + S.takeover_for(S.DEFAULT_KILL_GRACE, 15) + 2)
+    g.stop_all()
+    return [(g, g.check(t_fault))]
+
+
+def p_sidecar_stepdown(suite):
+    cl = suite.cl
+    c1, c2, c3 = cl.clients
+    g = _register(suite, PathGroup(suite, "sidecar-stepdown", "sidecar", "default"))
+    a = g.spawn(c1)
+    g.wait_start(a)
+    g.spawn(c2)
+    time.sleep(2)
+    t_fault = mono()
+    pid = a.wrapper_pid()
+    cl.note(f"SIGTERM sidecar {a.tag} ({pid})")
+    signal_pid(pid, signal.SIGTERM)      # the sidecar alone: its pod is being deleted
+    time.sleep(S.kill_grace_of(g.args) + 3)
     g.stop_all()
     return [(g, g.check(t_fault))]
