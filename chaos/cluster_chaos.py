@@ -281,6 +281,18 @@ class ClusterChaos(chaos.Chaos):
                     return sess["ID"]
         return self.agent.kv_session(self.key) if self.limit == 1 else None
 
+    def shutdown(self) -> None:
+        super().shutdown()
+        # escaped workers (escape modes) outlive every wrapper by design, bounded by their 30 s
+        # life: wait for them, so their sections end by an observed death (the overlap they
+        # caused is counted either way)
+        with self.mon_lock:
+            pids = [pid for pid, ln in self.starts.items() if ln.tag.endswith(".w")]
+        try:
+            wait_until(lambda: not any(C.alive(p) for p in pids), 35, 0.1, "escaped workers")
+        except TimeoutError:
+            pass
+
     def heal_all(self) -> None:
         self.cl.heal()
         for ag in self.cl.agents:        # an agent a fault left down (interrupted force_leave)
