@@ -24,15 +24,27 @@ EVIDENCE = "evidence.json"
 BREAK_SLACK_NS = 1_000_000_000
 
 
+def holder_of(tag: str) -> str:
+    """The holder a section belongs to: an escaping worker (TAG.w) or a sidecar's application
+    section (TAG.sN) counts for the wrapper TAG."""
+    return tag.split(".", 1)[0]
+
+
 def intervals(lines, dead_at, alive, now):
     """Critical sections from log lines. dead_at(pid) -> mono ns or None; alive(pid) -> bool;
-    now() -> mono ns. Returns (sections sorted by start, tags of sections not ended)."""
+    now() -> mono ns. Returns (sections sorted by start, tags of sections not ended).
+    A section ends when its process is really gone: at its observed death when the death watcher
+    saw one (an upper bound of the exit), never before its END record (a process that wrote END
+    may still run); without an observed death, at its END."""
     starts = [ln for ln in lines if ln.kind == "START"]
     ends = {ln.pid: ln for ln in lines if ln.kind == "END"}
     ivs, unended = [], []
     for s in starts:
         if s.pid in ends:
             e, how = ends[s.pid].t, "END"
+            d = dead_at(s.pid)
+            if d is not None and d > e:
+                e, how = d, "END+death"
         else:
             d = dead_at(s.pid)
             if d is None and not alive(s.pid):
@@ -55,7 +67,10 @@ def overlaps(ivs, t0: int, breaks=(), lenient_within_ns: int | None = None):
     hard, tolerated = [], []
     prev = None
     for iv in ivs:
-        if prev is not None and iv["start"] < prev["end"]:
+        # one holder's own sections (its escaped worker, its sidecar application's terms) may
+        # overlap each other: only sections of different holders count
+        if prev is not None and iv["start"] < prev["end"] and \
+                holder_of(prev["tag"]) != holder_of(iv["tag"]):
             ov = {"earlier": prev["tag"], "later": iv["tag"],
                   "overlap_ms": round((prev["end"] - iv["start"]) / 1e6, 3),
                   "earlier_end_by": prev["how"],
@@ -77,6 +92,38 @@ def overlaps(ivs, t0: int, breaks=(), lenient_within_ns: int | None = None):
     return hard, tolerated
 
 
+def overlaps_n(ivs, t0: int, limit: int):
+    """For a semaphore (`-n limit`): stretches where more than `limit` sections run at once (an
+    N+1 overlap). Returns a list like overlaps()'s hard list (earlier = the sections already
+    running, later = the one that made it N+1; overlap_ms = how long N+1 lasted)."""
+    if limit <= 1:
+        return overlaps(ivs, t0)[0]
+    out = []
+    active: list[dict] = []
+    for iv in ivs:
+        # distinct holders only (a holder's escaped worker is the same holder); per other holder, its latest-ending running section
+        by_holder: dict[str, dict] = {}
+        for a in active:
+            if a["end"] > iv["start"] and holder_of(a["tag"]) != holder_of(iv["tag"]):
+                h = holder_of(a["tag"])
+                if h not in by_holder or a["end"] > by_holder[h]["end"]:
+                    by_holder[h] = a
+        others = list(by_holder.values())
+        active = [a for a in active if a["end"] > iv["start"]]
+        if len(others) >= limit:
+            active_now = others
+            ends = sorted(a["end"] for a in active_now)
+            # N+1 lasts until the (len-limit+1)-th earliest end, or the new section's end
+            over_until = min(ends[len(active_now) - limit], iv["end"])
+            out.append({"earlier": ",".join(a["tag"] for a in active_now), "later": iv["tag"],
+                        "overlap_ms": round((over_until - iv["start"]) / 1e6, 3),
+                        "earlier_end_by": ",".join(a["how"] for a in active_now),
+                        "concurrent": len(active_now) + 1, "limit": limit,
+                        "later_start_rel_s": round((iv["start"] - t0) / 1e9, 3)})
+        active.append(iv)
+    return out
+
+
 def fencing(starts, resets=()):
     """Fencing tokens must strictly increase across START records in time order. `resets`: mono
     ns times of events that reset Consul's indexes (a -dev agent restart): a pair straddling one
@@ -89,6 +136,8 @@ def fencing(starts, resets=()):
             continue
         if int(b.token) > int(a.token):
             continue
+        if int(b.token) == int(a.token) and holder_of(a.tag) == holder_of(b.tag):
+            continue   # one holder's escaping worker / sidecar section: its own token
         if any(a.t - 2e9 < k <= b.t for k in resets):
             continue
         bad.append(f"{a.tag}:{a.token} -> {b.tag}:{b.token}")
@@ -143,9 +192,13 @@ def recheck(workdir: str) -> list[tuple[str, bool, str]]:
     deaths = {int(pid): t for pid, t in ev["deaths"].items()}
     # Nothing of a saved run is alive: a START with neither END nor a recorded death is unended.
     ivs, unended = intervals(lines, deaths.get, lambda _pid: True, lambda: 0)
-    hard, tolerated = overlaps(ivs, ev["t0"], ev["breaks"], ev.get("lenient_within_ns"))
+    limit = int(ev.get("limit", 1))
+    if limit > 1:   # a semaphore: N+1 at once is the overlap; tokens are not ordered
+        hard, tolerated = overlaps_n(ivs, ev["t0"], limit), []
+    else:
+        hard, tolerated = overlaps(ivs, ev["t0"], ev["breaks"], ev.get("lenient_within_ns"))
     starts = [ln for ln in lines if ln.kind == "START"]
-    bad, missing = fencing(starts, ev.get("resets", []))
+    bad, missing = fencing(starts, ev.get("resets", [])) if limit <= 1 else ([], [])
     return [
         ("no overlapping critical sections", not hard,
          f"{len(ivs)} sections, {len(hard)} overlaps, {len(tolerated)} tolerated"

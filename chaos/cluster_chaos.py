@@ -24,6 +24,25 @@ trial first waits for a live holder):
     delete       DELETE /v1/kv/<key>
     heal         partition a node that is not the holder's (a standby's agent or a follower
                  server) for 2-15 s, then heal: the gossip flaps after a heal must not hurt
+    force_leave  kill -9 of the holder's client agent (the holder is blind), `consul force-leave`
+                 of that node from a server 0.3-2 s later (the runbook step), agent restarted
+                 3-25 s later
+    agent_leave  `consul leave` of the holder's agent (graceful), restarted 1-10 s later
+    sigterm      a stop signal to a wrapper in a random phase: waiting, takeover (the holder's
+                 session destroyed, then SIGTERM to a standby as it takes over), acquiring (the
+                 newest wrapper), holding, stopping (session destroyed, then SIGTERM to the old
+                 holder while its command stops)
+    stall        SIGSTOP of the holder's lockwrap alone (the sidecar, not its app) for longer than
+                 its deadline (fast 2.5-6 s, default 5-35 s), then SIGCONT
+
+MODES (tests/cluster/settings.py MODES; `--modes all` or a list): run, execute, sidecar (an app
+reading --status-file, tests/cluster/sidecar_app.py), sem2 (`-n 2`: 3 at once is the overlap),
+queue, layout (consul-lock), lib (LockManager::execute, examples/lib_execute), mixed (contenders of
+one key with different kill graces), escape / escape-nohup (the command leaves a worker behind),
+stderr-pipe (contender 0's stderr is a pipe nobody reads). Each MODE/SETTING combo runs on its own
+key; the combos are dealt over the --clusters (plan_combos). The command is
+tests/cluster/child.py: on SIGTERM it keeps running 80 % of its kill grace; a section ends when
+its process is gone.
 Each fault that faces a cluster-wide outage waits (bounded) for the cluster to be ready again.
 
 Checks: chaos.py's (no overlap - strict, fencing tokens increase, every child ended, no session
@@ -56,13 +75,35 @@ from tests.cluster import cluster as C
 from tests.cluster import settings as S
 
 KINDS = ["node_part", "http_cut", "leader_part", "leader_kill", "rolling", "kill9", "destroy",
-         "delete", "heal"]
+         "delete", "heal", "force_leave", "agent_leave", "sigterm", "stall"]
 WEIGHTS = {"node_part": 2, "http_cut": 2, "leader_part": 1, "leader_kill": 1, "rolling": 0.4,
-           "kill9": 3, "destroy": 2, "delete": 2, "heal": 1.5}
-HOLDER_KINDS = {"node_part", "http_cut", "kill9"}
+           "kill9": 3, "destroy": 2, "delete": 2, "heal": 1.5, "force_leave": 1,
+           "agent_leave": 1, "sigterm": 3, "stall": 1.5}
+HOLDER_KINDS = {"node_part", "http_cut", "kill9", "force_leave", "agent_leave", "stall"}
+# the phases a stop signal (SIGTERM to a wrapper) is aimed at
+SIGTERM_PHASES = ["waiting", "takeover", "acquiring", "holding", "stopping"]
 BREAK_KINDS = {"destroy", "delete"}
 # Faults during which a contender's agent may have no leader (exit 8 of a legacy build).
-LEADERLESS_KINDS = {"node_part", "leader_part", "leader_kill", "rolling", "heal"}
+LEADERLESS_KINDS = {"node_part", "leader_part", "leader_kill", "rolling", "heal", "force_leave",
+                    "agent_leave"}
+
+
+class PipeSink:
+    """A contender's stderr that is a pipe nobody reads (the stderr-pipe mode): subprocess uses
+    fileno(); the harness' own writes (tag headers) go nowhere."""
+
+    def __init__(self):
+        self.r, self.w = os.pipe()     # the read end stays open, never read
+        self.name = os.devnull
+
+    def fileno(self):
+        return self.w
+
+    def write(self, _b):
+        return 0
+
+    def flush(self):
+        pass
 
 
 class NoLink:
@@ -83,25 +124,68 @@ class ClusterContender(chaos.Contender):
         s.cl.fw.register_uid(self.uid)
         self.exit_times: list[tuple[str, int | None, int, int]] = []   # tag, rc, spawn, exit (ns)
         self.spawned_at = 0
+        m = S.MODES[s.mode]
+        self.cmd = m["cmd"]
+        self.flags = S.mode_args(s.mode, s.setting, s.args.lockwrap, self.slot)
+        self.grace = S.DEFAULT_KILL_GRACE if self.cmd == "lib" else S.kill_grace_of(self.flags)
+        self.private = os.path.join(s.work, f"u{self.uid}")
+        os.makedirs(self.private, exist_ok=True)
+        os.chown(self.private, self.uid, self.uid)
+        self.env_extra = {}
         return NoLink()
+
+    def __init__(self, suite, slot: int):
+        super().__init__(suite, slot)
+        if S.MODES[suite.mode].get("stderr_pipe") and slot == 0:
+            self.errf.close()
+            self.errf = PipeSink()
 
     def argv(self, tag: str) -> list[str]:
         s, a = self.s, self.s.args
         self.spawned_at = mono()
-        return C.as_uid(self.uid, [a.lockwrap, "run", "--key", s.key, "--consul-addr",
-                                   f"{self.agent.addr}:{C.HTTP_PORT}", *s.flags, "--", C.PYTHON,
-                                   "-S", C.CHILD, "chaos", s.logfile, tag, str(a.hold_min),
-                                   str(a.hold_max)])
+        child = [str(a.hold_min), str(a.hold_max), str(round(S.STOP_FRACTION * self.grace, 3))]
+        if S.MODES[s.mode].get("escape"):
+            child.append(S.MODES[s.mode]["escape"])
+        argv, self.env_extra = C.command_argv(self.cmd, a.lockwrap, s.key, self.agent.addr,
+                                              self.flags, s.logfile, tag, child, self.private)
+        if self.env_extra:   # the library reads CONSUL_HTTP_ADDR
+            argv = ["env", *[f"{k}={v}" for k, v in self.env_extra.items()], *argv]
+        return C.as_uid(self.uid, argv)
+
+    def wrapper_pid(self) -> int | None:
+        """lockwrap itself (the sidecar, not its application; env/setpriv exec it)."""
+        p = self.proc
+        if p is None:
+            return None
+        if self.cmd == "sidecar":
+            try:
+                with open(os.path.join(self.private, f"{self.tag}.pid")) as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                return None
+        return p.pid
 
     def stop(self):
         """Final SIGTERM, but never in the first second of a wrapper's life: setpriv may not
-        have exec'd lockwrap yet (it would die of the signal, -15, a harness artefact)."""
+        have exec'd lockwrap yet (it would die of the signal, -15, a harness artefact).
+        The library's LockManager::execute cannot be stopped by a signal: SIGKILL, then its
+        command (by the PIDs of this contender's live sections)."""
         with self.lock:
             self.running = False      # no respawn from here on
             p = self.proc
         if p is not None:
             wait_until(lambda: mono() - self.spawned_at >= 1e9 or p.poll() is not None, 2, 0.01,
                        "the wrapper's first second")
+        if self.cmd == "lib" and p is not None:
+            signal_pid(p.pid, signal.SIGKILL)
+            rc = p.wait(timeout=10)
+            with self.s.mon_lock:
+                pids = [pid for pid, ln in self.s.starts.items()
+                        if checker.holder_of(ln.tag) == self.tag]
+            for pid in pids:
+                if C.alive(pid):
+                    signal_pid(pid, signal.SIGKILL)
+            return rc
         return super().stop()
 
     def supervise(self, p, tag, t_spawn):
@@ -146,14 +230,21 @@ class ClusterChaos(chaos.Chaos):
     expected_exit = {0, 8, 101, 143, 137, -9, -15}
     ttl = S.SESSION_TTL
 
-    def __init__(self, args, cl: C.Cluster, setting: str, uid_base: int):
+    def __init__(self, args, cl: C.Cluster, setting: str, uid_base: int, mode: str = "run"):
         self.cl = cl
         self.setting = setting
-        self.flags = S.setting(setting, args.lockwrap)
-        self.kill_grace = S.KILL_GRACE[setting]
-        self.key = f"chaos-cluster/{setting}"
+        self.mode = mode
+        self.limit = S.MODES[mode]["limit"]
+        self.flags = S.mode_args(mode, setting, args.lockwrap, 0)
+        self.kill_grace = max([S.DEFAULT_KILL_GRACE if S.MODES[mode]["cmd"] == "lib" else
+                               S.kill_grace_of(S.mode_args(mode, setting, args.lockwrap, i))
+                               for i in range(max(1, args.contenders))])
+        self.key = f"chaos-cluster/{mode}/{setting}"
         self.uid_base = uid_base
-        args.workdir = os.path.join(cl.work, f"chaos-{setting}")
+        if S.MODES[mode]["cmd"] == "lib":
+            self.kinds = [k for k in KINDS if k != "sigterm"]
+            self.final_ok_exits = {-9}
+        args.workdir = os.path.join(cl.work, f"chaos-{mode}-{setting}")
         os.makedirs(args.workdir, exist_ok=True)
         os.chmod(args.workdir, 0o755)
         super().__init__(args)
@@ -168,8 +259,45 @@ class ClusterChaos(chaos.Chaos):
     def list_sessions(self) -> list[dict]:
         return [s for s in self.cl.sessions() if self.key in s.get("Name", "")]
 
+    def holder(self):
+        """(contender, START line) of a live section, newest first; a sidecar application's
+        section (TAG.sN) or an escaped worker (TAG.w) belongs to the wrapper TAG."""
+        with self.mon_lock:
+            live = [ln for pid, ln in self.starts.items() if pid not in self.ends and C.alive(pid)
+                    and not self.deaths.dead_at(pid) and not ln.tag.endswith(".w")]
+        for ln in sorted(live, key=lambda x: -x.t):
+            for c in self.contenders:
+                if c.tag == checker.holder_of(ln.tag) and c.proc is not None and c.proc.poll() is None:
+                    return c, ln
+        return None
+
+    def session_of(self, c) -> str | None:
+        """The lock session of contender c's current wrapper (its name ends in `pid <pid>`)."""
+        pid = c.wrapper_pid()
+        if pid:
+            for sess in self.cl.sessions():
+                name = sess.get("Name", "")
+                if name.endswith(f"pid {pid}") and "queue" not in name:
+                    return sess["ID"]
+        return self.agent.kv_session(self.key) if self.limit == 1 else None
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        # escaped workers (escape modes) outlive every wrapper by design, bounded by their 30 s
+        # life: wait for them, so their sections end by an observed death (the overlap they
+        # caused is counted either way)
+        with self.mon_lock:
+            pids = [pid for pid, ln in self.starts.items() if ln.tag.endswith(".w")]
+        try:
+            wait_until(lambda: not any(C.alive(p) for p in pids), 35, 0.1, "escaped workers")
+        except TimeoutError:
+            pass
+
     def heal_all(self) -> None:
         self.cl.heal()
+        for ag in self.cl.agents:        # an agent a fault left down (interrupted force_leave)
+            if not ag.running():
+                ag.start()
         try:
             self.cl.wait_ready(90)
         except TimeoutError as e:
@@ -188,13 +316,15 @@ class ClusterChaos(chaos.Chaos):
     def pick(self, first_round: list[str]):
         h = self.holder()
         ok = set(KINDS)
+        if S.MODES[self.mode]["cmd"] == "lib":   # execute() has no stop signal (see stop())
+            ok.discard("sigterm")
         if not h:
             ok -= HOLDER_KINDS
-        if not self.agent.kv_session(self.key):
+        if not h and not self.agent.kv_session(self.key):
             ok.discard("destroy")
         left = self.deadline - time.monotonic()
         if left < 60:
-            ok -= {"node_part", "rolling", "leader_kill"}
+            ok -= {"node_part", "rolling", "leader_kill", "force_leave", "agent_leave", "stall"}
         for k in list(first_round):
             if k in ok:
                 first_round.remove(k)
@@ -215,8 +345,84 @@ class ClusterChaos(chaos.Chaos):
             rec.update(tag=ln.tag, agent=c.agent.name)
         if kind == "kill9":
             c, ln = h
-            signal_pid(c.proc.pid, signal.SIGKILL)
-            signal_pid(ln.pid, signal.SIGKILL)
+            w = c.wrapper_pid()
+            if c.cmd == "sidecar":     # the sidecar crashes; its application sees it gone
+                signal_pid(w, signal.SIGKILL)
+            else:   # the container dies: the wrapper and every process of its holder
+                signal_pid(c.proc.pid, signal.SIGKILL)
+                signal_pid(ln.pid, signal.SIGKILL)
+                with self.mon_lock:
+                    mine = [pid for pid, x in self.starts.items()
+                            if checker.holder_of(x.tag) == c.tag]
+                for pid in mine:
+                    signal_pid(pid, signal.SIGKILL)
+        elif kind == "force_leave":
+            c, _ = h
+            ag = c.agent
+            cl.note(f"kill -9 {ag.name}")
+            ag.kill9()
+            pace = rng.uniform(0.3, 2.0)
+            C.pace(pace)
+            srv = cl.any_server()
+            rec.update(agent_down=ag.name, force_leave_after_s=round(pace, 2),
+                       force_leave_exit=srv.consul_cli("force-leave", ag.name))
+            # the blind holder runs on until its own deadline; keep the agent down a while
+            self.pace(rng.uniform(3, 25))
+            ag.start()
+            try:
+                cl.wait_ready(90)
+            except TimeoutError as e:
+                self.problem(f"cluster not ready 90 s after restarting {ag.name}: {e}")
+            rec["duration_s"] = round((mono() - rec["t"]) / 1e9, 2)
+        elif kind == "agent_leave":
+            c, _ = h
+            ag = c.agent
+            cl.note(f"consul leave {ag.name}")
+            ag.graceful_leave()
+            self.pace(rng.uniform(1, 10))
+            ag.start()
+            try:
+                cl.wait_ready(90)
+            except TimeoutError as e:
+                self.problem(f"cluster not ready 90 s after {ag.name} left and restarted: {e}")
+            rec["duration_s"] = round((mono() - rec["t"]) / 1e9, 2)
+        elif kind == "stall":
+            c, _ = h
+            pid = c.wrapper_pid()
+            # longer than the holder's deadline (fast: 2 s after the last pass; default: 30 s
+            # after the last renew), bounded
+            d = rng.uniform(*S.STALL_SECONDS[self.setting])
+            rec.update(duration_s=round(d, 2), wrapper_pid=pid)
+            if pid:
+                signal_pid(pid, signal.SIGSTOP)
+                try:
+                    self.pace(d)
+                finally:
+                    signal_pid(pid, signal.SIGCONT)
+        elif kind == "sigterm":
+            phase = rng.choice(SIGTERM_PHASES)
+            rec["phase"] = phase
+            holder_c = h[0] if h else None
+            others = [x for x in self.contenders if x is not holder_c and x.proc is not None
+                      and x.proc.poll() is None]
+            target = None
+            if phase in ("takeover", "stopping") and holder_c is not None:
+                sid = self.session_of(holder_c)
+                if sid:
+                    C.http(cl.any_server().addr, "PUT", "/v1/session/destroy/" + sid)
+                    rec["destroyed"] = sid
+                C.pace(rng.uniform(0.05, 1.5))
+                target = holder_c if phase == "stopping" else (rng.choice(others) if others else None)
+            elif phase == "holding":
+                target = holder_c
+            elif phase == "acquiring":
+                # the most recently (re)spawned wrapper: it is creating its session / acquiring
+                target = max(others, key=lambda x: x.spawned_at, default=None)
+            else:
+                target = rng.choice(others) if others else None
+            if target is not None:
+                rec["target"] = target.tag
+                signal_pid(target.wrapper_pid() or target.proc.pid, signal.SIGTERM)
         elif kind == "node_part":
             c, _ = h
             d = rng.uniform(2, 20) if rng.random() < 0.75 else rng.uniform(20, 45)
@@ -257,7 +463,7 @@ class ClusterChaos(chaos.Chaos):
             cl.rolling_restart(wait=90)
             rec["duration_s"] = round((mono() - rec["t"]) / 1e9, 2)
         elif kind == "destroy":
-            sid = self.agent.kv_session(self.key)
+            sid = self.session_of(h[0]) if h else self.agent.kv_session(self.key)
             rec["session"] = sid
             if sid:
                 rec["http"] = C.http(cl.any_server().addr, "PUT", "/v1/session/destroy/" + sid)[0]
@@ -321,6 +527,9 @@ class ClusterChaos(chaos.Chaos):
                    if f["kind"] in LEADERLESS_KINDS]
         cuts = [(f["tag"].rsplit("g", 1)[0], f["t"], f["t_end"]) for f in self.faults
                 if f["kind"] == "http_cut" and f.get("tag")]
+        # an agent killed (force_leave) or left (agent_leave) refuses connections until restarted
+        down = [(f.get("agent"), f["t"], f["t_end"] + int(5e9)) for f in self.faults
+                if f["kind"] in ("force_leave", "agent_leave")]
         bad, cut_off, justified = [], 0, 0
         for c in self.contenders:
             for tag, rc, t0, t1 in c.exit_times:
@@ -328,6 +537,8 @@ class ClusterChaos(chaos.Chaos):
                     continue
                 who = tag.rsplit("g", 1)[0]
                 if any(w == who and a <= t0 <= b for w, a, b in cuts):
+                    cut_off += 1
+                elif any(ag == c.agent.name and a <= t0 <= b for ag, a, b in down):
                     cut_off += 1
                 elif legacy and any(a <= t1 and t0 <= b for a, b in windows):
                     justified += 1
@@ -344,12 +555,20 @@ class ClusterChaos(chaos.Chaos):
         return checks, detail
 
 
-def run_setting(a, cl: C.Cluster, setting: str, trials: int, budget: float, uid_base: int) -> dict:
+def split_combo(combo: str) -> tuple[str, str]:
+    """"MODE/SETTING" (a plain SETTING means mode run) -> (mode, setting)."""
+    mode, _, setting = combo.rpartition("/")
+    return mode or "run", setting
+
+
+def run_setting(a, cl: C.Cluster, combo: str, trials: int, budget: float, uid_base: int) -> dict:
+    mode, setting = split_combo(combo)
     sa = argparse.Namespace(**vars(a))
     sa.trials, sa.budget = trials, budget
     sa.min_trials = trials if not a.allow_partial else 0
     sa.takeover_delay = S.takeover_delay(setting)     # > 0: every overlap fails (strict)
-    ch = ClusterChaos(sa, cl, setting, uid_base)
+    ch = ClusterChaos(sa, cl, setting, uid_base, mode)
+    setting = combo
     ch.t0_mono = mono()
     log(f"[{setting}] flags {' '.join(ch.flags) or '(defaults)'}; trials {trials}, budget {budget:.0f}s")
     checks, detail = [], {}
@@ -374,7 +593,10 @@ def run_setting(a, cl: C.Cluster, setting: str, trials: int, budget: float, uid_
                 json.dump(ch.faults, f, default=str)
         except OSError:
             pass
-        out = {"setting": setting, "flags": " ".join(ch.flags) or "(defaults)",
+        out = {"setting": setting, "mode": mode, "limit": ch.limit,
+               "flags": f"{S.MODES[mode]['cmd']} " + (" | ".join(
+                   " ".join(c.flags) or "(defaults)" for c in ch.contenders[:2]) or
+                   " ".join(ch.flags) or "(defaults)"),
                "trials": sum(ch.counts.values()), "counts": ch.counts,
                "with_live_holder": ch.on_holder, "seconds": round(time.monotonic() - ch.t_start),
                "sections": detail.get("sections", 0), "checks": checks,
@@ -440,7 +662,19 @@ def write_summary(path: str, a, results: list[dict], source: str) -> None:
     total = sum(o["trials"] for o in results)
     all_ok = all(c[1] for o in results for c in o["checks"])
     lines += [f"**{total} fault trials, {sum(len(o['overlaps']) for o in results)} overlaps, "
-              f"{'every check passing' if all_ok else 'CHECKS FAIL'}.**", ""]
+              f"{'every check passing' if all_ok else 'CHECKS FAIL'}.**", "",
+              "Per mode (tests/cluster/settings.py MODES; the command keeps running "
+              f"{S.STOP_FRACTION:.0%} of its kill grace after SIGTERM; a section ends when its "
+              "process is gone; `-n 2`: an overlap is 3 at once):", "",
+              "| mode/setting | limit | trials | sections | overlaps | max overlap ms | checks |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for o in results:
+        nfail = sum(1 for c in o["checks"] if not c[1])
+        lines.append(f"| {o['setting']} | {o.get('limit', 1)} | {o['trials']} | {o['sections']} | "
+                     f"{len(o['overlaps'])} | "
+                     f"{max((ov.get('overlap_ms', 0) for ov in o['overlaps']), default=0):.0f} | "
+                     f"{'pass' if not nfail else f'{nfail} FAIL'} |")
+    lines.append("")
     for o in results:
         ok = all(c[1] for c in o["checks"])
         lines += [f"## setting `{o['setting']}`: {o['flags']}", "",
@@ -493,6 +727,9 @@ def main() -> int:
     ap.add_argument("--max-gap", type=float, default=80.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--summary", default="", help="write the short markdown (+ .json) summary here")
+    ap.add_argument("--modes", default="all",
+                    help="comma-separated modes of tests/cluster/settings.py MODES, or all")
+    ap.add_argument("--combos", default="", help=argparse.SUPPRESS)  # a job: MODE/SETTING=TRIALS,…
     ap.add_argument("--clusters", type=int, default=1,
                     help="clusters side by side (slots 1..N), split evenly over the settings")
     ap.add_argument("--result-json", default="", help=argparse.SUPPRESS)  # a job of --clusters
@@ -517,13 +754,26 @@ def main() -> int:
     become_subreaper()
     C.install_signal_handlers()
     settings = ["default", "fast"] if a.setting == "both" else [a.setting]
+    modes = S.CHAOS_MODES if a.modes == "all" else [m for m in a.modes.split(",") if m]
+    bad = [m for m in modes if m not in S.MODES]
+    if bad:
+        print(f"chaos-cluster: unknown mode(s) {bad}; known {list(S.MODES)}")
+        return 2
+    # the library has no timing flags: one setting is enough
+    combos = [f"{m}/{st}" for m in modes for st in settings
+              if not (S.MODES[m].get("fixed_settings") and st != settings[0])]
+    if a.combos:
+        plan = [(c.split("=")[0], int(c.split("=")[1])) for c in a.combos.split(",")]
+    else:
+        plan = None
     if a.clusters > 1:
-        return run_parallel(a, settings)
-    return run_sequential(a, settings)
+        return run_parallel(a, combos)
+    return run_sequential(a, combos, plan)
 
 
-def run_sequential(a, settings: list[str]) -> int:
-    """One cluster (slot LOCKWRAP_CLUSTER_SLOT), the settings one after the other."""
+def run_sequential(a, settings: list[str], plan=None) -> int:
+    """One cluster (slot LOCKWRAP_CLUSTER_SLOT), the MODE/SETTING combos one after the other
+    (`plan`: (combo, trials) pairs; else the trials split evenly)."""
     source = source_revision()
     log(f"seed {a.seed}; lockwrap {a.lockwrap} ({'new' if S.is_new(a.lockwrap) else 'legacy'}); "
         f"cluster slot {C.SLOT}")
@@ -533,11 +783,14 @@ def run_sequential(a, settings: list[str]) -> int:
     t0 = time.monotonic()
     try:
         cl.start()
-        for i, st in enumerate(settings):
-            left = len(settings) - i
-            budget = (a.budget - (time.monotonic() - t0)) / left
+        if plan is None:
+            plan = [(st, 0) for st in settings]
+        est = [max(1, n) * TRIAL_SECONDS[split_combo(c)[1]] for c, n in plan]
+        for i, (st, n) in enumerate(plan):
+            left = len(plan) - i
+            budget = (a.budget - (time.monotonic() - t0)) * est[i] / sum(est[i:])
             done = sum(r["trials"] for r in results)
-            trials = max(1, (a.trials - done) // left)
+            trials = n or max(1, (a.trials - done) // left)
             results.append(run_setting(a, cl, st, trials, budget, C.CONTENDER_UID_BASE + 1 + 10 * i))
             results[-1]["slot"] = C.SLOT
             if results[-1]["interrupted"]:
@@ -566,6 +819,24 @@ def run_sequential(a, settings: list[str]) -> int:
 TRIAL_SECONDS = {"default": 23.0, "fast": 9.5}
 
 
+def plan_combos(combos: list[str], clusters: int, trials: int) -> list[tuple[int, list[tuple[str, int]]]]:
+    """(slot, [(combo, trials), …]) per cluster: trials over the MODE/SETTING combos in inverse
+    proportion to TRIAL_SECONDS (each combo gets about the same time), the combos dealt to the
+    clusters so the estimated times are balanced (longest first)."""
+    w = [1.0 / TRIAL_SECONDS[split_combo(c)[1]] for c in combos]
+    counts = [max(1, int(trials * x / sum(w))) for x in w]
+    for k in range(max(0, trials - sum(counts))):
+        counts[k % len(counts)] += 1
+    jobs: list[list[tuple[str, int]]] = [[] for _ in range(max(1, clusters))]
+    load = [0.0] * len(jobs)
+    order = sorted(zip(combos, counts), key=lambda x: -x[1] * TRIAL_SECONDS[split_combo(x[0])[1]])
+    for combo, n in order:
+        j = load.index(min(load))
+        jobs[j].append((combo, n))
+        load[j] += n * TRIAL_SECONDS[split_combo(combo)[1]]
+    return [(slot + 1, js) for slot, js in enumerate(jobs) if js]
+
+
 def plan_jobs(settings: list[str], clusters: int, trials: int) -> list[tuple[int, str, int]]:
     """(slot, setting, trials) for each cluster: clusters split evenly over the settings, trials
     in inverse proportion to TRIAL_SECONDS, so every job needs about the same time."""
@@ -587,15 +858,18 @@ def run_parallel(a, settings: list[str]) -> int:
     uids, chains); the parent only waits, forwards a stop, and merges the results."""
     source = source_revision()
     work = tempfile.mkdtemp(prefix="lockwrap-chaos-cluster-")
-    jobs = plan_jobs(settings, a.clusters, a.trials)
+    jobs = plan_combos(settings, a.clusters, a.trials)
     log(f"seed {a.seed}; {len(jobs)} clusters side by side: "
-        + ", ".join(f"slot {slot} {st} x{n}" for slot, st, n in jobs) + f"; logs in {work}")
+        + "; ".join(f"slot {slot} " + ",".join(f"{c} x{n}" for c, n in js) for slot, js in jobs)
+        + f"; logs in {work}")
     procs = []
     t0 = time.monotonic()
     errors: list[str] = []
     try:
-        for slot, st, n in jobs:
-            argv = [sys.executable, "-m", "chaos.cluster_chaos", "--setting", st, "--trials", str(n),
+        for slot, js in jobs:
+            n = sum(k for _, k in js)
+            argv = [sys.executable, "-m", "chaos.cluster_chaos", "--setting", a.setting,
+                    "--combos", ",".join(f"{c}={k}" for c, k in js), "--trials", str(n),
                     "--budget", str(a.budget), "--seed", str(a.seed + slot),
                     "--result-json", os.path.join(work, f"slot{slot}.json")]
             for name in PASS_THROUGH:
@@ -632,7 +906,7 @@ def run_parallel(a, settings: list[str]) -> int:
             errors.append(f"cluster {slot}: {got['error']}")
     results = [merge_setting([r for r in runs if r["setting"] == st])
                for st in settings if any(r["setting"] == st for r in runs)]
-    asked = sum(n for _, _, n in jobs)
+    asked = sum(k for _, js in jobs for _, k in js)
     total = sum(r["trials"] for r in results)
     if total < asked and not a.allow_partial:
         errors.append(f"{total} trials of {asked}")

@@ -353,6 +353,27 @@ class Agent:
     def get(self, path: str, timeout: float = 3.0):
         return get_json(self.addr, path, timeout=timeout)
 
+    def consul_cli(self, *args: str, timeout: float = 30.0) -> int:
+        """`consul ARGS -http-addr=<this agent>` (e.g. force-leave, leave); returns the exit code."""
+        # flags go between the subcommand and its arguments (`consul force-leave -http-addr=… NODE`)
+        r = subprocess.run([self.cluster.consul, args[0], f"-http-addr=http://{self.addr}:{HTTP_PORT}",
+                            *args[1:]],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
+        if r.returncode != 0:
+            log(f"consul {' '.join(args)} on {self}: exit {r.returncode}: {r.stdout[-200:]!r}")
+        return r.returncode
+
+    def graceful_leave(self, timeout: float = 30.0) -> None:
+        """`consul leave` (the agent leaves the cluster and exits), then reap it."""
+        self.consul_cli("leave", timeout=timeout)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                signal_pid(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+            self.cluster.tracker.forget(self.proc)
+
     def leader(self) -> str:
         """The leader's server address as this agent sees it ("" when none)."""
         try:
@@ -586,37 +607,132 @@ def pace(seconds: float) -> None:
 # lockwrap contenders
 
 
+CS_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
+SIDECAR_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sidecar_app.py")
+
+
+def lib_example(lockwrap: str) -> str:
+    """examples/lib_execute (LockManager::execute): $LOCKWRAP_LIB_EXAMPLE (mk/cluster.mk builds it
+    in target/lib-example), else beside the lockwrap binary."""
+    env = os.environ.get("LOCKWRAP_LIB_EXAMPLE")
+    if env and os.access(env, os.X_OK):
+        return env
+    here = os.path.dirname(os.path.abspath(lockwrap))
+    for p in (os.path.join(here, "examples", "lib_execute"),
+              os.path.join(os.path.dirname(os.path.dirname(here)), "target", "lib-example",
+                           "release", "examples", "lib_execute")):
+        if os.access(p, os.X_OK):
+            return p
+    return env or os.path.join(here, "examples", "lib_execute")
+
+
+def shq(argv: list[str]) -> str:
+    return " ".join("'" + a.replace("'", "'\\''") + "'" for a in argv)
+
+
+def command_argv(cmd: str, lockwrap: str, key: str, addr: str, args: list[str], logfile: str,
+                 tag: str, child_args: list[str], private_dir: str) -> tuple[list[str], dict]:
+    """argv + extra env of one contender of entry point `cmd` (run | execute | sidecar | lib)
+    whose critical section is tests/cluster/child.py LOGFILE TAG *child_args (child_args: MIN MAX
+    STOP [ESCAPE]). For sidecar, child_args[2] (STOP) is the application's stop time."""
+    child = [PYTHON, "-S", CS_CHILD, logfile, tag, *child_args]
+    consul = f"{addr}:{HTTP_PORT}"
+    if cmd == "run":
+        return [lockwrap, "run", "--key", key, "--consul-addr", consul, *args, "--", *child], {}
+    if cmd == "execute":
+        return [lockwrap, "execute", "--consul-addr", consul, *args, key, shq(child)], {}
+    if cmd == "sidecar":
+        return [PYTHON, "-S", SIDECAR_APP, logfile, tag, child_args[2],
+                os.path.join(private_dir, f"{tag}.status.json"),
+                os.path.join(private_dir, f"{tag}.pid"), "--", lockwrap, "sidecar", "--key", key,
+                "--consul-addr", consul, *args], {}
+    if cmd == "lib":
+        return [lib_example(lockwrap), key, shq(child)], {"CONSUL_HTTP_ADDR": consul}
+    raise ValueError(cmd)
+
+
 class Contender:
-    """One `lockwrap run` under its own uid against one client agent; its child logs to `logfile`.
-    The contender's uid is registered with the firewall (so its link can be cut)."""
+    """One contender (`lockwrap run` by default; `cmd` execute | sidecar | lib) under its own uid
+    against one client agent; its command (tests/cluster/child.py, or bench/child.py with
+    `child=`) logs to `logfile`. The contender's uid is registered with the firewall (so its link
+    can be cut)."""
     next_uid = CONTENDER_UID_BASE + 1
 
     def __init__(self, cluster: Cluster, agent: Agent, lockwrap: str, key: str, settings: list[str],
                  logfile: str, tag: str, child: tuple[str, ...] = ("hold", "3600"),
-                 uid: int | None = None):
+                 uid: int | None = None, cmd: str | None = None,
+                 child_args: list[str] | None = None, stderr_pipe: bool = False):
         self.cluster = cluster
         self.agent = agent
         self.key = key
         self.tag = tag
+        self.cmd = cmd
         if uid is None:
             uid = Contender.next_uid
             Contender.next_uid += 1
         self.uid = uid
         cluster.fw.register_uid(uid)
-        self.argv = as_uid(uid, [lockwrap, "run", "--key", key, "--consul-addr",
-                                 f"{agent.addr}:{HTTP_PORT}", *settings, "--", PYTHON, "-S",
-                                 CHILD, *child[:1], logfile, tag, *child[1:]])
+        self.private = os.path.join(cluster.work, f"u{uid}")
+        os.makedirs(self.private, exist_ok=True)
+        os.chown(self.private, uid, uid)
+        self.env_extra: dict = {}
+        if cmd is None:
+            self.argv = as_uid(uid, [lockwrap, "run", "--key", key, "--consul-addr",
+                                     f"{agent.addr}:{HTTP_PORT}", *settings, "--", PYTHON, "-S",
+                                     CHILD, *child[:1], logfile, tag, *child[1:]])
+        else:
+            argv, self.env_extra = command_argv(cmd, lockwrap, key, agent.addr, settings, logfile,
+                                                tag, child_args or [], self.private)
+            self.argv = as_uid(uid, argv)
         self.errpath = os.path.join(cluster.work, f"{tag}.err")
+        self.stderr_pipe = stderr_pipe
+        self.pipe_w: int | None = None
         self.proc: subprocess.Popen | None = None
         self.t_spawn = 0
 
     def start(self) -> "Contender":
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+               **self.env_extra}
+        if self.stderr_pipe:
+            # A pipe nobody reads: lockwrap's logging must not block the lock's upkeep on it.
+            r, w = os.pipe()
+            self.pipe_r, self.pipe_w = r, w   # the read end stays open and unread
+            self.t_spawn = mono()
+            self.proc = self.cluster.tracker.spawn(self.argv, stdout=subprocess.DEVNULL,
+                                                   stderr=w, env=env)
+            os.close(w)
+            return self
         with open(self.errpath, "ab") as errf:
             self.t_spawn = mono()
             self.proc = self.cluster.tracker.spawn(self.argv, stdout=subprocess.DEVNULL,
                                                    stderr=errf, env=env)
         return self
+
+    def fill_stderr_pipe(self) -> int:
+        """Fill the unread stderr pipe, so lockwrap's next log line blocks (a new open file
+        description through /proc, non-blocking for us only). Returns the bytes written."""
+        fd = os.open(f"/proc/self/fd/{self.pipe_r}", os.O_WRONLY | os.O_NONBLOCK)
+        n = 0
+        try:
+            while n < (1 << 24):
+                n += os.write(fd, b"x" * 4096)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+        return n
+
+    def wrapper_pid(self) -> int | None:
+        """The lockwrap process itself (for the sidecar: the sidecar, not its application)."""
+        if self.proc is None:
+            return None
+        if self.cmd == "sidecar":
+            try:
+                with open(os.path.join(self.private, f"{self.tag}.pid")) as f:
+                    return int(f.read().strip())
+            except (OSError, ValueError):
+                return None
+        return self.proc.pid
 
     def poll(self):
         return self.proc.poll() if self.proc else None
@@ -643,6 +759,9 @@ class Contender:
     def kill9(self, child_pid: int | None = None) -> None:
         if self.proc is not None:
             signal_pid(self.proc.pid, signal.SIGKILL)
+        w = self.wrapper_pid()
+        if w and w != (self.proc.pid if self.proc else None):
+            signal_pid(w, signal.SIGKILL)
         if child_pid:
             signal_pid(child_pid, signal.SIGKILL)
 

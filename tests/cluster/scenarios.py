@@ -42,7 +42,13 @@ from bench.harness import (DeathWatcher, LogWatcher, alive, become_subreaper, lo
                            wait_until)
 from chaos import checker
 from tests.cluster import cluster as C
+from tests.cluster import paths as P
 from tests.cluster import settings as S
+
+# Every scenario of `make cluster-test`, by name (`--only NAME[,NAME…]` runs just those):
+# the table (partition, cut, crash, unsafe phases) and one per path of tests/cluster/paths.py.
+TABLE_PHASES = ["partition", "cut", "crash", "unsafe"]
+SCENARIOS = TABLE_PHASES + P.PATHS
 
 OK_EXIT = {0, 101, 143, -15}
 
@@ -67,8 +73,10 @@ class Group:
         self.result: dict = {"scenario": name, "args": " ".join(args) or "(defaults)"}
 
     def spawn(self, agent, n: int) -> C.Contender:
+        # tests/cluster/child.py: holds until stopped, then keeps running 80 % of its kill grace
         c = C.Contender(self.s.cl, agent, self.s.a.lockwrap, self.key, self.args, self.logfile,
-                        f"{self.name}-{n}")
+                        f"{self.name}-{n}", cmd="run",
+                        child_args=["3600", "3600", str(S.stop_time(self.args))])
         self.contenders.append(c)
         return c.start()
 
@@ -274,9 +282,39 @@ class Suite:
         self.record(g, started and warned)
 
     def run(self) -> None:
-        cl, a = self.cl, self.a
-        cl.start()
+        self.cl.start()
         self.mon.start()
+        only = self.a.only or SCENARIOS
+        for name in SCENARIOS:
+            if name not in only:
+                continue
+            t0 = time.monotonic()
+            try:
+                if name in TABLE_PHASES:
+                    getattr(self, "phase_" + name)()
+                else:
+                    P.run_path(self, name)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001 - one scenario's harness error fails it, not all
+                log(f"{name}: harness error: {e!r}")
+                self.results.append({"scenario": name, "verdict": f"ERROR {e!r}"[:300]})
+                self.failures.append(name)
+                try:
+                    self.cl.heal()
+                    self.cl.wait_ready(60)
+                except Exception as e2:  # noqa: BLE001
+                    log(f"cluster not ready after {name}: {e2!r}")
+            log(f"scenario {name} took {time.monotonic() - t0:.0f}s")
+
+    def phase_crash(self) -> None:
+        self.crash_phase(self.a.crashes)
+
+    def phase_unsafe(self) -> None:
+        self.unsafe_probe()
+
+    def phase_partition(self) -> None:
+        cl, a = self.cl, self.a
         c1, c2, c3 = cl.clients
         fast = S.setting("fast", a.lockwrap)
         # Node partition: every holder on c1, standbys on c2 and c3.
@@ -288,6 +326,11 @@ class Suite:
         part[0].late_agent = c1
         self.fault_phase(part, "node partition of the holder's agent",
                          lambda: cl.partition_node(c1), a.partition)
+
+    def phase_cut(self) -> None:
+        cl, a = self.cl, self.a
+        c1, c2, c3 = cl.clients
+        fast = S.setting("fast", a.lockwrap)
         # HTTP cut: holders on c2 (their uids cut), standbys on c3 and c1.
         cut = [self.group("c-hc-ttl-2s-lock-delay-0", S.TABLE["c_hc_ttl_2s_lock_delay_0"]["args"],
                           c2, [c3, c1]),
@@ -295,8 +338,6 @@ class Suite:
         self.fault_phase(cut, "HTTP cut lockwrap->agent",
                          lambda: [cl.cut_contender(g.contenders[0].uid, "drop") for g in cut
                                   if g.contenders and g.refused is None], a.cut)
-        self.crash_phase(a.crashes)
-        self.unsafe_probe()
 
     def close(self) -> None:
         self.stop_flag = True
@@ -316,7 +357,17 @@ def main() -> int:
     ap.add_argument("--cut", type=float, default=30.0, help="HTTP cut, seconds")
     ap.add_argument("--crashes", type=int, default=3, help="kill -9 failovers to measure")
     ap.add_argument("--report", default="", help="write the results as JSON here")
+    ap.add_argument("--only", default="", help="comma-separated scenario names (--list shows them)")
+    ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     a = ap.parse_args()
+    if a.list:
+        print("\n".join(SCENARIOS))
+        return 0
+    a.only = [x for x in a.only.split(",") if x]
+    unknown = [x for x in a.only if x not in SCENARIOS]
+    if unknown:
+        print(f"cluster-test: unknown scenario(s) {unknown}; known: {SCENARIOS}")
+        return 2
     why = C.ensure_tools()
     if why:
         print(f"cluster-test: SKIP: {why}")
@@ -351,6 +402,8 @@ def main() -> int:
             extra += f" crash failover {r['crash_failover_s']} s"
         if r.get("overlaps"):
             extra += f" max {r['overlap_max_ms']:.0f} ms"
+        if "next_start_s" in r:
+            extra += f" next START {r['next_start_s']}s after the fault"
         print(f"  {r['scenario']:<26} {r.get('args', '')[:70]:<70} {r.get('verdict')}{extra}")
     if a.report:
         with open(a.report, "w") as f:

@@ -69,3 +69,90 @@ def setting(name: str, lockwrap: str) -> list[str]:
 
 def takeover_delay(name: str) -> float:
     return KILL_GRACE[name] + 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Modes and per-contender settings (the "every way two holders could happen" extension).
+# Everything the harness needs to know about lockwrap's timing is DATA here, so the lead's model
+# change (takeover delay max(G+1, G+3-L) for a holder that cannot reach its agent; a field in the
+# lock value so the next holder waits the previous holder's longer takeover delay) only needs
+# edits in this block.
+
+DEFAULT_KILL_GRACE = 5.0          # run/execute/sidecar/library default --kill-grace
+DEFAULT_LOCK_DELAY = {"run": 15.0, "sidecar": 15.0, "execute": 0.0, "lib": 15.0}
+STOP_FRACTION = 0.8               # the command keeps running this share of its kill grace after SIGTERM
+# Before the model change (today's binary): T = G + 1. After it: T = max(G + 1, G + 3 - L).
+TAKEOVER_MODEL = os.environ.get("LOCKWRAP_TAKEOVER_MODEL", "today")   # today | blind
+
+
+# SIGSTOP of a holder's lockwrap (chaos "stall"): longer than its deadline (fast: 2 s after the
+# last check pass; defaults: 30 s after the last renew), bounded.
+STALL_SECONDS = {"fast": (2.5, 6.0), "default": (31.0, 36.0)}
+
+
+def takeover_for(grace: float, lock_delay: float, model: str = "") -> float:
+    """The default takeover delay of a contender with kill grace G and lock-delay L."""
+    if (model or TAKEOVER_MODEL) == "blind":
+        return max(grace + 1.0, grace + 3.0 - lock_delay)
+    return grace + 1.0
+
+
+def flag_value(args: list[str], flag: str, default: float) -> float:
+    """A duration flag's value in seconds from an argv list ("5s", "500ms", "1m")."""
+    if flag not in args:
+        return default
+    v = args[args.index(flag) + 1]
+    for suf, mul in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if v.endswith(suf):
+            return float(v[:-len(suf)]) * mul
+    return float(v)
+
+
+def kill_grace_of(args: list[str]) -> float:
+    return flag_value(args, "--kill-grace", DEFAULT_KILL_GRACE)
+
+
+def stop_time(args: list[str]) -> float:
+    """How long the test command keeps running after SIGTERM: ~80 % of its kill grace."""
+    return round(STOP_FRACTION * kill_grace_of(args), 3)
+
+
+# A chaos/scenario MODE: which entry point (cmd: run | execute | sidecar | lib), extra flags every
+# contender gets, the number of holders allowed (limit), and optional per-contender variants
+# (`groups`: contender i gets groups[i % len(groups)] appended - mixed settings on one key; a
+# rollout that lowers the kill grace). `escape`: the command leaves a worker behind (setsid|nohup).
+# `stderr_pipe`: contender 0's stderr is a pipe nobody reads (with -vv, so it fills).
+MODES = {
+    "run": {"cmd": "run", "extra": [], "limit": 1},
+    "execute": {"cmd": "execute", "extra": [], "limit": 1},
+    "sidecar": {"cmd": "sidecar", "extra": [], "limit": 1},
+    "sem2": {"cmd": "run", "extra": ["-n", "2"], "limit": 2},
+    "queue": {"cmd": "run", "extra": ["--queue"], "limit": 1},
+    "layout": {"cmd": "run", "extra": ["--layout", "consul-lock"], "limit": 1},
+    "lib": {"cmd": "lib", "extra": [], "limit": 1, "fixed_settings": True},
+    "mixed": {"cmd": "run", "extra": [], "limit": 1,
+              "groups": {"default": [["--kill-grace", "5s"], ["--kill-grace", "2s"]],
+                         "fast": [["--kill-grace", "1s"], ["--kill-grace", "500ms"]]}},
+    "escape": {"cmd": "run", "extra": [], "limit": 1, "escape": "setsid"},
+    "escape-nohup": {"cmd": "execute", "extra": [], "limit": 1, "escape": "nohup"},
+    "stderr-pipe": {"cmd": "run", "extra": ["-vv"], "limit": 1, "stderr_pipe": True},
+}
+CHAOS_MODES = list(MODES)
+
+
+def mode_args(mode: str, setting_name: str, lockwrap: str, index: int) -> list[str]:
+    """The flags contender `index` of MODE runs with under SETTING (lib: none, it has no flags)."""
+    m = MODES[mode]
+    if m.get("fixed_settings"):
+        return []
+    args = setting(setting_name, lockwrap) + list(m["extra"])
+    groups = m.get("groups", {}).get(setting_name)
+    if groups:
+        g = groups[index % len(groups)]
+        # later flags win: drop the setting's own value of each flag the group sets
+        for flag in g[::2]:
+            while flag in args:
+                i = args.index(flag)
+                del args[i:i + 2]
+        args += g
+    return args

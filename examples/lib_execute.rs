@@ -1,0 +1,47 @@
+//! `LockManager::execute` as a contender for the cluster tests (tests/cluster, chaos/cluster_chaos):
+//! run one shell string while holding one key, with the library's defaults, and exit with the
+//! command's code (the library error's exit code when the lock could not be held or was lost).
+//!
+//! ```text
+//! CONSUL_HTTP_ADDR=127.0.0.21:8500 lib_execute KEY 'SHELL COMMAND'
+//! ```
+
+use lockwrap::LockManager;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (Some(key), Some(shell)) = (args.next(), args.next()) else {
+        eprintln!("usage: lib_execute KEY 'SHELL COMMAND'");
+        std::process::exit(3);
+    };
+    // The supervisor (process group, reaping, TERM -> grace -> KILL) before the runtime's threads.
+    let process = match lockwrap::supervisor::install(false) {
+        Ok(process) => process,
+        Err(err) => {
+            eprintln!("lib_execute: cannot set up the supervisor: {err}");
+            std::process::exit(70);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("lib_execute: cannot start the runtime: {err}");
+            std::process::exit(70);
+        }
+    };
+    let spawner = process.spawner();
+    let code = runtime.block_on(async {
+        let manager = LockManager::from_env()?;
+        manager.execute(&key, &shell, &spawner).await
+    });
+    match code {
+        Ok(code) => std::process::exit(code),
+        Err(err) => {
+            eprintln!("lib_execute: {err}");
+            std::process::exit(err.kind.exit_code());
+        }
+    }
+}
