@@ -100,11 +100,15 @@ enum TermEnd {
 /// `--exit-on-loss` is decided before the release, which may retry for up to one TTL.
 async fn conclude(
     config: &Supervised,
-    lease: impl HeldLock,
+    mut lease: impl HeldLock,
     end: TermEnd,
     hooks: &Hooks,
     telemetry: &Telemetry,
 ) -> Option<Outcome> {
+    // The app that acts on leadership runs outside lockwrap, and may still be acting on it
+    // for up to the kill grace after `/leader` and the status file say not leader: a sidecar's
+    // release is never clean, so the next leader waits its takeover delay (docs/timing.md).
+    lease.set_release_clean(false);
     let outcome = match end {
         TermEnd::Lost(reason, ctx) => {
             telemetry.not_leader(true);

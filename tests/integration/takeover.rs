@@ -177,10 +177,12 @@ fn takeover_delay_waits_only_after_an_unclean_release() {
     let consul = Consul::shared();
     let key = unique_key("run-takeover");
     let dir = Dir::new("run-takeover");
+    // The command takes most of its 1 s kill grace to stop: its holder's session is alive while
+    // it does, which is what tells the next holder to wait.
     let child = dir.script(
         "child.sh",
         &format!(
-            "D='{}'\ntrap 'date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
+            "D='{}'\ntrap 'sleep 0.7; date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
              date +%s%N > \"$D/start.$1\"\n\
              while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
              date +%s%N > \"$D/end.$1\"",
@@ -197,7 +199,7 @@ fn takeover_delay_waits_only_after_an_unclean_release() {
         "0",
     ];
 
-    // First holder on a fresh key: an absent key counts as unclean, so it waits too.
+    // First holder on a fresh key: no entry and no live session named for it, so no wait.
     let a = Proc::spawn(run_cmd(consul, &key, &opts, &[&child, "a"]));
     assert!(dir.wait_for("start.a", Duration::from_secs(10)));
     let waiting = waiting_opts(&dir, "b");
