@@ -24,9 +24,7 @@ pub(crate) fn session_name(custom: Option<&str>, key: &str, hostname: &str, pid:
 /// Whether a session named `name` was created by lockwrap for `key` (each create attempt adds
 /// its own ` [attempt …]` marker after the name; see `session::attempt_name`).
 pub(crate) fn names_key(name: &str, key: &str) -> bool {
-    let base = name
-        .rfind(" [attempt ")
-        .map_or(name, |at| &name[..at]);
+    let base = name.rfind(" [attempt ").map_or(name, |at| &name[..at]);
     base.starts_with(&name_prefix(key)) || base.ends_with(&custom_tag(key))
 }
 
