@@ -567,6 +567,7 @@ mod tests {
             holder: None,
             fencing_token: Some(7),
             queue: None,
+            semaphore: None,
         };
         t.acquired(&info, Duration::ZERO, "2026-12-02T12:00:00.000000".into());
     }
