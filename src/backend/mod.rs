@@ -239,8 +239,9 @@ pub struct LockInfo {
     /// A semaphore's `limit` and `holders` (`-n N`), shown beside the other fields; `None` for
     /// a lock. The top-level `session`, `created` and `holder` are then `null`: a semaphore has
     /// no single holder (README, "Key layouts").
+    /// Boxed: a lock's info, the common case, stays small.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub semaphore: Option<SemaphoreInfo>,
+    pub semaphore: Option<Box<SemaphoreInfo>>,
 }
 
 /// What `status` shows of a semaphore: its limit and who holds its slots.

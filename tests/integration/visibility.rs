@@ -10,8 +10,8 @@ use serde_json::Value;
 use crate::consul::{wait_until, Consul};
 use crate::harness::{
     cli, code, describe, json_line, lock_ok, metric, run_bounded, run_cmd, scratch, script,
-    session_info, session_of, sidecar, start, stdout, unique_key, unlock_and_check, Instance,
-    Proc, QUICK, SOON,
+    session_info, session_of, sidecar, start, stdout, unique_key, unlock_and_check, Instance, Proc,
+    QUICK, SOON,
 };
 
 /// The lines of `instance`'s stderr that carry `event="<event>"`.
@@ -47,14 +47,18 @@ fn a_waiting_contender_names_the_holder_once_at_default_verbosity_and_q_silences
         session.clone(),
         format!("holder_name=\"{}\"", info["Name"].as_str().expect("Name")),
         format!("holder_node=\"{}\"", info["Node"].as_str().expect("Node")),
-        format!("holder_since=\"{}\"", held["created"].as_str().expect("created")),
+        format!(
+            "holder_since=\"{}\"",
+            held["created"].as_str().expect("created")
+        ),
         format!("session create index {}", info["CreateIndex"]),
     ] {
         assert!(line.contains(&part), "`{part}` missing in: {line}");
     }
     // The quiet one waits too (it reports the holder it sees) but says nothing.
     assert!(
-        wait_until(SOON, || quiet.session().as_deref() == Some(session.as_str())),
+        wait_until(SOON, || quiet.session().as_deref()
+            == Some(session.as_str())),
         "the quiet contender is not waiting: {:?}",
         quiet.leader()
     );
@@ -99,8 +103,9 @@ fn timeout_names_the_holder_and_keeps_exit_code_5() {
     assert_eq!(code(&out), 5, "{}", describe(&out));
     let text = crate::harness::stderr(&out);
     assert!(
-        text.contains(&format!("timed out waiting for lock {key} after 1s: held by"))
-            && text.contains(&session),
+        text.contains(&format!(
+            "timed out waiting for lock {key} after 1s: held by"
+        )) && text.contains(&session),
         "run --timeout names the holder: {}",
         describe(&out)
     );
@@ -213,8 +218,16 @@ fn metrics_show_the_fencing_token_and_the_queue_while_holding_and_waiting() {
         .as_u64()
         .expect("a token");
     assert_eq!(metric(a.port, "lockwrap_fencing_token"), token as f64);
-    assert_eq!(metric(b.port, "lockwrap_fencing_token"), 0.0, "b holds nothing");
-    assert_eq!(metric(a.port, "lockwrap_queue_waiters"), 0.0, "a left the queue");
+    assert_eq!(
+        metric(b.port, "lockwrap_fencing_token"),
+        0.0,
+        "b holds nothing"
+    );
+    assert_eq!(
+        metric(a.port, "lockwrap_queue_waiters"),
+        0.0,
+        "a left the queue"
+    );
     assert!(
         wait_until(SOON, || metric(b.port, "lockwrap_queue_waiters") >= 1.0),
         "b saw itself in the queue"

@@ -74,10 +74,10 @@ pub fn semaphore_info(key: &str, lock: &KvPair, pairs: &[KvPair]) -> Option<Lock
         holder: None,
         fencing_token: Some(lock.modify_index),
         queue: None,
-        semaphore: Some(SemaphoreInfo {
+        semaphore: Some(Box::new(SemaphoreInfo {
             limit: slots.limit,
             holders,
-        }),
+        })),
     })
 }
 
@@ -203,7 +203,10 @@ mod tests {
             None,
             r#"{"Limit":2,"Holders":{}}"#,
         );
-        assert_eq!(semaphore_info("sem", &lock, &[lock.clone()]), None);
+        assert_eq!(
+            semaphore_info("sem", &lock, std::slice::from_ref(&lock)),
+            None
+        );
         let plain = pair("x/.lock", 0, None, "");
         assert_eq!(semaphore_prefix(&plain), None);
     }
