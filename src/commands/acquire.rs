@@ -149,10 +149,11 @@ pub async fn until_signal<B: LockBackend>(
                 };
                 return (result, received);
             }
-            _ = watching.taken.notified(), if !wait_log.announced() && received.is_none() => {
+            _ = watching.taken.notified(), if wait_log.first_due() && received.is_none() => {
                 wait_log.look(manager.backend(), request).await;
             }
-            _ = tokio::time::sleep_until(wait_log.next_look()), if received.is_none() => {
+            _ = tokio::time::sleep_until(wait_log.next_look()),
+                if wait_log.waits() && received.is_none() => {
                 wait_log.look(manager.backend(), request).await;
             }
             Some(signal) = signals.recv(), if received.is_none() => {

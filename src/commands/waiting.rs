@@ -18,8 +18,9 @@ pub const STILL_WAITING_EVERY: Duration = Duration::from_secs(60);
 /// a queue wait that lasts this long is a wait. An uncontended queue acquire takes milliseconds
 /// and so never pays the look-up.
 const QUEUE_WAIT_NOTICED: Duration = Duration::from_millis(250);
-/// Bound on the look-up behind a `--timeout` message: the failure must not wait on a slow agent.
-const TIMEOUT_LOOKUP: Duration = Duration::from_secs(2);
+/// Bound on a look-up of whom the wait is for: a slow agent must not hold up a stop signal (the
+/// look runs in the loop that receives them) nor a `--timeout` failure.
+const LOOKUP_BOUND: Duration = Duration::from_secs(2);
 
 /// The caller's observer, plus a signal each time the backend finds the key taken.
 pub struct Watching<'a> {
@@ -45,6 +46,8 @@ impl AcquireObserver for Watching<'_> {
 /// One wait's lines: whether the first was written and when the next is due.
 pub struct WaitLog {
     started: Instant,
+    /// `--non-blocking` does not wait: it reports the holder in its own failure instead.
+    waits: bool,
     announced: bool,
     next: Instant,
 }
@@ -59,13 +62,20 @@ impl WaitLog {
         };
         WaitLog {
             started,
+            waits: request.wait != crate::backend::Wait::NonBlocking,
             announced: false,
             next: started + first_look,
         }
     }
 
-    pub fn announced(&self) -> bool {
-        self.announced
+    /// Whether the first line is still due once the backend finds the key taken.
+    pub fn first_due(&self) -> bool {
+        self.waits && !self.announced
+    }
+
+    /// Whether this acquire waits at all (`--non-blocking` does not).
+    pub fn waits(&self) -> bool {
+        self.waits
     }
 
     /// When to look again without being told.
@@ -76,10 +86,14 @@ impl WaitLog {
     /// The backend found the key taken, or a look is due: writes the first line (or, once
     /// written, the once-a-minute line) naming whom the wait is for.
     pub async fn look<B: LockBackend>(&mut self, backend: &B, request: &LockRequest) {
-        let seen = match backend.waiting_for(request).await {
-            Ok(seen) => seen,
-            Err(err) => {
+        let seen = match tokio::time::timeout(LOOKUP_BOUND, backend.waiting_for(request)).await {
+            Ok(Ok(seen)) => seen,
+            Ok(Err(err)) => {
                 tracing::debug!(%err, "could not read whom the wait is for");
+                WaitingFor::default()
+            }
+            Err(_) => {
+                tracing::debug!("reading whom the wait is for took too long");
                 WaitingFor::default()
             }
         };
@@ -149,7 +163,7 @@ pub async fn timed_out<B: LockBackend>(backend: &B, request: &LockRequest) -> Er
         .timeout()
         .map(|t| format!(" after {}", crate::duration::display(t)))
         .unwrap_or_default();
-    let seen = tokio::time::timeout(TIMEOUT_LOOKUP, backend.waiting_for(request)).await;
+    let seen = tokio::time::timeout(LOOKUP_BOUND, backend.waiting_for(request)).await;
     let who = match seen {
         Ok(Ok(seen)) => describe(&seen),
         _ => "the holder could not be read".to_string(),
