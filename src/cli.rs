@@ -25,6 +25,12 @@ pub struct Cli {
     #[serde(skip)]
     pub verbose: u8,
 
+    /// Quieter stderr: warnings and errors only, without the lines that say whom a waiting
+    /// contender waits for.
+    #[arg(short = 'q', long, global = true, conflicts_with = "verbose")]
+    #[serde(skip)]
+    pub quiet: bool,
+
     /// Log format on stderr: text or json (env LOCKWRAP_LOG_FORMAT).
     #[arg(long, global = true, value_name = "text|json")]
     #[serde(skip_serializing_if = "Option::is_none")]

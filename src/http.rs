@@ -294,6 +294,7 @@ mod tests {
             holder: None,
             fencing_token: Some(token),
             queue: None,
+            semaphore: None,
         };
         t.acquired(&info, Duration::ZERO, "2026-12-02T12:00:00.000000".into());
     }

@@ -33,6 +33,7 @@ fn main() {
 
 fn run(cli: Cli) -> Outcome {
     let verbose = cli.verbose;
+    let quiet = cli.quiet;
     // Needs no configuration, Consul, or runtime: an init container copying the binary.
     if let Command::Install(cmd) = &cli.command {
         return report(match commands::install::install(&cmd.dest) {
@@ -46,11 +47,11 @@ fn run(cli: Cli) -> Outcome {
     let config = match config::load(cli) {
         Ok(config) => config,
         Err(err) => {
-            logging::init(verbose, false);
+            logging::init(verbose, quiet, false);
             return report(Outcome::Failed(err));
         }
     };
-    logging::init(config.verbose, config.log_json);
+    logging::init(config.verbose, quiet, config.log_json);
     tracing::debug!(?config, "configuration");
 
     // As PID 1 reaping is automatic; elsewhere only with --subreaper.

@@ -106,6 +106,9 @@ pub struct Telemetry {
     child_exit_code: Gauge,
     lease_seconds_left: Gauge<f64, AtomicU64>,
     seconds_since_renew: Gauge<f64, AtomicU64>,
+    fencing_token: Gauge,
+    /// Set by the queue wait as it sees the queue (`BackendEvents::queue_waiters`).
+    queue_waiters: Gauge,
     /// When the last renew or check pass was accepted (`lease_deadline` or `renew_succeeded`).
     last_renew: Mutex<Option<Instant>>,
     status: watch::Sender<StatusSnapshot>,
@@ -188,6 +191,19 @@ impl Telemetry {
             "Seconds since the last accepted session renew or check pass (0 while not holding)",
             seconds_since_renew.clone(),
         );
+        let fencing_token = Gauge::default();
+        let queue_waiters = Gauge::default();
+        registry.register(
+            "lockwrap_fencing_token",
+            "Fencing token (the lock entry's ModifyIndex) of the current hold (0 while not holding)",
+            fencing_token.clone(),
+        );
+        registry.register(
+            "lockwrap_queue_waiters",
+            "Waiters in the key's fair queue as this waiter last saw it, itself included \
+             (0 while not queued)",
+            queue_waiters.clone(),
+        );
         child_exit_code.set(-1);
         let (status, _) = watch::channel(StatusSnapshot {
             reported: LeaderStatus {
@@ -206,6 +222,8 @@ impl Telemetry {
             child_exit_code,
             lease_seconds_left,
             seconds_since_renew,
+            fencing_token,
+            queue_waiters,
             last_renew: Mutex::new(None),
             status,
             listeners: Mutex::new(Vec::new()),
@@ -338,6 +356,12 @@ impl Telemetry {
                 < 2
     }
 
+    /// Waiters in the fair queue as the queue wait saw them (`None`: not queued).
+    pub fn queue_waiters(&self, waiters: Option<usize>) {
+        let count = waiters.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        self.queue_waiters.set(count);
+    }
+
     pub fn child_exited(&self, code: i32) {
         self.child_exit_code.set(i64::from(code));
     }
@@ -409,6 +433,12 @@ impl Telemetry {
             _ => 0.0,
         };
         self.seconds_since_renew.set(since_renew);
+        // Standbys record the holder's token in the status too: only a hold shows one here.
+        let token = match snapshot.reported.fencing_token {
+            Some(token) if leading => i64::try_from(token).unwrap_or(i64::MAX),
+            _ => 0,
+        };
+        self.fencing_token.set(token);
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -434,6 +464,9 @@ impl crate::backend::BackendEvents for Telemetry {
     fn lease_deadline(&self, deadline: Option<Instant>) {
         Telemetry::lease_deadline(self, deadline);
     }
+    fn queue_waiters(&self, waiters: Option<usize>) {
+        Telemetry::queue_waiters(self, waiters);
+    }
 }
 
 #[cfg(test)]
@@ -453,9 +486,58 @@ mod tests {
             "lockwrap_child_exit_code",
             "lockwrap_lease_seconds_left",
             "lockwrap_seconds_since_renew",
+            "lockwrap_fencing_token",
+            "lockwrap_queue_waiters",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
+    }
+
+    fn gauge(t: &Telemetry, name: &str) -> f64 {
+        let text = t.render_metrics();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{text}"))
+    }
+
+    #[test]
+    fn fencing_token_gauge_shows_only_our_own_hold() {
+        let t = Telemetry::new("k");
+        let theirs = LockInfo {
+            key: "k".into(),
+            session: Some("theirs".into()),
+            created: None,
+            seconds_to_lock: None,
+            metadata: None,
+            holder: None,
+            fencing_token: Some(41),
+            queue: None,
+            semaphore: None,
+        };
+        t.observed_holder(Some(&theirs));
+        assert_eq!(
+            gauge(&t, "lockwrap_fencing_token"),
+            0.0,
+            "a standby holds nothing"
+        );
+        let mut ours = theirs.clone();
+        ours.fencing_token = Some(57);
+        t.acquired(&ours, Duration::ZERO, "2026-12-02T12:00:00.000000".into());
+        t.lease_deadline(Some(Instant::now() + Duration::from_secs(30)));
+        assert_eq!(gauge(&t, "lockwrap_fencing_token"), 57.0);
+        t.not_leader(false);
+        assert_eq!(gauge(&t, "lockwrap_fencing_token"), 0.0);
+    }
+
+    #[test]
+    fn queue_waiters_gauge_follows_the_queue_wait() {
+        let t = Telemetry::new("k");
+        assert_eq!(gauge(&t, "lockwrap_queue_waiters"), 0.0);
+        crate::backend::BackendEvents::queue_waiters(&t, Some(3));
+        assert_eq!(gauge(&t, "lockwrap_queue_waiters"), 3.0);
+        crate::backend::BackendEvents::queue_waiters(&t, None);
+        assert_eq!(gauge(&t, "lockwrap_queue_waiters"), 0.0);
     }
 
     #[test]
@@ -485,6 +567,7 @@ mod tests {
             holder: None,
             fencing_token: Some(7),
             queue: None,
+            semaphore: None,
         };
         t.acquired(&info, Duration::ZERO, "2026-12-02T12:00:00.000000".into());
     }

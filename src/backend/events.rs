@@ -18,6 +18,9 @@ pub trait BackendEvents: Send + Sync + std::fmt::Debug {
     /// `None`: nothing is held). Consumers of `/leader` and the status file must stop trusting
     /// a "leader" after it (docs/timing.md).
     fn lease_deadline(&self, _deadline: Option<std::time::Instant>) {}
+    /// Waiters in the key's fair queue as this waiter last saw them, itself included (`None`:
+    /// not queued, or it left the queue).
+    fn queue_waiters(&self, _waiters: Option<usize>) {}
 }
 
 /// Reports nowhere (library use without metrics).

@@ -97,6 +97,7 @@ impl MemoryBackend {
             holder: None,
             fencing_token: Some(state.index),
             queue: None,
+            semaphore: None,
         };
         let (loss, lost) = watch::channel(None);
         let previous_clean = state

@@ -236,6 +236,51 @@ pub struct LockInfo {
     /// Waiters in the fair queue (`--queue`), first in line first; `None` when nobody queues.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub queue: Option<Vec<QueuedWaiter>>,
+    /// A semaphore's `limit` and `holders` (`-n N`), shown beside the other fields; `None` for
+    /// a lock. The top-level `session`, `created` and `holder` are then `null`: a semaphore has
+    /// no single holder (README, "Key layouts").
+    /// Boxed: a lock's info, the common case, stays small.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub semaphore: Option<Box<SemaphoreInfo>>,
+}
+
+/// What `status` shows of a semaphore: its limit and who holds its slots.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SemaphoreInfo {
+    pub limit: u32,
+    /// One per entry of the coordination key's `Holders`, sorted by session.
+    pub holders: Vec<SlotHolder>,
+}
+
+/// One holder of a semaphore slot, read from its contender key `<prefix>/<session>`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlotHolder {
+    pub session: String,
+    pub created: Option<String>,
+    #[serde(rename = "secondsToLock")]
+    pub seconds_to_lock: Option<f64>,
+    pub metadata: Option<Value>,
+    pub holder: Option<Value>,
+    /// False when the contender key is gone or no longer held by the session: the holder died,
+    /// and its slot still counts until a contender takes it over (docs/timing.md, "Semaphores").
+    pub alive: bool,
+}
+
+/// Whom a waiting contender waits for, as its log lines and `--timeout` message name it
+/// (README, "Observability").
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WaitingFor {
+    /// The lock's holder, or for a semaphore its first live holder.
+    pub holder: Option<LockInfo>,
+    /// The holding session's `Name` and `Node`, from Consul's session info.
+    pub session_name: Option<String>,
+    pub node: Option<String>,
+    /// The holding session's `CreateIndex`.
+    pub session_index: Option<u64>,
+    /// A semaphore's taken slots and limit.
+    pub slots: Option<(usize, u32)>,
+    /// Waiters in the key's fair queue.
+    pub queued: Option<usize>,
 }
 
 /// One waiter in a lock's fair queue, as `status` shows it.
@@ -358,6 +403,14 @@ pub trait LockBackend {
 
     /// Forces `key` free whoever holds it; returns whether it was held.
     async fn release(&self, key: &str, layout: Layout) -> Result<bool, BackendError>;
+
+    /// Whom a contender for `request` waits for now (for log lines; best effort).
+    async fn waiting_for(&self, request: &LockRequest) -> Result<WaitingFor, BackendError> {
+        Ok(WaitingFor {
+            holder: self.find(&request.key, request.layout).await?,
+            ..WaitingFor::default()
+        })
+    }
 }
 
 /// A lock this process holds.

@@ -7,6 +7,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::policy::{self, Action, Phase};
+use super::waiting::{self, WaitLog, Watching};
 use crate::backend::{AcquireObserver, Acquired, HeldLock, LockBackend, LockRequest};
 use crate::exit::{ErrorKind, Result};
 use crate::hooks::EventContext;
@@ -104,7 +105,8 @@ fn ends_wait(signal: Signal) -> bool {
     policy::on_signal(signal, Phase::Waiting) == Action::Stop
 }
 
-/// Acquires `request`; returns the outcome and the signal that cancelled it, if one did.
+/// Acquires `request`; returns the outcome and the signal that cancelled it, if one did. While
+/// it waits it says whom for (`waiting`); a `--timeout` comes back as an error naming them.
 pub async fn until_signal<B: LockBackend>(
     manager: &LockManager<B>,
     request: &LockRequest,
@@ -112,9 +114,14 @@ pub async fn until_signal<B: LockBackend>(
     signals: &mut UnboundedReceiver<Signal>,
 ) -> (Result<Acquired<B::Lease>>, Option<Signal>) {
     let stop = CancellationToken::new();
-    let acquire = manager.acquire_with(request, observer, &stop);
+    let watching = Watching {
+        inner: observer,
+        taken: tokio::sync::Notify::new(),
+    };
+    let acquire = manager.acquire_with(request, &watching, &stop);
     tokio::pin!(acquire);
     let mut received = None;
+    let mut wait_log = WaitLog::new(request);
     loop {
         tokio::select! {
             result = &mut acquire => {
@@ -135,9 +142,19 @@ pub async fn until_signal<B: LockBackend>(
                         }
                         Ok(Acquired::Cancelled)
                     }
+                    Ok(Acquired::TimedOut) => {
+                        Err(waiting::timed_out(manager.backend(), request).await)
+                    }
                     other => other,
                 };
                 return (result, received);
+            }
+            _ = watching.taken.notified(), if wait_log.first_due() && received.is_none() => {
+                wait_log.look(manager.backend(), request).await;
+            }
+            _ = tokio::time::sleep_until(wait_log.next_look()),
+                if wait_log.waits() && received.is_none() => {
+                wait_log.look(manager.backend(), request).await;
             }
             Some(signal) = signals.recv(), if received.is_none() => {
                 if ends_wait(signal) {

@@ -24,6 +24,12 @@ pub async fn lock<B: LockBackend>(
     let key = &config.request.key;
     let (result, signal) =
         acquire::until_signal(manager, &config.request, &observer, &mut process.signals).await;
+    // A `--timeout` comes back as an error naming the holder; `lock` still prints `null` first.
+    if let Err(err) = &result {
+        if err.kind == ErrorKind::Timeout {
+            output::null();
+        }
+    }
     match result? {
         Acquired::Held(lease) => {
             let info = lease.info().clone();

@@ -8,6 +8,7 @@ pub mod policy;
 mod query;
 mod sidecar;
 mod supervise;
+mod waiting;
 
 use std::sync::Arc;
 

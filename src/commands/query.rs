@@ -11,7 +11,16 @@ use crate::output;
 pub async fn unlock<B: LockBackend>(query: &Query, manager: &LockManager<B>) -> Result<Outcome> {
     let key = &query.key;
     if query.regex {
-        let released = manager.release_regex(key).await?;
+        // `status -r` lists a semaphore under its prefix; `unlock` frees locks only, so the
+        // semaphores are left out (README, "Key layouts").
+        let locked = manager
+            .find_regex(key)
+            .await?
+            .into_iter()
+            .filter(|(_, info)| info.as_ref().is_some_and(|i| i.semaphore.is_none()))
+            .map(|(k, _)| k);
+        let mut released = manager.release_all(locked).await?;
+        released.sort();
         output::print(&released);
     } else if manager.release(key).await? {
         output::print(key);
@@ -21,7 +30,8 @@ pub async fn unlock<B: LockBackend>(query: &Query, manager: &LockManager<B>) -> 
     Ok(Outcome::Success)
 }
 
-/// Prints the holder info of a key (or `null`), or with `-r` a map of key → info/null.
+/// Prints the holder info of a key (or `null`), or with `-r` a map of key → info/null. A
+/// semaphore shows as one entry under its prefix, with `limit` and `holders`.
 pub async fn status<B: LockBackend>(query: &Query, manager: &LockManager<B>) -> Result<Outcome> {
     let key = &query.key;
     if query.regex {

@@ -26,5 +26,6 @@ mod supervisor_loss;
 mod supervisor_signals;
 mod takeover;
 mod tls;
+mod visibility;
 mod waiting;
 mod webhook;

@@ -94,6 +94,9 @@ pub struct SessionEntry {
     pub name: String,
     #[serde(default)]
     pub node: String,
+    /// When Consul created it, as a Raft index (a waiter's log line names it).
+    #[serde(default)]
+    pub create_index: u64,
 }
 
 /// A KV read result with the index to block on next.

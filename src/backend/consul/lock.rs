@@ -21,7 +21,8 @@ use crate::backend::{
     AcquireObserver, Acquired, BackendError, Layout, LockInfo, LockRequest, Wait,
 };
 
-/// While waiting, name the current holder this often (README, "Observability").
+/// While waiting, name the current holder this often at debug level; the default-level lines
+/// (one when the wait starts, one a minute) come from the command (README, "Observability").
 pub const HOLDER_LOG_EVERY: Duration = Duration::from_secs(30);
 /// Back-off bounds while a lock-delay blocks a free key: short first tries so a released key
 /// is taken within milliseconds, capped so a 15 s lock-delay costs ~30 requests at most.
@@ -436,7 +437,7 @@ impl ConsulBackend {
 
     /// Waits until `lock_key` has no holder: blocking queries, or polling every `poll`.
     /// Returns the read that showed the key free (so the caller need not read it again), or
-    /// `None` after a poll interval. Logs the holder every 30 s without extra requests.
+    /// `None` after a poll interval. Logs the holder every 30 s (debug) without extra requests.
     #[allow(clippy::too_many_arguments)]
     async fn wait_until_free(
         &self,
@@ -461,7 +462,7 @@ impl ConsulBackend {
                 tokio::select! {
                     result = &mut fetch => break result,
                     _ = log_every.tick() => {
-                        tracing::info!(holder = %holder.holder_summary(), "waiting for the lock");
+                        tracing::debug!(holder = %holder.holder_summary(), "waiting for the lock");
                     }
                 }
             };

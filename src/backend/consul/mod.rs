@@ -4,6 +4,7 @@
 pub mod api;
 pub mod client;
 pub mod env;
+pub mod inspect;
 pub mod key_hold;
 pub mod lease;
 pub mod lock;
@@ -25,7 +26,7 @@ pub use lease::Lease;
 
 use crate::backend::retry;
 use crate::backend::{
-    AcquireObserver, Acquired, BackendError, Layout, LockBackend, LockInfo, LockRequest,
+    AcquireObserver, Acquired, BackendError, Layout, LockBackend, LockInfo, LockRequest, WaitingFor,
 };
 use crate::backend::{BackendEvents, NoEvents};
 use value::Identity;
@@ -123,6 +124,16 @@ impl LockBackend for ConsulBackend {
             .client
             .kv_get_retry(&wait::lock_key(key, layout))
             .await?;
+        // A semaphore (`-n N`) lives under its prefix: `status PREFIX` shows its holders.
+        let maybe_semaphore = match read.value.as_ref() {
+            None => layout == Layout::Default,
+            Some(pair) => inspect::is_semaphore_entry(pair),
+        };
+        if maybe_semaphore {
+            if let Some(found) = self.find_semaphore(key).await? {
+                return Ok(found);
+            }
+        }
         let Some(mut info) = read
             .value
             .filter(|p| p.holder().is_some())
@@ -142,8 +153,17 @@ impl LockBackend for ConsulBackend {
     ) -> Result<Vec<(String, Option<LockInfo>)>, BackendError> {
         let read = self.client.kv_list(prefix, None).await?;
         let mut out = Vec::new();
-        for pair in read.value {
+        for pair in &read.value {
             if queue::is_queue_entry(&pair.key) {
+                continue;
+            }
+            // A semaphore is listed once, under its prefix, with its holders; its `.lock` and
+            // contender keys are not locks (README, "Key layouts").
+            if inspect::is_semaphore_entry(pair) {
+                if let Some(sem) = inspect::semaphore_prefix(pair) {
+                    let info = inspect::semaphore_info(sem, pair, &read.value);
+                    out.push((sem.to_string(), info));
+                }
                 continue;
             }
             let key = match layout {
@@ -153,7 +173,7 @@ impl LockBackend for ConsulBackend {
                     None => continue,
                 },
             };
-            let info = pair.holder().map(|_| value::decode(&key, &pair));
+            let info = pair.holder().map(|_| value::decode(&key, pair));
             out.push((key, info));
         }
         Ok(out)
@@ -161,5 +181,9 @@ impl LockBackend for ConsulBackend {
 
     async fn release(&self, key: &str, layout: Layout) -> Result<bool, BackendError> {
         self.force_release(key, layout).await
+    }
+
+    async fn waiting_for(&self, request: &LockRequest) -> Result<WaitingFor, BackendError> {
+        self.describe_wait(request).await
     }
 }

@@ -223,6 +223,7 @@ impl ConsulBackend {
                 // Our entry is gone (session lost, or removed by hand): join again.
                 return Err(BackendError::SessionGone(ticket.session.id.clone()));
             };
+            self.telemetry.queue_waiters(Some(live.len()));
             if last_position != Some(position) {
                 tracing::info!(
                     event = "queued",
@@ -262,6 +263,7 @@ impl ConsulBackend {
     /// behavior `delete` clean up whatever this cannot).
     pub(crate) async fn leave(&self, ticket: Ticket) {
         ticket.stop.cancel();
+        self.telemetry.queue_waiters(None);
         if let Err(err) = self.client.kv_delete(&ticket.entry_key, None).await {
             tracing::debug!(entry = %ticket.entry_key, %err, "could not remove the queue entry; it goes with its session");
         }

@@ -115,6 +115,7 @@ pub fn decode(key: &str, pair: &KvPair) -> LockInfo {
         holder: field("holder"),
         fencing_token: Some(pair.modify_index),
         queue: None,
+        semaphore: None,
     }
 }
 

@@ -1,0 +1,268 @@
+//! What a waiting contender says (README, "Observability"): one line when it finds the lock
+//! taken, one a minute while it still waits, each naming the holder, and a `--timeout` failure
+//! that names the holder too. The lines show at the default verbosity; `-q` silences them.
+
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::backend::{AcquireObserver, LockBackend, LockInfo, LockRequest, WaitingFor};
+use crate::exit::{Error, ErrorKind};
+use crate::logging::WAITING;
+
+/// A waiter says it still waits this often: often enough to show it is alive, rare enough for
+/// a standby that waits for days (README, "Observability").
+pub const STILL_WAITING_EVERY: Duration = Duration::from_secs(60);
+/// A queue waiter behind others is not told by the observer (it calls nothing while queued):
+/// a queue wait that lasts this long is a wait. An uncontended queue acquire takes milliseconds
+/// and so never pays the look-up.
+const QUEUE_WAIT_NOTICED: Duration = Duration::from_millis(250);
+/// Bound on a look-up of whom the wait is for: a slow agent must not hold up a stop signal (the
+/// look runs in the loop that receives them) nor a `--timeout` failure.
+const LOOKUP_BOUND: Duration = Duration::from_secs(2);
+
+/// The caller's observer, plus a signal each time the backend finds the key taken.
+pub struct Watching<'a> {
+    pub inner: &'a dyn AcquireObserver,
+    pub taken: Notify,
+}
+
+impl AcquireObserver for Watching<'_> {
+    fn before_attempt<'a>(&'a self, key: &'a str) -> futures_lite::future::Boxed<()> {
+        self.inner.before_attempt(key)
+    }
+
+    fn already_locked<'a>(
+        &'a self,
+        key: &'a str,
+        holder: Option<&'a LockInfo>,
+    ) -> futures_lite::future::Boxed<()> {
+        self.taken.notify_one();
+        self.inner.already_locked(key, holder)
+    }
+}
+
+/// One wait's lines: whether the first was written and when the next is due.
+pub struct WaitLog {
+    started: Instant,
+    /// `--non-blocking` does not wait: it reports the holder in its own failure instead.
+    waits: bool,
+    announced: bool,
+    next: Instant,
+}
+
+impl WaitLog {
+    pub fn new(request: &LockRequest) -> Self {
+        let started = Instant::now();
+        let first_look = if request.queue {
+            QUEUE_WAIT_NOTICED
+        } else {
+            STILL_WAITING_EVERY
+        };
+        WaitLog {
+            started,
+            waits: request.wait != crate::backend::Wait::NonBlocking,
+            announced: false,
+            next: started + first_look,
+        }
+    }
+
+    /// Whether the first line is still due once the backend finds the key taken.
+    pub fn first_due(&self) -> bool {
+        self.waits && !self.announced
+    }
+
+    /// Whether this acquire waits at all (`--non-blocking` does not).
+    pub fn waits(&self) -> bool {
+        self.waits
+    }
+
+    /// When to look again without being told.
+    pub fn next_look(&self) -> Instant {
+        self.next
+    }
+
+    /// The backend found the key taken, or a look is due: writes the first line (or, once
+    /// written, the once-a-minute line) naming whom the wait is for.
+    pub async fn look<B: LockBackend>(&mut self, backend: &B, request: &LockRequest) {
+        let seen = match tokio::time::timeout(LOOKUP_BOUND, backend.waiting_for(request)).await {
+            Ok(Ok(seen)) => seen,
+            Ok(Err(err)) => {
+                tracing::debug!(%err, "could not read whom the wait is for");
+                WaitingFor::default()
+            }
+            Err(_) => {
+                tracing::debug!("reading whom the wait is for took too long");
+                WaitingFor::default()
+            }
+        };
+        let now = Instant::now();
+        let waited = now.duration_since(self.started);
+        let text = describe(&seen);
+        let holder = seen
+            .holder
+            .as_ref()
+            .map(LockInfo::holder_summary)
+            .unwrap_or_default();
+        let name = seen.session_name.as_deref().unwrap_or_default();
+        let node = seen.node.as_deref().unwrap_or_default();
+        let since = since(&seen);
+        let slots = seen
+            .slots
+            .map(|(taken, limit)| format!("{taken}/{limit}"))
+            .unwrap_or_default();
+        let queued = seen.queued.unwrap_or(0);
+        let key = request.key.as_str();
+        if self.announced {
+            tracing::info!(
+                target: WAITING,
+                event = "still-waiting",
+                key,
+                waited_secs = waited.as_secs(),
+                holder = holder.as_str(),
+                holder_name = name,
+                holder_node = node,
+                holder_since = since.as_str(),
+                slots = slots.as_str(),
+                queued,
+                "still waiting for {key} after {}: {text}",
+                crate::duration::display(Duration::from_secs(waited.as_secs()))
+            );
+        } else {
+            // A queue's first look that finds nobody ahead and nothing held is no wait yet.
+            let something = seen.holder.is_some() || queued > 0;
+            if !something && waited < STILL_WAITING_EVERY {
+                self.next = self.started + STILL_WAITING_EVERY;
+                return;
+            }
+            tracing::info!(
+                target: WAITING,
+                event = "wait-started",
+                key,
+                holder = holder.as_str(),
+                holder_name = name,
+                holder_node = node,
+                holder_since = since.as_str(),
+                slots = slots.as_str(),
+                queued,
+                "waiting for {key}: {text}"
+            );
+            self.announced = true;
+        }
+        self.next = now + STILL_WAITING_EVERY;
+    }
+}
+
+/// The error of a wait that `--timeout` ended, naming whom it waited for (exit code of a
+/// timeout, README "Exit codes").
+pub async fn timed_out<B: LockBackend>(backend: &B, request: &LockRequest) -> Error {
+    let key = &request.key;
+    let after = request
+        .wait
+        .timeout()
+        .map(|t| format!(" after {}", crate::duration::display(t)))
+        .unwrap_or_default();
+    let seen = tokio::time::timeout(LOOKUP_BOUND, backend.waiting_for(request)).await;
+    let who = match seen {
+        Ok(Ok(seen)) => describe(&seen),
+        _ => "the holder could not be read".to_string(),
+    };
+    Error::new(
+        ErrorKind::Timeout,
+        format!("timed out waiting for lock {key}{after}: {who}"),
+    )
+}
+
+/// When the holder took the lock, as it wrote it (`created`), else empty.
+fn since(seen: &WaitingFor) -> String {
+    seen.holder
+        .as_ref()
+        .and_then(|h| h.created.clone())
+        .unwrap_or_default()
+}
+
+/// `held by web-1 pid 42 (session 5f…), session "lockwrap jobs/x on web-1 pid 42" on node n1,
+/// since 2026-12-02T13:00:00.123456 (session create index 57)`, plus a semaphore's slots and
+/// the queue's length.
+pub fn describe(seen: &WaitingFor) -> String {
+    let mut text = match &seen.holder {
+        Some(info) => {
+            let mut who = format!("held by {}", info.holder_summary());
+            if let Some(name) = &seen.session_name {
+                who.push_str(&format!(", session {name:?}"));
+            }
+            if let Some(node) = &seen.node {
+                who.push_str(&format!(" on node {node}"));
+            }
+            if let Some(created) = &info.created {
+                who.push_str(&format!(", since {created}"));
+            }
+            if let Some(index) = seen.session_index {
+                who.push_str(&format!(" (session create index {index})"));
+            }
+            who
+        }
+        None => "no holder seen".to_string(),
+    };
+    if let Some((taken, limit)) = seen.slots {
+        text = format!("{taken} of {limit} slots taken; first {text}");
+    }
+    if let Some(queued) = seen.queued.filter(|n| *n > 0) {
+        text.push_str(&format!("; {queued} in the queue"));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn holder() -> LockInfo {
+        LockInfo {
+            key: "jobs/x".into(),
+            session: Some("5f2".into()),
+            created: Some("2026-12-02T13:00:00.123456".into()),
+            seconds_to_lock: None,
+            metadata: None,
+            holder: Some(json!({"hostname": "web-1", "pid": 42})),
+            fencing_token: Some(9),
+            queue: None,
+            semaphore: None,
+        }
+    }
+
+    #[test]
+    fn describe_names_the_holder_its_session_node_and_since() {
+        let seen = WaitingFor {
+            holder: Some(holder()),
+            session_name: Some("lockwrap jobs/x on web-1 pid 42".into()),
+            node: Some("n1".into()),
+            session_index: Some(57),
+            ..WaitingFor::default()
+        };
+        assert_eq!(
+            describe(&seen),
+            "held by web-1 pid 42 (session 5f2), session \"lockwrap jobs/x on web-1 pid 42\" \
+             on node n1, since 2026-12-02T13:00:00.123456 (session create index 57)"
+        );
+    }
+
+    #[test]
+    fn describe_counts_slots_and_the_queue() {
+        let seen = WaitingFor {
+            holder: Some(holder()),
+            slots: Some((2, 2)),
+            queued: Some(3),
+            ..WaitingFor::default()
+        };
+        let text = describe(&seen);
+        assert!(
+            text.starts_with("2 of 2 slots taken; first held by web-1"),
+            "{text}"
+        );
+        assert!(text.ends_with("; 3 in the queue"), "{text}");
+        assert_eq!(describe(&WaitingFor::default()), "no holder seen");
+    }
+}
