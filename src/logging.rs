@@ -1,10 +1,19 @@
 //! Logging to stderr with tracing: text for people, JSON lines for collectors. `-v` raises the
 //! level; `RUST_LOG` overrides everything. Text is coloured only on a terminal without `NO_COLOR`.
+//!
+//! Lines go through a queue to a writer thread, never straight to stderr: when nobody reads
+//! lockwrap's stderr (a full pipe), only that thread blocks and new lines are dropped, while the
+//! threads that renew the lock and stop the command keep going (README, "The supervisor").
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
+use std::sync::{Mutex, PoisonError};
 
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
+
+/// Keeps the writer thread's guard for the whole process: dropping it flushes the queue.
+static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 /// Installs the global subscriber. Default level: warnings (stdout stays clean, stderr quiet).
 pub fn init(verbose: u8, json: bool) {
@@ -20,12 +29,17 @@ pub fn init(verbose: u8, json: bool) {
         std::io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
     );
+    // Lossy: a full queue drops lines instead of making the logging thread wait.
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("lockwrap-log")
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false)
         .with_ansi(ansi);
-    let _ = if json {
+    let installed = if json {
         builder
             .json()
             .flatten_event(true)
@@ -34,6 +48,17 @@ pub fn init(verbose: u8, json: bool) {
     } else {
         builder.try_init()
     };
+    // A second init (tests) keeps the first subscriber; its guard is the one to keep.
+    if installed.is_ok() {
+        *WRITER.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
+    }
+}
+
+/// Writes out every queued line (waiting at most about a second, tracing-appender's bound, for a
+/// stderr nobody reads). Call before the process exits: `std::process::exit` runs no destructors.
+pub fn flush() {
+    let guard = WRITER.lock().unwrap_or_else(PoisonError::into_inner).take();
+    drop(guard);
 }
 
 /// Colour codes only for a person at a terminal: `docker logs`, `2>file` and log collectors get

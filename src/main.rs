@@ -9,7 +9,12 @@ use lockwrap::{commands, config, logging, supervisor};
 
 fn main() {
     let code = match Cli::try_parse() {
-        Ok(cli) => run(cli).exit_code(),
+        Ok(cli) => {
+            let outcome = run(cli);
+            // Queued log lines first, so the failure line below is the last one, as before.
+            logging::flush();
+            report(outcome).exit_code()
+        }
         Err(err) if err.use_stderr() => {
             // One line, like every other lockwrap error; `--help` has the details.
             let text = err.render().to_string();
@@ -35,19 +40,19 @@ fn run(cli: Cli) -> Outcome {
     let verbose = cli.verbose;
     // Needs no configuration, Consul, or runtime: an init container copying the binary.
     if let Command::Install(cmd) = &cli.command {
-        return report(match commands::install::install(&cmd.dest) {
+        return match commands::install::install(&cmd.dest) {
             Ok(done) => {
                 lockwrap::output::print(&done);
                 Outcome::Success
             }
             Err(err) => Outcome::Failed(err),
-        });
+        };
     }
     let config = match config::load(cli) {
         Ok(config) => config,
         Err(err) => {
             logging::init(verbose, false);
-            return report(Outcome::Failed(err));
+            return Outcome::Failed(err);
         }
     };
     logging::init(config.verbose, config.log_json);
@@ -57,10 +62,10 @@ fn run(cli: Cli) -> Outcome {
     let process = match supervisor::install(config.subreaper()) {
         Ok(process) => process,
         Err(err) => {
-            return report(Outcome::Failed(Error::new(
+            return Outcome::Failed(Error::new(
                 ErrorKind::Internal,
                 format!("cannot set up signal handling: {err}"),
-            )))
+            ))
         }
     };
     // One thread is plenty: every task waits on the network or a timer, and a standby's memory
@@ -71,10 +76,10 @@ fn run(cli: Cli) -> Outcome {
     {
         Ok(rt) => rt,
         Err(err) => {
-            return report(Outcome::Failed(Error::new(
+            return Outcome::Failed(Error::new(
                 ErrorKind::Internal,
                 format!("cannot start the async runtime: {err}"),
-            )))
+            ))
         }
     };
     let outcome = runtime.block_on(async {
@@ -86,7 +91,7 @@ fn run(cli: Cli) -> Outcome {
     });
     // Background tasks (e.g. a webhook in flight) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    report(outcome)
+    outcome
 }
 
 /// Logs a failure's message once, on stderr.
