@@ -58,8 +58,8 @@ fn run(cli: Cli) -> Outcome {
     logging::init(config.verbose, config.log_json);
     tracing::debug!(?config, "configuration");
 
-    // As PID 1 reaping is automatic; elsewhere only with --subreaper.
-    let process = match supervisor::install(config.subreaper()) {
+    // Supervising modes are always subreapers and start the guardian (README, "The supervisor").
+    let process = match supervisor::install(config.supervising()) {
         Ok(process) => process,
         Err(err) => {
             return Outcome::Failed(Error::new(

@@ -1,5 +1,6 @@
 //! Spawning children (own process group, parent-death signal, terminal hand-over), stopping them
-//! (TERM → grace → KILL for the whole group), and the exit codes they produce.
+//! (TERM → grace → KILL for the group, then for every process of the command's tree that is
+//! left), and the exit codes they produce.
 
 use std::ffi::OsString;
 use std::io;
@@ -16,9 +17,12 @@ use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet};
 use nix::unistd::{getpgrp, getpid, getppid, isatty, Pid};
 use tracing::{debug, info, warn};
 
+use super::guardian::{self, Guardian};
 use super::reaper::{self, SharedRegistry, Slot};
 use super::signals::{Signal, IGNORED};
 pub use super::status::ExitStatus;
+pub use super::tree::Tree;
+use super::tree::{self, Parents, Proc};
 use super::tty::{foreground_group, set_foreground_group};
 
 /// How often a stop checks whether the command's process group is empty. Group members are not
@@ -53,6 +57,8 @@ pub struct CommandSpec {
     pub stdout_to_stderr: bool,
     /// Own process group, so signals and stops reach the command's whole tree and never lockwrap.
     pub own_process_group: bool,
+    /// What a stop of this process reaches beyond its group and descendants (see [`Tree`]).
+    pub tree: Tree,
 }
 
 impl CommandSpec {
@@ -65,6 +71,7 @@ impl CommandSpec {
             stdin: StdinMode::Inherit,
             stdout_to_stderr: false,
             own_process_group: true,
+            tree: Tree::Command,
         }
     }
 }
@@ -130,6 +137,7 @@ impl SpawnError {
 pub struct Spawner {
     requests: mpsc::Sender<Request>,
     registry: SharedRegistry,
+    guardian: Guardian,
 }
 
 struct Request {
@@ -146,7 +154,7 @@ struct Spawned {
 
 impl Spawner {
     /// Starts the spawner thread. Called once, by [`install`](super::install).
-    pub(crate) fn start(registry: SharedRegistry) -> io::Result<Spawner> {
+    pub(crate) fn start(registry: SharedRegistry, guardian: Guardian) -> io::Result<Spawner> {
         let (requests, incoming) = mpsc::channel::<Request>();
         let thread_registry = Arc::clone(&registry);
         std::thread::Builder::new()
@@ -163,7 +171,17 @@ impl Spawner {
                     std::thread::park();
                 }
             })?;
-        Ok(Spawner { requests, registry })
+        Ok(Spawner {
+            requests,
+            registry,
+            guardian,
+        })
+    }
+
+    /// The guardian of this process (a no-op one when none was started), for code that holds a
+    /// spawner but not the [`ProcessControl`](super::ProcessControl), like the library's execute.
+    pub fn guardian(&self) -> Guardian {
+        self.guardian.clone()
     }
 
     /// Starts `spec`. Blocks the calling thread until the program has been exec'd (or failed to),
@@ -187,6 +205,7 @@ impl Spawner {
             slot,
             registry: Arc::clone(&self.registry),
             group_gone: AtomicBool::new(false),
+            tree: spec.tree,
         })
     }
 }
@@ -227,7 +246,7 @@ fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spa
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("Linux pids fit in pid_t"));
     // The reaper owns waitpid; std's handle must never wait. Dropping it neither waits nor kills.
     drop(child);
-    let slot = Arc::new(Slot::new(take_terminal));
+    let slot = Arc::new(Slot::new(take_terminal, spec.tree));
     registry.insert(pid, Arc::clone(&slot));
     drop(registry);
 
@@ -287,6 +306,7 @@ pub struct Child {
     /// Set once `kill(-pgid, 0)` said ESRCH: the group is empty and its id may be reused, so it
     /// must never be signalled again.
     group_gone: AtomicBool,
+    tree: Tree,
 }
 
 impl Child {
@@ -329,11 +349,19 @@ impl Child {
     }
 
     /// Stops the child: TERM the group, wait up to `grace` for the leader and every other member to
-    /// be gone, then SIGKILL the group and wait for the leader's reap. Returns the leader's status.
+    /// be gone, then SIGKILL the group and wait for the leader's reap; then the rest of its tree
+    /// ([`Child::stop_leftovers`]). Returns the leader's status. Call `stop_leftovers` afterwards
+    /// (it returns at once when nothing is left) to learn whether the whole tree is gone.
     ///
     /// Waiting for the leader after SIGKILL is unbounded on purpose: the command must
     /// be dead before the lock is released. Other members get [`KILL_SETTLE`] and then a warning.
     pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
+        let status = self.stop_group(grace).await;
+        self.stop_leftovers(grace).await;
+        status
+    }
+
+    async fn stop_group(&mut self, grace: Duration) -> ExitStatus {
         if let Some(status) = self.try_status() {
             if !self.group_alive() {
                 return status;
@@ -355,24 +383,86 @@ impl Child {
         status
     }
 
-    /// After the leader exited on its own: if other members of its group are still alive (e.g.
-    /// `sh -c 'sleep 1000 &'`), TERM them, wait up to `grace`, then KILL. No-op otherwise, including
-    /// when the leader is still running or the child has no group of its own.
-    pub async fn reap_group_leftovers(&mut self, grace: Duration) {
-        if self.pgid.is_none() || self.try_status().is_none() || !self.group_alive() {
-            return;
+    /// Stops what is left of the child's tree: TERM, up to `grace`, then SIGKILL, looping until
+    /// nothing is left (processes forked meanwhile are caught on the next pass). The tree is the
+    /// group and every descendant, and for a [`Tree::Command`] also every orphan re-parented to
+    /// lockwrap (setsid'd, double-forked; lockwrap is a subreaper while it supervises) and every
+    /// [`Tree::Attached`] process; never the guardian. Returns true when nothing of it is left
+    /// (zombies count as gone: they run no code), false when something survived SIGKILL for
+    /// [`KILL_SETTLE`]: then the lock must not be reported as released cleanly.
+    ///
+    /// Meant for after the leader's exit; while the leader runs it is stopped too.
+    pub async fn stop_leftovers(&self, grace: Duration) -> bool {
+        let left = self.leftovers();
+        if left.is_empty() {
+            return true;
         }
-        info!(pgid = %self.pid, "the command exited but left processes in its group: SIGTERM");
-        self.send_logged(Signal::TERM);
-        if tokio::time::timeout(grace, self.wait_group_empty())
-            .await
-            .is_ok()
-        {
-            return;
+        info!(pid = %self.pid, count = left.len(), "processes of the command are still running: SIGTERM");
+        let mut termed: Vec<Proc> = Vec::new();
+        let term_until = tokio::time::Instant::now() + grace;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return true;
+            }
+            for proc in left {
+                if !termed.contains(&proc) {
+                    tree::signal_if_same(&proc, NixSignal::SIGTERM);
+                    termed.push(proc);
+                }
+            }
+            if tokio::time::Instant::now() >= term_until {
+                break;
+            }
+            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
         }
-        info!(pgid = %self.pid, ?grace, "leftovers still running after the grace period: SIGKILL");
-        self.send_logged(Signal::KILL);
-        self.settle_after_kill().await;
+        info!(pid = %self.pid, ?grace, "leftovers still running after the grace period: SIGKILL");
+        let kill_until = tokio::time::Instant::now() + KILL_SETTLE;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return true;
+            }
+            for proc in &left {
+                tree::signal_if_same(proc, NixSignal::SIGKILL);
+            }
+            if tokio::time::Instant::now() >= kill_until {
+                let pids: Vec<i32> = left.iter().map(|proc| proc.pid).collect();
+                warn!(pid = %self.pid, ?pids, "processes of the command survive SIGKILL");
+                return false;
+            }
+            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
+        }
+    }
+
+    /// The live processes of the child's tree (see [`Child::stop_leftovers`]), from one `/proc` scan.
+    fn leftovers(&self) -> Vec<Proc> {
+        let me = getpid().as_raw();
+        let guardian = guardian::current_pid();
+        let spared = match self.tree {
+            Tree::Command => reaper::lock(&self.registry).spared_besides(self.pid),
+            Tree::Attached | Tree::Own => Vec::new(),
+        };
+        // Only while the group exists: once empty its id may be recycled by a stranger.
+        let group = self.pgid.filter(|_| self.group_alive()).map(Pid::as_raw);
+        let (mut procs, mut buf) = (Vec::new(), Vec::new());
+        tree::scan(&mut procs, &mut buf);
+        let parents = Parents::of(&procs);
+        procs.retain(|proc| {
+            if proc.zombie || proc.pid == me || Some(proc.pid) == guardian {
+                return false;
+            }
+            if Some(proc.pgrp) == group {
+                return true;
+            }
+            match parents.branch(proc.pid, me) {
+                None => false,
+                Some(branch) if branch == self.pid.as_raw() => true,
+                Some(branch) if Some(branch) == guardian => false,
+                Some(branch) => self.tree == Tree::Command && !spared.contains(&branch),
+            }
+        });
+        procs
     }
 
     /// Whether anything of the child is left: any group member (a zombie counts until reaped), or,
