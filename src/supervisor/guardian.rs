@@ -341,7 +341,7 @@ impl State {
             Phase::Idle | Phase::Fired => {}
             Phase::Armed { deadline, grace } => {
                 if now >= deadline {
-                    self.say(b"lockwrap guardian: the lock's deadline passed without an extension; stopping the command (SIGTERM, grace, SIGKILL)\n");
+                    self.say(b"the lock's deadline passed without an extension; stopping the command (SIGTERM, grace, SIGKILL)\n");
                     self.signal_tree(Signal::SIGTERM);
                     self.phase = Phase::Terminating {
                         kill_at: deadline.saturating_add(grace),
@@ -410,7 +410,7 @@ impl State {
         if matches!(self.phase, Phase::Idle | Phase::Fired) {
             return;
         }
-        self.say(b"lockwrap guardian: the wrapper is gone while its command was guarded; killing the command\n");
+        self.say(b"the wrapper is gone while its command was guarded; killing the command\n");
         let started = monotonic_ns();
         loop {
             let mut left = 0;
@@ -432,20 +432,29 @@ impl State {
                 return;
             }
             if monotonic_ns().saturating_sub(started) > EOF_KILL_LIMIT_NS {
-                self.say(b"lockwrap guardian: processes survive SIGKILL; giving up\n");
+                self.say(b"processes survive SIGKILL; giving up\n");
                 return;
             }
             std::thread::sleep(Duration::from_millis(STOP_POLL_MS as u64));
         }
     }
 
-    /// One line on stderr, best effort: never blocks (see [`nonblocking_stderr`]).
+    /// One line on stderr, prefixed with its pid and the wrapper's, best effort: never blocks (see
+    /// [`nonblocking_stderr`]) and never allocates.
     fn say(&self, line: &[u8]) {
         if self.stderr < 0 {
             return;
         }
+        let mut text = [0u8; 256];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let _ = std::io::Write::write_fmt(
+            &mut cursor,
+            format_args!("lockwrap guardian {} of {}: ", self.me, self.wrapper),
+        );
+        let _ = std::io::Write::write_all(&mut cursor, line);
+        let len = usize::try_from(cursor.position()).unwrap_or(0);
         // SAFETY: writes a live buffer to a descriptor the guardian owns or inherited.
-        let _ = unsafe { libc::write(self.stderr, line.as_ptr().cast(), line.len()) };
+        let _ = unsafe { libc::write(self.stderr, text.as_ptr().cast(), len) };
     }
 }
 
