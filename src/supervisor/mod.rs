@@ -24,7 +24,7 @@ pub mod tty;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
@@ -35,6 +35,11 @@ pub use signals::{Signal, FORWARDED, IGNORED};
 /// Guards against a second reaper and a second set of handlers, which would split statuses and
 /// signals between two registries.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// A handle on the installed guardian that lives as long as the process, so its pipe closes only
+/// when lockwrap itself is gone (the kernel closes it), never when the last `ProcessControl` or
+/// `Spawner` is dropped on the way out.
+static GUARDIAN: OnceLock<Guardian> = OnceLock::new();
 
 /// What [`install`] hands to the rest of lockwrap.
 #[derive(Debug)]
@@ -93,7 +98,15 @@ pub fn install(supervising: bool) -> Result<ProcessControl, io::Error> {
     }
     let guardian = if supervising {
         nix::sys::prctl::set_child_subreaper(true)?;
-        guardian::start()?
+        let guardian = guardian::start().map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot start the guardian process: {err}"),
+            )
+        })?;
+        // `INSTALLED` makes this the only call; a second set cannot happen.
+        let _ = GUARDIAN.set(guardian.clone());
+        guardian
     } else {
         Guardian::noop()
     };
