@@ -564,6 +564,62 @@ async fn the_guardian_is_spared_by_tree_stops_and_ignores_stop_signals() {
     .await;
 }
 
+/// The `0::` (cgroup v2) line of a process's `/proc/PID/cgroup`.
+fn unified_cgroup(pid: Pid) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn the_command_gets_a_cgroup_of_its_own_where_one_is_writable_and_it_is_removed_after() {
+    bounded(async {
+        let (mut child, setsid, forked) = escaping_tree(true).await;
+        let ours = unified_cgroup(getpid());
+        let theirs = unified_cgroup(child.pid);
+        if theirs == ours {
+            eprintln!("no writable cgroup v2 here ({ours:?}): stops walk /proc only");
+        } else {
+            let theirs = theirs.expect("the child has a cgroup v2 path");
+            let name = format!("lockwrap-{}-", getpid());
+            assert!(theirs.contains(&name), "{theirs}");
+            for pid in [setsid, forked] {
+                assert_eq!(
+                    unified_cgroup(pid).as_deref(),
+                    Some(theirs.as_str()),
+                    "{pid} left it"
+                );
+            }
+        }
+        child.stop(Duration::from_secs(5)).await;
+        assert!(child.stop_leftovers(Duration::from_secs(5)).await);
+        drop(child);
+        if let (Some(ours), true) = (ours, unified_cgroup(getpid()).is_some()) {
+            let mount = "/sys/fs/cgroup/unified";
+            let dir = std::path::Path::new(mount).join(ours.trim_start_matches('/'));
+            let leftover = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("lockwrap-{}-", getpid()))
+                        && e.path().join("cgroup.procs").exists()
+                        && std::fs::read_to_string(e.path().join("cgroup.procs"))
+                            .map_or(false, |t| !t.is_empty())
+                });
+            assert!(
+                !leftover,
+                "a command cgroup with processes was left in {}",
+                dir.display()
+            );
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn signal_sent_to_lockwrap_arrives_on_the_channel() {
     bounded(async {

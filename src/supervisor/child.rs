@@ -17,6 +17,7 @@ use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet};
 use nix::unistd::{getpgrp, getpid, getppid, isatty, Pid};
 use tracing::{debug, info, warn};
 
+use super::cgroup::CommandCgroup;
 use super::guardian::{self, Guardian};
 use super::reaper::{self, SharedRegistry, Slot};
 use super::signals::{Signal, IGNORED};
@@ -150,6 +151,7 @@ struct Spawned {
     pid: Pid,
     pgid: Option<Pid>,
     slot: Arc<Slot>,
+    cgroup: Option<CommandCgroup>,
 }
 
 impl Spawner {
@@ -198,7 +200,12 @@ impl Spawner {
                 reply,
             })
             .map_err(|_| thread_gone())?;
-        let Spawned { pid, pgid, slot } = answer.recv().map_err(|_| thread_gone())??;
+        let Spawned {
+            pid,
+            pgid,
+            slot,
+            cgroup,
+        } = answer.recv().map_err(|_| thread_gone())??;
         Ok(Child {
             pid,
             pgid,
@@ -206,6 +213,7 @@ impl Spawner {
             registry: Arc::clone(&self.registry),
             group_gone: AtomicBool::new(false),
             tree: spec.tree,
+            cgroup,
         })
     }
 }
@@ -230,10 +238,15 @@ fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spa
     let take_terminal =
         spec.own_process_group && spec.stdin == StdinMode::Inherit && we_hold_the_terminal();
     let parent = getpid();
+    // The wrapped command gets a cgroup of its own where one can be made (see `cgroup`).
+    let cgroup = (spec.tree == Tree::Command && spec.own_process_group)
+        .then(CommandCgroup::create)
+        .flatten();
+    let join_cgroup = cgroup.as_ref().map(CommandCgroup::join_fd);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, tcsetpgrp, getpid, sigaction) without allocating or taking locks.
+    // (write, prctl, getppid, tcsetpgrp, getpid, sigaction) without allocating or taking locks.
     unsafe {
-        command.pre_exec(move || prepare_child(parent, take_terminal));
+        command.pre_exec(move || prepare_child(parent, take_terminal, join_cgroup));
     }
 
     // Held across fork + registration: the reaper takes this lock before waitpid, so it cannot reap
@@ -252,7 +265,12 @@ fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spa
 
     let pgid = spec.own_process_group.then_some(pid);
     debug!(%pid, program = %spec.program.to_string_lossy(), take_terminal, "spawned");
-    Ok(Spawned { pid, pgid, slot })
+    Ok(Spawned {
+        pid,
+        pgid,
+        slot,
+        cgroup,
+    })
 }
 
 /// Whether lockwrap's stdin is a terminal whose foreground group is lockwrap's group; only then is
@@ -262,7 +280,13 @@ fn we_hold_the_terminal() -> bool {
 }
 
 /// Runs in the forked child, after std's `setpgid(0, 0)` and signal-mask reset, before exec.
-fn prepare_child(parent: Pid, take_terminal: bool) -> io::Result<()> {
+fn prepare_child(parent: Pid, take_terminal: bool, join_cgroup: Option<i32>) -> io::Result<()> {
+    if let Some(fd) = join_cgroup {
+        // "0" is the writing process itself. Failure only loses the cgroup (stops still walk
+        // /proc), so it must not keep the command from starting.
+        // SAFETY: writes one byte from a static buffer to an open descriptor.
+        let _ = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    }
     // Die with lockwrap, even if it is SIGKILLed: a command must never outlive the lock holder.
     // Tied to the forking thread (see `Spawner`). Cleared by exec of a setuid binary. Only this
     // process gets it: its own children survive a SIGKILLed lockwrap unless lockwrap is PID 1 of a
@@ -307,6 +331,8 @@ pub struct Child {
     /// must never be signalled again.
     group_gone: AtomicBool,
     tree: Tree,
+    /// The command's own cgroup v2, where one could be made: its processes cannot leave it.
+    cgroup: Option<CommandCgroup>,
 }
 
 impl Child {
@@ -423,6 +449,9 @@ impl Child {
             if left.is_empty() {
                 return true;
             }
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill_all();
+            }
             for proc in &left {
                 tree::signal_if_same(proc, NixSignal::SIGKILL);
             }
@@ -445,6 +474,11 @@ impl Child {
         };
         // Only while the group exists: once empty its id may be recycled by a stranger.
         let group = self.pgid.filter(|_| self.group_alive()).map(Pid::as_raw);
+        let in_cgroup = self
+            .cgroup
+            .as_ref()
+            .map(CommandCgroup::pids)
+            .unwrap_or_default();
         let (mut procs, mut buf) = (Vec::new(), Vec::new());
         tree::scan(&mut procs, &mut buf);
         let parents = Parents::of(&procs);
@@ -452,7 +486,7 @@ impl Child {
             if proc.zombie || proc.pid == me || Some(proc.pid) == guardian {
                 return false;
             }
-            if Some(proc.pgrp) == group {
+            if Some(proc.pgrp) == group || in_cgroup.contains(&proc.pid) {
                 return true;
             }
             match parents.branch(proc.pid, me) {

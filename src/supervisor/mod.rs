@@ -8,12 +8,15 @@
 //! - [`child`]: spawning children in their own group, stopping them (TERM → grace → KILL), exit codes.
 //! - [`tree`]: the process tree under lockwrap read from `/proc`, so a stop reaches what `setsid`
 //!   and double forks took out of the command's group.
+//! - `cgroup`: a cgroup v2 of its own for the command where one is writable, so a stop finds every
+//!   process it started whatever the process did with its parentage.
 //! - [`guardian`]: a separate tiny process that kills the command's tree if the wrapper stalls
 //!   past the lock's deadline or dies while the command runs.
 //!
 //! Nothing else in lockwrap may wait for a process (std's or tokio's `Child::wait`, `Command::output`,
 //! `status`): the reaper would take the status first. Start every process through [`Spawner`].
 
+mod cgroup;
 pub mod child;
 pub mod guardian;
 pub mod reaper;
