@@ -572,18 +572,30 @@ fn unified_cgroup(pid: Pid) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2")
+            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
 #[tokio::test]
 async fn the_command_gets_a_cgroup_of_its_own_where_one_is_writable_and_it_is_removed_after() {
     bounded(async {
         let (mut child, setsid, forked) = escaping_tree(true).await;
-        let ours = unified_cgroup(getpid());
         let theirs = unified_cgroup(child.pid);
-        if theirs == ours {
-            eprintln!("no writable cgroup v2 here ({ours:?}): stops walk /proc only");
+        let own_dir = if theirs == unified_cgroup(getpid()) {
+            eprintln!("no writable cgroup v2 here: stops walk /proc only");
+            None
         } else {
             let theirs = theirs.expect("the child has a cgroup v2 path");
-            let name = format!("lockwrap-{}-", getpid());
-            assert!(theirs.contains(&name), "{theirs}");
+            assert!(
+                theirs.contains(&format!("lockwrap-{}-", getpid())),
+                "{theirs}"
+            );
             for pid in [setsid, forked] {
                 assert_eq!(
                     unified_cgroup(pid).as_deref(),
@@ -591,28 +603,15 @@ async fn the_command_gets_a_cgroup_of_its_own_where_one_is_writable_and_it_is_re
                     "{pid} left it"
                 );
             }
-        }
+            cgroup2_mount().map(|mount| mount.join(theirs.trim_start_matches('/')))
+        };
         child.stop(Duration::from_secs(5)).await;
         assert!(child.stop_leftovers(Duration::from_secs(5)).await);
         drop(child);
-        if let (Some(ours), true) = (ours, unified_cgroup(getpid()).is_some()) {
-            let mount = "/sys/fs/cgroup/unified";
-            let dir = std::path::Path::new(mount).join(ours.trim_start_matches('/'));
-            let leftover = std::fs::read_dir(&dir)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with(&format!("lockwrap-{}-", getpid()))
-                        && e.path().join("cgroup.procs").exists()
-                        && std::fs::read_to_string(e.path().join("cgroup.procs"))
-                            .map_or(false, |t| !t.is_empty())
-                });
+        if let Some(dir) = own_dir {
             assert!(
-                !leftover,
-                "a command cgroup with processes was left in {}",
+                wait_until(|| !dir.exists()).await,
+                "{} was not removed",
                 dir.display()
             );
         }
