@@ -1,4 +1,4 @@
-//! Entry point: parse → config → logging → signal/reaper setup (before any runtime thread)
+//! Entry point: parse → config → signal/reaper/guardian setup (before any other thread) → logging
 //! → runtime → `commands::run` → the exit code, decided here and nowhere else.
 
 use clap::Parser;
@@ -55,11 +55,13 @@ fn run(cli: Cli) -> Outcome {
             return Outcome::Failed(err);
         }
     };
+    // Supervising modes are always subreapers and fork the guardian (README, "The supervisor").
+    // Before logging starts its writer thread: the guardian is forked from a single-threaded
+    // process, so it cannot inherit a lock some other thread held at the fork.
+    let installed = supervisor::install(config.supervising());
     logging::init(config.verbose, config.log_json);
     tracing::debug!(?config, "configuration");
-
-    // Supervising modes are always subreapers and start the guardian (README, "The supervisor").
-    let process = match supervisor::install(config.supervising()) {
+    let process = match installed {
         Ok(process) => process,
         Err(err) => {
             return Outcome::Failed(Error::new(

@@ -77,6 +77,7 @@ impl CommandCgroup {
 /// just reaped a moment after `waitpid` returns (rmdir says EBUSY until then), and a failed exec
 /// leaves its short-lived child there too.
 const REMOVE_PATIENCE: Duration = Duration::from_secs(2);
+/// Between removal attempts: the kernel lets go within milliseconds, and a retry is one syscall.
 const REMOVE_RETRY: Duration = Duration::from_millis(20);
 
 impl Drop for CommandCgroup {

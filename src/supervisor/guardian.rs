@@ -170,8 +170,10 @@ pub fn start() -> io::Result<Guardian> {
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let wrapper = getpid();
     // SAFETY: the child only runs `guardian_main`, which never returns into the caller's code
-    // (it ends in `_exit`) and uses no lock another thread of ours could have held at the fork
-    // (glibc's malloc is fork-safe; logging goes through raw `write`).
+    // (it ends in `_exit`). lockwrap forks it while single-threaded (main calls `install` before
+    // anything starts a thread); where a caller has threads (tests, embedders) the child still
+    // takes no lock they could hold except malloc's, which glibc makes safe across fork, and it
+    // writes through raw `write`, never std's locked stderr.
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Child => {
             drop(write_end);
@@ -235,6 +237,9 @@ struct State {
     buf: Vec<u8>,
     snapshot: Vec<Proc>,
     snapshot_at: u64,
+    /// Processes already sent SIGTERM in this firing: each gets it once, since many programs
+    /// read a second TERM as "skip the graceful shutdown".
+    termed: Vec<Proc>,
     stderr: RawFd,
 }
 
@@ -255,6 +260,7 @@ fn guardian_main(pipe: &OwnedFd, wrapper: Pid) {
         buf: Vec::with_capacity(512),
         snapshot: Vec::with_capacity(64),
         snapshot_at: 0,
+        termed: Vec::with_capacity(64),
         stderr: nonblocking_stderr(),
     };
     let mut pending = [0u8; MESSAGE * 16];
@@ -331,6 +337,7 @@ impl State {
                 self.phase = Phase::Idle;
                 self.pgid = None;
                 self.snapshot.clear();
+                self.termed.clear();
             }
             _ => {}
         }
@@ -351,7 +358,7 @@ impl State {
                 }
             }
             Phase::Terminating { kill_at } => {
-                // New forks get their TERM too; already-TERMed ones get it again, harmlessly.
+                // New forks get their TERM too; the others already have theirs.
                 let left = self.signal_tree(Signal::SIGTERM);
                 if left == 0 {
                     self.phase = Phase::Fired;
@@ -383,6 +390,12 @@ impl State {
                 .is_some_and(|branch| branch != self.me);
             if in_group || below {
                 count += 1;
+                if signal == Signal::SIGTERM {
+                    if self.termed.contains(proc) {
+                        continue;
+                    }
+                    self.termed.push(*proc);
+                }
                 let _ = kill(Pid::from_raw(proc.pid), signal);
             }
         }
@@ -525,6 +538,7 @@ mod tests {
             buf: Vec::new(),
             snapshot: Vec::new(),
             snapshot_at: 0,
+            termed: Vec::new(),
             stderr: -1,
         };
         state.receive((ARM, 0, 5, 5));
