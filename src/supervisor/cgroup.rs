@@ -35,6 +35,7 @@ impl CommandCgroup {
                 return None;
             }
         };
+        sweep_stale(&parent);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = parent.join(format!("lockwrap-{}-{n}", std::process::id()));
         let created = fs::create_dir(&dir).and_then(|()| {
@@ -106,6 +107,33 @@ impl Drop for CommandCgroup {
             .spawn(retry)
         {
             debug!(%err, "cannot start the cgroup removal thread");
+        }
+    }
+}
+
+/// Removes the empty cgroups of lockwraps that are gone: one killed with SIGKILL never removes
+/// its command's cgroup, and one that exits right after its command may be gone before the
+/// kernel lets the cgroup go. A cgroup that still has processes is left (rmdir refuses it); a
+/// lockwrap in another PID namespace (seen as gone) at worst loses a cgroup that is still empty
+/// and falls back to the `/proc` walk.
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("lockwrap-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(owner), None)
+            == Err(nix::errno::Errno::ESRCH);
+        if gone && fs::remove_dir(entry.path()).is_ok() {
+            debug!(dir = %entry.path().display(), "removed a stale command cgroup");
         }
     }
 }
