@@ -61,6 +61,28 @@ pub fn flush() {
     drop(guard);
 }
 
+/// How long the final error line may wait for room in stderr: a person or a collector reading it
+/// makes room within milliseconds; a stderr nobody reads must not keep lockwrap from exiting.
+const LAST_LINE_PATIENCE_MS: i32 = 1000;
+
+/// Writes one line to stderr without ever blocking for long: waits up to
+/// [`LAST_LINE_PATIENCE_MS`] for room, then drops it. For lockwrap's last words (the failure
+/// line main prints), which are written after the log queue is gone.
+pub fn last_line(text: &str) {
+    use std::io::Write;
+    let mut room = nix::libc::pollfd {
+        fd: 2,
+        events: nix::libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: polls one live pollfd.
+    let ready = unsafe { nix::libc::poll(&mut room, 1, LAST_LINE_PATIENCE_MS) };
+    if ready == 1 && room.revents & nix::libc::POLLOUT != 0 {
+        // One write of a short line: it fits the free room that POLLOUT reports.
+        let _ = std::io::stderr().write_all(format!("{text}\n").as_bytes());
+    }
+}
+
 /// Colour codes only for a person at a terminal: `docker logs`, `2>file` and log collectors get
 /// plain text. `NO_COLOR` set to anything but the empty string turns colour off (no-color.org).
 fn use_colour(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {

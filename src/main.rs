@@ -24,7 +24,7 @@ fn main() {
                 .find(|l| !l.is_empty())
                 .unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("lockwrap: {first} (see lockwrap --help)");
+            logging::last_line(&format!("lockwrap: {first} (see lockwrap --help)"));
             ErrorKind::InvalidArgument.exit_code()
         }
         Err(err) => {
@@ -99,7 +99,7 @@ fn run(cli: Cli) -> Outcome {
 /// Logs a failure's message once, on stderr.
 fn report(outcome: Outcome) -> Outcome {
     if let Outcome::Failed(err) = &outcome {
-        eprintln!("lockwrap: {err}");
+        logging::last_line(&format!("lockwrap: {err}"));
     }
     outcome
 }
