@@ -16,7 +16,9 @@ use nix::unistd::Pid;
 pub enum Tree {
     /// The wrapped command. Its tree also holds every orphan re-parented to lockwrap (setsid'd and
     /// double-forked processes, whose origin `/proc` no longer shows) and every [`Tree::Attached`]
-    /// process: nothing the command started may outlive the lock.
+    /// process: nothing the command started may outlive the lock. Orphans carry no mark of
+    /// their origin, so with two commands in one process (the library) a stop of one also stops
+    /// the other's orphans, unless both have a cgroup.
     #[default]
     Command,
     /// Dies with the command (on-acquired hooks, which run beside it).
