@@ -18,7 +18,7 @@ pub enum Tree {
     /// double-forked processes, whose origin `/proc` no longer shows) and every [`Tree::Attached`]
     /// process: nothing the command started may outlive the lock. Orphans carry no mark of
     /// their origin, so with two commands in one process (the library) a stop of one also stops
-    /// the other's orphans, unless both have a cgroup.
+    /// the other's orphans.
     #[default]
     Command,
     /// Dies with the command (on-acquired hooks, which run beside it).
