@@ -261,7 +261,7 @@ pub struct SupervisorArgs {
     #[arg(long, action = ArgAction::SetTrue)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unsafe_allow_overlap: bool,
-    /// Become a child subreaper (PR_SET_CHILD_SUBREAPER) and reap orphaned descendants (automatic as PID 1)
+    /// Kept for compatibility: run, execute and sidecar are always child subreapers (PR_SET_CHILD_SUBREAPER) now
     #[arg(long, action = ArgAction::SetTrue)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub subreaper: bool,

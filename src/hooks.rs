@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::backend::{AcquireObserver, LockInfo};
-use crate::supervisor::{CommandSpec, Spawner, StdinMode};
+use crate::supervisor::{CommandSpec, Spawner, StdinMode, Tree};
 
 /// The lock events hooks can follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +145,13 @@ impl Hooks {
             stdin: StdinMode::Null,
             stdout_to_stderr: true,
             own_process_group: true,
+            // On-acquired hooks run beside the command and die with it; the others report the
+            // end of a hold and must survive the command's stop (README, "The supervisor").
+            tree: if event == Event::Acquired {
+                Tree::Attached
+            } else {
+                Tree::Own
+            },
         };
         let mut child = match self.spawner.spawn(&spec) {
             Ok(child) => child,

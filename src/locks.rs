@@ -188,6 +188,14 @@ impl<B: LockBackend> LockManager<B> {
         B::Lease: Send,
     {
         let grace = LockRequest::new(key).hold.kill_grace;
+        // Orphans of the command (setsid'd, double-forked) must stay below this process, where
+        // the stop below finds them (README, "The supervisor").
+        crate::supervisor::ensure_subreaper().map_err(|err| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("cannot become a child subreaper: {err}"),
+            )
+        })?;
         let mut lease = self.acquire(key).await?;
         let mut spec = CommandSpec::new("/bin/sh");
         spec.args = vec!["-c".into(), shell.into()];
@@ -220,18 +228,33 @@ impl<B: LockBackend> LockManager<B> {
                 return Err(Error::new(kind, err.to_string()));
             }
         };
+        let guardian = spawner.guardian();
+        if let Some(pgid) = child.pgid() {
+            guardian.watch_pgid(pgid);
+        }
         let lost = tokio::select! {
             status = child.wait() => Ok(status),
             reason = lease.lost() => Err(reason),
         };
         match lost {
             Ok(status) => {
-                child.reap_group_leftovers(grace).await;
+                let tree_gone = child.stop_leftovers(grace).await;
+                guardian.disarm();
                 lease.release().await?;
+                if !tree_gone {
+                    return Err(Error::new(
+                        ErrorKind::Internal,
+                        format!(
+                            "lock {key} released, but a process of the command survived SIGKILL"
+                        ),
+                    ));
+                }
                 Ok(status.code())
             }
             Err(reason) => {
                 let status = child.stop(grace).await;
+                child.stop_leftovers(grace).await;
+                guardian.disarm();
                 let _ = lease.release().await;
                 Err(Error::new(
                     ErrorKind::LockLost,

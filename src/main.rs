@@ -1,4 +1,4 @@
-//! Entry point: parse → config → logging → signal/reaper setup (before any runtime thread)
+//! Entry point: parse → config → signal/reaper/guardian setup (before any other thread) → logging
 //! → runtime → `commands::run` → the exit code, decided here and nowhere else.
 
 use clap::Parser;
@@ -9,7 +9,12 @@ use lockwrap::{commands, config, logging, supervisor};
 
 fn main() {
     let code = match Cli::try_parse() {
-        Ok(cli) => run(cli).exit_code(),
+        Ok(cli) => {
+            let outcome = run(cli);
+            // Queued log lines first, so the failure line below is the last one, as before.
+            logging::flush();
+            report(outcome).exit_code()
+        }
         Err(err) if err.use_stderr() => {
             // One line, like every other lockwrap error; `--help` has the details.
             let text = err.render().to_string();
@@ -19,7 +24,7 @@ fn main() {
                 .find(|l| !l.is_empty())
                 .unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("lockwrap: {first} (see lockwrap --help)");
+            logging::last_line(&format!("lockwrap: {first} (see lockwrap --help)"));
             ErrorKind::InvalidArgument.exit_code()
         }
         Err(err) => {
@@ -36,32 +41,34 @@ fn run(cli: Cli) -> Outcome {
     let quiet = cli.quiet;
     // Needs no configuration, Consul, or runtime: an init container copying the binary.
     if let Command::Install(cmd) = &cli.command {
-        return report(match commands::install::install(&cmd.dest) {
+        return match commands::install::install(&cmd.dest) {
             Ok(done) => {
                 lockwrap::output::print(&done);
                 Outcome::Success
             }
             Err(err) => Outcome::Failed(err),
-        });
+        };
     }
     let config = match config::load(cli) {
         Ok(config) => config,
         Err(err) => {
             logging::init(verbose, quiet, false);
-            return report(Outcome::Failed(err));
+            return Outcome::Failed(err);
         }
     };
+    // Supervising modes are always subreapers and fork the guardian (README, "The supervisor").
+    // Before logging starts its writer thread: the guardian is forked from a single-threaded
+    // process, so it cannot inherit a lock some other thread held at the fork.
+    let installed = supervisor::install(config.supervising());
     logging::init(config.verbose, quiet, config.log_json);
     tracing::debug!(?config, "configuration");
-
-    // As PID 1 reaping is automatic; elsewhere only with --subreaper.
-    let process = match supervisor::install(config.subreaper()) {
+    let process = match installed {
         Ok(process) => process,
         Err(err) => {
-            return report(Outcome::Failed(Error::new(
+            return Outcome::Failed(Error::new(
                 ErrorKind::Internal,
                 format!("cannot set up signal handling: {err}"),
-            )))
+            ))
         }
     };
     // One thread is plenty: every task waits on the network or a timer, and a standby's memory
@@ -72,10 +79,10 @@ fn run(cli: Cli) -> Outcome {
     {
         Ok(rt) => rt,
         Err(err) => {
-            return report(Outcome::Failed(Error::new(
+            return Outcome::Failed(Error::new(
                 ErrorKind::Internal,
                 format!("cannot start the async runtime: {err}"),
-            )))
+            ))
         }
     };
     let outcome = runtime.block_on(async {
@@ -87,13 +94,13 @@ fn run(cli: Cli) -> Outcome {
     });
     // Background tasks (e.g. a webhook in flight) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
-    report(outcome)
+    outcome
 }
 
 /// Logs a failure's message once, on stderr.
 fn report(outcome: Outcome) -> Outcome {
     if let Outcome::Failed(err) = &outcome {
-        eprintln!("lockwrap: {err}");
+        logging::last_line(&format!("lockwrap: {err}"));
     }
     outcome
 }

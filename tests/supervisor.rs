@@ -417,7 +417,7 @@ async fn subreaper_reaps_double_forked_orphans() {
 }
 
 #[tokio::test]
-async fn reap_group_leftovers_kills_a_background_grandchild() {
+async fn stop_leftovers_kills_a_background_grandchild() {
     bounded(async {
         let pid_file = temp_path("leftover");
         let mut child = spawn(&sh(r#"sleep 1000 & echo $! > "$1"; exit 0"#, &[&pid_file]));
@@ -429,7 +429,7 @@ async fn reap_group_leftovers_kills_a_background_grandchild() {
             "the leftover should still run"
         );
         let started = Instant::now();
-        child.reap_group_leftovers(Duration::from_secs(10)).await;
+        assert!(child.stop_leftovers(Duration::from_secs(10)).await);
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "SIGTERM should have sufficed"
@@ -443,13 +443,178 @@ async fn reap_group_leftovers_kills_a_background_grandchild() {
 }
 
 #[tokio::test]
-async fn reap_group_leftovers_returns_at_once_when_the_group_is_empty() {
+async fn stop_leftovers_returns_at_once_when_the_group_is_empty() {
     bounded(async {
         let mut child = spawn(&sh("exit 0", &[]));
         assert_eq!(child.wait().await, ExitStatus::Exited(0));
         let started = Instant::now();
-        child.reap_group_leftovers(Duration::from_secs(10)).await;
+        assert!(child.stop_leftovers(Duration::from_secs(10)).await);
         assert!(started.elapsed() < Duration::from_secs(5));
+    })
+    .await;
+}
+
+/// A command whose tree left its process group: a `setsid` child and a double-forked one (its
+/// parent subshell exits, so it is re-parented to us, the subreaper). Writes their pids to the
+/// two files, then runs `tail` (the leader's last act) when `wait` is set.
+const ESCAPING_TREE: &str = r#"setsid sleep 1000 & echo $! > "$1"
+( sleep 1000 & echo $! > "$2" )
+"#;
+
+async fn escaping_tree(wait: bool) -> (Child, Pid, Pid) {
+    let (setsid_file, forked_file) = (temp_path("setsid"), temp_path("forked"));
+    let script = format!(
+        "{ESCAPING_TREE}{}",
+        if wait { "sleep 1000" } else { "exit 0" }
+    );
+    let child = spawn(&sh(&script, &[&setsid_file, &forked_file]));
+    let setsid = read_pid_file(&setsid_file).await;
+    let forked = read_pid_file(&forked_file).await;
+    assert!(
+        wait_until(|| getpgid(Some(setsid)).ok() == Some(setsid)).await,
+        "the setsid child leads a group of its own"
+    );
+    assert!(
+        wait_until(|| proc_state(forked).is_some_and(|(_, ppid)| ppid == getpid().as_raw())).await,
+        "the double-forked child is re-parented to the subreaper"
+    );
+    (child, setsid, forked)
+}
+
+#[tokio::test]
+async fn stop_kills_setsid_and_double_forked_descendants() {
+    bounded(async {
+        let (mut child, setsid, forked) = escaping_tree(true).await;
+        assert_eq!(
+            child.stop(Duration::from_secs(5)).await,
+            ExitStatus::Signaled(15)
+        );
+        assert!(
+            child.stop_leftovers(Duration::from_secs(5)).await,
+            "the tree is reported gone"
+        );
+        for pid in [setsid, forked] {
+            assert!(wait_until(|| reaped(pid)).await, "{pid} survived the stop");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stop_leftovers_after_the_command_exited_kills_what_left_its_group() {
+    bounded(async {
+        let (mut child, setsid, forked) = escaping_tree(false).await;
+        assert_eq!(child.wait().await, ExitStatus::Exited(0));
+        assert_eq!(kill(setsid, None), Ok(()), "still running before the stop");
+        assert!(child.stop_leftovers(Duration::from_secs(5)).await);
+        for pid in [setsid, forked] {
+            assert!(wait_until(|| reaped(pid)).await, "{pid} survived");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stop_leftovers_kills_a_descendant_that_ignores_sigterm_after_the_grace() {
+    bounded(async {
+        let pid_file = temp_path("stubborn");
+        let script = r#"setsid sh -c 'trap "" TERM; echo $$ > "$0"; while :; do sleep 0.05; done' "$1" &
+exit 0"#;
+        let mut child = spawn(&sh(script, &[&pid_file]));
+        let stubborn = read_pid_file(&pid_file).await;
+        assert_eq!(child.wait().await, ExitStatus::Exited(0));
+        let grace = Duration::from_millis(300);
+        let started = Instant::now();
+        assert!(child.stop_leftovers(grace).await);
+        assert!(started.elapsed() >= grace, "SIGKILL only after the grace");
+        assert!(wait_until(|| reaped(stubborn)).await, "{stubborn} survived");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_guardian_is_spared_by_tree_stops_and_ignores_stop_signals() {
+    bounded(async {
+        let guardian = shared()
+            .spawner
+            .guardian()
+            .pid()
+            .expect("install(true) starts the guardian");
+        let (mut child, _, _) = escaping_tree(true).await;
+        child.stop(Duration::from_secs(5)).await;
+        assert!(child.stop_leftovers(Duration::from_secs(5)).await);
+        for signal in [
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::Signal::SIGHUP,
+        ] {
+            kill(guardian, signal).expect("signal the guardian");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            matches!(proc_state(guardian), Some((state, _)) if state != 'Z'),
+            "the guardian must survive tree stops and stop signals"
+        );
+        assert_ne!(
+            getpgid(Some(guardian)).ok(),
+            getpgid(None).ok(),
+            "the guardian has a process group of its own"
+        );
+    })
+    .await;
+}
+
+/// The `0::` (cgroup v2) line of a process's `/proc/PID/cgroup`.
+fn unified_cgroup(pid: Pid) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(str::to_string)
+}
+
+/// Where the cgroup v2 hierarchy is mounted, from `/proc/self/mountinfo`.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2")
+            .then(|| before.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
+#[tokio::test]
+async fn the_command_gets_a_cgroup_of_its_own_where_one_is_writable_and_it_is_removed_after() {
+    bounded(async {
+        let (mut child, setsid, forked) = escaping_tree(true).await;
+        let theirs = unified_cgroup(child.pid);
+        let own_dir = if theirs == unified_cgroup(getpid()) {
+            eprintln!("no writable cgroup v2 here: stops walk /proc only");
+            None
+        } else {
+            let theirs = theirs.expect("the child has a cgroup v2 path");
+            assert!(
+                theirs.contains(&format!("lockwrap-{}-", getpid())),
+                "{theirs}"
+            );
+            for pid in [setsid, forked] {
+                assert_eq!(
+                    unified_cgroup(pid).as_deref(),
+                    Some(theirs.as_str()),
+                    "{pid} left it"
+                );
+            }
+            cgroup2_mount().map(|mount| mount.join(theirs.trim_start_matches('/')))
+        };
+        child.stop(Duration::from_secs(5)).await;
+        assert!(child.stop_leftovers(Duration::from_secs(5)).await);
+        drop(child);
+        if let Some(dir) = own_dir {
+            assert!(
+                wait_until(|| !dir.exists()).await,
+                "{} was not removed",
+                dir.display()
+            );
+        }
     })
     .await;
 }

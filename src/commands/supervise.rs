@@ -15,7 +15,7 @@ use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
 use crate::locks::LockManager;
 use crate::supervisor::{
-    Child, CommandSpec, ExitStatus, ProcessControl, Signal, SpawnError, StdinMode,
+    Child, CommandSpec, ExitStatus, ProcessControl, Signal, SpawnError, StdinMode, Tree,
 };
 use crate::telemetry::Telemetry;
 
@@ -114,14 +114,19 @@ pub async fn run<B: LockBackend>(
 
 /// How a hold ended. [`hold`] only stops the command; [`conclude`] is the one place that
 /// releases, runs the closing hooks, updates telemetry and picks the outcome.
+///
+/// `tree_gone` says whether nothing of the command's tree was left when `hold` returned (see
+/// `Child::stop_leftovers`): when false, a process survived SIGKILL and the release must not be
+/// reported as clean.
 enum HoldEnd {
     /// The command ended on its own, or after a forwarded stop signal.
-    Exited(ExitStatus),
+    Exited { status: ExitStatus, tree_gone: bool },
     /// The lock was lost and the command was stopped; the lost hooks were started at the loss.
     Lost {
         reason: LossReason,
         status: ExitStatus,
         hooks: tokio::task::JoinHandle<()>,
+        tree_gone: bool,
     },
     /// The command could not be started.
     NotStarted(SpawnError),
@@ -137,18 +142,29 @@ async fn conclude(
     ctx: &EventContext,
     telemetry: &Telemetry,
 ) -> Outcome {
-    if let HoldEnd::Exited(status) | HoldEnd::Lost { status, .. } = &end {
+    if let HoldEnd::Exited { status, .. } | HoldEnd::Lost { status, .. } = &end {
         telemetry.child_exited(status.code());
     }
     if !matches!(end, HoldEnd::Lost { .. }) {
         // (A loss was recorded at the moment it happened, by `hold`.)
         telemetry.not_leader(false);
     }
+    if let HoldEnd::Exited {
+        tree_gone: false, ..
+    }
+    | HoldEnd::Lost {
+        tree_gone: false, ..
+    } = &end
+    {
+        tracing::error!(
+            "a process of the command survived SIGKILL; releasing the lock anyway (it cannot be stopped)"
+        );
+    }
     if let Err(err) = lease.release().await {
         tracing::warn!(%err, "releasing the lock failed; the session was destroyed");
     }
     match end {
-        HoldEnd::Exited(status) => {
+        HoldEnd::Exited { status, .. } => {
             hooks.fire(Event::Released, ctx).await;
             Outcome::Child(status.code())
         }
@@ -165,6 +181,7 @@ async fn conclude(
             reason,
             status,
             hooks: lost_hooks,
+            ..
         } => {
             let _ = tokio::time::timeout(config.lock.hook_timeout, lost_hooks).await;
             Outcome::Failed(Error::new(
@@ -191,13 +208,33 @@ async fn hold(
     telemetry: &Telemetry,
 ) -> HoldEnd {
     let grace = config.lock.request.hold.kill_grace;
+    let guardian = process.guardian();
+    if let Some(pgid) = child.pgid() {
+        guardian.watch_pgid(pgid);
+    }
+    let end = hold_until_end(lease, &mut child, process, hooks, ctx, telemetry, grace).await;
+    // The command's tree is stopped (or proved unkillable): nothing is left for the guardian.
+    guardian.disarm();
+    end
+}
+
+/// [`hold`]'s loop, between telling the guardian which group to watch and disarming it.
+async fn hold_until_end(
+    lease: &mut impl HeldLock,
+    child: &mut Child,
+    process: &mut ProcessControl,
+    hooks: &Hooks,
+    ctx: &EventContext,
+    telemetry: &Telemetry,
+    grace: Duration,
+) -> HoldEnd {
     loop {
         tokio::select! {
             status = child.wait() => {
                 tracing::info!(event = "exited", code = status.code(), "command exited");
                 // Nothing of the command may outlive the lock.
-                child.reap_group_leftovers(grace).await;
-                return HoldEnd::Exited(status);
+                let tree_gone = child.stop_leftovers(grace).await;
+                return HoldEnd::Exited { status, tree_gone };
             }
             reason = lease.lost() => {
                 // The on-lost hooks start as the command is being stopped, not after.
@@ -210,22 +247,25 @@ async fn hold(
                 telemetry.lost_because(&reason);
                 tracing::warn!(event = "lost", %reason, grace = ?grace, "lock lost: stopping the command");
                 let status = child.stop(grace).await;
-                return HoldEnd::Lost { reason, status, hooks: lost_hooks };
+                let tree_gone = child.stop_leftovers(grace).await;
+                return HoldEnd::Lost { reason, status, hooks: lost_hooks, tree_gone };
             }
             Some(signal) = process.signals.recv() => match policy::on_signal(signal, Phase::Supervising) {
                 Action::ForwardAndStop => {
-                    forward(&child, signal);
-                    return HoldEnd::Exited(stop_after_signal(&mut child, grace).await);
+                    forward(child, signal);
+                    let (status, tree_gone) = stop_after_signal(child, grace).await;
+                    return HoldEnd::Exited { status, tree_gone };
                 }
-                Action::Forward => forward(&child, signal),
+                Action::Forward => forward(child, signal),
                 Action::Stop | Action::Ignore => {}
             },
         }
     }
 }
 
-/// After TERM/INT was forwarded: wait up to the grace for the command, then SIGKILL its group.
-async fn stop_after_signal(child: &mut Child, grace: Duration) -> ExitStatus {
+/// After TERM/INT was forwarded: wait up to the grace for the command, then SIGKILL its group;
+/// then the rest of its tree. Returns the status and whether the whole tree is gone.
+async fn stop_after_signal(child: &mut Child, grace: Duration) -> (ExitStatus, bool) {
     let status = match tokio::time::timeout(grace, child.wait()).await {
         Ok(status) => status,
         Err(_) => {
@@ -234,8 +274,9 @@ async fn stop_after_signal(child: &mut Child, grace: Duration) -> ExitStatus {
             child.wait().await
         }
     };
-    child.reap_group_leftovers(Duration::from_secs(1)).await;
-    status
+    // The rest of the tree had the signal only if it stayed in the group: it gets its own grace.
+    let tree_gone = child.stop_leftovers(grace).await;
+    (status, tree_gone)
 }
 
 fn forward(child: &Child, signal: Signal) {
@@ -280,6 +321,7 @@ fn command_spec(config: &Supervised, info: &LockInfo) -> CommandSpec {
         stdin: StdinMode::Inherit,
         stdout_to_stderr: false,
         own_process_group: true,
+        tree: Tree::Command,
     }
 }
 

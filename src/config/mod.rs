@@ -127,10 +127,12 @@ impl Config {
         }
     }
 
-    /// Whether to become a child subreaper before the runtime starts (automatic as PID 1).
-    pub fn subreaper(&self) -> bool {
+    /// Whether this mode supervises processes (run, execute, sidecar): then lockwrap is always a
+    /// child subreaper and starts the guardian before the runtime (README, "The supervisor");
+    /// `--subreaper` is accepted but no longer needed.
+    pub fn supervising(&self) -> bool {
         match &self.task {
-            Task::Execute(job) | Task::Run(job) | Task::Sidecar(job) => job.supervision.subreaper,
+            Task::Execute(_) | Task::Run(_) | Task::Sidecar(_) => true,
             Task::Lock(_) | Task::Unlock(_) | Task::Status(_) => false,
         }
     }

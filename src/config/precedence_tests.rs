@@ -223,9 +223,9 @@ fn each_mode_carries_only_its_own_settings() {
         assert!(job.supervision.shell);
         assert_eq!(job.supervision.command, vec!["echo hi"]);
         let config = load_args(&["run", "--key", "k", "--subreaper", "--", "true"]).expect("ok");
-        assert!(config.subreaper());
+        assert!(config.supervising());
         let config = load_args(&["lock", "k"]).expect("ok");
         assert!(matches!(config.task, Task::Lock(_)));
-        assert!(!config.subreaper());
+        assert!(!config.supervising());
     });
 }

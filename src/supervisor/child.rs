@@ -1,5 +1,6 @@
 //! Spawning children (own process group, parent-death signal, terminal hand-over), stopping them
-//! (TERM → grace → KILL for the whole group), and the exit codes they produce.
+//! (TERM → grace → KILL for the group, then for every process of the command's tree that is
+//! left), and the exit codes they produce.
 
 use std::ffi::OsString;
 use std::io;
@@ -16,9 +17,13 @@ use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet};
 use nix::unistd::{getpgrp, getpid, getppid, isatty, Pid};
 use tracing::{debug, info, warn};
 
+use super::cgroup::CommandCgroup;
+use super::guardian::{self, Guardian};
 use super::reaper::{self, SharedRegistry, Slot};
 use super::signals::{Signal, IGNORED};
 pub use super::status::ExitStatus;
+pub use super::tree::Tree;
+use super::tree::{self, Parents, Proc};
 use super::tty::{foreground_group, set_foreground_group};
 
 /// How often a stop checks whether the command's process group is empty. Group members are not
@@ -53,6 +58,8 @@ pub struct CommandSpec {
     pub stdout_to_stderr: bool,
     /// Own process group, so signals and stops reach the command's whole tree and never lockwrap.
     pub own_process_group: bool,
+    /// What a stop of this process reaches beyond its group and descendants (see [`Tree`]).
+    pub tree: Tree,
 }
 
 impl CommandSpec {
@@ -65,6 +72,7 @@ impl CommandSpec {
             stdin: StdinMode::Inherit,
             stdout_to_stderr: false,
             own_process_group: true,
+            tree: Tree::Command,
         }
     }
 }
@@ -130,6 +138,7 @@ impl SpawnError {
 pub struct Spawner {
     requests: mpsc::Sender<Request>,
     registry: SharedRegistry,
+    guardian: Guardian,
 }
 
 struct Request {
@@ -142,11 +151,12 @@ struct Spawned {
     pid: Pid,
     pgid: Option<Pid>,
     slot: Arc<Slot>,
+    cgroup: Option<CommandCgroup>,
 }
 
 impl Spawner {
     /// Starts the spawner thread. Called once, by [`install`](super::install).
-    pub(crate) fn start(registry: SharedRegistry) -> io::Result<Spawner> {
+    pub(crate) fn start(registry: SharedRegistry, guardian: Guardian) -> io::Result<Spawner> {
         let (requests, incoming) = mpsc::channel::<Request>();
         let thread_registry = Arc::clone(&registry);
         std::thread::Builder::new()
@@ -163,7 +173,17 @@ impl Spawner {
                     std::thread::park();
                 }
             })?;
-        Ok(Spawner { requests, registry })
+        Ok(Spawner {
+            requests,
+            registry,
+            guardian,
+        })
+    }
+
+    /// The guardian of this process (a no-op one when none was started), for code that holds a
+    /// spawner but not the [`ProcessControl`](super::ProcessControl), like the library's execute.
+    pub fn guardian(&self) -> Guardian {
+        self.guardian.clone()
     }
 
     /// Starts `spec`. Blocks the calling thread until the program has been exec'd (or failed to),
@@ -180,13 +200,20 @@ impl Spawner {
                 reply,
             })
             .map_err(|_| thread_gone())?;
-        let Spawned { pid, pgid, slot } = answer.recv().map_err(|_| thread_gone())??;
+        let Spawned {
+            pid,
+            pgid,
+            slot,
+            cgroup,
+        } = answer.recv().map_err(|_| thread_gone())??;
         Ok(Child {
             pid,
             pgid,
             slot,
             registry: Arc::clone(&self.registry),
             group_gone: AtomicBool::new(false),
+            tree: spec.tree,
+            cgroup,
         })
     }
 }
@@ -211,10 +238,15 @@ fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spa
     let take_terminal =
         spec.own_process_group && spec.stdin == StdinMode::Inherit && we_hold_the_terminal();
     let parent = getpid();
+    // The wrapped command gets a cgroup of its own where one can be made (see `cgroup`).
+    let cgroup = (spec.tree == Tree::Command && spec.own_process_group)
+        .then(CommandCgroup::create)
+        .flatten();
+    let join_cgroup = cgroup.as_ref().map(CommandCgroup::join_fd);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
-    // (prctl, getppid, tcsetpgrp, getpid, sigaction) without allocating or taking locks.
+    // (write, prctl, getppid, tcsetpgrp, getpid, sigaction) without allocating or taking locks.
     unsafe {
-        command.pre_exec(move || prepare_child(parent, take_terminal));
+        command.pre_exec(move || prepare_child(parent, take_terminal, join_cgroup));
     }
 
     // Held across fork + registration: the reaper takes this lock before waitpid, so it cannot reap
@@ -227,13 +259,18 @@ fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spa
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("Linux pids fit in pid_t"));
     // The reaper owns waitpid; std's handle must never wait. Dropping it neither waits nor kills.
     drop(child);
-    let slot = Arc::new(Slot::new(take_terminal));
+    let slot = Arc::new(Slot::new(take_terminal, spec.tree));
     registry.insert(pid, Arc::clone(&slot));
     drop(registry);
 
     let pgid = spec.own_process_group.then_some(pid);
     debug!(%pid, program = %spec.program.to_string_lossy(), take_terminal, "spawned");
-    Ok(Spawned { pid, pgid, slot })
+    Ok(Spawned {
+        pid,
+        pgid,
+        slot,
+        cgroup,
+    })
 }
 
 /// Whether lockwrap's stdin is a terminal whose foreground group is lockwrap's group; only then is
@@ -243,7 +280,13 @@ fn we_hold_the_terminal() -> bool {
 }
 
 /// Runs in the forked child, after std's `setpgid(0, 0)` and signal-mask reset, before exec.
-fn prepare_child(parent: Pid, take_terminal: bool) -> io::Result<()> {
+fn prepare_child(parent: Pid, take_terminal: bool, join_cgroup: Option<i32>) -> io::Result<()> {
+    if let Some(fd) = join_cgroup {
+        // "0" is the writing process itself. Failure only loses the cgroup (stops still walk
+        // /proc), so it must not keep the command from starting.
+        // SAFETY: writes one byte from a static buffer to an open descriptor.
+        let _ = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    }
     // Die with lockwrap, even if it is SIGKILLed: a command must never outlive the lock holder.
     // Tied to the forking thread (see `Spawner`). Cleared by exec of a setuid binary. Only this
     // process gets it: its own children survive a SIGKILLed lockwrap unless lockwrap is PID 1 of a
@@ -287,6 +330,9 @@ pub struct Child {
     /// Set once `kill(-pgid, 0)` said ESRCH: the group is empty and its id may be reused, so it
     /// must never be signalled again.
     group_gone: AtomicBool,
+    tree: Tree,
+    /// The command's own cgroup v2, where one could be made: its processes cannot leave it.
+    cgroup: Option<CommandCgroup>,
 }
 
 impl Child {
@@ -329,11 +375,19 @@ impl Child {
     }
 
     /// Stops the child: TERM the group, wait up to `grace` for the leader and every other member to
-    /// be gone, then SIGKILL the group and wait for the leader's reap. Returns the leader's status.
+    /// be gone, then SIGKILL the group and wait for the leader's reap; then the rest of its tree
+    /// ([`Child::stop_leftovers`]). Returns the leader's status. Call `stop_leftovers` afterwards
+    /// (it returns at once when nothing is left) to learn whether the whole tree is gone.
     ///
     /// Waiting for the leader after SIGKILL is unbounded on purpose: the command must
     /// be dead before the lock is released. Other members get [`KILL_SETTLE`] and then a warning.
     pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
+        let status = self.stop_group(grace).await;
+        self.stop_leftovers(grace).await;
+        status
+    }
+
+    async fn stop_group(&mut self, grace: Duration) -> ExitStatus {
         if let Some(status) = self.try_status() {
             if !self.group_alive() {
                 return status;
@@ -355,24 +409,94 @@ impl Child {
         status
     }
 
-    /// After the leader exited on its own: if other members of its group are still alive (e.g.
-    /// `sh -c 'sleep 1000 &'`), TERM them, wait up to `grace`, then KILL. No-op otherwise, including
-    /// when the leader is still running or the child has no group of its own.
-    pub async fn reap_group_leftovers(&mut self, grace: Duration) {
-        if self.pgid.is_none() || self.try_status().is_none() || !self.group_alive() {
-            return;
+    /// Stops what is left of the child's tree: TERM, up to `grace`, then SIGKILL, looping until
+    /// nothing is left (processes forked meanwhile are caught on the next pass). The tree is the
+    /// group and every descendant, and for a [`Tree::Command`] also every orphan re-parented to
+    /// lockwrap (setsid'd, double-forked; lockwrap is a subreaper while it supervises) and every
+    /// [`Tree::Attached`] process; never the guardian. Returns true when nothing of it is left
+    /// (zombies count as gone: they run no code), false when something survived SIGKILL for
+    /// [`KILL_SETTLE`]: then the lock must not be reported as released cleanly.
+    ///
+    /// Meant for after the leader's exit; while the leader runs it is stopped too.
+    pub async fn stop_leftovers(&self, grace: Duration) -> bool {
+        let left = self.leftovers();
+        if left.is_empty() {
+            return true;
         }
-        info!(pgid = %self.pid, "the command exited but left processes in its group: SIGTERM");
-        self.send_logged(Signal::TERM);
-        if tokio::time::timeout(grace, self.wait_group_empty())
-            .await
-            .is_ok()
-        {
-            return;
+        info!(pid = %self.pid, count = left.len(), "processes of the command are still running: SIGTERM");
+        let mut termed: Vec<Proc> = Vec::new();
+        let term_until = tokio::time::Instant::now() + grace;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return true;
+            }
+            for proc in left {
+                if !termed.contains(&proc) {
+                    tree::signal_if_same(&proc, NixSignal::SIGTERM);
+                    termed.push(proc);
+                }
+            }
+            if tokio::time::Instant::now() >= term_until {
+                break;
+            }
+            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
         }
-        info!(pgid = %self.pid, ?grace, "leftovers still running after the grace period: SIGKILL");
-        self.send_logged(Signal::KILL);
-        self.settle_after_kill().await;
+        info!(pid = %self.pid, ?grace, "leftovers still running after the grace period: SIGKILL");
+        let kill_until = tokio::time::Instant::now() + KILL_SETTLE;
+        loop {
+            let left = self.leftovers();
+            if left.is_empty() {
+                return true;
+            }
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill_all();
+            }
+            for proc in &left {
+                tree::signal_if_same(proc, NixSignal::SIGKILL);
+            }
+            if tokio::time::Instant::now() >= kill_until {
+                let pids: Vec<i32> = left.iter().map(|proc| proc.pid).collect();
+                warn!(pid = %self.pid, ?pids, "processes of the command survive SIGKILL");
+                return false;
+            }
+            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
+        }
+    }
+
+    /// The live processes of the child's tree (see [`Child::stop_leftovers`]), from one `/proc` scan.
+    fn leftovers(&self) -> Vec<Proc> {
+        let me = getpid().as_raw();
+        let guardian = guardian::current_pid();
+        let spared = match self.tree {
+            Tree::Command => reaper::lock(&self.registry).spared_besides(self.pid),
+            Tree::Attached | Tree::Own => Vec::new(),
+        };
+        // Only while the group exists: once empty its id may be recycled by a stranger.
+        let group = self.pgid.filter(|_| self.group_alive()).map(Pid::as_raw);
+        let in_cgroup = self
+            .cgroup
+            .as_ref()
+            .map(CommandCgroup::pids)
+            .unwrap_or_default();
+        let (mut procs, mut buf) = (Vec::new(), Vec::new());
+        tree::scan(&mut procs, &mut buf);
+        let parents = Parents::of(&procs);
+        procs.retain(|proc| {
+            if proc.zombie || proc.pid == me || Some(proc.pid) == guardian {
+                return false;
+            }
+            if Some(proc.pgrp) == group || in_cgroup.contains(&proc.pid) {
+                return true;
+            }
+            match parents.branch(proc.pid, me) {
+                None => false,
+                Some(branch) if branch == self.pid.as_raw() => true,
+                Some(branch) if Some(branch) == guardian => false,
+                Some(branch) => self.tree == Tree::Command && !spared.contains(&branch),
+            }
+        });
+        procs
     }
 
     /// Whether anything of the child is left: any group member (a zombie counts until reaped), or,

@@ -6,28 +6,43 @@
 //! - [`signals`]: the one place OS signals are translated ([`Signal`], [`FORWARDED`], [`IGNORED`]).
 //! - [`reaper`]: the only caller of `waitpid`; hands each child's status to whoever spawned it.
 //! - [`child`]: spawning children in their own group, stopping them (TERM → grace → KILL), exit codes.
+//! - [`tree`]: the process tree under lockwrap read from `/proc`, so a stop reaches what `setsid`
+//!   and double forks took out of the command's group.
+//! - `cgroup`: a cgroup v2 of its own for the command where one is writable, so a stop finds every
+//!   process it started whatever the process did with its parentage.
+//! - [`guardian`]: a separate tiny process that kills the command's tree if the wrapper stalls
+//!   past the lock's deadline or dies while the command runs.
 //!
 //! Nothing else in lockwrap may wait for a process (std's or tokio's `Child::wait`, `Command::output`,
 //! `status`): the reaper would take the status first. Start every process through [`Spawner`].
 
+mod cgroup;
 pub mod child;
+pub mod guardian;
 pub mod reaper;
 pub mod signals;
 pub mod status;
+pub mod tree;
 pub mod tty;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
-pub use child::{Child, CommandSpec, ExitStatus, SpawnError, Spawner, StdinMode};
+pub use child::{Child, CommandSpec, ExitStatus, SpawnError, Spawner, StdinMode, Tree};
+pub use guardian::Guardian;
 pub use signals::{Signal, FORWARDED, IGNORED};
 
 /// Guards against a second reaper and a second set of handlers, which would split statuses and
 /// signals between two registries.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// A handle on the installed guardian that lives as long as the process, so its pipe closes only
+/// when lockwrap itself is gone (the kernel closes it), never when the last `ProcessControl` or
+/// `Spawner` is dropped on the way out.
+static GUARDIAN: OnceLock<Guardian> = OnceLock::new();
 
 /// What [`install`] hands to the rest of lockwrap.
 #[derive(Debug)]
@@ -47,7 +62,7 @@ impl ProcessControl {
         let registry = Arc::new(Mutex::new(reaper::Registry::default()));
         Ok(ProcessControl {
             signals,
-            spawner: Spawner::start(registry)?,
+            spawner: Spawner::start(registry, Guardian::noop())?,
         })
     }
 
@@ -55,13 +70,20 @@ impl ProcessControl {
     pub fn spawner(&self) -> Spawner {
         self.spawner.clone()
     }
+
+    /// The guardian (a no-op one unless [`install`] was told to supervise); clone it freely.
+    pub fn guardian(&self) -> Guardian {
+        self.spawner.guardian()
+    }
 }
 
 /// Sets up signal handling and reaping. Call once, BEFORE the tokio runtime starts, so that no
 /// runtime thread exists yet when the handlers go in (none can miss a signal or a reap).
 ///
-/// - `subreaper`: set `PR_SET_CHILD_SUBREAPER`, so orphaned grandchildren are re-parented to
-///   lockwrap and reaped here (as PID 1 that happens anyway).
+/// - `supervising` (run, execute, sidecar; never lock/unlock/status): set
+///   `PR_SET_CHILD_SUBREAPER`, so orphaned descendants (setsid'd, double-forked) are re-parented
+///   to lockwrap, where a stop finds and kills them and the reaper reaps them (as PID 1 that
+///   happens anyway); and fork the [`guardian`], first, while this process has no handlers yet.
 /// - Ignores [`IGNORED`] (SIGTTIN, SIGTTOU) like tini, installs handlers for every [`FORWARDED`]
 ///   signal and SIGCHLD, then starts the signal thread:
 ///   on SIGCHLD it reaps with `waitpid(-1, WNOHANG)` until nothing is left, delivering statuses
@@ -70,16 +92,27 @@ impl ProcessControl {
 /// - Starts the spawner thread (see [`Spawner`] for why spawning has a thread of its own).
 ///
 /// A second call fails with [`io::ErrorKind::AlreadyExists`].
-pub fn install(subreaper: bool) -> Result<ProcessControl, io::Error> {
+pub fn install(supervising: bool) -> Result<ProcessControl, io::Error> {
     if INSTALLED.swap(true, Ordering::SeqCst) {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
             "supervisor::install was already called",
         ));
     }
-    if subreaper {
+    let guardian = if supervising {
         nix::sys::prctl::set_child_subreaper(true)?;
-    }
+        let guardian = guardian::start().map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("cannot start the guardian process: {err}"),
+            )
+        })?;
+        // `INSTALLED` makes this the only call; a second set cannot happen.
+        let _ = GUARDIAN.set(guardian.clone());
+        guardian
+    } else {
+        Guardian::noop()
+    };
     let signal_source = signals::register()?;
     let registry = Arc::new(Mutex::new(reaper::Registry::default()));
     let (forward, received) = mpsc::unbounded_channel();
@@ -87,9 +120,17 @@ pub fn install(subreaper: bool) -> Result<ProcessControl, io::Error> {
     std::thread::Builder::new()
         .name("lockwrap-signals".into())
         .spawn(move || signals::run_thread(signal_source, thread_registry, forward))?;
-    let spawner = Spawner::start(registry)?;
+    let spawner = Spawner::start(registry, guardian)?;
     Ok(ProcessControl {
         signals: received,
         spawner,
     })
+}
+
+/// Makes this process a child subreaper, for the library's `LockManager::execute` when the host
+/// called [`install`] without `supervising`: orphans of the command must stay below this process,
+/// where a stop can find them. Idempotent.
+pub fn ensure_subreaper() -> Result<(), io::Error> {
+    nix::sys::prctl::set_child_subreaper(true)?;
+    Ok(())
 }

@@ -13,7 +13,9 @@ use nix::unistd::{getpgrp, Pid};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
+use super::guardian;
 use super::status::ExitStatus;
+use super::tree::Tree;
 use super::tty::{foreground_group, set_foreground_group};
 
 /// Registry shared by the spawner (inserts under the lock, across the fork) and the reaper (reaps
@@ -30,6 +32,16 @@ impl Registry {
     pub(crate) fn insert(&mut self, pid: Pid, slot: Arc<Slot>) {
         self.slots.insert(pid, slot);
     }
+
+    /// Running spawned processes other than `except` whose trees a stop of a
+    /// [`Tree::Command`] must leave alone (other commands, hooks that close a hold).
+    pub(crate) fn spared_besides(&self, except: Pid) -> Vec<i32> {
+        self.slots
+            .iter()
+            .filter(|(pid, slot)| **pid != except && slot.tree != Tree::Attached)
+            .map(|(pid, _)| pid.as_raw())
+            .collect()
+    }
 }
 
 /// Locks the registry. A panic while holding it cannot leave it half-updated (every update is a
@@ -45,14 +57,17 @@ pub(crate) struct Slot {
     delivered: Notify,
     /// The child was made the terminal's foreground group; give the terminal back when it exits.
     took_terminal: bool,
+    /// What a tree stop of another child does with this one's subtree.
+    tree: Tree,
 }
 
 impl Slot {
-    pub(crate) fn new(took_terminal: bool) -> Self {
+    pub(crate) fn new(took_terminal: bool, tree: Tree) -> Self {
         Slot {
             status: Mutex::new(None),
             delivered: Notify::new(),
             took_terminal,
+            tree,
         }
     }
 
@@ -113,6 +128,9 @@ pub(crate) fn reap_all(registry: &Mutex<Registry>) {
                     reclaim_terminal(pid);
                 }
                 slot.deliver(status);
+            }
+            None if guardian::reaped(pid.as_raw()) => {
+                warn!(%pid, %status, "the guardian exited; a stalled lockwrap is no longer covered");
             }
             None => debug!(%pid, %status, "reaped orphan"),
         }
