@@ -232,14 +232,22 @@ impl<B: LockBackend> LockManager<B> {
         if let Some(pgid) = child.pgid() {
             guardian.watch_pgid(pgid);
         }
+        let following = lease
+            .stop_deadline()
+            .map(|deadlines| guardian.follow(deadlines, grace));
         let lost = tokio::select! {
             status = child.wait() => Ok(status),
             reason = lease.lost() => Err(reason),
         };
+        if let Some(task) = following {
+            task.abort();
+        }
         match lost {
             Ok(status) => {
                 let tree_gone = child.stop_leftovers(grace).await;
                 guardian.disarm();
+                // Something survived: the next holder must wait (docs/timing.md).
+                lease.set_release_clean(tree_gone);
                 lease.release().await?;
                 if !tree_gone {
                     return Err(Error::new(
@@ -253,8 +261,9 @@ impl<B: LockBackend> LockManager<B> {
             }
             Err(reason) => {
                 let status = child.stop(grace).await;
-                child.stop_leftovers(grace).await;
+                let tree_gone = child.stop_leftovers(grace).await;
                 guardian.disarm();
+                lease.set_release_clean(tree_gone);
                 let _ = lease.release().await;
                 Err(Error::new(
                     ErrorKind::LockLost,

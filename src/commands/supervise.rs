@@ -136,7 +136,7 @@ enum HoldEnd {
 /// it, and turns it into the outcome.
 async fn conclude(
     config: &Supervised,
-    lease: impl HeldLock,
+    mut lease: impl HeldLock,
     end: HoldEnd,
     hooks: &Hooks,
     ctx: &EventContext,
@@ -157,8 +157,10 @@ async fn conclude(
     } = &end
     {
         tracing::error!(
-            "a process of the command survived SIGKILL; releasing the lock anyway (it cannot be stopped)"
+            "a process of the command survived SIGKILL; releasing the lock without the clean \
+             marker, so the next holder waits its takeover delay"
         );
+        lease.set_release_clean(false);
     }
     if let Err(err) = lease.release().await {
         tracing::warn!(%err, "releasing the lock failed; the session was destroyed");
@@ -212,7 +214,14 @@ async fn hold(
     if let Some(pgid) = child.pgid() {
         guardian.watch_pgid(pgid);
     }
+    // The guardian stops the command's tree if the deadline passes while this wrapper cannot.
+    let following = lease
+        .stop_deadline()
+        .map(|deadlines| guardian.follow(deadlines, grace));
     let end = hold_until_end(lease, &mut child, process, hooks, ctx, telemetry, grace).await;
+    if let Some(task) = following {
+        task.abort();
+    }
     // The command's tree is stopped (or proved unkillable): nothing is left for the guardian.
     guardian.disarm();
     end

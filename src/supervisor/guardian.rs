@@ -64,6 +64,10 @@ pub(crate) fn reaped(pid: i32) -> bool {
 ///
 /// Every call is a single non-blocking `write`: a guardian that cannot read cannot kill either,
 /// so a full pipe drops the message rather than stall the wrapper.
+/// How long after the stop deadline the guardian acts: the wrapper stops the command at the
+/// deadline itself; the guardian is the backstop for a wrapper that cannot.
+pub const GUARDIAN_LAG: Duration = Duration::from_millis(250);
+
 #[derive(Clone, Debug)]
 pub struct Guardian {
     pipe: Option<Arc<OwnedFd>>,
@@ -104,6 +108,30 @@ impl Guardian {
             mono.saturating_sub(nanos(now - deadline))
         };
         self.send(ARM, 0, at, nanos(grace));
+    }
+
+    /// Keeps the guardian armed with the hold's stop deadline as it moves (every accepted renew
+    /// or check pass), until the returned task is aborted. The guardian acts [`GUARDIAN_LAG`]
+    /// after the deadline, so the wrapper, which stops the command at the deadline itself, goes
+    /// first whenever it can; the lag is within the timing model's 1 s margin
+    /// (docs/timing.md, "What the model assumes").
+    pub fn follow(
+        &self,
+        mut deadlines: tokio::sync::watch::Receiver<Option<Instant>>,
+        grace: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let guardian = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let deadline = *deadlines.borrow_and_update();
+                if let Some(deadline) = deadline {
+                    guardian.arm(deadline + GUARDIAN_LAG, grace);
+                }
+                if deadlines.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
     }
 
     /// Nothing to guard any more (the command ended, or the lock was released cleanly). Also
