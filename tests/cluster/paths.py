@@ -217,7 +217,7 @@ def p_sem_destroy_stopping(suite):
     t_fault = mono()
     g.destroy(a)
     log(f"{g.name}: destroyed {a.tag}'s session; its command stops for {S.stop_time(g.args)}s")
-    time.sleep(S.kill_grace_of(g.args) + S.takeover_for(S.kill_grace_of(g.args), 15) + 2)
+    time.sleep(S.kill_grace_of(g.args) + S.takeover_for(S.kill_grace_of(g.args), 0) + 2)
     g.stop_all()
     return [(g, g.check(t_fault))]
 

@@ -3,7 +3,10 @@
 Two named settings are tested everywhere:
   default  lockwrap's own defaults (no timing flags at all)
   fast     the documented fast-failover setting: TTL-only session bound to lockwrap's own health
-           check, no lock-delay, 1 s kill grace; the takeover delay is derived (kill grace + 1 s)
+           check, no lock-delay, 1 s kill grace; the takeover delay is derived (4 s)
+
+The takeover delay is derived: max(kill grace + 1 s, kill grace + 3 s - lock-delay), 6 s for
+default and 4 s for fast.
 
 Until the timing model (docs/timing.md) landed, `lockwrap run` had other defaults and no
 `--unsafe-allow-overlap`; against such a binary ("legacy", detected from `run --help`) the harness
@@ -68,7 +71,8 @@ def setting(name: str, lockwrap: str) -> list[str]:
 
 
 def takeover_delay(name: str) -> float:
-    return KILL_GRACE[name] + 1.0
+    """The takeover delay lockwrap derives for a named setting (docs/timing.md)."""
+    return takeover_for(KILL_GRACE[name], 0.0 if name == "fast" else 15.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,15 +83,15 @@ def takeover_delay(name: str) -> float:
 # edits in this block.
 
 DEFAULT_KILL_GRACE = 5.0          # run/execute/sidecar/library default --kill-grace
-DEFAULT_LOCK_DELAY = {"run": 15.0, "sidecar": 15.0, "execute": 0.0, "lib": 15.0}
+DEFAULT_LOCK_DELAY = {"run": 15.0, "sidecar": 15.0, "execute": 15.0, "lib": 15.0}
 STOP_FRACTION = 0.8               # the command keeps running this share of its kill grace after SIGTERM
 # Before the model change (today's binary): T = G + 1. After it: T = max(G + 1, G + 3 - L).
-TAKEOVER_MODEL = os.environ.get("LOCKWRAP_TAKEOVER_MODEL", "today")   # today | blind
+TAKEOVER_MODEL = os.environ.get("LOCKWRAP_TAKEOVER_MODEL", "blind")   # today | blind
 
 
 # SIGSTOP of a holder's lockwrap (chaos "stall"): longer than its deadline (fast: 2 s after the
-# last check pass; defaults: 30 s after the last renew), bounded.
-STALL_SECONDS = {"fast": (2.5, 6.0), "default": (31.0, 36.0)}
+# last renew; defaults: 15 s after the last renew, lock-delay + takeover - grace - 1 s), bounded.
+STALL_SECONDS = {"fast": (2.5, 6.0), "default": (16.0, 21.0)}
 
 
 def takeover_for(grace: float, lock_delay: float, model: str = "") -> float:
