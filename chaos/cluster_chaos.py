@@ -277,7 +277,7 @@ class ClusterChaos(chaos.Chaos):
         if pid:
             for sess in self.cl.sessions():
                 name = sess.get("Name", "")
-                if name.endswith(f"pid {pid}") and "queue" not in name:
+                if S.session_of_pid(name, pid):
                     return sess["ID"]
         return self.agent.kv_session(self.key) if self.limit == 1 else None
 

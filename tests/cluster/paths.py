@@ -105,7 +105,7 @@ class PathGroup:
         pid = c.wrapper_pid()
         for s in self.s.cl.sessions():
             name = s.get("Name", "")
-            if pid and name.endswith(f"pid {pid}") and "queue" not in name:
+            if pid and S.session_of_pid(name, pid):
                 return s["ID"]
         if self.limit == 1 and c is self.holder_contender():
             v = self.s.cl.kv(self.key)
