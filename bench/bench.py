@@ -35,11 +35,12 @@ from bench.harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTrac
                            machine_info, median, mono, shell_quote, signal_pid, vm_hwm_kib,
                            wait_until)
 
-# lockwrap's takeover delay in the partition scenario: its default for --kill-grace 2s.
-PARTITION_TAKEOVER_S = 3
+# lockwrap's takeover delay in the partition scenario: its default for --kill-grace 2s and
+# --lock-delay 0, max(G + 1, G + 3 - L) (docs/timing.md).
+PARTITION_TAKEOVER_S = 5
 
-SCENARIOS = ["baseline", "acquire", "handoff", "loss", "standby", "contention", "failover",
-             "partition"]
+SCENARIOS = ["baseline", "acquire", "firstuse", "handoff", "loss", "standby", "contention",
+             "failover", "partition"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,9 +206,8 @@ class Bench:
 
     def prime(self, tool, key: str) -> None:
         """One untimed hold released cleanly, as in steady state (a restarted service finds its
-        key released by the previous holder). lockwrap waits the takeover delay before starting
-        a command on a key with no entry yet, since it cannot tell a never-used key from one
-        deleted under a live holder (docs/timing.md, "External breaks")."""
+        key released by the previous holder). The first use of a key is measured on its own
+        (`sc_firstuse`)."""
         tag = self.tag("prime")
         p = self.spawn(tool, key, tag)
         self.start_of(tag, 30, p)
@@ -225,6 +225,31 @@ class Bench:
                 s = self.start_of(tag, 30, p)
                 codes = self.finish([p], [tag])
                 self.record("acquire", tool, key, (s.t - t0) / 1e6, exit=codes[0])
+
+    def sc_firstuse(self, n):
+        """A key never used: spawn → child START. lockwrap starts at once when the key has no
+        entry and no live session named for it (docs/timing.md, "First use"). Then lockwrap
+        `--layout consul-lock` on a prefix that `consul lock` held and released cleanly."""
+        lw = next((t for t in self.tools if isinstance(t, Lockwrap)), None)
+        cl = next((t for t in self.tools if isinstance(t, ConsulLock)), None)
+        for i in range(n):
+            for tool in self.order(i):
+                key = f"bench/firstuse/{tool.short}/{self.tag('k')}"
+                tag = self.tag("fu")
+                t0 = mono()
+                p = self.spawn(tool, key, tag)
+                s = self.start_of(tag, 30, p)
+                codes = self.finish([p], [tag])
+                self.record("firstuse", tool, key, (s.t - t0) / 1e6, exit=codes[0])
+            if lw and cl:
+                key = f"bench/after-consul-lock/{self.tag('k')}"
+                self.prime(cl, key)
+                tag = self.tag("acl")
+                t0 = mono()
+                p = self.spawn(lw, key, tag, opts=["--layout", "consul-lock"])
+                s = self.start_of(tag, 30, p)
+                codes = self.finish([p], [tag])
+                self.record("after_consul_lock", lw, key, (s.t - t0) / 1e6, exit=codes[0])
 
     def sc_handoff(self, n):
         for i in range(n):
@@ -362,18 +387,19 @@ class Bench:
         cfgs = []
         for tool in self.tools:
             # (tool, label, flags, TTL, lock-delay, check TTL, takeover delay): after a crash the
-            # new holder waits lockwrap's takeover delay (default kill grace + 1 s, docs/timing.md).
+            # new holder waits lockwrap's takeover delay (default max(G + 1, G + 3 - L),
+            # docs/timing.md).
             if isinstance(tool, Lockwrap):
                 base = ["--session-ttl", "10s", "--kill-grace", "2s"]
                 cfgs.append((tool, "lockwrap ttl10 delay0", base + ["--lock-delay", "0"], 10, 0, None,
-                             3))
+                             5))
                 cfgs.append((tool, "lockwrap ttl10 delay15", base + ["--lock-delay", "15s"], 10, 15,
                              None, 3))
                 # The documented fast-failover setting (README, "Fast failover, tested").
                 cfgs.append((tool, "lockwrap fast failover (check 2 s, grace 1 s)",
                              ["--session-ttl", "10s", "--session-checks", "none",
                               "--health-check-ttl", "2s", "--lock-delay", "0", "--kill-grace", "1s"],
-                             10, 0, 2, 2))
+                             10, 0, 2, 4))
             else:
                 cfgs.append((tool, "consul lock ttl15 delay15", [], 15, 15, None, 0))
         return cfgs
@@ -418,7 +444,7 @@ class Bench:
 
     def _partition_one(self, tool: Tool, variant: str):
         if isinstance(tool, Lockwrap):
-            # Takeover delay: lockwrap's default, kill grace + 1 s (PARTITION_TAKEOVER_S).
+            # Takeover delay: lockwrap's default (PARTITION_TAKEOVER_S).
             opts, ttl, delay = ["--session-ttl", "10s", "--kill-grace", "2s", "--lock-delay", "0"], 10, 0
         else:
             opts, ttl, delay = [], 15, 15
@@ -516,6 +542,7 @@ class Bench:
         log(f"consul agent {ver} on {self.agent.addr}; work dir {self.work}")
         steps = [("baseline", lambda: self.sc_baseline(a.iterations)),
                  ("acquire", lambda: self.sc_acquire(a.iterations)),
+                 ("firstuse", lambda: self.sc_firstuse(a.iterations)),
                  ("handoff", lambda: self.sc_handoff(a.iterations)),
                  ("loss", lambda: self.sc_loss(a.iterations)),
                  ("standby", lambda: self.sc_standby(a.standby_window)),
@@ -604,6 +631,19 @@ def summarize(res: dict) -> tuple[list[dict], list[dict]]:
             ok = (lwr["median"] <= clr["median"]) if lwr and clr else None
             tgt("graceful handoff ≤ consul lock (median)", ok,
                 f"{lwr['median']:.2f} vs {clr['median']:.2f} ms" if lwr and clr else "not measured")
+    acq = stats(samples("acquire", "lockwrap"))
+    r = row("first use of a never-used key → child start (raw)", "ms", samples("firstuse", "lockwrap"),
+            samples("firstuse", "consul"))
+    lw = r["lockwrap"]
+    tgt("first use ≤ 2× acquire after a clean release (median, raw)",
+        (lw["median"] <= 2 * acq["median"]) if lw and acq else None,
+        f"{lw['median']:.2f} vs {acq['median']:.2f} ms" if lw and acq else "not measured")
+    r = row("--layout consul-lock after `consul lock` released cleanly → child start (raw)", "ms",
+            samples("after_consul_lock", "lockwrap"), None)
+    lw = r["lockwrap"]
+    tgt("after a clean `consul lock` release ≤ 2× acquire after a clean release (median, raw)",
+        (lw["median"] <= 2 * acq["median"]) if lw and acq else None,
+        f"{lw['median']:.2f} vs {acq['median']:.2f} ms" if lw and acq else "not measured")
     r = row("lock loss (session destroyed) → child gets SIGTERM", "ms", samples("loss", "lockwrap"),
             samples("loss", "consul"))
     lw = r["lockwrap"]
