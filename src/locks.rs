@@ -13,7 +13,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use regex::Regex;
 use tokio_util::sync::CancellationToken;
@@ -96,6 +96,8 @@ impl<B: LockBackend> LockManager<B> {
         stop: &CancellationToken,
     ) -> Result<Acquired<B::Lease>> {
         key::validate(&request.key)?;
+        // A takeover wait cut short by a loss is still owed after the next acquisition.
+        let mut owed_until: Option<Instant> = None;
         loop {
             let acquired = self
                 .backend
@@ -105,7 +107,7 @@ impl<B: LockBackend> LockManager<B> {
             let Acquired::Held(mut lease) = acquired else {
                 return Ok(acquired);
             };
-            match takeover_wait(request, &mut lease, stop).await {
+            match takeover_wait(request, &mut lease, stop, &mut owed_until).await {
                 None => return Ok(Acquired::Held(lease)),
                 Some(end) => {
                     // Nothing was started: give the lock back without the clean marker, so the
@@ -216,6 +218,13 @@ impl<B: LockBackend> LockManager<B> {
                 lease.info().session.clone().unwrap_or_default().into(),
             ),
         ];
+        if let Some(reason) = lost_already(&mut lease).await {
+            let _ = lease.release().await;
+            return Err(Error::new(
+                ErrorKind::LockLost,
+                format!("lock {key} lost before the command started ({reason})"),
+            ));
+        }
         let mut child = match spawner.spawn(&spec) {
             Ok(child) => child,
             Err(err) => {
@@ -289,30 +298,54 @@ async fn takeover_wait<L: HeldLock>(
     request: &LockRequest,
     lease: &mut L,
     stop: &CancellationToken,
+    owed_until: &mut Option<Instant>,
 ) -> Option<TakeoverEnd> {
     let own = if request.hold.keep_alive {
         request.hold.takeover_delay
     } else {
         Duration::ZERO
     };
-    let delay = lease.takeover_delay(own);
+    let still_owed = owed_until.map_or(Duration::ZERO, |until| {
+        until.saturating_duration_since(Instant::now())
+    });
+    let delay = lease.takeover_delay(own).max(still_owed);
     if delay.is_zero() {
         return None;
     }
+    *owed_until = Some(Instant::now() + delay);
     lease.set_release_clean(false);
     tracing::info!(
         event = "takeover-wait",
         delay = ?delay,
         "the previous holder did not release cleanly; waiting before taking over"
     );
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => {
-            lease.set_release_clean(true);
-            None
-        }
-        _ = stop.cancelled() => Some(TakeoverEnd::Cancelled),
+    let end = tokio::select! {
+        // A loss wins over the end of the wait: a wrapper frozen through its wait must not start.
+        biased;
         reason = lease.lost() => Some(TakeoverEnd::Lost(reason)),
+        _ = stop.cancelled() => Some(TakeoverEnd::Cancelled),
+        _ = tokio::time::sleep(delay) => None,
+    };
+    if end.is_some() {
+        return end;
     }
+    if let Some(reason) = lost_already(lease).await {
+        return Some(TakeoverEnd::Lost(reason));
+    }
+    lease.set_release_clean(true);
+    None
+}
+
+/// Whether `lease` is already lost, or its stop deadline has passed (the wrapper was frozen and
+/// its renew task has not declared the loss yet): then nothing may be started under it.
+pub async fn lost_already<L: HeldLock>(lease: &mut L) -> Option<LossReason> {
+    if let Some(reason) = futures_lite::future::poll_once(lease.lost()).await {
+        return Some(reason);
+    }
+    let expired = lease
+        .stop_deadline()
+        .is_some_and(|deadline| deadline.borrow().is_some_and(|d| d <= Instant::now()));
+    expired.then_some(LossReason::LeaseDeadline)
 }
 
 /// `pattern` anchored at both ends, so it must match the whole key (consullock semantics).

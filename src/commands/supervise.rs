@@ -82,6 +82,17 @@ pub async fn run<B: LockBackend>(
             ))
         }
     };
+    // A wrapper frozen between the acquisition and here must not start anything late.
+    if let Some(reason) = crate::locks::lost_already(&mut lease).await {
+        let _ = lease.release().await;
+        return Ok(Outcome::Failed(Error::new(
+            ErrorKind::LockLost,
+            format!(
+                "lock {} lost before the command started ({reason})",
+                config.lock.request.key
+            ),
+        )));
+    }
     let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
     // Hooks run beside the command: the command's start must not wait on them.
     let acquired_hooks = hooks.fire_detached(Event::Acquired, &ctx);

@@ -68,6 +68,15 @@ pub(super) fn lock_request(
     let behavior = match s.session_behavior.as_ref().map(|t| t.0.as_str()) {
         None if mode == Mode::Lock => Behavior::Delete,
         None | Some("release") => Behavior::Release,
+        Some("delete") if mode.supervises() => {
+            return Err(v.bad(
+                "session_behavior",
+                "`delete` cannot be held safely by run, execute or sidecar: a session that ends \
+                 while its holder cannot hear would delete the key, and the next holder would take \
+                 it for never used and skip its takeover wait (docs/timing.md, \"First use\"); \
+                 use release (the default)",
+            ))
+        }
         Some("delete") => Behavior::Delete,
         Some(other) => {
             return Err(v.bad(

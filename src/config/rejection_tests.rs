@@ -85,6 +85,7 @@ fn cases() -> Vec<Bad> {
         flags(&["--log-format", "xml", "lock", "k"], 3, "invalid --log-format: `xml` is not text or json"),
         env(&["status", "k"], &[("LOCKWRAP_LAYOUT", "weird")], 2, "invalid environment variable LOCKWRAP_LAYOUT: `weird` is not default or consul-lock"),
         flags(&["lock", "--session-behavior", "maybe", "k"], 3, "invalid --session-behavior: `maybe` is not release or delete"),
+        flags(&["run", "--key", "k", "--session-behavior", "delete", "--", "true"], 3, "invalid --session-behavior: `delete` cannot be held safely by run, execute or sidecar: a session that ends while its holder cannot hear would delete the key, and the next holder would take it for never used and skip its takeover wait (docs/timing.md, \"First use\"); use release (the default)"),
         env(LOCK, &[("LOCKWRAP_LOCK_DELAY", "2m")], 2, "invalid environment variable LOCKWRAP_LOCK_DELAY: 120s is more than 60s"),
         flags(&["lock", "-i", "0", "k"], 3, "invalid --poll-interval: must be greater than 0"),
         flags(&["run", "--key", "k", "--hook-timeout", "0", "--", "true"], 3, "invalid --hook-timeout: must be greater than 0"),

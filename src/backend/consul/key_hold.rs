@@ -71,9 +71,11 @@ impl Holding for KeyHold {
         })
     }
 
-    fn after_destroy<'a>(&'a self, client: &'a ConsulClient) -> BoxFut<'a, ()> {
+    fn after_destroy<'a>(&'a self, client: &'a ConsulClient, clean: bool) -> BoxFut<'a, ()> {
         Box::pin(async move {
-            if self.layout != Layout::ConsulLock {
+            // An unclean release keeps the entry: without it the next holder would take the key
+            // for never used and skip its takeover wait (docs/timing.md, "First use").
+            if self.layout != Layout::ConsulLock || !clean {
                 return;
             }
             // Like Go's Lock.Destroy: remove the lock entry if nobody took it meanwhile.

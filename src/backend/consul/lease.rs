@@ -54,8 +54,8 @@ pub(crate) trait Holding: Send + Sync {
         clean: bool,
         patience: Duration,
     ) -> BoxFut<'a, Result<(), BackendError>>;
-    /// Housekeeping once the session is destroyed.
-    fn after_destroy<'a>(&'a self, _client: &'a ConsulClient) -> BoxFut<'a, ()> {
+    /// Housekeeping once the session is destroyed; `clean` says whether the release was.
+    fn after_destroy<'a>(&'a self, _client: &'a ConsulClient, _clean: bool) -> BoxFut<'a, ()> {
         Box::pin(async {})
     }
 }
@@ -238,7 +238,9 @@ impl Lease {
             .await;
         let left = give_up.saturating_duration_since(Instant::now());
         session::destroy_within(&self.client, &self.session, left).await;
-        self.hold.after_destroy(&self.client).await;
+        self.hold
+            .after_destroy(&self.client, still_held && self.release_clean)
+            .await;
         tracing::debug!(key = %self.info.key, session = %sid, "lock released");
         result
     }

@@ -251,12 +251,11 @@ impl ConsulBackend {
                 deadline
             )?;
         }
-        let previous_clean = !state.saw_lock_delay
-            && match read.value.as_ref() {
-                Some(pair) => value::released_cleanly(pair),
-                None => !step!(self.holder_may_live(key, &owned.id), stop, deadline)?,
-            };
-        let value = self.holder_value(request, &owned.id, started);
+        // An unclean handoff owes the previous holder's announced wait: pass it on, so a holder
+        // stopped during its own takeover wait still makes the next one wait that long.
+        let marked_clean = read.value.as_ref().is_some_and(value::released_cleanly);
+        let carried = previous_takeover.filter(|_| !marked_clean);
+        let value = self.holder_value(request, &owned.id, started, carried);
         let params = [
             ("acquire", owned.id.clone()),
             ("flags", LOCK_FLAG_VALUE.to_string()),
@@ -274,6 +273,21 @@ impl ConsulBackend {
         let after = self.client.kv_get(&lock_key, None).await?;
         match after.value.as_ref() {
             Some(pair) if pair.holder() == Some(owned.id.as_str()) => {
+                // Judged against what this acquire replaced, not the read before it: another
+                // holder may have come and gone in between (docs/timing.md, "First use").
+                let previous_clean = !state.saw_lock_delay
+                    && match read.value.as_ref() {
+                        // Nobody else acquired since the read: the lock index moved by one.
+                        Some(before) => {
+                            marked_clean && pair.lock_index == before.lock_index + 1
+                        }
+                        // Checked after our acquire: a holder that came and went before it
+                        // keeps its session until its command is dead.
+                        None => !self
+                            .holder_may_live(key, &owned.id)
+                            .await
+                            .unwrap_or(true),
+                    };
                 let info = value::decode(key, pair);
                 let owned = session.take().expect("session is set");
                 let keep_alive = self.keep_alive(request, after.index)?;
@@ -357,12 +371,19 @@ impl ConsulBackend {
     }
 
     /// The entry value this process writes when it acquires with `session`.
+    /// `carried`: the takeover delay a previous holder announced that this holder still owes
+    /// (an unclean handoff); the value announces the longer of it and this holder's own.
     pub(crate) fn holder_value(
         &self,
         request: &LockRequest,
         session: &str,
         started: Instant,
+        carried: Option<Duration>,
     ) -> Vec<u8> {
+        let own = request
+            .hold
+            .keep_alive
+            .then_some(request.hold.takeover_delay);
         value::encode(
             &request.key,
             session,
@@ -370,10 +391,7 @@ impl ConsulBackend {
             started.elapsed().as_secs_f64(),
             request.metadata.as_ref(),
             &self.identity,
-            request
-                .hold
-                .keep_alive
-                .then_some(request.hold.takeover_delay),
+            own.max(carried),
         )
     }
 

@@ -155,14 +155,14 @@ impl ConsulBackend {
         slot: &SemaphoreSlot,
     ) -> Result<Option<SlotTaken>, Result<Interrupt, BackendError>> {
         let key = request.key.as_str();
-        let value = self.holder_value(request, &owned.id, started);
-        let params = [
+        let value = self.holder_value(request, &owned.id, started, None);
+        let contender_params = [
             ("acquire", owned.id.clone()),
             ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
         ];
         if !self
             .client
-            .kv_put(&slot.contender_key, value.clone(), &params)
+            .kv_put(&slot.contender_key, value.clone(), &contender_params)
             .await
             .map_err(Err)?
         {
@@ -176,14 +176,31 @@ impl ConsulBackend {
         let mut backoff = crate::backend::retry::Backoff::default();
         // `Some(announced)` once we tried to take a dead holder's slot: the takeover is unclean.
         let mut takeover: Option<Option<Duration>> = None;
+        // Dead holders whose slot we took: their contender keys go once we hold.
+        let mut replaced: Vec<String> = Vec::new();
+        // A waiter keeps its session: renewed between blocking queries no longer than a third
+        // of the TTL, so it is alive when a slot frees.
+        let ttl = owned.ttl.or(request.session.ttl);
+        let longest_wait = ttl.map_or(STANDBY_WAIT, |t| (t / 3).min(STANDBY_WAIT));
+        let mut renewed = Instant::now();
         loop {
             interruptible(observer.before_attempt(key), stop, deadline)
                 .await
                 .map_err(Ok)?;
+            if let Some(ttl) = ttl {
+                if renewed.elapsed() >= ttl / 3 {
+                    let sent = Instant::now();
+                    match self.client.session_renew(&owned.id, ttl / 3).await {
+                        Ok(()) => renewed = sent,
+                        Err(err @ BackendError::SessionGone(_)) => return Err(Err(err)),
+                        Err(err) => tracing::debug!(%err, "renewing a semaphore waiter's session failed"),
+                    }
+                }
+            }
             let wait = if index == 0 {
                 None
             } else {
-                Some((index, STANDBY_WAIT))
+                Some((index, longest_wait))
             };
             let listed = interruptible(
                 self.client.kv_list(&format!("{prefix}/"), wait),
@@ -241,6 +258,7 @@ impl ConsulBackend {
                             .and_then(value::announced_takeover);
                         tracing::debug!(key, dead = %gone, "taking the slot of a dead holder");
                         lock.holders.remove(gone);
+                        replaced.push(gone.clone());
                         let owed = takeover.get_or_insert(None);
                         *owed = (*owed).max(announced);
                     }
@@ -264,11 +282,11 @@ impl ConsulBackend {
             lock.holders.insert(owned.id.clone(), true);
             let body = serde_json::to_vec(&lock).unwrap_or_default();
             let cas = lock_pair.map(|p| p.modify_index).unwrap_or(0);
-            let params = [
+            let cas_params = [
                 ("cas", cas.to_string()),
                 ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
             ];
-            match self.client.kv_put(&slot.lock_key, body, &params).await {
+            match self.client.kv_put(&slot.lock_key, body, &cas_params).await {
                 Ok(true) => {}
                 Ok(false) | Err(BackendError::Unknown(_)) => {
                     index = 0;
@@ -308,6 +326,20 @@ impl ConsulBackend {
                 info.holder = mine.holder;
             }
             info.fencing_token = Some(pair.modify_index);
+            if let Some(announced) = takeover {
+                // Owed: announce the dead holder's wait too, in case we end before it is over.
+                let carried = self.holder_value(request, &owned.id, started, announced);
+                if let Err(err) = self
+                    .client
+                    .kv_put(&slot.contender_key, carried, &contender_params)
+                    .await
+                {
+                    tracing::debug!(%err, "could not re-announce the owed takeover delay");
+                }
+                for gone in &replaced {
+                    let _ = self.client.kv_delete(&format!("{prefix}/{gone}"), None).await;
+                }
+            }
             return Ok(Some(SlotTaken {
                 info,
                 index: after.index,
@@ -445,7 +477,11 @@ pub(crate) async fn release(
             break;
         }
     }
-    client.kv_delete(&slot.contender_key, None).await?;
+    // An unclean release keeps the contender key: with our session destroyed it shows us dead,
+    // and its value keeps the takeover delay we announced for whoever takes our slot.
+    if clean {
+        client.kv_delete(&slot.contender_key, None).await?;
+    }
     Ok(())
 }
 
