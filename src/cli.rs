@@ -337,6 +337,10 @@ pub struct ExecuteCmd {
     /// Shell string run with /bin/sh -c while the lock is held
     #[serde(skip)]
     pub executable: Option<String>,
+    /// Exit with this code instead of 100 (--non-blocking) or 5 (--timeout) when the lock is taken and the wait gives up, e.g. 0 for a scheduled job whose skipped run is not a failure
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_exit_code: Option<String>,
 }
 
 #[derive(Debug, Args, Serialize)]
@@ -355,6 +359,10 @@ pub struct RunCmd {
     #[arg(long, action = ArgAction::SetTrue)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shell: bool,
+    /// Exit with this code instead of 100 (--non-blocking) or 5 (--timeout) when the lock is taken and the wait gives up, e.g. 0 for a scheduled job whose skipped run is not a failure
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_exit_code: Option<String>,
     /// The command and its arguments (after `--`)
     #[arg(trailing_var_arg = true, value_name = "CMD")]
     #[serde(skip)]
