@@ -410,7 +410,13 @@ mod tests {
                     continue;
                 };
                 let shown = arg.get_help().map(ToString::to_string);
-                assert_eq!(shown, Some(help(setting)), "{} --{}", sub.get_name(), setting.flag());
+                assert_eq!(
+                    shown,
+                    Some(help(setting)),
+                    "{} --{}",
+                    sub.get_name(),
+                    setting.flag()
+                );
                 assert!(arg.get_long_help().is_none(), "--{}", setting.flag());
                 seen += 1;
             }

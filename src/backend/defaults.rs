@@ -65,8 +65,17 @@ impl ModeDefaults {
     /// The takeover delay when none is given: the least that covers a forced unlock and a node
     /// force-left under a holder cut off from its agent (docs/timing.md); a semaphore slot has
     /// no lock-delay, so `limit > 1` counts it as 0.
-    pub fn takeover_delay(&self, kill_grace: Duration, lock_delay: Duration, limit: u32) -> Duration {
-        let guarding = if limit > 1 { Duration::ZERO } else { lock_delay };
+    pub fn takeover_delay(
+        &self,
+        kill_grace: Duration,
+        lock_delay: Duration,
+        limit: u32,
+    ) -> Duration {
+        let guarding = if limit > 1 {
+            Duration::ZERO
+        } else {
+            lock_delay
+        };
         TimingInputs::auto_takeover_delay(kill_grace, guarding)
     }
 }
@@ -187,8 +196,14 @@ mod tests {
     fn the_supervising_takeover_default_is_six_seconds() {
         // docs/timing.md, "Defaults, per mode": 6 s for run, 8 s for -n N.
         let s = SUPERVISING;
-        assert_eq!(s.takeover_delay(s.kill_grace, s.lock_delay, 1), Duration::from_secs(6));
-        assert_eq!(s.takeover_delay(s.kill_grace, s.lock_delay, 2), Duration::from_secs(8));
+        assert_eq!(
+            s.takeover_delay(s.kill_grace, s.lock_delay, 1),
+            Duration::from_secs(6)
+        );
+        assert_eq!(
+            s.takeover_delay(s.kill_grace, s.lock_delay, 2),
+            Duration::from_secs(8)
+        );
     }
 
     #[test]
@@ -226,7 +241,12 @@ mod tests {
         for setting in Setting::ALL {
             let stated = readme_default(&readme, setting.flag())
                 .unwrap_or_else(|| panic!("README has no options row for --{}", setting.flag()));
-            assert_eq!(stated, render(setting), "README default of --{}", setting.flag());
+            assert_eq!(
+                stated,
+                render(setting),
+                "README default of --{}",
+                setting.flag()
+            );
         }
     }
 

@@ -68,7 +68,14 @@ pub async fn run<B: LockBackend>(
         acquire::OnUnreachable::RetryAfterFirstAnswer,
     )
     .await;
-    let mut lease = match result? {
+    let acquired = match result {
+        // The wait itself can give up with the error that names the holder (`waiting`).
+        Err(err) if matches!(err.kind, ErrorKind::Timeout | ErrorKind::Locked) => {
+            return Ok(gave_up(config, err))
+        }
+        other => other?,
+    };
+    let mut lease = match acquired {
         Acquired::Held(lease) => lease,
         Acquired::Locked(holder) => {
             let who = holder

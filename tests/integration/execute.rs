@@ -156,7 +156,10 @@ fn execute_locked_exit_code_turns_a_skipped_run_into_that_code() {
     assert_eq!(consul.holder(&key), Some(session_of(&held)));
 
     // From the environment, and for --timeout as well as --non-blocking.
-    let mut cmd = cli_cmd(consul, &["run", "--timeout", "1s", "--", "sh", "-c", &touch]);
+    let mut cmd = cli_cmd(
+        consul,
+        &["run", "--timeout", "1s", "--", "sh", "-c", &touch],
+    );
     cmd.env("LOCKWRAP_KEY", &key)
         .env("LOCKWRAP_LOCKED_EXIT_CODE", "42");
     let out = run_bounded(cmd, QUICK);
