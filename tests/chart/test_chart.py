@@ -1041,7 +1041,8 @@ def verbosity_counts_like_lockwraps_v_and_the_default_logs_acquisitions():
     assert head({"lockwrap": {"verbosity": 0}}) == []
     assert head({"lockwrap": {"verbosity": 3}}) == ["-vvv"]
     src = open(os.path.join(ROOT, "src", "logging.rs")).read()
-    assert '0 => "warn"' in src and '1 => "info"' in src, "src/logging.rs changed its levels"
+    assert '(false, 0) => format!("lockwrap=warn,' in src and '(false, 1) => "lockwrap=info,' in src, \
+        "src/logging.rs changed its levels"
 
 
 @test
