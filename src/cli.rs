@@ -8,6 +8,8 @@ use std::path::PathBuf;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use serde::Serialize;
 
+use crate::backend::defaults::{help, Setting};
+
 /// lockwrap: run a program only while holding a distributed lock in Consul.
 #[derive(Debug, Parser, Serialize)]
 #[command(
@@ -159,21 +161,18 @@ pub enum Command {
 /// Options shared by every command that acquires a lock.
 #[derive(Debug, Args, Default, Clone, Serialize)]
 pub struct LockArgs {
-    /// Session TTL: 10s…86400s, or 0 for none (lock default 86400s; run/execute/sidecar 15s)
+    // The help of every flag with a per-mode default is rendered from the defaults table.
     // A negative value reaches validation (exit 7, as consullock answers) instead of clap.
-    #[arg(long, value_name = "DURATION", allow_hyphen_values = true)]
+    #[arg(long, value_name = "DURATION", allow_hyphen_values = true, help = help(Setting::SessionTtl))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_ttl: Option<String>,
-    /// Consul lock-delay after the session is invalidated, 0…60s (default 15s; explicit 0 honoured)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = help(Setting::LockDelay))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_delay: Option<String>,
-    /// What happens to the key when the session is invalidated: release or delete
-    #[arg(long, value_name = "release|delete")]
+    #[arg(long, value_name = "release|delete", help = help(Setting::SessionBehavior))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_behavior: Option<String>,
-    /// Health checks bound to the session: `none`, or check IDs separated by commas (default: the agent's serfHealth)
-    #[arg(long, value_name = "none|CHECK,…")]
+    #[arg(long, value_name = "none|CHECK,…", help = help(Setting::SessionChecks))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_checks: Option<String>,
     /// Session name (default "lockwrap <key> on <hostname> pid <pid>")
@@ -225,12 +224,10 @@ pub struct LockArgs {
 /// Options of the supervising commands (execute, run, sidecar).
 #[derive(Debug, Args, Default, Clone, Serialize)]
 pub struct SupervisorArgs {
-    /// Time between SIGTERM and SIGKILL when the command must stop (default 5s)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = help(Setting::KillGrace))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kill_grace: Option<String>,
-    /// When the previous holder did not release cleanly (key deleted, session expired or destroyed, forced unlock), wait this long after acquiring before starting the command, so its command has surely stopped (default: kill grace + 1s)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", help = help(Setting::TakeoverDelay))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub takeover_delay: Option<String>,
     /// Executable(s) run as `EXE <key>` once the lock is held
@@ -340,6 +337,10 @@ pub struct ExecuteCmd {
     /// Shell string run with /bin/sh -c while the lock is held
     #[serde(skip)]
     pub executable: Option<String>,
+    /// Exit with this code instead of 100 (--non-blocking) or 5 (--timeout) when the lock is taken and the wait gives up, e.g. 0 for a scheduled job whose skipped run is not a failure
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_exit_code: Option<String>,
 }
 
 #[derive(Debug, Args, Serialize)]
@@ -358,6 +359,10 @@ pub struct RunCmd {
     #[arg(long, action = ArgAction::SetTrue)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub shell: bool,
+    /// Exit with this code instead of 100 (--non-blocking) or 5 (--timeout) when the lock is taken and the wait gives up, e.g. 0 for a scheduled job whose skipped run is not a failure
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_exit_code: Option<String>,
     /// The command and its arguments (after `--`)
     #[arg(trailing_var_arg = true, value_name = "CMD")]
     #[serde(skip)]
@@ -390,6 +395,34 @@ mod tests {
     #[test]
     fn definitions_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_per_mode_default_in_help_is_the_tables() {
+        let cli = Cli::command();
+        let mut seen = 0;
+        for sub in cli.get_subcommands() {
+            for setting in Setting::ALL {
+                let Some(arg) = sub
+                    .get_arguments()
+                    .find(|a| a.get_long() == Some(setting.flag()))
+                else {
+                    continue;
+                };
+                let shown = arg.get_help().map(ToString::to_string);
+                assert_eq!(
+                    shown,
+                    Some(help(setting)),
+                    "{} --{}",
+                    sub.get_name(),
+                    setting.flag()
+                );
+                assert!(arg.get_long_help().is_none(), "--{}", setting.flag());
+                seen += 1;
+            }
+        }
+        // lock: 4 session flags; execute, run, sidecar: those and kill grace, takeover delay.
+        assert_eq!(seen, 4 + 3 * 6);
     }
 
     #[test]

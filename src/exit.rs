@@ -149,6 +149,9 @@ pub enum Outcome {
     Failed(Error),
     /// Exiting because lockwrap itself received a signal while waiting (128+S).
     Interrupted(i32),
+    /// The lock was taken and `--non-blocking` or `--timeout` gave up (the error says which),
+    /// exiting with the code chosen by `--locked-exit-code` instead of the error's own.
+    GaveUp { error: Error, code: i32 },
 }
 
 impl Outcome {
@@ -158,6 +161,7 @@ impl Outcome {
             Outcome::Child(code) => *code,
             Outcome::Failed(err) => err.kind.exit_code(),
             Outcome::Interrupted(signal) => 128 + signal,
+            Outcome::GaveUp { code, .. } => *code,
         }
     }
 }

@@ -99,8 +99,12 @@ fn run(cli: Cli) -> Outcome {
 
 /// Logs a failure's message once, on stderr.
 fn report(outcome: Outcome) -> Outcome {
-    if let Outcome::Failed(err) = &outcome {
-        logging::last_line(&format!("lockwrap: {err}"));
+    match &outcome {
+        Outcome::Failed(err) => logging::last_line(&format!("lockwrap: {err}")),
+        Outcome::GaveUp { error, code } => logging::last_line(&format!(
+            "lockwrap: {error}; exiting {code} (--locked-exit-code)"
+        )),
+        _ => {}
     }
     outcome
 }

@@ -3,6 +3,7 @@
 
 pub mod cleanup;
 pub mod consul;
+pub mod defaults;
 pub mod error;
 pub mod events;
 pub mod memory;
@@ -73,14 +74,14 @@ pub struct SessionSettings {
 
 impl Default for SessionSettings {
     fn default() -> Self {
+        // The library's column of the defaults table is the supervising modes'.
+        let d = defaults::SUPERVISING;
         SessionSettings {
             name: None,
-            ttl: Some(Duration::from_secs(15)),
-            lock_delay: Duration::from_secs(15),
-            behavior: Behavior::Release,
-            // TTL-only, like Patroni: gossip trouble cannot end a healthy holder's session
-            // (docs/timing.md).
-            checks: Checks::None,
+            ttl: Some(d.session_ttl),
+            lock_delay: d.lock_delay,
+            behavior: d.session_behavior,
+            checks: d.session_checks.checks(),
             health_check_ttl: None,
         }
     }
@@ -142,15 +143,11 @@ pub struct HoldSettings {
 
 impl Default for HoldSettings {
     fn default() -> Self {
-        let kill_grace = Duration::from_secs(5);
+        let d = defaults::SUPERVISING;
         HoldSettings {
             keep_alive: true,
-            kill_grace,
-            // The library's default session has lock-delay 15 s (`SessionSettings::default`).
-            takeover_delay: timing::TimingInputs::auto_takeover_delay(
-                kill_grace,
-                SessionSettings::default().lock_delay,
-            ),
+            kill_grace: d.kill_grace,
+            takeover_delay: d.takeover_delay(d.kill_grace, d.lock_delay, 1),
             monitor_retry: None,
             allow_unsafe: false,
         }

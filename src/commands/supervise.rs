@@ -19,6 +19,15 @@ use crate::supervisor::{
 };
 use crate::telemetry::Telemetry;
 
+/// The outcome when the lock is taken and the wait gave up: the documented 100 / 5, or the
+/// code `--locked-exit-code` chose (a skipped CronJob run that should not count as failed).
+fn gave_up(config: &Supervised, error: Error) -> Outcome {
+    match config.supervision.locked_exit_code {
+        Some(code) => Outcome::GaveUp { error, code },
+        None => Outcome::Failed(error),
+    }
+}
+
 /// Starts the optional HTTP server and status file shared by run and sidecar.
 pub async fn start_reporting(config: &Supervised, telemetry: &Arc<Telemetry>) -> Result<()> {
     if let Some(addr) = config.supervision.http_addr {
@@ -59,22 +68,35 @@ pub async fn run<B: LockBackend>(
         acquire::OnUnreachable::RetryAfterFirstAnswer,
     )
     .await;
-    let mut lease = match result? {
+    let acquired = match result {
+        // The wait itself can give up with the error that names the holder (`waiting`).
+        Err(err) if matches!(err.kind, ErrorKind::Timeout | ErrorKind::Locked) => {
+            return Ok(gave_up(config, err))
+        }
+        other => other?,
+    };
+    let mut lease = match acquired {
         Acquired::Held(lease) => lease,
         Acquired::Locked(holder) => {
             let who = holder
                 .map(|h| format!(" (held by {})", h.holder_summary()))
                 .unwrap_or_default();
-            return Ok(Outcome::Failed(Error::new(
-                ErrorKind::Locked,
-                format!("lock {} is taken{who}", config.lock.request.key),
-            )));
+            return Ok(gave_up(
+                config,
+                Error::new(
+                    ErrorKind::Locked,
+                    format!("lock {} is taken{who}", config.lock.request.key),
+                ),
+            ));
         }
         Acquired::TimedOut => {
-            return Ok(Outcome::Failed(Error::new(
-                ErrorKind::Timeout,
-                format!("timed out waiting for lock {}", config.lock.request.key),
-            )))
+            return Ok(gave_up(
+                config,
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("timed out waiting for lock {}", config.lock.request.key),
+                ),
+            ))
         }
         Acquired::Cancelled => {
             return Ok(Outcome::Interrupted(

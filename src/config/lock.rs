@@ -7,7 +7,7 @@ use super::settings::Settings;
 use super::sources::{Provenance, Source};
 use super::types::{self, Text, Ttl};
 use super::{switch, Mode};
-use crate::backend::timing::TimingInputs;
+use crate::backend::defaults;
 use crate::backend::{Behavior, Checks, HoldSettings, Layout, LockRequest, SessionSettings, Wait};
 use crate::duration;
 use crate::exit::{Error, ErrorKind, Result};
@@ -19,10 +19,11 @@ pub(super) fn lock_request(
     s: &Settings,
     v: &Provenance,
 ) -> Result<LockRequest> {
-    let default_ttl = if mode == Mode::Lock {
-        Duration::from_secs(86400)
+    // Every default below comes from the one per-mode table (docs/timing.md, "Defaults, per mode").
+    let defaults = if mode == Mode::Lock {
+        defaults::LOCK
     } else {
-        Duration::from_secs(15)
+        defaults::SUPERVISING
     };
     if s.session_ttl == Some(Ttl::Negative) {
         return Err(Error::new(
@@ -35,7 +36,7 @@ pub(super) fn lock_request(
     }
     let ttl = match s.session_ttl {
         Some(Ttl::Given(ttl)) => ttl,
-        _ => default_ttl,
+        _ => defaults.session_ttl,
     };
     let ttl_ok =
         ttl.is_zero() || (Duration::from_secs(10)..=Duration::from_secs(86400)).contains(&ttl);
@@ -50,50 +51,34 @@ pub(super) fn lock_request(
             ),
         ));
     }
-    // consullock creates its sessions with no lock-delay, and `lock` supervises nothing. The
-    // supervising modes keep Consul's 15 s: a holder that cannot reach its agent must assume its
-    // node may be deregistered at any moment, and lock-delay + takeover delay is all it has to
-    // ride out an outage (docs/timing.md); lock-delay costs only unclean handoffs.
-    let default_delay = match mode {
-        Mode::Lock => Duration::ZERO,
-        _ => Duration::from_secs(15),
-    };
-    let lock_delay = s.lock_delay.map_or(default_delay, |d| d.0);
+    let lock_delay = s.lock_delay.map_or(defaults.lock_delay, |d| d.0);
     if lock_delay > Duration::from_secs(60) {
         return Err(v.bad(
             "lock_delay",
             format!("{} is more than 60s", duration::display(lock_delay)),
         ));
     }
-    let behavior = match s.session_behavior.as_ref().map(|t| t.0.as_str()) {
-        None if mode == Mode::Lock => Behavior::Delete,
-        None | Some("release") => Behavior::Release,
-        Some("delete") if mode.supervises() => {
-            return Err(v.bad(
+    let behavior =
+        match s.session_behavior.as_ref().map(|t| t.0.as_str()) {
+            None => defaults.session_behavior,
+            Some("release") => Behavior::Release,
+            Some("delete") if mode.supervises() => return Err(v.bad(
                 "session_behavior",
                 "`delete` cannot be held safely by run, execute or sidecar: a session that ends \
                  while its holder cannot hear would delete the key, and the next holder would take \
                  it for never used and skip its takeover wait (docs/timing.md, \"First use\"); \
                  use release (the default)",
-            ))
-        }
-        Some("delete") => Behavior::Delete,
-        Some(other) => {
-            return Err(v.bad(
-                "session_behavior",
-                format!("`{other}` is not release or delete"),
-            ))
-        }
-    };
-    // Supervising modes default to TTL-only sessions: a gossip flap cannot end a healthy
-    // holder's hold (docs/timing.md). `lock` keeps consullock's serfHealth.
-    let default_checks = if mode.supervises() {
-        Checks::None
-    } else {
-        Checks::AgentDefault
-    };
+            )),
+            Some("delete") => Behavior::Delete,
+            Some(other) => {
+                return Err(v.bad(
+                    "session_behavior",
+                    format!("`{other}` is not release or delete"),
+                ))
+            }
+        };
     let checks = match &s.session_checks {
-        None | Some(types::Checks::ModeDefault) => default_checks,
+        None | Some(types::Checks::ModeDefault) => defaults.session_checks.checks(),
         Some(types::Checks::None) => Checks::None,
         Some(types::Checks::List(ids)) => Checks::List(ids.clone()),
     };
@@ -139,9 +124,9 @@ pub(super) fn lock_request(
             format!("--queue orders waiters for a single holder; it cannot be combined with -n {limit} (the semaphore)"),
         ));
     }
-    let kill_grace = s.kill_grace.map_or(Duration::from_secs(5), |d| d.0);
+    let kill_grace = s.kill_grace.map_or(defaults.kill_grace, |d| d.0);
     let takeover_delay = s.takeover_delay.map_or_else(
-        || TimingInputs::auto_takeover_delay(kill_grace, guarding_lock_delay(lock_delay, limit)),
+        || defaults.takeover_delay(kill_grace, lock_delay, limit),
         |d| d.0,
     );
     let monitor_retry = match s.monitor_retry.map(|n| n.0) {
@@ -181,15 +166,6 @@ pub(super) fn lock_request(
         check_timing(&request, v)?;
     }
     Ok(request)
-}
-
-/// The lock-delay that guards what is held: a semaphore slot has none (docs/timing.md).
-fn guarding_lock_delay(lock_delay: Duration, limit: u32) -> Duration {
-    if limit > 1 {
-        Duration::ZERO
-    } else {
-        lock_delay
-    }
 }
 
 /// Refuses, before anything touches Consul, a configuration where the timing model finds a

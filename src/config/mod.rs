@@ -107,6 +107,9 @@ pub struct Supervision {
     pub shell: bool,
     /// The command (execute: the one shell string; sidecar: none).
     pub command: Vec<std::ffi::OsString>,
+    /// run/execute: the exit code when the lock is taken and `--non-blocking` or `--timeout`
+    /// gave up (README, "Exit codes"); `None` = the documented 100 / 5.
+    pub locked_exit_code: Option<i32>,
 }
 
 impl Config {
@@ -253,6 +256,15 @@ fn build(mode: Mode, cli: Cli, s: Settings, v: &Provenance) -> Result<Config> {
         (Mode::Execute, executable) => vec![executable.unwrap_or_default().into()],
         _ => command,
     };
+    let locked_exit_code = match s.locked_exit_code.map(|n| n.0) {
+        Some(code) if code > 255 => {
+            return Err(v.bad(
+                "locked_exit_code",
+                format!("{code} is not an exit code (0…255)"),
+            ))
+        }
+        code => code.map(|c| c as i32),
+    };
     let lock = Acquiring {
         request,
         hooks,
@@ -268,6 +280,7 @@ fn build(mode: Mode, cli: Cli, s: Settings, v: &Provenance) -> Result<Config> {
             subreaper: switch(s.subreaper),
             shell,
             command,
+            locked_exit_code,
         },
     };
     let query = |lock: Acquiring| Query {

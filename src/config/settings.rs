@@ -46,6 +46,7 @@ pub struct Settings {
     pub ready_always: Option<Switch>,
     pub status_file: Option<Text>,
     pub exit_on_loss: Option<Switch>,
+    pub locked_exit_code: Option<Count>,
     pub shell: Option<Switch>,
     pub log_format: Option<Text>,
     // The Consul connection (README, "Consul connection").
@@ -110,7 +111,7 @@ mod tests {
     #[test]
     fn names_come_from_the_struct() {
         let names = names();
-        assert_eq!(names.len(), 46);
+        assert_eq!(names.len(), 47);
         assert_eq!(names.first(), Some(&"key"));
         assert!(names.contains(&"consul_http_auth"));
         assert!(!names.contains(&"config"));

@@ -466,7 +466,7 @@ def init_mode_runs_the_job_under_the_lock_before_an_unwrapped_app():
 
 
 @test
-def cronjob_skip_wraps_every_run_non_blocking_and_never_retries_exit_100():
+def cronjob_skip_wraps_every_run_non_blocking_and_a_skipped_run_succeeds():
     docs, notes = rendered("cronjob-skip-values.yaml")
     assert not by_kind(docs, "Deployment") and not by_kind(docs, "Service")
     assert not by_kind(docs, "PodDisruptionBudget")
@@ -474,13 +474,16 @@ def cronjob_skip_wraps_every_run_non_blocking_and_never_retries_exit_100():
     assert cj["spec"]["schedule"] == "0 3 * * *" and cj["spec"]["timeZone"] == "Europe/Berlin"
     assert cj["spec"]["concurrencyPolicy"] == "Forbid"
     job = cj["spec"]["jobTemplate"]["spec"]
-    rules = job["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "app", "operator": "In", "values": [100]}}
+    # A skipped run exits 0 (--locked-exit-code 0, README "Exit codes"): no failed Job, no rule
+    # that fails the Job on an exit code (the app's own 100 is an ordinary failure).
+    assert all(r["action"] != "FailJob" for r in job["podFailurePolicy"]["rules"])
     spec = job["template"]["spec"]
     assert spec["restartPolicy"] == "Never"
     app = container(spec["containers"], "app")
     cmd = app["command"]
     assert cmd[:2] == ["/lockwrap/lockwrap", "run"] and "--non-blocking" in cmd
+    assert cmd[cmd.index("--locked-exit-code") + 1] == "0"
+    assert cmd.index("--locked-exit-code") < cmd.index("--")
     assert cmd[cmd.index("--key") + 1] == "jobs/nightly-report"
     assert cmd[cmd.index("--") + 1:] == ["/usr/local/bin/nightly-report", "--all-tenants"]
     assert "--http-addr" not in cmd and "readinessProbe" not in app and "livenessProbe" not in app
@@ -498,6 +501,7 @@ def cronjob_wait_waits_with_a_timeout_instead_of_skipping():
     assert all(r["action"] != "FailJob" for r in job["podFailurePolicy"]["rules"])
     cmd = container(job["template"]["spec"]["containers"], "app")["command"]
     assert "--non-blocking" not in cmd and cmd[cmd.index("--timeout") + 1] == "600s"
+    assert "--locked-exit-code" not in cmd, "a run that waited in vain is a failed run"
 
 
 @test
@@ -1037,7 +1041,8 @@ def verbosity_counts_like_lockwraps_v_and_the_default_logs_acquisitions():
     assert head({"lockwrap": {"verbosity": 0}}) == []
     assert head({"lockwrap": {"verbosity": 3}}) == ["-vvv"]
     src = open(os.path.join(ROOT, "src", "logging.rs")).read()
-    assert '0 => "warn"' in src and '1 => "info"' in src, "src/logging.rs changed its levels"
+    assert '(false, 0) => format!("lockwrap=warn,' in src and '(false, 1) => "lockwrap=info,' in src, \
+        "src/logging.rs changed its levels"
 
 
 @test
@@ -1376,6 +1381,37 @@ def real_binary_runs_the_wrapper_command_line_with_one_ready_holder():
                         p.wait(timeout=30)
                     except subprocess.TimeoutExpired:
                         p.kill()
+
+
+@test_once
+def real_binary_cronjob_skip_run_exits_0_without_the_app_when_the_lock_is_taken():
+    # README "Exit codes": `onLocked: skip` renders --non-blocking --locked-exit-code 0, so a run
+    # that finds the lock taken is a succeeded Job that did not run the app.
+    lockwrap, consul = os.environ.get("LOCKWRAP_BIN"), os.environ.get("CONSUL_BIN")
+    if not (lockwrap and consul):
+        raise Skip("set LOCKWRAP_BIN and CONSUL_BIN (make static-test does)")
+    with ConsulAgent(consul) as agent, tempfile.TemporaryDirectory() as tmp:
+        docs, _ = render(files=[scenario("cronjob-skip-values.yaml")],
+                         sets=[f"consul.address=127.0.0.1:{agent.http_port}", "consul.tls.enabled=false"])
+        spec = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        app = container(spec["containers"], "app")
+        env = {"PATH": os.environ["PATH"]}
+        for e in app["env"]:
+            env[e["name"]] = e.get("value", "test-" + e["name"].lower())
+        marker = os.path.join(tmp, "ran")
+        argv = list(app["command"])
+        argv = [lockwrap] + argv[1:argv.index("--") + 1] + ["touch", marker]
+        key = argv[argv.index("--key") + 1]
+        held = subprocess.run([lockwrap, "lock", key], env=env, capture_output=True, text=True, timeout=60)
+        assert held.returncode == 0, held.stderr
+        skipped = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert skipped.returncode == 0, f"exit {skipped.returncode}: {skipped.stderr}"
+        assert not os.path.exists(marker), "the app ran without the lock"
+        assert "is taken" in skipped.stderr and "--locked-exit-code" in skipped.stderr, skipped.stderr
+        freed = subprocess.run([lockwrap, "unlock", key], env=env, capture_output=True, text=True, timeout=60)
+        assert freed.returncode == 0, freed.stderr
+        ran = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0 and os.path.exists(marker), f"exit {ran.returncode}: {ran.stderr}"
 
 
 def run_replicas_against(lockwrap, consul_port, procs):

@@ -127,6 +127,55 @@ fn execute_non_blocking_when_locked_exits_100_without_running_the_command() {
 }
 
 #[test]
+fn execute_locked_exit_code_turns_a_skipped_run_into_that_code() {
+    // README, "Exit codes": a scheduled job whose run found the lock taken is not a failure.
+    let consul = Consul::shared();
+    let key = unique_key("execute_locked_exit_code");
+    let dir = scratch("execute_locked_exit_code");
+    let marker = dir.join("ran");
+    let held = lock_ok(consul, &key, &[]);
+    let touch = format!("touch '{}'", marker.display());
+    let out = cli(
+        consul,
+        &[
+            "execute",
+            "--non-blocking",
+            "--locked-exit-code",
+            "0",
+            &key,
+            &touch,
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    assert!(!marker.exists(), "the command ran without the lock");
+    let err = stderr(&out);
+    assert!(
+        err.contains("is taken") && err.contains("exiting 0 (--locked-exit-code)"),
+        "the last line says why: {err}"
+    );
+    assert_eq!(consul.holder(&key), Some(session_of(&held)));
+
+    // From the environment, and for --timeout as well as --non-blocking.
+    let mut cmd = cli_cmd(
+        consul,
+        &["run", "--timeout", "1s", "--", "sh", "-c", &touch],
+    );
+    cmd.env("LOCKWRAP_KEY", &key)
+        .env("LOCKWRAP_LOCKED_EXIT_CODE", "42");
+    let out = run_bounded(cmd, QUICK);
+    assert_eq!(code(&out), 42, "{}", describe(&out));
+    assert!(!marker.exists(), "the command ran without the lock");
+
+    // Out of range: refused before anything touches Consul.
+    let out = cli(
+        consul,
+        &["execute", "--locked-exit-code", "256", &key, "true"],
+    );
+    assert_eq!(code(&out), 3, "{}", describe(&out));
+    unlock_and_check(consul, &key);
+}
+
+#[test]
 fn execute_runs_shell_string_under_the_supervisor() {
     let consul = Consul::shared();
     let dir = Dir::new("execute");

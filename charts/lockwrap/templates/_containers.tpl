@@ -113,7 +113,10 @@ securityContext:
     {{- end }}
     {{- end }}
     {{- if and $cron (eq .Values.cronjob.onLocked "skip") }}
+    {{- /* A run that finds the lock taken exits 0: a skipped run is not a failed Job (README, "Exit codes"). */}}
     - --non-blocking
+    - --locked-exit-code
+    - "0"
     {{- else if $cron }}
     - --timeout
     - {{ printf "%ds" (int .Values.cronjob.waitTimeoutSeconds) | quote }}

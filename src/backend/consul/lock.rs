@@ -278,15 +278,10 @@ impl ConsulBackend {
                 let previous_clean = !state.saw_lock_delay
                     && match read.value.as_ref() {
                         // Nobody else acquired since the read: the lock index moved by one.
-                        Some(before) => {
-                            marked_clean && pair.lock_index == before.lock_index + 1
-                        }
+                        Some(before) => marked_clean && pair.lock_index == before.lock_index + 1,
                         // Checked after our acquire: a holder that came and went before it
                         // keeps its session until its command is dead.
-                        None => !self
-                            .holder_may_live(key, &owned.id)
-                            .await
-                            .unwrap_or(true),
+                        None => !self.holder_may_live(key, &owned.id).await.unwrap_or(true),
                     };
                 let info = value::decode(key, pair);
                 let owned = session.take().expect("session is set");

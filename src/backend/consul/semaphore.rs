@@ -193,7 +193,9 @@ impl ConsulBackend {
                     match self.client.session_renew(&owned.id, ttl / 3).await {
                         Ok(()) => renewed = sent,
                         Err(err @ BackendError::SessionGone(_)) => return Err(Err(err)),
-                        Err(err) => tracing::debug!(%err, "renewing a semaphore waiter's session failed"),
+                        Err(err) => {
+                            tracing::debug!(%err, "renewing a semaphore waiter's session failed")
+                        }
                     }
                 }
             }
@@ -337,7 +339,10 @@ impl ConsulBackend {
                     tracing::debug!(%err, "could not re-announce the owed takeover delay");
                 }
                 for gone in &replaced {
-                    let _ = self.client.kv_delete(&format!("{prefix}/{gone}"), None).await;
+                    let _ = self
+                        .client
+                        .kv_delete(&format!("{prefix}/{gone}"), None)
+                        .await;
                 }
             }
             return Ok(Some(SlotTaken {
