@@ -141,6 +141,10 @@ impl Lease {
         let mut deadline = None;
         if let Some(ka) = keep_alive {
             let (board, rx) = DeadlineBoard::new(ka.telemetry.clone());
+            // Known before any task runs, so a check right after the acquisition sees it.
+            if let Some(cadence) = ka.plan.renew {
+                board.set(DeadlineBoard::RENEW, session.sent_at + cadence.stop_after);
+            }
             deadline = Some((board.clone(), rx));
             let sid = session.id.clone();
             if let Some(ttl) = ka.plan.inputs.ttl {

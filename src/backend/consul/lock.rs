@@ -242,6 +242,15 @@ impl ConsulBackend {
         let previous_takeover = read.value.as_ref().and_then(value::announced_takeover);
         if session.is_none() {
             *session = Some(step!(self.create_session(request), stop, deadline)?);
+            // Creating a session can take long (a slow agent, a leader election): whatever the
+            // read said may be stale by now. Judge a changed key afresh.
+            if let Some(before) = read.value.as_ref() {
+                let again = step!(self.client.kv_get(&lock_key, None), stop, deadline)?;
+                if again.value.as_ref().map(|p| p.modify_index) != Some(before.modify_index) {
+                    tracing::debug!(key, "the key changed while our session was created");
+                    return Ok(None);
+                }
+            }
         }
         let owned = session.as_ref().expect("session was just created");
         if read.value.is_none() {

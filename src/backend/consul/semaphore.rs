@@ -106,10 +106,10 @@ impl ConsulBackend {
         self.telemetry.store_healthy(true);
         check_limit(&decode_lock(first.value.as_ref(), key)?, request.limit, key)?;
 
-        let owned = self.create_session(request).await?;
+        let mut owned = self.create_session(request).await?;
         let slot = slot(prefix, &owned.id, request.limit);
         let outcome = self
-            .semaphore_loop(request, observer, stop, started, deadline, &owned, &slot)
+            .semaphore_loop(request, observer, stop, started, deadline, &mut owned, &slot)
             .await;
         match outcome {
             Ok(Some(taken)) => {
@@ -151,7 +151,7 @@ impl ConsulBackend {
         stop: &CancellationToken,
         started: Instant,
         deadline: Option<Instant>,
-        owned: &OwnedSession,
+        owned: &mut OwnedSession,
         slot: &SemaphoreSlot,
     ) -> Result<Option<SlotTaken>, Result<Interrupt, BackendError>> {
         let key = request.key.as_str();
@@ -182,16 +182,16 @@ impl ConsulBackend {
         // of the TTL, so it is alive when a slot frees.
         let ttl = owned.ttl.or(request.session.ttl);
         let longest_wait = ttl.map_or(STANDBY_WAIT, |t| (t / 3).min(STANDBY_WAIT));
-        let mut renewed = Instant::now();
         loop {
             interruptible(observer.before_attempt(key), stop, deadline)
                 .await
                 .map_err(Ok)?;
             if let Some(ttl) = ttl {
-                if renewed.elapsed() >= ttl / 3 {
+                if owned.sent_at.elapsed() >= ttl / 3 {
                     let sent = Instant::now();
                     match self.client.session_renew(&owned.id, ttl / 3).await {
-                        Ok(()) => renewed = sent,
+                        // The lease's deadline counts from the last renew (docs/timing.md).
+                        Ok(()) => owned.sent_at = sent,
                         Err(err @ BackendError::SessionGone(_)) => return Err(Err(err)),
                         Err(err) => {
                             tracing::debug!(%err, "renewing a semaphore waiter's session failed")
