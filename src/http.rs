@@ -240,12 +240,17 @@ impl StatusWriter {
         mut current: StatusSnapshot,
         mut write: impl FnMut(&LeaderStatus) -> std::io::Result<()>,
     ) {
+        // The first write's failure is start-up's to report (one line, the documented exit).
+        let mut first = true;
         loop {
             // validUntil is computed now, at write time (README, "Observability").
             let status = current.at(Instant::now(), time::OffsetDateTime::now_utc());
             if let Err(err) = write(&status) {
-                tracing::warn!(%err, "cannot write the status file");
+                if !first {
+                    tracing::warn!(%err, "cannot write the status file");
+                }
             }
+            first = false;
             let stale_at = if status.is_leader {
                 current.deadline()
             } else {

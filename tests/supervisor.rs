@@ -42,7 +42,12 @@ fn shared() -> &'static Shared {
 }
 
 /// Runs a test body under [`TEST_LIMIT`].
+/// One test at a time: a tree stop takes every orphan re-parented to this process, the
+/// subreaper, whichever test's command left it (docs/design.md, the supervisor).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn bounded<F: Future>(body: F) -> F::Output {
+    let _turn = ONE_AT_A_TIME.lock().await;
     tokio::time::timeout(TEST_LIMIT, body)
         .await
         .expect("test exceeded its time limit")

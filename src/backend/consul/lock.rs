@@ -342,7 +342,11 @@ impl ConsulBackend {
             ),
             Layout::ConsulLock => (key.to_string(), "default", "--layout default"),
         };
-        let read = self.client.kv_get(&other, None).await?;
+        // Best effort: a token that may not read the other layout's key cannot be protected
+        // from it, and must not be refused for it (README, "ACL rules").
+        let Ok(read) = self.client.kv_get(&other, None).await else {
+            return Ok(());
+        };
         let Some(pair) = read.value else {
             return Ok(());
         };

@@ -109,7 +109,9 @@ impl ConsulBackend {
         let mut owned = self.create_session(request).await?;
         let slot = slot(prefix, &owned.id, request.limit);
         let outcome = self
-            .semaphore_loop(request, observer, stop, started, deadline, &mut owned, &slot)
+            .semaphore_loop(
+                request, observer, stop, started, deadline, &mut owned, &slot,
+            )
             .await;
         match outcome {
             Ok(Some(taken)) => {
