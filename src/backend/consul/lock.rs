@@ -53,6 +53,12 @@ struct AttemptState {
     /// A free key refused us: a lock-delay runs, so a session holding it was invalidated
     /// recently and its holder's command may still be stopping.
     saw_lock_delay: bool,
+    /// The highest store index this acquisition has read. A later read below it means the
+    /// servers lost their state (a restarted dev agent, a rebuilt cluster): every session went
+    /// with it, so a missing key proves nothing about a holder still stopping.
+    highest_index: u64,
+    /// Such a loss was seen.
+    saw_state_loss: bool,
 }
 
 enum Attempt {
@@ -130,6 +136,8 @@ impl ConsulBackend {
             fresh: None,
             lost_races: 0,
             saw_lock_delay: false,
+            highest_index: 0,
+            saw_state_loss: false,
         };
         let patience =
             (request.wait == Wait::NonBlocking).then(|| started + retry::NON_BLOCKING_PATIENCE);
@@ -207,6 +215,11 @@ impl ConsulBackend {
             }
         };
         check_flags(read.value.as_ref(), &lock_key, request.layout)?;
+        if read.index < state.highest_index {
+            tracing::warn!(key, index = read.index, before = state.highest_index, "Consul's index went back: its state was lost; the next hold waits its takeover delay");
+            state.saw_state_loss = true;
+        }
+        state.highest_index = state.highest_index.max(read.index);
 
         if let Some(pair) = read.value.as_ref().filter(|p| p.holder().is_some()) {
             let info = value::decode(key, pair);
@@ -285,6 +298,7 @@ impl ConsulBackend {
                 // Judged against what this acquire replaced, not the read before it: another
                 // holder may have come and gone in between (docs/timing.md, "First use").
                 let previous_clean = !state.saw_lock_delay
+                    && !state.saw_state_loss
                     && match read.value.as_ref() {
                         // Nobody else acquired since the read: the lock index moved by one.
                         Some(before) => marked_clean && pair.lock_index == before.lock_index + 1,
