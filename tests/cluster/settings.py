@@ -42,8 +42,9 @@ TABLE = {
                              "refusable": True},
     "c_hc_ttl_2s_lock_delay_0": {"args": ["--health-check-ttl", "2s", "--lock-delay", "0"],
                                  "refusable": True},
+    # An explicit takeover delay: the default one adapts to lock-delay 0 and would make it safe.
     "unsafe": {"args": ["--unsafe-allow-overlap", "--lock-delay", "0", "--session-checks",
-                        "serfHealth"], "refusable": False},
+                        "serfHealth", "--takeover-delay", "6s"], "refusable": False},
 }
 
 EXIT_REFUSED = 3  # unsafe flag combination refused at start (exit 2 when it came from the env)
