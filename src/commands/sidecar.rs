@@ -109,6 +109,11 @@ async fn conclude(
     // for up to the kill grace after `/leader` and the status file say not leader: a sidecar's
     // release is never clean, so the next leader waits its takeover delay (docs/timing.md).
     lease.set_release_clean(false);
+    // Keep the session (and the lock entry's holder) alive while the app may still be stopping:
+    // a key deleted under this sidecar must not look never used to the next one before the app
+    // had its kill grace to see `/leader` and the status file say not leader (docs/timing.md,
+    // "First use"). Leadership was withdrawn below first, before this wait.
+    let app_stop = config.lock.request.hold.kill_grace;
     let outcome = match end {
         TermEnd::Lost(reason, ctx) => {
             telemetry.not_leader(true);
@@ -131,11 +136,13 @@ async fn conclude(
         }
         TermEnd::SteppedDown(ctx) => {
             telemetry.not_leader(false);
+            tokio::time::sleep(app_stop).await;
             let _ = lease.release().await;
             hooks.fire(Event::Released, &ctx).await;
             return Some(Outcome::Success);
         }
     };
+    tokio::time::sleep(app_stop).await;
     let _ = lease.release().await;
     outcome
 }

@@ -212,6 +212,10 @@ fn sidecar_runs_acquired_lost_and_released_hooks_with_the_key() {
         "a",
         &key,
         &[
+            // After a loss the sidecar keeps its session for the kill grace (the app's stop
+            // time), then campaigns again and waits its takeover delay: 1 s and 2 s here.
+            "--kill-grace",
+            "1s",
             "--on-acquired",
             hook,
             "--on-lost",
