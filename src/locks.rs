@@ -25,7 +25,7 @@ use crate::backend::{
 };
 use crate::exit::{Error, ErrorKind, Result};
 use crate::key;
-use crate::supervisor::{CommandSpec, Spawner};
+use crate::supervisor::{CommandSpec, Spawner, Stopped};
 
 /// Lock operations against one lock store.
 pub struct LockManager<B: LockBackend = ConsulBackend> {
@@ -269,8 +269,7 @@ impl<B: LockBackend> LockManager<B> {
                 Ok(status.code())
             }
             Err(reason) => {
-                let status = child.stop(grace).await;
-                let tree_gone = child.stop_leftovers(grace).await;
+                let Stopped { status, tree_gone } = child.stop(grace).await;
                 guardian.disarm();
                 lease.set_release_clean(tree_gone);
                 let _ = lease.release().await;

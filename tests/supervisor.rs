@@ -229,7 +229,7 @@ async fn child_leads_its_own_group_with_null_stdin_and_stdout_on_stderr() {
         assert_eq!(fd(1), std::fs::read_link("/proc/self/fd/2").ok());
         assert_eq!(child.try_status(), None);
         assert_eq!(
-            child.stop(Duration::from_secs(5)).await,
+            child.stop(Duration::from_secs(5)).await.status,
             ExitStatus::Signaled(15)
         );
         assert_eq!(child.try_status(), Some(ExitStatus::Signaled(15)));
@@ -293,7 +293,7 @@ async fn child_survives_the_exit_of_the_thread_that_asked_for_it() {
             "the child died with its spawning thread"
         );
         assert_eq!(
-            child.stop(Duration::from_secs(5)).await,
+            child.stop(Duration::from_secs(5)).await.status,
             ExitStatus::Signaled(15)
         );
     })
@@ -327,7 +327,7 @@ async fn stop_ends_a_cooperative_child_with_sigterm() {
     bounded(async {
         let mut child = spawn(&sh("exec sleep 1000", &[]));
         let started = Instant::now();
-        let status = child.stop(Duration::from_secs(10)).await;
+        let status = child.stop(Duration::from_secs(10)).await.status;
         assert_eq!(status, ExitStatus::Signaled(15));
         assert!(
             started.elapsed() < Duration::from_secs(5),
@@ -349,7 +349,7 @@ async fn stop_kills_a_child_that_ignores_sigterm_after_the_grace() {
         read_pid_file(&ready).await;
         let grace = Duration::from_millis(300);
         let started = Instant::now();
-        let status = child.stop(grace).await;
+        let status = child.stop(grace).await.status;
         assert_eq!(status, ExitStatus::Signaled(9));
         assert_eq!(status.code(), 137);
         assert!(
@@ -367,7 +367,7 @@ async fn stop_also_ends_background_grandchildren() {
         let mut child = spawn(&sh(r#"sleep 1000 & echo $! > "$1"; wait"#, &[&pid_file]));
         let grandchild = read_pid_file(&pid_file).await;
         assert_eq!(kill(grandchild, None), Ok(()));
-        let status = child.stop(Duration::from_secs(5)).await;
+        let status = child.stop(Duration::from_secs(5)).await.status;
         assert_eq!(status, ExitStatus::Signaled(15));
         assert!(
             wait_until(|| reaped(grandchild)).await,
@@ -385,7 +385,7 @@ async fn stop_without_own_group_signals_only_the_child() {
         let mut child = spawn(&spec);
         assert_eq!(child.pgid(), None);
         assert_eq!(
-            child.stop(Duration::from_secs(5)).await,
+            child.stop(Duration::from_secs(5)).await.status,
             ExitStatus::Signaled(15)
         );
     })
@@ -490,17 +490,40 @@ async fn escaping_tree(wait: bool) -> (Child, Pid, Pid) {
 async fn stop_kills_setsid_and_double_forked_descendants() {
     bounded(async {
         let (mut child, setsid, forked) = escaping_tree(true).await;
-        assert_eq!(
-            child.stop(Duration::from_secs(5)).await,
-            ExitStatus::Signaled(15)
-        );
-        assert!(
-            child.stop_leftovers(Duration::from_secs(5)).await,
-            "the tree is reported gone"
-        );
+        let stopped = child.stop(Duration::from_secs(5)).await;
+        assert_eq!(stopped.status, ExitStatus::Signaled(15));
+        assert!(stopped.tree_gone, "the tree is reported gone");
         for pid in [setsid, forked] {
             assert!(wait_until(|| reaped(pid)).await, "{pid} survived the stop");
         }
+    })
+    .await;
+}
+
+/// The leader exits (code 7) only once its setsid'd worker got SIGTERM; the worker notes the TERM
+/// in `<base>.termed`. If the worker got its TERM only after the leader's grace, the leader would
+/// be SIGKILLed instead.
+const LEADER_WAITS_FOR_WORKER_TERM: &str = r#"setsid sh -c 'trap "touch \"$0.termed\"; exit 0" TERM; touch "$0.ready"; while :; do sleep 0.05; done' "$1" &
+trap 'while [ ! -e "$1.termed" ]; do sleep 0.05; done; exit 7' TERM
+while :; do sleep 0.05; done"#;
+
+#[tokio::test]
+async fn stop_terms_an_escaped_worker_with_the_group_not_after_its_grace() {
+    bounded(async {
+        let base = temp_path("escaped-worker");
+        let mut child = spawn(&sh(LEADER_WAITS_FOR_WORKER_TERM, &[&base]));
+        let ready = PathBuf::from(format!("{}.ready", base.display()));
+        assert!(
+            wait_until(|| ready.exists()).await,
+            "the worker did not start"
+        );
+        let stopped = child.stop(Duration::from_secs(20)).await;
+        assert_eq!(
+            stopped.status,
+            ExitStatus::Exited(7),
+            "the worker's TERM must come with the group's, inside one grace"
+        );
+        assert!(stopped.tree_gone);
     })
     .await;
 }
@@ -546,8 +569,7 @@ async fn the_guardian_is_spared_by_tree_stops_and_ignores_stop_signals() {
             .pid()
             .expect("install(true) starts the guardian");
         let (mut child, _, _) = escaping_tree(true).await;
-        child.stop(Duration::from_secs(5)).await;
-        assert!(child.stop_leftovers(Duration::from_secs(5)).await);
+        assert!(child.stop(Duration::from_secs(5)).await.tree_gone);
         for signal in [
             nix::sys::signal::Signal::SIGTERM,
             nix::sys::signal::Signal::SIGINT,
@@ -610,8 +632,7 @@ async fn the_command_gets_a_cgroup_of_its_own_where_one_is_writable_and_it_is_re
             }
             cgroup2_mount().map(|mount| mount.join(theirs.trim_start_matches('/')))
         };
-        child.stop(Duration::from_secs(5)).await;
-        assert!(child.stop_leftovers(Duration::from_secs(5)).await);
+        assert!(child.stop(Duration::from_secs(5)).await.tree_gone);
         drop(child);
         if let Some(dir) = own_dir {
             assert!(

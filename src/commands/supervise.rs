@@ -15,7 +15,7 @@ use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
 use crate::locks::LockManager;
 use crate::supervisor::{
-    Child, CommandSpec, ExitStatus, ProcessControl, Signal, SpawnError, StdinMode, Tree,
+    Child, CommandSpec, ExitStatus, ProcessControl, Signal, SpawnError, StdinMode, Stopped, Tree,
 };
 use crate::telemetry::Telemetry;
 
@@ -288,8 +288,7 @@ async fn hold_until_end(
                 telemetry.not_leader(true);
                 telemetry.lost_because(&reason);
                 tracing::warn!(event = "lost", %reason, grace = ?grace, "lock lost: stopping the command");
-                let status = child.stop(grace).await;
-                let tree_gone = child.stop_leftovers(grace).await;
+                let Stopped { status, tree_gone } = child.stop(grace).await;
                 return HoldEnd::Lost { reason, status, hooks: lost_hooks, tree_gone };
             }
             Some(signal) = process.signals.recv() => match policy::on_signal(signal, Phase::Supervising) {
@@ -305,19 +304,10 @@ async fn hold_until_end(
     }
 }
 
-/// After TERM/INT was forwarded: wait up to the grace for the command, then SIGKILL its group;
-/// then the rest of its tree. Returns the status and whether the whole tree is gone.
+/// After TERM/INT was forwarded to the command's group: TERM to the rest of its tree at once,
+/// one grace for all of it, then SIGKILL. Returns the status and whether the whole tree is gone.
 async fn stop_after_signal(child: &mut Child, grace: Duration) -> (ExitStatus, bool) {
-    let status = match tokio::time::timeout(grace, child.wait()).await {
-        Ok(status) => status,
-        Err(_) => {
-            tracing::warn!(grace = ?grace, "command still running after the grace period: SIGKILL");
-            let _ = child.signal_group(Signal::KILL);
-            child.wait().await
-        }
-    };
-    // The rest of the tree had the signal only if it stayed in the group: it gets its own grace.
-    let tree_gone = child.stop_leftovers(grace).await;
+    let Stopped { status, tree_gone } = child.stop_after(None, grace).await;
     (status, tree_gone)
 }
 

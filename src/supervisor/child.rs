@@ -1,6 +1,6 @@
 //! Spawning children (own process group, parent-death signal, terminal hand-over), stopping them
-//! (TERM → grace → KILL for the group, then for every process of the command's tree that is
-//! left), and the exit codes they produce.
+//! (TERM → grace → KILL for the group and every other process of the command's tree, at once),
+//! and the exit codes they produce.
 
 use std::ffi::OsString;
 use std::io;
@@ -317,6 +317,14 @@ fn errno_to_io(errno: Errno) -> io::Error {
     io::Error::from_raw_os_error(errno as i32)
 }
 
+/// How a stop ended: the leader's status, and whether nothing of its tree is left (when false, a
+/// process survived SIGKILL and the release must not be reported as clean).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub tree_gone: bool,
+}
+
 /// A spawned process. Its status comes from the reaper; it is never waited for directly.
 ///
 /// Dropping a `Child` does not stop the process; the reaper still collects its status.
@@ -374,57 +382,60 @@ impl Child {
         }
     }
 
-    /// Stops the child: TERM the group, wait up to `grace` for the leader and every other member to
-    /// be gone, then SIGKILL the group and wait for the leader's reap; then the rest of its tree
-    /// ([`Child::stop_leftovers`]). Returns the leader's status. Call `stop_leftovers` afterwards
-    /// (it returns at once when nothing is left) to learn whether the whole tree is gone.
+    /// Stops the child and its whole tree: TERM to the group and to every other process of the
+    /// tree at once, up to `grace` for all of it to be gone, then SIGKILL. Returns the leader's
+    /// status and whether the whole tree is gone.
     ///
-    /// Waiting for the leader after SIGKILL is unbounded on purpose: the command must
-    /// be dead before the lock is released. Other members get [`KILL_SETTLE`] and then a warning.
-    pub async fn stop(&mut self, grace: Duration) -> ExitStatus {
-        let status = self.stop_group(grace).await;
-        self.stop_leftovers(grace).await;
-        status
+    /// One grace for everything: a worker that escaped the group (setsid, double fork) gets its
+    /// TERM with the group, not after it, so the stop ends within grace + [`KILL_SETTLE`] as
+    /// the timing model assumes (docs/timing.md, "Paths checked"). Waiting for the leader after
+    /// SIGKILL is unbounded on purpose: the command must be dead before the lock is released.
+    pub async fn stop(&mut self, grace: Duration) -> Stopped {
+        self.stop_after(Some(Signal::TERM), grace).await
     }
 
-    async fn stop_group(&mut self, grace: Duration) -> ExitStatus {
-        if let Some(status) = self.try_status() {
-            if !self.group_alive() {
-                return status;
-            }
+    /// Like [`Child::stop`], but the group gets `first` instead of TERM, or nothing when `None`
+    /// (a stop signal was already forwarded to it); the rest of the tree gets TERM at once.
+    pub async fn stop_after(&mut self, first: Option<Signal>, grace: Duration) -> Stopped {
+        let tree_gone = self.stop_tree(first, grace).await;
+        if !tree_gone {
+            // Whatever survived, the leader must not: it is our child and SIGKILL reaches it.
+            self.send_logged(Signal::KILL);
         }
-        debug!(pid = %self.pid, ?grace, "stopping: SIGTERM");
-        self.send_logged(Signal::TERM);
-        let gone = async {
-            self.slot.wait().await;
-            self.wait_group_empty().await;
-        };
-        if tokio::time::timeout(grace, gone).await.is_ok() {
-            return self.wait().await;
+        Stopped {
+            status: self.wait().await,
+            tree_gone,
         }
-        info!(pid = %self.pid, ?grace, "still running after the grace period: SIGKILL");
-        self.send_logged(Signal::KILL);
-        let status = self.wait().await;
-        self.settle_after_kill().await;
-        status
     }
 
-    /// Stops what is left of the child's tree: TERM, up to `grace`, then SIGKILL, looping until
-    /// nothing is left (processes forked meanwhile are caught on the next pass). The tree is the
-    /// group and every descendant, and for a [`Tree::Command`] also every orphan re-parented to
-    /// lockwrap (setsid'd, double-forked; lockwrap is a subreaper while it supervises) and every
-    /// [`Tree::Attached`] process; never the guardian. Returns true when nothing of it is left
-    /// (zombies count as gone: they run no code), false when something survived SIGKILL for
-    /// [`KILL_SETTLE`]: then the lock must not be reported as released cleanly.
-    ///
-    /// Meant for after the leader's exit; while the leader runs it is stopped too.
+    /// Stops what is left of the child's tree after the leader exited on its own (see
+    /// [`Child::stop`]); returns true when nothing of it is left.
     pub async fn stop_leftovers(&self, grace: Duration) -> bool {
+        self.stop_tree(Some(Signal::TERM), grace).await
+    }
+
+    /// TERM (the group gets `first`), up to `grace`, then SIGKILL, for the tree: the group and
+    /// every descendant, and for a [`Tree::Command`] also every orphan re-parented to lockwrap
+    /// (setsid'd, double-forked; lockwrap is a subreaper while it supervises) and every
+    /// [`Tree::Attached`] process; never the guardian. Processes forked meanwhile are caught on
+    /// the next pass. Returns true when nothing of it is left (zombies count as gone: they run no
+    /// code), false when something survived SIGKILL for [`KILL_SETTLE`]: then the lock must not
+    /// be reported as released cleanly.
+    async fn stop_tree(&self, first: Option<Signal>, grace: Duration) -> bool {
         let left = self.leftovers();
         if left.is_empty() {
             return true;
         }
-        info!(pid = %self.pid, count = left.len(), "processes of the command are still running: SIGTERM");
-        let mut termed: Vec<Proc> = Vec::new();
+        debug!(pid = %self.pid, count = left.len(), ?grace, "stopping the command's tree");
+        // The group's members had `first` (or the forwarded signal) already, atomically.
+        let group = self.pgid.filter(|_| self.group_alive()).map(Pid::as_raw);
+        if let Some(signal) = first {
+            self.send_logged(signal);
+        }
+        let mut signalled: Vec<Proc> = left
+            .into_iter()
+            .filter(|proc| Some(proc.pgrp) == group)
+            .collect();
         let term_until = tokio::time::Instant::now() + grace;
         loop {
             let left = self.leftovers();
@@ -432,9 +443,9 @@ impl Child {
                 return true;
             }
             for proc in left {
-                if !termed.contains(&proc) {
+                if !signalled.contains(&proc) {
                     tree::signal_if_same(&proc, NixSignal::SIGTERM);
-                    termed.push(proc);
+                    signalled.push(proc);
                 }
             }
             if tokio::time::Instant::now() >= term_until {
@@ -442,7 +453,8 @@ impl Child {
             }
             tokio::time::sleep(GROUP_POLL_INTERVAL).await;
         }
-        info!(pid = %self.pid, ?grace, "leftovers still running after the grace period: SIGKILL");
+        info!(pid = %self.pid, ?grace, "the command's tree is still running after the grace period: SIGKILL");
+        self.send_logged(Signal::KILL);
         let kill_until = tokio::time::Instant::now() + KILL_SETTLE;
         loop {
             let left = self.leftovers();
@@ -515,21 +527,6 @@ impl Child {
             }
             // EPERM: a member we may not signal (e.g. it changed uid) still exists.
             _ => true,
-        }
-    }
-
-    async fn wait_group_empty(&self) {
-        while self.group_alive() {
-            tokio::time::sleep(GROUP_POLL_INTERVAL).await;
-        }
-    }
-
-    async fn settle_after_kill(&self) {
-        if tokio::time::timeout(KILL_SETTLE, self.wait_group_empty())
-            .await
-            .is_err()
-        {
-            warn!(pgid = %self.pid, "process group still not empty after SIGKILL");
         }
     }
 

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
-pub use child::{Child, CommandSpec, ExitStatus, SpawnError, Spawner, StdinMode, Tree};
+pub use child::{Child, CommandSpec, ExitStatus, SpawnError, Spawner, StdinMode, Stopped, Tree};
 pub use guardian::Guardian;
 pub use signals::{Signal, FORWARDED, IGNORED};
 

@@ -24,6 +24,14 @@ PATHS (name: what happens -> what must hold):
   escape-worker          fast setting, `run`: the command leaves a `setsid -f` worker (30 s) and
                          exits -> the next holder must not start while the worker lives; and the
                          same with `execute` and a `nohup … &` worker (escape-worker-nohup)
+  escape-worker-destroy  `execute --lock-delay 0` (kill grace 5 s, takeover 8 s): the
+                         running command has left a `setsid -f` worker, both ignore SIGTERM; the
+                         holder's session is destroyed -> command and worker must both be gone
+                         (SIGKILL at the end of one kill grace) before the next holder starts:
+                         the worker gets its TERM with the group, not after the command's grace.
+                         (The build before that change passes too: the guardian's deadline, 2 s
+                         after the loss here, TERMs the whole tree; the scenario checks the bound
+                         both keep.)
   stall-sigstop          fast setting: SIGSTOP of the holder's lockwrap alone for 6 s (longer than
                          its 2 s deadline), then SIGCONT -> no overlap (docs/timing.md lists this
                          as an assumption of the model; the scenario measures what happens)
@@ -52,7 +60,7 @@ from tests.cluster import cluster as C
 from tests.cluster import settings as S
 
 PATHS = ["sem-destroy-stopping", "stop-in-takeover", "force-leave-blind", "escape-worker",
-         "stall-sigstop", "stderr-pipe", "lib-execute-takeover", "sidecar-stepdown"]
+         "escape-worker-destroy", "stall-sigstop", "stderr-pipe", "lib-execute-takeover", "sidecar-stepdown"]
 LONG_HOLD = ["3600", "3600"]   # MIN MAX of a holder that holds until told
 
 
@@ -76,11 +84,15 @@ class PathGroup:
         self.extra_pids: list[int] = []
 
     def spawn(self, agent, hold=LONG_HOLD, escape: str = "", stderr_pipe: bool = False,
-              args: list[str] | None = None) -> C.Contender:
+              args: list[str] | None = None, stop: float | None = None) -> C.Contender:
+        """`stop`: how long the command (and its worker) keeps running after SIGTERM; by default
+        80 % of its kill grace."""
         args = self.args if args is None else args
         tag = f"{self.name}-{len(self.contenders)}"
-        child_args = [*hold, str(S.stop_time(args) if self.mode["cmd"] != "lib"
-                                 else S.STOP_FRACTION * S.DEFAULT_KILL_GRACE)]
+        if stop is None:
+            stop = (S.stop_time(args) if self.mode["cmd"] != "lib"
+                    else S.STOP_FRACTION * S.DEFAULT_KILL_GRACE)
+        child_args = [*hold, str(stop)]
         if escape:
             child_args.append(escape)
         c = C.Contender(self.s.cl, agent, self.s.a.lockwrap, self.key, args, self.logfile, tag,
@@ -322,6 +334,27 @@ def p_escape_worker(suite):
         g.stop_all()
         res.append((g, g.check(t_fault)))
     return res
+
+
+def p_escape_worker_destroy(suite):
+    cl = suite.cl
+    c1, c2, _ = cl.clients
+    g = _register(suite, PathGroup(suite, "escape-worker-destroy", "execute", "default",
+                                   ["--lock-delay", "0"]))
+    if not S.is_new(suite.a.lockwrap):   # legacy: its takeover delay written out
+        g.args = ["--lock-delay", "0", "--takeover-delay", "6s"]
+    # Command and worker ignore SIGTERM: each uses the whole kill grace and needs SIGKILL.
+    a = g.spawn(c1, escape="setsid", stop=60.0)
+    g.wait_start(a)
+    g.spawn(c2)
+    time.sleep(2)                       # the worker runs; the second contender waits
+    t_fault = mono()
+    g.destroy(a)
+    log(f"{g.name}: destroyed {a.tag}'s session; its command and its setsid worker ignore "
+        f"SIGTERM (the kill grace, {S.DEFAULT_KILL_GRACE}s, ends each)")
+    time.sleep(S.takeover_for(S.DEFAULT_KILL_GRACE, 0) + 2 * S.DEFAULT_KILL_GRACE + 2)
+    g.stop_all()
+    return [(g, g.check(t_fault))]
 
 
 def p_stall_sigstop(suite):
