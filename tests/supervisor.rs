@@ -528,6 +528,54 @@ async fn stop_terms_an_escaped_worker_with_the_group_not_after_its_grace() {
     .await;
 }
 
+/// A Python program whose main thread leaves with `pthread_exit` while a second thread sleeps:
+/// `/proc` shows it as `Z` although it still runs.
+const MAIN_THREAD_EXITS: &str = "import ctypes, threading, time; \
+threading.Thread(target=time.sleep, args=(1000,)).start(); ctypes.CDLL(None).pthread_exit(None)";
+
+fn shows_zombie(pid: Pid) -> bool {
+    matches!(proc_state(pid), Some(('Z', _)))
+}
+
+#[tokio::test]
+async fn stop_leftovers_kills_a_worker_whose_main_thread_exited() {
+    bounded(async {
+        let pid_file = temp_path("thread-worker");
+        let script = format!(r#"python3 -c '{MAIN_THREAD_EXITS}' & echo $! > "$1"; exit 0"#);
+        let mut child = spawn(&sh(&script, &[&pid_file]));
+        let worker = read_pid_file(&pid_file).await;
+        assert!(
+            wait_until(|| shows_zombie(worker)).await,
+            "the worker's main thread did not exit"
+        );
+        assert_eq!(child.wait().await, ExitStatus::Exited(0));
+        assert!(child.stop_leftovers(Duration::from_secs(5)).await);
+        assert!(
+            wait_until(|| reaped(worker)).await,
+            "worker {worker} runs on: its `Z` state was taken for a zombie"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stop_ends_a_command_whose_main_thread_exited() {
+    bounded(async {
+        let mut spec = CommandSpec::new("python3");
+        spec.args = vec!["-c".into(), MAIN_THREAD_EXITS.into()];
+        spec.stdin = StdinMode::Null;
+        let mut child = spawn(&spec);
+        assert!(
+            wait_until(|| shows_zombie(child.pid)).await,
+            "the main thread did not exit"
+        );
+        let stopped = child.stop(Duration::from_secs(5)).await;
+        assert_eq!(stopped.status, ExitStatus::Signaled(15));
+        assert!(stopped.tree_gone);
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn stop_leftovers_after_the_command_exited_kills_what_left_its_group() {
     bounded(async {

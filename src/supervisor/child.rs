@@ -423,7 +423,8 @@ impl Child {
     /// be reported as released cleanly.
     async fn stop_tree(&self, first: Option<Signal>, grace: Duration) -> bool {
         let left = self.leftovers();
-        if left.is_empty() {
+        // Nothing to stop only once the leader is reaped: until then it is signalled regardless.
+        if left.is_empty() && self.try_status().is_some() {
             return true;
         }
         debug!(pid = %self.pid, count = left.len(), ?grace, "stopping the command's tree");

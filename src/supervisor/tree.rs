@@ -38,7 +38,9 @@ pub(crate) struct Proc {
     pub pid: i32,
     pub ppid: i32,
     pub pgrp: i32,
-    /// Exited and waiting to be reaped: it runs no code, so it counts as gone.
+    /// Exited and waiting to be reaped: it runs no code, so it counts as gone. A thread-group
+    /// leader that left with `pthread_exit` also shows `Z` while its other threads run on: that
+    /// is not a zombie here (`num_threads` > 1).
     pub zombie: bool,
     /// Start time in clock ticks since boot; with the pid it names one process, not a recycled pid.
     pub start: u64,
@@ -55,17 +57,18 @@ pub(crate) fn parse_stat(text: &[u8]) -> Option<Proc> {
         .parse()
         .ok()?;
     let rest = std::str::from_utf8(text.get(close + 1..)?).ok()?;
-    // Fields after the name: 3 state, 4 ppid, 5 pgrp, … 22 starttime.
+    // Fields after the name: 3 state, 4 ppid, 5 pgrp, … 20 num_threads, 21, 22 starttime.
     let mut fields = rest.split_ascii_whitespace();
     let state = fields.next()?.bytes().next()?;
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
-    let start = fields.nth(16)?.parse().ok()?;
+    let threads: u64 = fields.nth(14)?.parse().ok()?;
+    let start = fields.nth(1)?.parse().ok()?;
     Some(Proc {
         pid,
         ppid,
         pgrp,
-        zombie: state == b'Z' || state == b'X',
+        zombie: (state == b'Z' || state == b'X') && threads <= 1,
         start,
     })
 }
@@ -166,6 +169,10 @@ mod tests {
         assert!(!proc.zombie);
         let zombie = b"5 (z) Z 1 5 5 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 7 0 0";
         assert!(parse_stat(zombie).expect("parses").zombie);
+        // A leader that called pthread_exit: `Z`, but two threads still run.
+        let leader_gone = b"6 (t) Z 1 6 6 0 -1 0 0 0 0 0 0 0 0 0 20 0 2 0 7 0 0";
+        assert!(!parse_stat(leader_gone).expect("parses").zombie);
+        assert_eq!(parse_stat(leader_gone).expect("parses").start, 7);
         assert_eq!(parse_stat(b"garbage"), None);
     }
 
