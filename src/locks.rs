@@ -269,6 +269,7 @@ impl<B: LockBackend> LockManager<B> {
                 Ok(status.code())
             }
             Err(reason) => {
+                guardian.stopping(grace);
                 let Stopped { status, tree_gone } = child.stop(grace).await;
                 guardian.disarm();
                 lease.set_release_clean(tree_gone);

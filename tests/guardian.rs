@@ -129,6 +129,7 @@ fn the_guardian_kills_the_tree_only_when_it_must() {
     extensions_keep_the_tree_alive_and_disarm_stops_the_guardian();
     the_wrapper_going_away_while_armed_kills_the_tree_at_once();
     the_wrapper_going_away_disarmed_kills_nothing();
+    a_stop_after_a_loss_is_finished_if_the_wrapper_stalls();
 }
 
 /// (a) No extension: TERM at the deadline, everything dead by deadline + grace.
@@ -211,5 +212,43 @@ fn the_wrapper_going_away_disarmed_kills_nothing() {
     drop(guardian);
     std::thread::sleep(Duration::from_millis(500));
     assert!(tree.all_alive(), "an unarmed guardian killed on EOF");
+    tree.clean_up();
+}
+
+/// (e) After a loss the wrapper calls `stopping(grace)` and stops the tree itself; if it stalls
+/// (no disarm), the guardian kills the tree at grace + lag, although the renew deadline it was
+/// armed with is far off. A disarm in time leaves the tree alone.
+fn a_stop_after_a_loss_is_finished_if_the_wrapper_stalls() {
+    let tree = TreeUnderTest::start("stopping");
+    let guardian = start_guardian();
+    guardian.watch_pgid(tree.leader());
+    guardian.arm(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(10),
+    );
+    let grace = Duration::from_millis(800);
+    let lost = Instant::now();
+    guardian.stopping(grace);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(tree.all_alive(), "killed before the grace ended");
+    let dead = time_until(SLACK + grace, || tree.all_dead());
+    assert!(
+        dead.is_some(),
+        "the tree outlived the stop after a loss: {:?}",
+        tree.pids
+    );
+    let took = lost.elapsed();
+    assert!(took >= grace, "killed too early: {took:?}");
+    eprintln!("guardian: tree dead {took:?} after `stopping` with an 800 ms grace");
+    tree.clean_up();
+
+    let tree = TreeUnderTest::start("stopping-disarmed");
+    let guardian = start_guardian();
+    guardian.watch_pgid(tree.leader());
+    guardian.stopping(Duration::from_millis(300));
+    guardian.disarm();
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(tree.all_alive(), "killed although disarmed in time");
+    drop(guardian);
     tree.clean_up();
 }

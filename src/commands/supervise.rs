@@ -279,6 +279,9 @@ async fn hold_until_end(
                 return HoldEnd::Exited { status, tree_gone };
             }
             reason = lease.lost() => {
+                // A wrapper that stalls mid-stop still loses its command: the renew deadline the
+                // guardian holds may be far off (a key delete, a holder change).
+                process.guardian().stopping(grace);
                 // The on-lost hooks start as the command is being stopped, not after.
                 let lost_hooks = hooks.fire_detached(Event::Lost, &EventContext {
                     detail: Some(reason.to_string()),

@@ -39,6 +39,7 @@ const MESSAGE: usize = 24;
 const WATCH: u32 = 1;
 const ARM: u32 = 2;
 const DISARM: u32 = 3;
+const STOPPING: u32 = 4;
 
 /// The guardian this process started, so tree stops and the reaper can tell it apart.
 static GUARDIAN_PID: AtomicI32 = AtomicI32::new(0);
@@ -132,6 +133,16 @@ impl Guardian {
                 }
             }
         })
+    }
+
+    /// The lock is lost and the wrapper is about to stop the command's tree: if it is not disarmed
+    /// by `now + grace + GUARDIAN_LAG` (the wrapper stalled mid-stop), the guardian SIGKILLs the
+    /// command's group and the tree as it is now. Call before anything else is spawned (the lost
+    /// hooks), so those are not in that tree. Without this, a wrapper stalled after a key delete
+    /// or a holder change keeps its command until the renew deadline, which renews still move.
+    pub fn stopping(&self, grace: Duration) {
+        let kill_at = monotonic_ns().saturating_add(nanos(grace + GUARDIAN_LAG));
+        self.send(STOPPING, 0, kill_at, 0);
     }
 
     /// Nothing to guard any more (the command ended, or the lock was released cleanly). Also
@@ -252,6 +263,11 @@ enum Phase {
     },
     /// SIGKILL until nothing is left, then [`Phase::Fired`].
     Killing,
+    /// The lock is lost and the wrapper is stopping the command: SIGKILL the group and the
+    /// snapshot at `kill_at` unless disarmed first.
+    Condemned {
+        kill_at: u64,
+    },
     /// Everything is dead; stays so until disarmed.
     Fired,
 }
@@ -346,6 +362,7 @@ impl State {
                 until(deadline.min(self.snapshot_at.saturating_add(SNAPSHOT_EVERY_NS)))
             }
             Phase::Terminating { .. } | Phase::Killing => STOP_POLL_MS,
+            Phase::Condemned { kill_at } => until(kill_at),
         }
     }
 
@@ -361,6 +378,18 @@ impl State {
                     };
                 }
             }
+            STOPPING => match self.phase {
+                Phase::Idle | Phase::Armed { .. } => {
+                    self.refresh_snapshot(monotonic_ns());
+                    self.phase = Phase::Condemned { kill_at: a };
+                }
+                Phase::Condemned { kill_at } => {
+                    self.phase = Phase::Condemned {
+                        kill_at: kill_at.min(a),
+                    }
+                }
+                Phase::Terminating { .. } | Phase::Killing | Phase::Fired => {}
+            },
             DISARM => {
                 self.phase = Phase::Idle;
                 self.pgid = None;
@@ -396,6 +425,13 @@ impl State {
             }
             Phase::Killing => {
                 if self.signal_tree(Signal::SIGKILL) == 0 {
+                    self.phase = Phase::Fired;
+                }
+            }
+            Phase::Condemned { kill_at } => {
+                if now >= kill_at {
+                    self.say(b"the command outlived the wrapper's stop after a loss; killing it\n");
+                    self.kill_group_and_snapshot();
                     self.phase = Phase::Fired;
                 }
             }
@@ -452,6 +488,12 @@ impl State {
             return;
         }
         self.say(b"the wrapper is gone while its command was guarded; killing the command\n");
+        self.kill_group_and_snapshot();
+    }
+
+    /// SIGKILL to the watched group and the last snapshot until none is left (bounded by
+    /// [`EOF_KILL_LIMIT_NS`]).
+    fn kill_group_and_snapshot(&mut self) {
         let started = monotonic_ns();
         loop {
             let mut left = 0;

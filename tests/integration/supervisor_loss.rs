@@ -105,6 +105,42 @@ fn run_sigkills_child_that_ignores_sigterm_after_kill_grace() {
     assert_no_sessions(consul, &key);
 }
 
+/// A key deleted under the holder, and the wrapper frozen (SIGSTOP) right after it sent SIGTERM:
+/// the guardian still SIGKILLs the command at the end of the kill grace. Before, it waited for the
+/// renew deadline, which the renews keep moving: the next holder started long before that.
+#[test]
+fn run_frozen_mid_stop_after_a_loss_still_loses_its_command() {
+    let consul = Consul::shared();
+    let key = unique_key("run-frozen-mid-stop");
+    let dir = Dir::new("run-frozen-mid-stop");
+    let child = dir.stubborn_child();
+    let (wrapper, child_pid) = hold(consul, &key, &["--kill-grace", "1s"], &child, &dir);
+    let lost = Instant::now();
+    consul.delete_kv(&key);
+    std::thread::sleep(Duration::from_millis(200));
+    wrapper.signal(Signal::SIGSTOP);
+    let dead = wait_until(Duration::from_secs(6), || !alive(child_pid));
+    let took = lost.elapsed();
+    wrapper.signal(Signal::SIGCONT);
+    let out = wrapper.finish(Duration::from_secs(10));
+    eprintln!(
+        "run frozen mid-stop: key delete → command dead {} ms (kill grace 1 s)",
+        took.as_millis()
+    );
+    assert!(
+        dead,
+        "the command outlived its frozen wrapper's stop: {}",
+        describe(&out)
+    );
+    // The guardian acts at grace + 250 ms; the renew deadline it held before was 3.2 s away here.
+    assert!(
+        took < Duration::from_millis(2500),
+        "the command died only {took:?} after the loss"
+    );
+    assert_eq!(code(&out), 101, "{}", describe(&out));
+    assert_no_sessions(consul, &key);
+}
+
 /// `lockwrap run` holding `key` with a shell and its grandchild (`tree_command`), given as a
 /// `--shell` string (`form` "shell") or as `sh -c` (`exec`); returns the wrapper and both pids.
 fn run_tree(consul: &Consul, key: &str, dir: &Dir, form: &str, stubborn: bool) -> (Proc, i32, i32) {
