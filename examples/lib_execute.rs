@@ -14,8 +14,9 @@ fn main() {
         eprintln!("usage: lib_execute KEY 'SHELL COMMAND'");
         std::process::exit(3);
     };
-    // The supervisor (process group, reaping, TERM -> grace -> KILL) before the runtime's threads.
-    let process = match lockwrap::supervisor::install(false) {
+    // The supervisor (process group, reaping, TERM -> grace -> KILL) and the guardian, before the
+    // runtime's threads.
+    let process = match lockwrap::supervisor::install(true) {
         Ok(process) => process,
         Err(err) => {
             eprintln!("lib_execute: cannot set up the supervisor: {err}");

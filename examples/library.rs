@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 fn main() {
     // `execute` starts its command through lockwrap's supervisor (own process group, reaping,
-    // TERM → grace → KILL): set it up once, before the runtime's threads exist.
-    let process = match lockwrap::supervisor::install(false) {
+    // TERM → grace → KILL) with the guardian (`true`), which kills the command if this process
+    // stalls past the lock's deadline: set it up once, before the runtime's threads exist.
+    let process = match lockwrap::supervisor::install(true) {
         Ok(process) => process,
         Err(err) => {
             eprintln!("library example failed: cannot set up the supervisor: {err}");

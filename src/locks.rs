@@ -181,7 +181,8 @@ impl<B: LockBackend> LockManager<B> {
 
     /// Runs `shell` (`/bin/sh -c`) while holding `key`; returns its exit code (128+N when
     /// killed by signal N). The command runs in its own process group through the supervisor's
-    /// `spawner` (from [`crate::supervisor::install`], called once before the runtime starts),
+    /// `spawner` (from [`crate::supervisor::install`]`(true)`, called once before the runtime
+    /// starts: it forks the guardian and makes this process a subreaper; refused otherwise),
     /// like `lockwrap execute`: if the lock is lost its whole group is stopped (SIGTERM, the
     /// request's kill grace, SIGKILL) before this returns an error of kind `LockLost`, and
     /// nothing it started outlives the lock.
@@ -190,14 +191,18 @@ impl<B: LockBackend> LockManager<B> {
         B::Lease: Send,
     {
         let grace = LockRequest::new(key).hold.kill_grace;
-        // Orphans of the command (setsid'd, double-forked) must stay below this process, where
-        // the stop below finds them (README, "The supervisor").
-        crate::supervisor::ensure_subreaper().map_err(|err| {
-            Error::new(
+        // Without the guardian a stalled host keeps its command past the lock's deadline, and
+        // without the subreaper a stop cannot find escaped processes: refuse before anything
+        // changes in Consul (docs/timing.md, "A stalled wrapper").
+        let guardian = spawner.guardian();
+        if guardian.pid().is_none() {
+            return Err(Error::new(
                 ErrorKind::Internal,
-                format!("cannot become a child subreaper: {err}"),
-            )
-        })?;
+                "LockManager::execute needs the guardian: call lockwrap::supervisor::install(true) \
+                 before the async runtime starts"
+                    .to_string(),
+            ));
+        }
         let mut lease = self.acquire(key).await?;
         let mut spec = CommandSpec::new("/bin/sh");
         spec.args = vec!["-c".into(), shell.into()];
@@ -237,7 +242,6 @@ impl<B: LockBackend> LockManager<B> {
                 return Err(Error::new(kind, err.to_string()));
             }
         };
-        let guardian = spawner.guardian();
         if let Some(pgid) = child.pgid() {
             guardian.watch_pgid(pgid);
         }

@@ -288,3 +288,18 @@ async fn a_stop_signal_that_races_the_acquisition_is_never_lost() {
         }
     }
 }
+
+#[tokio::test]
+async fn library_execute_refuses_to_run_without_the_guardian() {
+    let (_store, manager) = manager();
+    let (_tx, signals) = mpsc::unbounded_channel();
+    let process = ProcessControl::detached(signals).expect("process control");
+    let err = manager
+        .execute("lib/k", "true", &process.spawner())
+        .await
+        .expect_err("no guardian: refused");
+    assert_eq!(err.kind, crate::exit::ErrorKind::Internal);
+    assert!(err.to_string().contains("install(true)"), "{err}");
+    // Refused before anything changed in the store.
+    assert_eq!(manager.find("lib/k").await.expect("find"), None);
+}

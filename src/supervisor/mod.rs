@@ -126,11 +126,3 @@ pub fn install(supervising: bool) -> Result<ProcessControl, io::Error> {
         spawner,
     })
 }
-
-/// Makes this process a child subreaper, for the library's `LockManager::execute` when the host
-/// called [`install`] without `supervising`: orphans of the command must stay below this process,
-/// where a stop can find them. Idempotent.
-pub fn ensure_subreaper() -> Result<(), io::Error> {
-    nix::sys::prctl::set_child_subreaper(true)?;
-    Ok(())
-}
