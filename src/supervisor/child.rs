@@ -417,8 +417,8 @@ impl Child {
     /// TERM (the group gets `first`), up to `grace`, then SIGKILL, for the tree: the group and
     /// every descendant, and for a [`Tree::Command`] also every orphan re-parented to lockwrap
     /// (setsid'd, double-forked; lockwrap is a subreaper while it supervises) and every
-    /// [`Tree::Attached`] process; never the guardian. Processes forked meanwhile are caught on
-    /// the next pass. Returns true when nothing of it is left (zombies count as gone: they run no
+    /// [`Tree::Attached`] process; never the guardian. Processes forked after the TERM get
+    /// SIGKILL if they outlive the grace. Returns true when nothing of it is left (zombies count as gone: they run no
     /// code), false when something survived SIGKILL for [`KILL_SETTLE`]: then the lock must not
     /// be reported as released cleanly.
     async fn stop_tree(&self, first: Option<Signal>, grace: Duration) -> bool {
@@ -428,26 +428,20 @@ impl Child {
             return true;
         }
         debug!(pid = %self.pid, count = left.len(), ?grace, "stopping the command's tree");
-        // The group's members had `first` (or the forwarded signal) already, atomically.
+        // The group's members get `first` (or had the forwarded signal) atomically; the rest of
+        // the tree its SIGTERM now. Processes forked after this are part of the command's own
+        // shutdown (a trap's cleanup): they are not signalled, only killed if the grace runs out.
         let group = self.pgid.filter(|_| self.group_alive()).map(Pid::as_raw);
         if let Some(signal) = first {
             self.send_logged(signal);
         }
-        let mut signalled: Vec<Proc> = left
-            .into_iter()
-            .filter(|proc| Some(proc.pgrp) == group)
-            .collect();
+        for proc in left.iter().filter(|proc| Some(proc.pgrp) != group) {
+            tree::signal_if_same(proc, NixSignal::SIGTERM);
+        }
         let term_until = tokio::time::Instant::now() + grace;
         loop {
-            let left = self.leftovers();
-            if left.is_empty() {
+            if self.leftovers().is_empty() {
                 return true;
-            }
-            for proc in left {
-                if !signalled.contains(&proc) {
-                    tree::signal_if_same(&proc, NixSignal::SIGTERM);
-                    signalled.push(proc);
-                }
             }
             if tokio::time::Instant::now() >= term_until {
                 break;

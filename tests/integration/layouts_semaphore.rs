@@ -284,6 +284,10 @@ fn run_semaphore_runs_at_most_limit_children() {
         "at most two children at once: {running:?}"
     );
 
+    // The waiter renews its session only every third of the TTL: a slot taken seconds after the
+    // last renew must still be held (it was lost at once, exit 101, before the waiter renewed on
+    // taking the slot).
+    std::thread::sleep(Duration::from_secs(3));
     let first = running[0].clone();
     dir.touch(&format!("release.{first}"));
     assert!(

@@ -381,7 +381,7 @@ impl ConsulBackend {
     /// entry deleted under a live holder, who stops its command before it destroys its session.
     /// A key never used has no such session, so its first holder starts at once (docs/timing.md,
     /// "First use"). Every session lockwrap creates is named for its key.
-    async fn holder_may_live(&self, key: &str, own: &str) -> Result<bool, BackendError> {
+    pub(super) async fn holder_may_live(&self, key: &str, own: &str) -> Result<bool, BackendError> {
         let sessions = self.client.session_list_consistent().await?;
         let alive = sessions
             .iter()

@@ -286,6 +286,7 @@ impl ConsulBackend {
             lock.holders.insert(owned.id.clone(), true);
             let body = serde_json::to_vec(&lock).unwrap_or_default();
             let cas = lock_pair.map(|p| p.modify_index).unwrap_or(0);
+            let created = lock_pair.is_none();
             let cas_params = [
                 ("cas", cas.to_string()),
                 ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
@@ -315,6 +316,18 @@ impl ConsulBackend {
                 index = 0;
                 continue;
             }
+            // The lease's deadline counts from the last renew, and a waiter renews only every
+            // third of the TTL: renew now, or a slot taken after a long wait is lost at once.
+            if let Some(ttl) = ttl {
+                let sent = Instant::now();
+                match self.client.session_renew(&owned.id, ttl / 3).await {
+                    Ok(()) => owned.sent_at = sent,
+                    Err(err @ BackendError::SessionGone(_)) => return Err(Err(err)),
+                    Err(err) => {
+                        tracing::debug!(%err, "renewing the session on taking a slot failed")
+                    }
+                }
+            }
             let mut info = value::decode(key, pair);
             info.session = Some(owned.id.clone());
             let contender = self
@@ -330,6 +343,13 @@ impl ConsulBackend {
                 info.holder = mine.holder;
             }
             info.fencing_token = Some(pair.modify_index);
+            // We created `.lock`: a prefix never used, or one whose `.lock` (or everything, with
+            // `kv delete -recurse`) was deleted under live holders that are still stopping. Those
+            // keep their sessions, named for the key, until their commands are dead; checked
+            // after our put, as for a lock (docs/timing.md, "First use").
+            if created && self.holder_may_live(key, &owned.id).await.unwrap_or(true) {
+                takeover.get_or_insert(None);
+            }
             if let Some(announced) = takeover {
                 // Owed: announce the dead holder's wait too, in case we end before it is over.
                 let carried = self.holder_value(request, &owned.id, started, announced);
