@@ -117,7 +117,7 @@ pub async fn run<B: LockBackend>(
     }
     let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
     // Hooks run beside the command: the command's start must not wait on them.
-    let acquired_hooks = hooks.fire_detached(Event::Acquired, &ctx);
+    let mut acquired_hooks = Some(hooks.fire_detached(Event::Acquired, &ctx));
 
     let spec = command_spec(config, lease.info());
     let end = match process.spawner().spawn(&spec) {
@@ -138,10 +138,19 @@ pub async fn run<B: LockBackend>(
             )
             .await
         }
-        Err(err) => HoldEnd::NotStarted(err),
+        Err(err) => {
+            // No command, so nothing stops the on-acquired hooks: they end (or time out) before
+            // the release, never beside another holder.
+            if let Some(running) = acquired_hooks.take() {
+                let _ = running.await;
+            }
+            HoldEnd::NotStarted(err)
+        }
     };
     let outcome = conclude(config, lease, end, &hooks, &ctx, &telemetry).await;
-    let _ = acquired_hooks.await;
+    if let Some(running) = acquired_hooks {
+        let _ = running.await;
+    }
     Ok(outcome)
 }
 

@@ -119,6 +119,12 @@ pub fn decode(key: &str, pair: &KvPair) -> LockInfo {
     }
 }
 
+/// The `session` field of an entry value: the session that wrote it.
+pub fn written_by(value: &[u8]) -> Option<String> {
+    let map = serde_json::from_slice::<BTreeMap<String, Value>>(value).ok()?;
+    map.get("session")?.as_str().map(str::to_string)
+}
+
 /// The value re-sent with `?release`: the holder's value plus `released` (UTC). It tells the next
 /// holder that this release was clean — the holder's command had already stopped.
 pub fn mark_released(value: &[u8]) -> Vec<u8> {
