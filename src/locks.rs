@@ -96,6 +96,10 @@ impl<B: LockBackend> LockManager<B> {
         stop: &CancellationToken,
     ) -> Result<Acquired<B::Lease>> {
         key::validate(&request.key)?;
+        // A request the timing model cannot keep is refused before anything reaches Consul.
+        request
+            .timing_plan()
+            .map_err(|unsafe_plan| Error::new(ErrorKind::InvalidArgument, unsafe_plan.message))?;
         // A takeover wait cut short by a loss is still owed after the next acquisition.
         let mut owed_until: Option<Instant> = None;
         loop {

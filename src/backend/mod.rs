@@ -196,6 +196,17 @@ impl LockRequest {
     /// command to stop, so nothing in it can be unsafe.
     pub fn timing_plan(&self) -> Result<timing::TimingPlan, timing::Unsafe> {
         let lenient = self.hold.allow_unsafe || !self.hold.keep_alive;
+        // The CLI refuses this while parsing (config/lock.rs); the library meets it here.
+        if !lenient && self.session.behavior == Behavior::Delete {
+            return Err(timing::Unsafe {
+                setting: "session_behavior",
+                message: "session behavior `delete` cannot be held safely while a command runs: a \
+                          session that ends while its holder cannot hear deletes the key, and the \
+                          next holder takes it for never used (docs/timing.md, \"First use\"); \
+                          use release"
+                    .to_string(),
+            });
+        }
         timing::TimingPlan::new(self.timing_inputs(), lenient)
     }
 

@@ -303,3 +303,21 @@ async fn library_execute_refuses_to_run_without_the_guardian() {
     // Refused before anything changed in the store.
     assert_eq!(manager.find("lib/k").await.expect("find"), None);
 }
+
+#[tokio::test]
+async fn library_refuses_a_deleting_session_for_a_supervised_hold() {
+    let (_store, manager) = manager();
+    let mut request = crate::backend::LockRequest::new("lib/delete");
+    request.session.behavior = crate::backend::Behavior::Delete;
+    let err = manager
+        .acquire_with(
+            &request,
+            &crate::backend::NoObserver,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect_err("delete is refused while a command runs");
+    assert_eq!(err.kind, crate::exit::ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains("`delete`"), "{err}");
+    assert_eq!(manager.find("lib/delete").await.expect("find"), None);
+}
