@@ -2,9 +2,9 @@
 partitions of scenarios.py's table: one fast scenario per path (`make cluster-test` runs them
 after the table; `python3 -m tests.cluster.scenarios --only NAME` runs one).
 
-Every contender's command is kit/programs/cluster_child.py: on SIGTERM it keeps running ~80 % of its
-kill grace (settings.STOP_FRACTION), and a section ends when its process is really gone (the
-death watcher's pidfd), so an overlap while the old command is stopping counts. The assertion is
+Every contender's command is kit/programs/cluster_child.py: on SIGTERM it keeps running ~80 % of
+its kill grace (kit.settings.STOP_FRACTION), and a section ends when its process is really gone
+(the death watcher's pidfd), so an overlap while the old command is stopping counts. The assertion is
 always the same: no more than `limit` sections at once (1, or 2 for `-n 2`), fencing tokens
 increase, every section ended. Against a build without the corresponding fix these scenarios are
 EXPECTED TO FAIL (they reproduce the bugs); they are never weakened to pass.
