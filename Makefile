@@ -6,8 +6,8 @@ TEST_TARGETS :=
 
 -include mk/*.mk
 
-.PHONY: build test test-rust consul demo fmt lint check-layers
-TEST_TARGETS += check-layers
+.PHONY: build test test-rust consul demo fmt lint check-layers check-imports
+TEST_TARGETS += check-layers check-imports
 build:
 	$(CARGO) build --release
 
@@ -20,13 +20,17 @@ test-rust: consul
 
 test: test-rust $(TEST_TARGETS)
 
-lint: check-layers
+lint: check-layers check-imports
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
 # The module graph as src/lib.rs draws it: no import circles, no import from a layer above.
 check-layers:
 	$(PYTHON) scripts/check-layers.py
+
+# The Python tooling's imports go one way: bench, chaos and tests import kit, never each other.
+check-imports:
+	$(PYTHON) scripts/check-imports.py
 
 fmt:
 	$(CARGO) fmt --all

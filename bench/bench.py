@@ -12,9 +12,10 @@ writes bench/results/latest.json and bench/results/latest.md.
   python3 -m bench.bench --tools consul       # only `consul lock` (no lockwrap binary needed)
 
 Timing: every timestamp is CLOCK_MONOTONIC (time.monotonic_ns() in the harness and in the child).
-The child is `python3 -S bench/child.py` which needs ~10 ms to start; the `baseline` scenario measures
-that start-up alone (harness spawns the child directly) and the acquire→child and handoff rows are
-also reported with that baseline median subtracted ("overhead"), which is what the targets use.
+The child is `python3 -S kit/programs/child.py` which needs ~10 ms to start; the `baseline`
+scenario measures that start-up alone (harness spawns the child directly) and the acquire→child and
+handoff rows are also reported with that baseline median subtracted ("overhead"), which is what the
+targets use.
 """
 from __future__ import annotations
 
@@ -29,11 +30,12 @@ import tempfile
 import threading
 import time
 
-from bench.harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,
-                           check_lockwrap, loadavg, run_interruptibly,
-                           alive, child_argv, source_revision, find_consul, log,
-                           machine_info, median, mono, shell_quote, signal_pid, vm_hwm_kib,
-                           wait_until)
+from kit.agent import ConsulAgent
+from kit.logs import LogWatcher, child_argv, shell_quote
+from kit.procs import (ROOT, DeathWatcher, ProcTracker, alive, check_lockwrap, find_consul, loadavg,
+                       log, machine_info, median, mono, run_interruptibly, signal_pid,
+                       source_revision, vm_hwm_kib, wait_until)
+from kit.proxy import Proxy
 
 # lockwrap's takeover delay in the partition scenario: its default for --kill-grace 2s and
 # --lock-delay 0, max(G + 1, G + 3 - L) (docs/timing.md).
@@ -734,7 +736,7 @@ def render(res, rows, targets) -> str:
            "",
            "Load average (1/5/15 min) before each scenario: " +
            ", ".join(f"{k} {v.get('before')}" for k, v in la.items()) + ". The child is "
-           "`python3 -S bench/child.py`; \"minus child start-up\" subtracts the median of the "
+           "`python3 -S kit/programs/child.py`; \"minus child start-up\" subtracts the median of the "
            "baseline row (the same child spawned directly, interleaved with the acquire runs).",
            "",
            "| scenario | unit | lockwrap median (min–max) | consul lock median (min–max) | ratio | note |",

@@ -19,8 +19,8 @@ and per configuration:
 
 N stays constant during every measured handoff: before each handoff exactly N contenders wait
 (the one that will get the lock included); after the handoff a new waiter is added (and has
-settled in its long poll) before the next release. Every child is `bench/child.py wait`, released
-by the harness with SIGUSR1, so the holder's child ends when the harness says so.
+settled in its long poll) before the next release. Every child is `kit/programs/child.py wait`,
+released by the harness with SIGUSR1, so the holder's child ends when the harness says so.
 
 FIFO: a separate series with --queue: 50 waiters (children hold 50 ms) started one by one, each
 only after its queue entry exists; every waiter that finishes is replaced by a new one (re-queue at
@@ -46,10 +46,12 @@ import tempfile
 import time
 import urllib.parse
 
-from bench.harness import (ROOT, ConsulAgent, LogWatcher, ProcTracker, Proxy, alive, check_lockwrap,
-                           loadavg, run_interruptibly,
-                           child_argv, find_consul, log, machine_info, median,
-                           mono, shell_quote, signal_pid, source_revision, wait_until)
+from kit.agent import ConsulAgent
+from kit.logs import LogWatcher, child_argv, shell_quote
+from kit.procs import (ROOT, ProcTracker, alive, check_lockwrap, find_consul, loadavg, log,
+                       machine_info, median, mono, run_interruptibly, signal_pid, source_revision,
+                       wait_until)
+from kit.proxy import Proxy
 
 CONSUL_LOCK_MAX_N = 50
 
@@ -619,7 +621,7 @@ def render(res: dict) -> str:
 
 
 METHOD = """How: one Consul dev agent; lockwrap `run --kill-grace 1s [--queue]` and `consul lock`, every child
-`python3 -S bench/child.py wait` released by the harness (SIGUSR1). Before each measured handoff
+`python3 -S kit/programs/child.py wait` released by the harness (SIGUSR1). Before each measured handoff
 exactly N contenders wait (the one that gets the lock included); after it a new waiter is added and
 has settled in its long poll before the next release, so N is constant. Latency: holder's child EXIT
 → next child START (CLOCK_MONOTONIC, child start-up included). Raft writes: `commit_index` of

@@ -4,7 +4,7 @@ Standard library only; loopback only; bounded in trials and time.
 
 K contenders run, and are restarted whenever they exit:
     lockwrap run --key chaos/lock --session-ttl 10s --kill-grace 1s --lock-delay 0 \
-                 --takeover-delay 10s --consul-addr 127.0.0.1:<contender's own proxy> -- python3 -S bench/child.py chaos …
+                 --takeover-delay 10s --consul-addr 127.0.0.1:<contender's own proxy> -- python3 -S kit/programs/child.py chaos …
 Each child appends START / END records (CLOCK_MONOTONIC ns, pid, tag, $LOCKWRAP_FENCING_TOKEN) to one
 shared log with single O_APPEND writes and holds the lock for a random short time.
 
@@ -67,10 +67,14 @@ import tempfile
 import threading
 import time
 
-from bench.harness import (ROOT, ConsulAgent, DeathWatcher, LogWatcher, ProcTracker, Proxy,
-                           alive, become_subreaper, child_argv, find_consul, log, machine_info,
-                           mono, ppid_of, proc_state, signal_pid, source_revision, wait_until)
-from chaos import checker  # shared with cluster_chaos.py and tests/cluster/scenarios.py
+from kit import checker  # shared with cluster_chaos.py and tests/cluster/scenarios.py
+from kit.agent import ConsulAgent
+from kit.logs import LogWatcher, child_argv
+from kit.procs import (ROOT, DeathWatcher, ProcTracker, alive, become_subreaper, find_consul, log,
+                       machine_info, mono, ppid_of, proc_state, signal_pid, source_revision,
+                       wait_until)
+from kit.proxy import Proxy
+from kit.runner import Tally, check_line, summary
 
 KEY = "chaos/lock"
 TTL = 10.0
@@ -669,8 +673,7 @@ def main() -> int:
                        stderr=subprocess.DEVNULL, timeout=10)
     except (OSError, subprocess.SubprocessError):
         print(f"chaos: {a.lockwrap} is missing or `run --help` fails (cargo build --release)")
-        print("0 passed, 1 failed")
-        return 1
+        return summary(0, 1)
     become_subreaper()
     # The revision the run started from (the binary is normally built from it).
     source = source_revision()
@@ -699,7 +702,7 @@ def main() -> int:
     print(f"standbys that got no lock within {a.wrapper_timeout:.0f}s (starved, restarted): "
           f"{len(ch.starved)}")
     for name, ok, info in checks:
-        print(f"  {'PASS' if ok else 'FAIL'}  {name}: {info}")
+        print(check_line(ok, name, info))
     for ov in detail.get("overlaps", [])[:10]:
         print(f"    overlap: {ov}")
     for ov in detail.get("tolerated_overlaps", [])[:5]:
@@ -716,11 +719,8 @@ def main() -> int:
                        "detail": detail, "faults": [{k: v for k, v in r.items()
                                                      if k not in ("t", "t_end")} for r in ch.faults]},
                       f, indent=1, default=str)
-    passed = sum(1 for _, ok, _ in checks if ok)
-    failed = len(checks) - passed
     print(f"logs: {ch.work}")
-    print(f"{passed} passed, {failed} failed")
-    return 0 if failed == 0 else 1
+    return Tally().checks(checks).close()
 
 
 if __name__ == "__main__":

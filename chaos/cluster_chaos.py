@@ -2,13 +2,13 @@
 """lockwrap chaos on a real Consul cluster (docs/performance.md, "On a real cluster"):
 `make chaos-cluster`. Not part of `make test`.
 
-The cluster of tests/cluster/cluster.py (3 servers, 3 client agents on 127.0.0.x, each agent and
+The cluster of kit/cluster.py (3 servers, 3 client agents on 127.0.0.x, each agent and
 each contender under its own uid, iptables partitions) and the machinery of chaos/chaos.py
 (contenders restarted whenever they exit, the log monitor, the death watcher and every check,
-through chaos/checker.py). Contender i runs under uid 41101+i against client agent i mod 3:
+through kit/checker.py). Contender i runs under uid 41101+i against client agent i mod 3:
     lockwrap run --key chaos-cluster/<setting> --consul-addr 127.0.0.2x:8500 <setting's flags> \
-                 -- python3 -S bench/child.py chaos logfile tag HOLD_MIN HOLD_MAX
-with the setting's flags from tests/cluster/settings.py ("default": lockwrap's defaults; "fast":
+                 -- python3 -S kit/programs/cluster_child.py logfile tag HOLD_MIN HOLD_MAX STOP
+with the setting's flags from kit/settings.py ("default": lockwrap's defaults; "fast":
 the fast-failover setting).
 
 Fault kinds (every kind at least once, then by weight; with --holder-bias 1, the default, each
@@ -35,14 +35,14 @@ trial first waits for a live holder):
     stall        SIGSTOP of the holder's lockwrap alone (the sidecar, not its app) for longer than
                  its deadline (fast 2.5-6 s, default 5-35 s), then SIGCONT
 
-MODES (tests/cluster/settings.py MODES; `--modes all` or a list): run, execute, sidecar (an app
-reading --status-file, tests/cluster/sidecar_app.py), sem2 (`-n 2`: 3 at once is the overlap),
+MODES (kit/settings.py MODES; `--modes all` or a list): run, execute, sidecar (an app
+reading --status-file, kit/programs/sidecar_app.py), sem2 (`-n 2`: 3 at once is the overlap),
 queue, layout (consul-lock), lib (LockManager::execute, examples/lib_execute), mixed (contenders of
 one key with different kill graces), escape / escape-nohup (the command leaves a worker behind),
 stderr-pipe (contender 0's stderr is a pipe nobody reads). Each MODE/SETTING combo runs on its own
 key; the combos are dealt over the --clusters (plan_combos). The command is
-tests/cluster/child.py: on SIGTERM it keeps running 80 % of its kill grace; a section ends when
-its process is gone.
+kit/programs/cluster_child.py: on SIGTERM it keeps running 80 % of its kill grace; a section ends
+when its process is gone.
 Each fault that faces a cluster-wide outage waits (bounded) for the cluster to be ready again.
 
 Checks: chaos.py's (no overlap - strict, fencing tokens increase, every child ended, no session
@@ -68,11 +68,13 @@ import sys
 import tempfile
 import time
 
-from bench.harness import (ROOT, become_subreaper, log, machine_info, mono, signal_pid,
-                           source_revision, wait_until)
-from chaos import chaos, checker
-from tests.cluster import cluster as C
-from tests.cluster import settings as S
+from chaos import chaos
+from kit import checker
+from kit import cluster as C
+from kit import settings as S
+from kit.procs import (ROOT, alive, become_subreaper, log, machine_info, mono, signal_pid,
+                       source_revision, wait_until)
+from kit.runner import Tally, check_line, summary
 
 KINDS = ["node_part", "http_cut", "leader_part", "leader_kill", "rolling", "kill9", "destroy",
          "delete", "heal", "force_leave", "agent_leave", "sigterm", "stall"]
@@ -183,7 +185,7 @@ class ClusterContender(chaos.Contender):
                 pids = [pid for pid, ln in self.s.starts.items()
                         if checker.holder_of(ln.tag) == self.tag]
             for pid in pids:
-                if C.alive(pid):
+                if alive(pid):
                     signal_pid(pid, signal.SIGKILL)
             return rc
         return super().stop()
@@ -263,7 +265,7 @@ class ClusterChaos(chaos.Chaos):
         """(contender, START line) of a live section, newest first; a sidecar application's
         section (TAG.sN) or an escaped worker (TAG.w) belongs to the wrapper TAG."""
         with self.mon_lock:
-            live = [ln for pid, ln in self.starts.items() if pid not in self.ends and C.alive(pid)
+            live = [ln for pid, ln in self.starts.items() if pid not in self.ends and alive(pid)
                     and not self.deaths.dead_at(pid) and not ln.tag.endswith(".w")]
         for ln in sorted(live, key=lambda x: -x.t):
             for c in self.contenders:
@@ -289,7 +291,7 @@ class ClusterChaos(chaos.Chaos):
         with self.mon_lock:
             pids = [pid for pid, ln in self.starts.items() if ln.tag.endswith(".w")]
         try:
-            wait_until(lambda: not any(C.alive(p) for p in pids), 35, 0.1, "escaped workers")
+            wait_until(lambda: not any(alive(p) for p in pids), 35, 0.1, "escaped workers")
         except TimeoutError:
             pass
 
@@ -643,7 +645,7 @@ def print_setting(o: dict) -> None:
           f"{o['sections']} critical sections")
     print("  faults: " + ", ".join(f"{k}={v}" for k, v in o["counts"].items()))
     for name, ok, info in o["checks"]:
-        print(f"  {'PASS' if ok else 'FAIL'}  {name}: {info}")
+        print(check_line(ok, name, info))
     for ov in o["overlaps"][:5]:
         print(f"    overlap: {ov}")
     for k, f in o["failover"].items():
@@ -663,7 +665,7 @@ def write_summary(path: str, a, results: list[dict], source: str) -> None:
     all_ok = all(c[1] for o in results for c in o["checks"])
     lines += [f"**{total} fault trials, {sum(len(o['overlaps']) for o in results)} overlaps, "
               f"{'every check passing' if all_ok else 'CHECKS FAIL'}.**", "",
-              "Per mode (tests/cluster/settings.py MODES; the command keeps running "
+              "Per mode (kit/settings.py MODES; the command keeps running "
               f"{S.STOP_FRACTION:.0%} of its kill grace after SIGTERM; a section ends when its "
               "process is gone; `-n 2`: an overlap is 3 at once):", "",
               "| mode/setting | limit | trials | sections | overlaps | max overlap ms | checks |",
@@ -728,7 +730,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--summary", default="", help="write the short markdown (+ .json) summary here")
     ap.add_argument("--modes", default="all",
-                    help="comma-separated modes of tests/cluster/settings.py MODES, or all")
+                    help="comma-separated modes of kit/settings.py MODES, or all")
     ap.add_argument("--combos", default="", help=argparse.SUPPRESS)  # a job: MODE/SETTING=TRIALS,…
     ap.add_argument("--clusters", type=int, default=1,
                     help="clusters side by side (slots 1..N), split evenly over the settings")
@@ -749,8 +751,8 @@ def main() -> int:
         subprocess.run([a.lockwrap, "run", "--help"], check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        print(f"chaos-cluster: {a.lockwrap} is missing or `run --help` fails\n0 passed, 1 failed")
-        return 1
+        print(f"chaos-cluster: {a.lockwrap} is missing or `run --help` fails")
+        return summary(0, 1)
     become_subreaper()
     C.install_signal_handlers()
     settings = ["default", "fast"] if a.setting == "both" else [a.setting]
@@ -854,7 +856,7 @@ PASS_THROUGH = ("contenders", "holder_bias", "holder_wait", "hold_min", "hold_ma
 
 
 def run_parallel(a, settings: list[str]) -> int:
-    """Each job is this script on its own cluster slot (tests/cluster/cluster.py: own addresses,
+    """Each job is this script on its own cluster slot (kit/cluster.py: own addresses,
     uids, chains); the parent only waits, forwards a stop, and merges the results."""
     source = source_revision()
     work = tempfile.mkdtemp(prefix="lockwrap-chaos-cluster-")
@@ -917,16 +919,16 @@ def run_parallel(a, settings: list[str]) -> int:
 
 
 def report(results: list[dict], errors: list[str], seconds: float, work: str) -> int:
-    fails = [f"{r['setting']}: {n}" for r in results for n, ok, _ in r["checks"] if not ok]
+    tally = Tally()
+    for r in results:
+        tally.checks(r["checks"], prefix=f"{r['setting']}: ")
     for err in errors:
-        fails.append(err)
-        print(f"  FAIL  run: {err}")
+        tally.record(err, False)
+        print(check_line(False, "run", err))
     total = sum(r["trials"] for r in results)
-    passed = sum(1 for r in results for _, ok, _ in r["checks"] if ok)
     print(f"\nchaos-cluster: {total} trials over {len(results)} setting(s) in "
           f"{seconds:.0f}s; work dir {work}")
-    print(f"{passed} passed, {len(fails)} failed")
-    return 1 if fails else 0
+    return tally.close()
 
 
 if __name__ == "__main__":

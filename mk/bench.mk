@@ -1,5 +1,5 @@
-# Benchmarks and chaos suite (docs/performance.md). Owned by bench/ and chaos/; Python 3 standard
-# library only.
+# Benchmarks and chaos suite (docs/performance.md). Owned by bench/ and chaos/ (shared machinery in
+# kit/); Python 3 standard library only.
 #   make bench        lockwrap vs `consul lock` (not part of `make test`; ~15 min)
 #   make bench-quick  small iteration counts (~5 min), results not written
 #   make bench-queue  fair queue (--queue) vs racing waiters vs `consul lock`, N = 1/10/50/200 (~12 min);

@@ -1,10 +1,10 @@
 # Real Consul cluster tests (docs/performance.md, "On a real cluster"): 3 servers + 3 client agents
 # on 127.0.N.11-13 / .21-23 (cluster slot N, 0 for cluster-test), each under its own uid, partitions
 # with iptables (chain LWTEST<N> on lo). Needs root; skips with a message when iptables/setpriv
-# cannot work. See tests/cluster/cluster.py.
+# cannot work. See kit/cluster.py.
 #   make cluster-test     the issue's table as deterministic scenarios (~3 min); part of `make test`
 #                         (CLUSTER_ARGS="--only NAME[,NAME]" runs some; --list names them)
-#   make chaos-cluster    >= 1000 fault trials over every mode (tests/cluster/settings.py MODES:
+#   make chaos-cluster    >= 1000 fault trials over every mode (kit/settings.py MODES:
 #                         run, execute, sidecar, -n 2, --queue, --layout consul-lock, the library,
 #                         mixed kill graces, escaping workers, stderr pipe) x the default and the
 #                         fast-failover setting, on CLUSTER_CLUSTERS clusters side by side

@@ -1,2 +1,3 @@
-"""Python test kit package: run its scripts as modules from the repository root,
-e.g. `python3 -m chaos.chaos --short` (the Makefile does)."""
+"""The Python test suites (tests.chart, tests.container, tests.cluster), run as modules from the
+repository root, e.g. `python3 -m tests.cluster.scenarios --list` (the Makefile does); shared
+machinery and the runner are in kit."""

@@ -28,7 +28,9 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from tests.support import ConsulAgent, Skip, free_port, http_get, run_tests, summary, wait_until
+from kit.agent import DevAgent, free_port, http_get
+from kit.procs import wait_until
+from kit.runner import Skip, Tally, run_tests
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "charts", "lockwrap")
@@ -1370,7 +1372,7 @@ def real_binary_runs_the_wrapper_command_line_with_one_ready_holder():
     if not (lockwrap and consul):
         raise Skip("set LOCKWRAP_BIN and CONSUL_BIN (make static-test does)")
     procs = []
-    with ConsulAgent(consul) as agent:
+    with DevAgent(consul) as agent:
         try:
             run_replicas_against(lockwrap, agent.http_port, procs)
         finally:
@@ -1390,7 +1392,7 @@ def real_binary_cronjob_skip_run_exits_0_without_the_app_when_the_lock_is_taken(
     lockwrap, consul = os.environ.get("LOCKWRAP_BIN"), os.environ.get("CONSUL_BIN")
     if not (lockwrap and consul):
         raise Skip("set LOCKWRAP_BIN and CONSUL_BIN (make static-test does)")
-    with ConsulAgent(consul) as agent, tempfile.TemporaryDirectory() as tmp:
+    with DevAgent(consul) as agent, tempfile.TemporaryDirectory() as tmp:
         docs, _ = render(files=[scenario("cronjob-skip-values.yaml")],
                          sets=[f"consul.address=127.0.0.1:{agent.http_port}", "consul.tls.enabled=false"])
         spec = one(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -1435,7 +1437,7 @@ def run_replicas_against(lockwrap, consul_port, procs):
 
     def ready():
         return [i for i, p in enumerate(http_ports) if http_get(p, probe)[0] == 200]
-    holders = wait_until(ready, 30, "a holder answering /readyz")
+    holders = wait_until(ready, 30, 0.05, "a holder answering /readyz")
     assert len(holders) == 1, f"two replicas ready: {holders}"
     holder, standby = holders[0], 1 - holders[0]
     assert http_get(http_ports[standby], probe)[0] == 503
@@ -1453,11 +1455,12 @@ def run_replicas_against(lockwrap, consul_port, procs):
     def logged_acquisition():
         logs[holder].seek(0)
         return [line for line in logs[holder].read().decode().splitlines() if '"event":"acquired"' in line]
-    wait_until(logged_acquisition, 10, "the holder to log its acquisition at the chart's default verbosity")
+    wait_until(logged_acquisition, 10, 0.05,
+               "the holder to log its acquisition at the chart's default verbosity")
     # A pod deletion: SIGTERM to the holder; the standby takes over (no lock-delay after a release).
     procs[holder].send_signal(signal.SIGTERM)
     procs[holder].wait(timeout=30)
-    wait_until(lambda: ready() == [standby], 20, "the standby to take over")
+    wait_until(lambda: ready() == [standby], 20, 0.05, "the standby to take over")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1467,17 +1470,16 @@ def main():
     if not HELMS:
         print("FAIL no helm: run scripts/ensure-helm.sh or set CHART_HELMS")
         return 1
-    totals = [0, 0, 0]
+    tally = Tally()
     for i, path in enumerate(HELMS):
         Helm.use(path)
         print(f"# {Helm.name} ({path}); Kubernetes schemas {', '.join(KUBE_VERSIONS)}")
         tests = [(name, fn) for name, fn, per_helm in TESTS if per_helm]
-        counts = run_tests(tests, sys.argv[1:], prefix=f"helm{Helm.major}: ")
+        run_tests(tests, sys.argv[1:], prefix=f"helm{Helm.major}: ", tally=tally)
         if i == 0:  # the helm-independent tests, once
-            once = run_tests([(name, fn) for name, fn, per_helm in TESTS if not per_helm], sys.argv[1:])
-            counts = [a + b for a, b in zip(counts, once)]
-        totals = [a + b for a, b in zip(totals, counts)]
-    return summary(*totals)
+            run_tests([(name, fn) for name, fn, per_helm in TESTS if not per_helm], sys.argv[1:],
+                      tally=tally)
+    return tally.close()
 
 
 if __name__ == "__main__":

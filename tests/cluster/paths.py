@@ -2,9 +2,9 @@
 partitions of scenarios.py's table: one fast scenario per path (`make cluster-test` runs them
 after the table; `python3 -m tests.cluster.scenarios --only NAME` runs one).
 
-Every contender's command is tests/cluster/child.py: on SIGTERM it keeps running ~80 % of its
-kill grace (settings.STOP_FRACTION), and a section ends when its process is really gone (the
-death watcher's pidfd), so an overlap while the old command is stopping counts. The assertion is
+Every contender's command is kit/programs/cluster_child.py: on SIGTERM it keeps running ~80 % of
+its kill grace (kit.settings.STOP_FRACTION), and a section ends when its process is really gone
+(the death watcher's pidfd), so an overlap while the old command is stopping counts. The assertion is
 always the same: no more than `limit` sections at once (1, or 2 for `-n 2`), fencing tokens
 increase, every section ended. Against a build without the corresponding fix these scenarios are
 EXPECTED TO FAIL (they reproduce the bugs); they are never weakened to pass.
@@ -43,7 +43,7 @@ PATHS (name: what happens -> what must hold):
                          has no way to be stopped by a signal, so lib contenders are stopped with
                          SIGKILL (of the process and its command) at the end
   sidecar-stepdown       two `lockwrap sidecar`s (defaults) with an application reading the status
-                         file (tests/cluster/sidecar_app.py); the leader sidecar gets SIGTERM (its
+                         file (kit/programs/sidecar_app.py); the leader sidecar gets SIGTERM (its
                          pod is deleted) -> the other must not report leadership before the first
                          application, which stops within the kill grace of the "not leader"
                          report, is done
@@ -54,10 +54,11 @@ import os
 import signal
 import time
 
-from bench.harness import LogWatcher, alive, log, mono, signal_pid, wait_until
-from chaos import checker
-from tests.cluster import cluster as C
-from tests.cluster import settings as S
+from kit import checker
+from kit import cluster as C
+from kit import settings as S
+from kit.logs import LogWatcher
+from kit.procs import alive, log, mono, signal_pid, wait_until
 
 PATHS = ["sem-destroy-stopping", "stop-in-takeover", "force-leave-blind", "escape-worker",
          "escape-worker-destroy", "stall-sigstop", "stderr-pipe", "lib-execute-takeover", "sidecar-stepdown"]

@@ -2,7 +2,7 @@
 """Deterministic cluster scenarios (docs/performance.md, "On a real cluster"), run by
 `make cluster-test` (part of `make test`).
 
-On a real cluster (tests/cluster/cluster.py: 3 servers, 3 client agents, iptables partitions) each
+On a real cluster (kit/cluster.py: 3 servers, 3 client agents, iptables partitions) each
 scenario runs one `lockwrap run` contender per client agent on its own key, the holder first, and
 checks from the children's START/END log that no two commands overlapped:
 
@@ -15,7 +15,7 @@ checks from the children's START/END log that no two commands overlapped:
      checks)                                        -> refused at start OR zero overlap
   c  holder's HTTP link to its agent cut for 30 s, `--health-check-ttl 2s --lock-delay 0`
                                                     -> refused at start OR zero overlap
-  d  the fast-failover setting (tests/cluster/settings.py) under the same node partition and the
+  d  the fast-failover setting (kit/settings.py) under the same node partition and the
      same HTTP cut -> zero overlap; then crash failover: kill -9 of the holder lockwrap + child,
      measured from the kill to the next START (3 times), printed
   u  `--unsafe-allow-overlap --lock-delay 0 --session-checks serfHealth`: starts, with a warning
@@ -38,12 +38,13 @@ import sys
 import threading
 import time
 
-from bench.harness import (DeathWatcher, LogWatcher, alive, become_subreaper, log, mono,
-                           wait_until)
-from chaos import checker
-from tests.cluster import cluster as C
+from kit import checker
+from kit import cluster as C
+from kit import settings as S
+from kit.logs import LogWatcher
+from kit.procs import ROOT, DeathWatcher, alive, become_subreaper, log, mono, wait_until
+from kit.runner import Tally, check_line, summary
 from tests.cluster import paths as P
-from tests.cluster import settings as S
 
 # Every scenario of `make cluster-test`, by name (`--only NAME[,NAME…]` runs just those):
 # the issue's table (partition, cut, crash, unsafe phases) and one per path of tests/cluster/paths.py.
@@ -73,7 +74,8 @@ class Group:
         self.result: dict = {"scenario": name, "args": " ".join(args) or "(defaults)"}
 
     def spawn(self, agent, n: int) -> C.Contender:
-        # tests/cluster/child.py: holds until stopped, then keeps running 80 % of its kill grace
+        # kit/programs/cluster_child.py: holds until stopped, then keeps running 80 % of its kill
+        # grace
         c = C.Contender(self.s.cl, agent, self.s.a.lockwrap, self.key, self.args, self.logfile,
                         f"{self.name}-{n}", cmd="run",
                         child_args=["3600", "3600", str(S.stop_time(self.args))])
@@ -167,7 +169,7 @@ class Suite:
         self.deaths = DeathWatcher()
         self.groups: list[Group] = []
         self.results: list[dict] = []
-        self.failures: list[str] = []
+        self.tally = Tally()       # one outcome per recorded group, harness error or skip
         self.t0 = mono()
         self.stop_flag = False
         self.mon = threading.Thread(target=self.monitor, daemon=True, name="monitor")
@@ -189,8 +191,7 @@ class Suite:
     def record(self, g: Group, ok: bool) -> None:
         self.results.append(g.result)
         log(f"{g.name}: {'ok' if ok else 'FAIL'} {json.dumps(g.result, default=str)[:600]}")
-        if not ok:
-            self.failures.append(g.name)
+        self.tally.record(g.name, ok)
 
     def fault_phase(self, groups: list[Group], fault: str, apply, seconds: float) -> None:
         """Start holders (refusals end a group here), then standbys, apply the fault for
@@ -238,7 +239,7 @@ class Suite:
         g = self.group("d-crash", S.setting("fast", self.a.lockwrap), self.cl.clients[0],
                        self.cl.clients[1:])
         if not g.start_holder():
-            self.failures.append("d-crash: fast setting refused at start")
+            self.tally.record("d-crash: fast setting refused at start", False)
             return
         g.start_standbys()
         time.sleep(3)
@@ -271,6 +272,7 @@ class Suite:
         if not S.is_new(self.a.lockwrap):
             log("u-unsafe: skipped: this lockwrap has no --unsafe-allow-overlap (legacy build)")
             self.results.append({"scenario": "u-unsafe", "verdict": "skipped (legacy build)"})
+            self.tally.skip("u-unsafe")
             return
         g = self.group("u-unsafe", S.TABLE["unsafe"]["args"], self.cl.clients[0], [])
         started = g.start_holder(30)
@@ -299,7 +301,7 @@ class Suite:
             except Exception as e:  # noqa: BLE001 - one scenario's harness error fails it, not all
                 log(f"{name}: harness error: {e!r}")
                 self.results.append({"scenario": name, "verdict": f"ERROR {e!r}"[:300]})
-                self.failures.append(name)
+                self.tally.record(name, False)
                 try:
                     self.cl.heal()
                     self.cl.wait_ready(60)
@@ -352,7 +354,7 @@ class Suite:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lockwrap", default=os.environ.get("LOCKWRAP_BIN") or
-                    os.path.join(C.ROOT, "target", "release", "lockwrap"))
+                    os.path.join(ROOT, "target", "release", "lockwrap"))
     ap.add_argument("--partition", type=float, default=40.0, help="node partition, seconds")
     ap.add_argument("--cut", type=float, default=30.0, help="HTTP cut, seconds")
     ap.add_argument("--crashes", type=int, default=3, help="kill -9 failovers to measure")
@@ -373,8 +375,8 @@ def main() -> int:
         print(f"cluster-test: SKIP: {why}")
         return 0
     if not os.access(a.lockwrap, os.X_OK):
-        print(f"cluster-test: {a.lockwrap} is missing (cargo build --release)\n0 passed, 1 failed")
-        return 1
+        print(f"cluster-test: {a.lockwrap} is missing (cargo build --release)")
+        return summary(0, 1)
     become_subreaper()
     C.install_signal_handlers()
     log(f"lockwrap {a.lockwrap} ({'new' if S.is_new(a.lockwrap) else 'legacy'} timing model)")
@@ -409,10 +411,9 @@ def main() -> int:
         with open(a.report, "w") as f:
             json.dump(suite.results, f, indent=1, default=str)
     if err:
-        print(f"  FAIL  run: {err}")
-    fails = suite.failures + ([err] if err else [])
-    print(f"{len(suite.results) - len(suite.failures)} passed, {len(fails)} failed")
-    return 1 if fails else 0
+        print(check_line(False, "run", err))
+        suite.tally.record("run", False)
+    return suite.tally.close()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ import sys
 import tempfile
 import time
 
-from tests.support import ConsulAgent, free_port, http_get, run_tests, summary, wait_until
+from kit.agent import DevAgent, free_port, http_get
+from kit.procs import wait_until
+from kit.runner import run_tests
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
@@ -95,7 +97,7 @@ def wait_ready(port, cname, timeout=30):
         if docker("inspect", "-f", "{{.State.Running}}", cname).stdout.strip() != "true":
             raise AssertionError(f"{cname} exited: {docker('logs', cname, check=False).stderr[-2000:]}")
         return http_get(port, "/readyz")[0] == 200
-    wait_until(ready, timeout, f"{cname} to hold the lock")
+    wait_until(ready, timeout, 0.05, f"{cname} to hold the lock")
 
 
 def exit_code(cname):
@@ -216,12 +218,12 @@ def orphans_are_reaped_by_pid1():
         # parent 0).
         def children():
             return [p for p in processes(c) if p[1] == 1 and p[3] != "lockwrap"]
-        wait_until(lambda: len(children()) >= 6, 10, "the orphans to be re-parented to PID 1")
+        wait_until(lambda: len(children()) >= 6, 10, 0.05, "the orphans to be re-parented to PID 1")
 
         def reaped():
             procs = processes(c)
             return len(children()) == 1 and not [p for p in procs if p[2] == "Z"]
-        wait_until(reaped, 10, "the orphans to exit and be reaped (no zombies)")
+        wait_until(reaped, 10, 0.05, "the orphans to exit and be reaped (no zombies)")
         assert docker("inspect", "-f", "{{.State.Running}}", c).stdout.strip() == "true"
     finally:
         docker("rm", "-f", c, check=False)
@@ -260,14 +262,14 @@ def a_second_container_takes_over_after_the_first_releases():
     try:
         def ready():
             return [i for i in range(2) if http_get(ports[i], "/readyz")[0] == 200]
-        first = wait_until(ready, 30, "one container to hold the lock")
+        first = wait_until(ready, 30, 0.05, "one container to hold the lock")
         assert len(first) == 1, f"two holders: {first}"
         holder, standby = first[0], 1 - first[0]
         assert http_get(ports[standby], "/readyz")[0] == 503
         before = holder_session(k)
         t0 = time.monotonic()
         stopped = stop(names[holder])
-        wait_until(lambda: ready() == [standby], 20, "the standby to take over")
+        wait_until(lambda: ready() == [standby], 20, 0.05, "the standby to take over")
         took = time.monotonic() - t0
         print(f"     takeover: holder stopped in {stopped:.2f} s, standby Ready {took:.2f} s after docker stop began")
         assert holder_session(k) not in (None, before)
@@ -306,9 +308,9 @@ def main():
     remove_leftovers()
     try:
         build_images()
-        with ConsulAgent(consul) as agent:
+        with DevAgent(consul) as agent:
             CONSUL = agent
-            return summary(*run_tests(TESTS, sys.argv[1:]))
+            return run_tests(TESTS, sys.argv[1:]).close()
     finally:
         remove_leftovers()
 

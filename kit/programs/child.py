@@ -1,4 +1,5 @@
-"""The child program run under the lock by bench.py and chaos.py (python3 -S, stdlib only).
+"""The child program run under the lock by the bench (bench/) and the chaos suite (chaos/chaos.py),
+run by path (python3 -S, stdlib only; kit.logs.child_argv).
 
 usage: child.py MODE LOGFILE TAG [ARGS]
 Every record is ONE os.write() to LOGFILE opened with O_APPEND, so concurrent writers never

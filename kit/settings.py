@@ -1,4 +1,5 @@
-"""The lockwrap settings the cluster scenarios and the cluster chaos suite run with - in ONE place.
+"""The lockwrap settings the cluster scenarios (tests/cluster/scenarios.py) and the cluster chaos
+suite (chaos/cluster_chaos.py) run with - in ONE place.
 
 Two named settings are tested everywhere:
   default  lockwrap's own defaults (no timing flags at all)

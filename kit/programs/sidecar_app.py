@@ -6,8 +6,8 @@ SIGSTOP the sidecar itself) with `--status-file STATUSFILE`, and reads the statu
 as docs/kubernetes.md tells an application to. What the sidecar promises (README, docs/timing.md):
 it reports leadership only after its takeover wait, and reports the loss no later than its stop
 deadline, so an application that stops within the kill grace after the report is never active
-beside another leader. So this app's critical section is a process (tests/cluster/child.py, tag
-TAG.sN, fencing token from the status) started when the status says `isLeader: true` and sent
+beside another leader. So this app's critical section is a process (kit/programs/cluster_child.py,
+tag TAG.sN, fencing token from the status) started when the status says `isLeader: true` and sent
 SIGTERM when it says false or the sidecar is gone (a dead sidecar reports nothing: the app treats
 it as a loss); it then keeps running STOP s (~80 % of the kill grace) before it exits.
 SIGTERM/SIGINT to the app go to the sidecar; the app exits with the sidecar's code once the last
@@ -57,8 +57,9 @@ def main():
         if leader and section is None:
             n += 1
             env = dict(os.environ, LOCKWRAP_FENCING_TOKEN=str(token if token is not None else "-"))
-            section = subprocess.Popen([sys.executable, "-S", os.path.join(HERE, "child.py"),
-                                        logfile, f"{tag}.s{n}", "86400", "86400", stop], env=env)
+            section = subprocess.Popen([sys.executable, "-S",
+                                        os.path.join(HERE, "cluster_child.py"), logfile,
+                                        f"{tag}.s{n}", "86400", "86400", stop], env=env)
         elif not leader and section is not None:
             if section.poll() is None:
                 section.send_signal(signal.SIGTERM)

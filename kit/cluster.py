@@ -28,7 +28,7 @@ Only 127.0.0.0/8 addresses are ever used. One harness per slot at a time (flock 
 /tmp/lockwrap-cluster.lock); slot N (LOCKWRAP_CLUSTER_SLOT=N) moves everything to 127.0.N.x, uids
 +1000·N, chains LWTEST<N>/LWTEST<N>_IN and its own lock file, so clusters can run side by side.
 
-    python3 -m tests.cluster.cluster smoke     # start, partition a client, heal, kill the leader, stop
+    python3 -m kit.cluster smoke     # start, partition a client, heal, kill the leader, stop
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ import threading
 import time
 import urllib.parse
 
-from bench.harness import (CHILD, ROOT, ProcTracker, alive, find_consul, log, mono, signal_pid,  # noqa: F401 (ROOT: for scenarios.py)
-                           wait_until)
+from kit.logs import CHILD, CLUSTER_CHILD, SIDECAR_APP
+from kit.procs import ProcTracker, alive, find_consul, log, mono, signal_pid, wait_until
 
 # Several clusters can run side by side (`make chaos-cluster` runs one per job): slot N (env
 # LOCKWRAP_CLUSTER_SLOT, 0-9, default 0) uses addresses 127.0.N.x, uids shifted by 1000·N, its own
@@ -607,10 +607,6 @@ def pace(seconds: float) -> None:
 # lockwrap contenders
 
 
-CS_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
-SIDECAR_APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sidecar_app.py")
-
-
 def lib_example(lockwrap: str) -> str:
     """examples/lib_execute (LockManager::execute): $LOCKWRAP_LIB_EXAMPLE (mk/cluster.mk builds it
     in target/lib-example), else beside the lockwrap binary."""
@@ -633,9 +629,9 @@ def shq(argv: list[str]) -> str:
 def command_argv(cmd: str, lockwrap: str, key: str, addr: str, args: list[str], logfile: str,
                  tag: str, child_args: list[str], private_dir: str) -> tuple[list[str], dict]:
     """argv + extra env of one contender of entry point `cmd` (run | execute | sidecar | lib)
-    whose critical section is tests/cluster/child.py LOGFILE TAG *child_args (child_args: MIN MAX
-    STOP [ESCAPE]). For sidecar, child_args[2] (STOP) is the application's stop time."""
-    child = [PYTHON, "-S", CS_CHILD, logfile, tag, *child_args]
+    whose critical section is kit/programs/cluster_child.py LOGFILE TAG *child_args (child_args:
+    MIN MAX STOP [ESCAPE]). For sidecar, child_args[2] (STOP) is the application's stop time."""
+    child = [PYTHON, "-S", CLUSTER_CHILD, logfile, tag, *child_args]
     consul = f"{addr}:{HTTP_PORT}"
     if cmd == "run":
         return [lockwrap, "run", "--key", key, "--consul-addr", consul, *args, "--", *child], {}
@@ -653,9 +649,9 @@ def command_argv(cmd: str, lockwrap: str, key: str, addr: str, args: list[str], 
 
 class Contender:
     """One contender (`lockwrap run` by default; `cmd` execute | sidecar | lib) under its own uid
-    against one client agent; its command (tests/cluster/child.py, or bench/child.py with
-    `child=`) logs to `logfile`. The contender's uid is registered with the firewall (so its link
-    can be cut)."""
+    against one client agent; its command (kit/programs/cluster_child.py, or kit/programs/child.py
+    with `child=`) logs to `logfile`. The contender's uid is registered with the firewall (so its
+    link can be cut)."""
     next_uid = CONTENDER_UID_BASE + 1
 
     def __init__(self, cluster: Cluster, agent: Agent, lockwrap: str, key: str, settings: list[str],

@@ -1,8 +1,8 @@
 """The cluster tests' command (python3 -S, stdlib only): a critical section that uses most of its
 kill grace when told to stop, and optionally leaves an escaping worker behind.
 
-usage: child.py LOGFILE TAG MIN MAX STOP [ESCAPE]
-Records (ONE os.write each, O_APPEND; bench/child.py's format, so harness.read_log parses them):
+usage: cluster_child.py LOGFILE TAG MIN MAX STOP [ESCAPE]
+Records (ONE os.write each, O_APPEND; child.py's format, so kit.logs.read_log parses them):
     "KIND MONOTONIC_NS PID TAG TOKEN [EXTRA]"   TOKEN = $LOCKWRAP_FENCING_TOKEN or "-"
 START, then hold a random time in [MIN, MAX] s (END done, exit 0); on SIGTERM/SIGINT/SIGHUP write
 STOPPING and KEEP RUNNING for STOP s (the caller passes ~80 % of the kill grace), then END, exit
