@@ -13,6 +13,10 @@ PATHS (name: what happens -> what must hold):
   sem-destroy-stopping   `-n 2`, kill grace 5 s, 3 contenders: the session of one holder is
                          destroyed while its command needs 4 s to stop -> the waiting third must
                          not start before that command is gone (at most 2 at once)
+  sem-lock-delete        `-n 2`, 3 contenders: the semaphore's `.lock` entry is deleted (and, on a
+                         second key, the whole prefix with `?recurse`) while both holders run ->
+                         the waiting third creates `.lock` again and must not start before both
+                         old commands (4 s to stop) are gone (it started at once before the fix)
   stop-in-takeover       `execute` defaults (lock-delay 0, kill grace 5 s): the holder's session is
                          destroyed, the next contender takes the lock and, during its takeover
                          wait, gets SIGTERM -> the third must not start before the first holder's
@@ -60,7 +64,7 @@ from kit import settings as S
 from kit.logs import LogWatcher
 from kit.procs import alive, log, mono, signal_pid, wait_until
 
-PATHS = ["sem-destroy-stopping", "stop-in-takeover", "force-leave-blind", "escape-worker",
+PATHS = ["sem-destroy-stopping", "sem-lock-delete", "stop-in-takeover", "force-leave-blind", "escape-worker",
          "escape-worker-destroy", "stall-sigstop", "stderr-pipe", "lib-execute-takeover", "sidecar-stepdown"]
 LONG_HOLD = ["3600", "3600"]   # MIN MAX of a holder that holds until told
 
@@ -233,6 +237,34 @@ def p_sem_destroy_stopping(suite):
     time.sleep(S.kill_grace_of(g.args) + S.takeover_for(S.kill_grace_of(g.args), 0) + 2)
     g.stop_all()
     return [(g, g.check(t_fault))]
+
+
+def p_sem_lock_delete(suite):
+    cl = suite.cl
+    c1, c2, c3 = cl.clients
+    args = S.setting("default", suite.a.lockwrap) + ["-n", "2"]
+    groups = [_register(suite, PathGroup(suite, name, "sem2", "default", args))
+              for name in ("sem-lock-delete", "sem-lock-delete-recurse")]
+    for g in groups:
+        a = g.spawn(c1)
+        g.wait_start(a)
+        b = g.spawn(c2)
+        g.wait_start(b)
+        g.spawn(c3)
+    time.sleep(4)                       # the thirds wait, their last renew seconds old
+    t_fault = mono()
+    server = cl.any_server().addr
+    for g, path in zip(groups, (f"/v1/kv/{groups[0].key}/.lock", f"/v1/kv/{groups[1].key}?recurse")):
+        st = C.http(server, "DELETE", path)[0]
+        cl.note(f"DELETE {path}: HTTP {st}")
+    log(f"sem-lock-delete: deleted .lock (and a whole prefix); the holders' commands stop for "
+        f"{S.stop_time(args)}s")
+    time.sleep(S.kill_grace_of(args) + S.takeover_for(S.kill_grace_of(args), 0) + 3)
+    res = []
+    for g in groups:
+        g.stop_all()
+        res.append((g, g.check(t_fault)))
+    return res
 
 
 def p_stop_in_takeover(suite):
