@@ -197,7 +197,7 @@ impl<B: LockBackend> LockManager<B> {
         let grace = LockRequest::new(key).hold.kill_grace;
         // Without the guardian a stalled host keeps its command past the lock's deadline, and
         // without the subreaper a stop cannot find escaped processes: refuse before anything
-        // changes in Consul (docs/timing.md, "A stalled wrapper").
+        // changes in Consul (docs/timing.md, "The stalled wrapper: the guardian").
         let guardian = spawner.guardian();
         if guardian.pid().is_none() {
             return Err(Error::new(

@@ -306,7 +306,8 @@ async fn hold_until_end(
             Some(signal) = process.signals.recv() => match policy::on_signal(signal, Phase::Supervising) {
                 Action::ForwardAndStop => {
                     forward(child, signal);
-                    let (status, tree_gone) = stop_after_signal(child, grace).await;
+                    // The group had the forwarded signal; the rest of the tree gets TERM now.
+                    let Stopped { status, tree_gone } = child.stop_after(None, grace).await;
                     return HoldEnd::Exited { status, tree_gone };
                 }
                 Action::Forward => forward(child, signal),
@@ -314,13 +315,6 @@ async fn hold_until_end(
             },
         }
     }
-}
-
-/// After TERM/INT was forwarded to the command's group: TERM to the rest of its tree at once,
-/// one grace for all of it, then SIGKILL. Returns the status and whether the whole tree is gone.
-async fn stop_after_signal(child: &mut Child, grace: Duration) -> (ExitStatus, bool) {
-    let Stopped { status, tree_gone } = child.stop_after(None, grace).await;
-    (status, tree_gone)
 }
 
 fn forward(child: &Child, signal: Signal) {

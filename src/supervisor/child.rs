@@ -387,9 +387,10 @@ impl Child {
     /// status and whether the whole tree is gone.
     ///
     /// One grace for everything: a worker that escaped the group (setsid, double fork) gets its
-    /// TERM with the group, not after it, so the stop ends within grace + [`KILL_SETTLE`] as
-    /// the timing model assumes (docs/timing.md, "Paths checked"). Waiting for the leader after
-    /// SIGKILL is unbounded on purpose: the command must be dead before the lock is released.
+    /// TERM with the group, not after it, so the stop takes the grace plus the moment SIGKILL
+    /// needs, as the timing model assumes (docs/timing.md, "Escaping processes"). Waiting for the
+    /// leader after SIGKILL is unbounded on purpose: the command must be dead before the lock is
+    /// released.
     pub async fn stop(&mut self, grace: Duration) -> Stopped {
         self.stop_after(Some(Signal::TERM), grace).await
     }
@@ -418,9 +419,9 @@ impl Child {
     /// every descendant, and for a [`Tree::Command`] also every orphan re-parented to lockwrap
     /// (setsid'd, double-forked; lockwrap is a subreaper while it supervises) and every
     /// [`Tree::Attached`] process; never the guardian. Processes forked after the TERM get
-    /// SIGKILL if they outlive the grace. Returns true when nothing of it is left (zombies count as gone: they run no
-    /// code), false when something survived SIGKILL for [`KILL_SETTLE`]: then the lock must not
-    /// be reported as released cleanly.
+    /// SIGKILL if they outlive the grace. Returns true when nothing of it is left (zombies count
+    /// as gone: they run no code), false when something survived SIGKILL for [`KILL_SETTLE`]:
+    /// then the lock must not be reported as released cleanly.
     async fn stop_tree(&self, first: Option<Signal>, grace: Duration) -> bool {
         let left = self.leftovers();
         // Nothing to stop only once the leader is reaped: until then it is signalled regardless.

@@ -190,15 +190,7 @@ impl ConsulBackend {
                 .map_err(Ok)?;
             if let Some(ttl) = ttl {
                 if owned.sent_at.elapsed() >= ttl / 3 {
-                    let sent = Instant::now();
-                    match self.client.session_renew(&owned.id, ttl / 3).await {
-                        // The lease's deadline counts from the last renew (docs/timing.md).
-                        Ok(()) => owned.sent_at = sent,
-                        Err(err @ BackendError::SessionGone(_)) => return Err(Err(err)),
-                        Err(err) => {
-                            tracing::debug!(%err, "renewing a semaphore waiter's session failed")
-                        }
-                    }
+                    self.renew_waiter(owned, ttl).await.map_err(Err)?;
                 }
             }
             let wait = if index == 0 {
@@ -319,14 +311,7 @@ impl ConsulBackend {
             // The lease's deadline counts from the last renew, and a waiter renews only every
             // third of the TTL: renew now, or a slot taken after a long wait is lost at once.
             if let Some(ttl) = ttl {
-                let sent = Instant::now();
-                match self.client.session_renew(&owned.id, ttl / 3).await {
-                    Ok(()) => owned.sent_at = sent,
-                    Err(err @ BackendError::SessionGone(_)) => return Err(Err(err)),
-                    Err(err) => {
-                        tracing::debug!(%err, "renewing the session on taking a slot failed")
-                    }
-                }
+                self.renew_waiter(owned, ttl).await.map_err(Err)?;
             }
             let mut info = value::decode(key, pair);
             info.session = Some(owned.id.clone());
@@ -373,6 +358,25 @@ impl ConsulBackend {
                 takeover,
             }));
         }
+    }
+}
+
+impl ConsulBackend {
+    /// Renews a semaphore contender's session; the lease's deadline counts from the last renew
+    /// (docs/timing.md). Only a session that is gone is an error: any other failure is retried by
+    /// the next call, and the deadline keeps counting from the renew before.
+    async fn renew_waiter(
+        &self,
+        owned: &mut OwnedSession,
+        ttl: Duration,
+    ) -> Result<(), BackendError> {
+        let sent = Instant::now();
+        match self.client.session_renew(&owned.id, ttl / 3).await {
+            Ok(()) => owned.sent_at = sent,
+            Err(err @ BackendError::SessionGone(_)) => return Err(err),
+            Err(err) => tracing::debug!(%err, "renewing a semaphore contender's session failed"),
+        }
+        Ok(())
     }
 }
 
