@@ -27,6 +27,10 @@ struct TreeUnderTest {
 
 impl TreeUnderTest {
     fn start(tag: &str) -> Self {
+        Self::start_with(tag, &[])
+    }
+
+    fn start_with(tag: &str, env: &[(&str, &str)]) -> Self {
         let files = [temp_path(tag, "setsid"), temp_path(tag, "forked")];
         let shell = Command::new("/bin/sh")
             .args([
@@ -37,6 +41,7 @@ sleep 1000"#,
                 "sh",
             ])
             .args(&files)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .process_group(0)
             .spawn()
@@ -128,6 +133,7 @@ fn the_guardian_kills_the_tree_only_when_it_must() {
     deadline_without_extension_kills_the_whole_tree();
     extensions_keep_the_tree_alive_and_disarm_stops_the_guardian();
     the_wrapper_going_away_while_armed_kills_the_tree_at_once();
+    a_worker_younger_than_the_snapshot_dies_with_the_wrapper();
     the_wrapper_going_away_disarmed_kills_nothing();
     a_stop_after_a_loss_is_finished_if_the_wrapper_stalls();
 }
@@ -200,6 +206,36 @@ fn the_wrapper_going_away_while_armed_kills_the_tree_at_once() {
     );
     eprintln!(
         "guardian: tree dead {:?} after the pipe closed",
+        closed.elapsed()
+    );
+    tree.clean_up();
+}
+
+/// (f) The wrapper dies right after its command forked a `setsid` worker: the worker is in
+/// neither the command's group nor the guardian's last snapshot (taken before it existed), and
+/// its parent link no longer leads to the wrapper in a real crash. The variable every process of
+/// the command inherits finds it.
+fn a_worker_younger_than_the_snapshot_dies_with_the_wrapper() {
+    let guardian = start_guardian();
+    let marker = guardian::tree_marker().expect("a started guardian has a marker");
+    guardian.arm(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(10),
+    );
+    // Arming took the snapshot; the tree starts after it, and the pipe closes at once.
+    let tree = TreeUnderTest::start_with("young", &[(marker, "1")]);
+    guardian.watch_pgid(tree.leader());
+    let closed = Instant::now();
+    drop(guardian);
+    let took = time_until(SLACK, || tree.all_dead());
+    assert!(
+        took.is_some(),
+        "a worker forked after the last snapshot outlived its wrapper: {:?} (alive: {:?})",
+        tree.pids,
+        tree.pids.iter().map(|&pid| alive(pid)).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "guardian: young tree dead {:?} after the pipe closed",
         closed.elapsed()
     );
     tree.clean_up();

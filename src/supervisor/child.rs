@@ -224,6 +224,12 @@ fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spa
     command
         .args(&spec.args)
         .envs(spec.env.iter().map(|(key, value)| (key, value)));
+    // The guardian finds the command's processes by this variable once the wrapper is gone.
+    if matches!(spec.tree, Tree::Command | Tree::Attached) {
+        if let Some(marker) = super::guardian::tree_marker() {
+            command.env(marker, "1");
+        }
+    }
     command.stdin(match spec.stdin {
         StdinMode::Inherit => Stdio::inherit(),
         StdinMode::Null => Stdio::null(),

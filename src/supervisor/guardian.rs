@@ -44,6 +44,21 @@ const STOPPING: u32 = 4;
 /// The guardian this process started, so tree stops and the reaper can tell it apart.
 static GUARDIAN_PID: AtomicI32 = AtomicI32::new(0);
 
+/// The environment variable (`LOCKWRAP_TREE_<pid>_<random>`, value `1`) that the command and its
+/// attached hooks get when a guardian was started, so the guardian can still find every process
+/// the command forked after the wrapper died: its orphans are then re-parented away from the
+/// wrapper, and a worker forked since the last snapshot in a session of its own is in neither the
+/// snapshot nor the command's group. The name is unique per wrapper, so a nested lockwrap adds
+/// its own beside the outer one's.
+static TREE_MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The variable that marks the command's tree for this process's guardian (see
+/// [`TREE_MARKER`]); `None` when no guardian was started. Public for tests and for embedders
+/// that spawn commands of their own: a process started with it set is killed with the command.
+pub fn tree_marker() -> Option<&'static str> {
+    TREE_MARKER.get().map(String::as_str)
+}
+
 /// The running guardian's pid, if one was started and has not been reaped.
 pub(crate) fn current_pid() -> Option<i32> {
     match GUARDIAN_PID.load(Ordering::Relaxed) {
@@ -208,6 +223,14 @@ fn monotonic_ns() -> u64 {
 pub fn start() -> io::Result<Guardian> {
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let wrapper = getpid();
+    let marker = TREE_MARKER.get_or_init(|| {
+        format!(
+            "LOCKWRAP_TREE_{}_{:016x}",
+            wrapper.as_raw(),
+            fastrand::u64(..)
+        )
+    });
+    let marked = format!("{marker}=").into_bytes();
     // SAFETY: the child only runs `guardian_main`, which never returns into the caller's code
     // (it ends in `_exit`). lockwrap forks it while single-threaded (main calls `install` before
     // anything starts a thread); where a caller has threads (tests, embedders) the child still
@@ -216,7 +239,7 @@ pub fn start() -> io::Result<Guardian> {
     match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
         nix::unistd::ForkResult::Child => {
             drop(write_end);
-            let outcome = std::panic::catch_unwind(|| guardian_main(&read_end, wrapper));
+            let outcome = std::panic::catch_unwind(|| guardian_main(&read_end, wrapper, marked));
             // SAFETY: ends the forked process without running the wrapper's exit handlers.
             unsafe { libc::_exit(if outcome.is_ok() { 0 } else { 1 }) }
         }
@@ -284,10 +307,14 @@ struct State {
     /// Processes already sent SIGTERM in this firing: each gets it once, since many programs
     /// read a second TERM as "skip the graceful shutdown".
     termed: Vec<Proc>,
+    /// `NAME=` of the [`TREE_MARKER`] variable: finds the command's processes that neither the
+    /// group nor the last snapshot holds.
+    marked: Vec<u8>,
+    environ: Vec<u8>,
     stderr: RawFd,
 }
 
-fn guardian_main(pipe: &OwnedFd, wrapper: Pid) {
+fn guardian_main(pipe: &OwnedFd, wrapper: Pid, marked: Vec<u8>) {
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     let ignore = SigAction::new(SigHandler::SigIgn, SaFlags::empty(), SigSet::empty());
     for &signal in IGNORED {
@@ -305,6 +332,8 @@ fn guardian_main(pipe: &OwnedFd, wrapper: Pid) {
         snapshot: Vec::with_capacity(64),
         snapshot_at: 0,
         termed: Vec::with_capacity(64),
+        marked,
+        environ: Vec::with_capacity(4096),
         stderr: nonblocking_stderr(),
     };
     let mut pending = [0u8; MESSAGE * 16];
@@ -491,19 +520,22 @@ impl State {
         self.kill_group_and_snapshot();
     }
 
-    /// SIGKILL to the watched group and the last snapshot until none is left (bounded by
-    /// [`EOF_KILL_LIMIT_NS`]).
+    /// SIGKILL to the watched group, every process marked with the [`TREE_MARKER`] variable and
+    /// the last snapshot, until none is left (bounded by [`EOF_KILL_LIMIT_NS`]).
     fn kill_group_and_snapshot(&mut self) {
         let started = monotonic_ns();
         loop {
             let mut left = 0;
-            if let Some(pgid) = self.pgid {
-                tree::scan(&mut self.procs, &mut self.buf);
-                for proc in &self.procs {
-                    if proc.pgrp == pgid && !proc.zombie && proc.pid != self.me {
-                        left += 1;
-                        let _ = kill(Pid::from_raw(proc.pid), Signal::SIGKILL);
-                    }
+            tree::scan(&mut self.procs, &mut self.buf);
+            for proc in &self.procs {
+                if proc.zombie || proc.pid == self.me || proc.pid == self.wrapper {
+                    continue;
+                }
+                let ours = self.pgid == Some(proc.pgrp)
+                    || tree::environ_names(proc.pid, &self.marked, &mut self.environ);
+                if ours {
+                    left += 1;
+                    let _ = kill(Pid::from_raw(proc.pid), Signal::SIGKILL);
                 }
             }
             for proc in &self.snapshot {
@@ -609,6 +641,8 @@ mod tests {
             snapshot: Vec::new(),
             snapshot_at: 0,
             termed: Vec::new(),
+            marked: b"LOCKWRAP_TREE_TEST=".to_vec(),
+            environ: Vec::new(),
             stderr: -1,
         };
         state.receive((ARM, 0, 5, 5));

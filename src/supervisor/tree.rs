@@ -100,11 +100,35 @@ pub(crate) fn scan(out: &mut Vec<Proc>, buf: &mut Vec<u8>) {
     }
 }
 
+/// Whether the environment `pid` was started with (`/proc/PID/environ`) names the variable
+/// `name` (given as `NAME=`). Every process forked from one that has it inherits it, whatever
+/// its process group, session or parent: what lets the guardian find a setsid'd worker after the
+/// wrapper died and its orphans were re-parented away (docs/timing.md, "The guardian").
+/// Unreadable environments (another user's, a non-dumpable process) count as not marked.
+pub(crate) fn environ_names(pid: i32, name: &[u8], buf: &mut Vec<u8>) -> bool {
+    let Ok(pid) = u32::try_from(pid) else {
+        return false;
+    };
+    let mut path = [0u8; 32];
+    buf.clear();
+    let read = std::fs::File::open(proc_path(&mut path, pid, "environ"))
+        .and_then(|mut f| f.read_to_end(buf));
+    if read.is_err() {
+        return false;
+    }
+    buf.split(|&b| b == 0).any(|entry| entry.starts_with(name))
+}
+
 /// `/proc/PID/stat` without a heap allocation.
 fn stat_path(buf: &mut [u8; 32], pid: u32) -> &str {
+    proc_path(buf, pid, "stat")
+}
+
+/// `/proc/PID/FILE` without a heap allocation.
+fn proc_path<'a>(buf: &'a mut [u8; 32], pid: u32, file: &str) -> &'a str {
     use std::io::Write;
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "/proc/{pid}/stat");
+    let _ = write!(cursor, "/proc/{pid}/{file}");
     let len = usize::try_from(cursor.position()).unwrap_or(0);
     std::str::from_utf8(&buf[..len]).unwrap_or("/proc/self/stat")
 }
@@ -190,6 +214,16 @@ mod tests {
         assert_eq!(parents.branch(20, 10), Some(20));
         assert_eq!(parents.branch(50, 10), None);
         assert_eq!(parents.branch(10, 10), None);
+    }
+
+    #[test]
+    fn environments_are_searched_by_whole_name() {
+        let mut buf = Vec::new();
+        let me = std::process::id() as i32;
+        assert!(environ_names(me, b"PATH=", &mut buf));
+        assert!(!environ_names(me, b"ATH=", &mut buf));
+        assert!(!environ_names(me, b"LOCKWRAP_NO_SUCH_VARIABLE=", &mut buf));
+        assert!(!environ_names(-1, b"PATH=", &mut buf));
     }
 
     #[test]
