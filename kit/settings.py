@@ -166,7 +166,8 @@ def mode_args(mode: str, setting_name: str, lockwrap: str, index: int) -> list[s
 
 def session_of_pid(name: str, pid: int) -> bool:
     """Whether a Consul session name is the one lockwrap's process `pid` created for a lock (not
-    for the queue): `lockwrap <key> on <host> pid <pid>`, then the create attempt's marker."""
+    for the queue): `lockwrap <key> on <host> pid <pid>`, then the announced takeover delay and
+    the create attempt's marker."""
     import re
-    base = re.sub(r" \[attempt [0-9a-f]+\]$", "", name)
+    base = re.sub(r"( \[takeover [0-9]+ms\])?( \[attempt [0-9a-f]+\])?$", "", name)
     return base.endswith(f"pid {pid}") and "queue" not in base

@@ -169,7 +169,8 @@ fn create_answered_with_leadership_lost_destroys_the_session_that_committed_anyw
             namespace: None,
             partition: None,
         };
-        session::create(&client, "jobs/x", &settings, &identity, None).await
+        let takeover = Some(Duration::from_secs(6));
+        session::create(&client, "jobs/x", &settings, &identity, None, takeover).await
     });
     assert!(created.is_err());
     let name = sent
@@ -177,9 +178,10 @@ fn create_answered_with_leadership_lost_destroys_the_session_that_committed_anyw
         .expect("name")
         .clone()
         .expect("a create was sent");
-    // The user's name, tagged with the key (docs/timing.md, "First use"), then the attempt.
+    // The user's name, tagged with the key (docs/timing.md, "First use"), the takeover delay it
+    // announces, then the attempt.
     assert!(
-        name.starts_with("my job [lockwrap jobs/x] [attempt "),
+        name.starts_with("my job [lockwrap jobs/x] [takeover 6000ms] [attempt "),
         "{name}"
     );
     assert!(

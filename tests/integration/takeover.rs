@@ -373,3 +373,71 @@ fn first_use_starts_at_once_and_a_forced_unlock_hands_over_after_the_takeover_de
     assert_eq!(b.finish(Duration::from_secs(10)).status.code(), Some(0));
     assert_no_sessions(consul, &key);
 }
+
+/// A rollout that lowers the kill grace: the holder (grace 5 s, a command that takes 4.5 s to
+/// stop) announces its 8 s takeover delay in its session name; its key is deleted; the new
+/// contender (grace 1 s, takeover 4 s) finds the old session alive and waits the longer delay,
+/// so its command starts only after the old one ended (docs/timing.md, "Contenders with
+/// different settings"). Its own 4 s would have started it while the old command still ran.
+#[test]
+fn a_contender_with_a_shorter_grace_waits_the_live_holders_announced_takeover() {
+    let consul = Consul::shared();
+    let key = unique_key("mixed-grace");
+    let dir = Dir::new("mixed-grace");
+    let child = dir.script(
+        "child.sh",
+        &format!(
+            "D='{}'\ntrap 'sleep 4.5; date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
+             date +%s%N > \"$D/start.$1\"\n\
+             while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
+             date +%s%N > \"$D/end.$1\"",
+            dir.display()
+        ),
+    );
+    let old = [
+        "--kill-grace",
+        "5s",
+        "--takeover-delay",
+        "8s",
+        "--lock-delay",
+        "0",
+    ];
+    let new = [
+        "--kill-grace",
+        "1s",
+        "--takeover-delay",
+        "4s",
+        "--lock-delay",
+        "0",
+    ];
+    let a = Proc::spawn(run_cmd(consul, &key, &old, &[&child, "a"]));
+    assert!(dir.wait_for("start.a", Duration::from_secs(10)));
+    let waiting = waiting_opts(&dir, "b");
+    let mut b_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    b_opts.extend(new);
+    let b = Proc::spawn(run_cmd(consul, &key, &b_opts, &[&child, "b"]));
+    wait_waiting(&dir, "b");
+
+    let deleted_at = now_ns();
+    consul.delete_kv(&key);
+    assert!(dir.wait_for("start.b", Duration::from_secs(15)));
+    let start_b = dir.ns("start.b").expect("start.b");
+    let end_a = dir
+        .ns("end.a")
+        .expect("b started while a's command still ran (no end.a yet)");
+    eprintln!(
+        "mixed graces: a stopped {} ms after the delete, b started {} ms after it",
+        ms(end_a - deleted_at),
+        ms(start_b - deleted_at)
+    );
+    assert!(start_b > end_a, "b started before a's command ended");
+    assert!(
+        start_b - deleted_at >= 8_000_000_000,
+        "b waited {} ms, not a's announced 8 s",
+        ms(start_b - deleted_at)
+    );
+    assert_eq!(a.finish(Duration::from_secs(10)).status.code(), Some(101));
+    dir.touch("release.b");
+    assert_eq!(b.finish(Duration::from_secs(10)).status.code(), Some(0));
+    assert_no_sessions(consul, &key);
+}

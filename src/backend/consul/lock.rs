@@ -295,6 +295,18 @@ impl ConsulBackend {
         let after = self.client.kv_get(&lock_key, None).await?;
         match after.value.as_ref() {
             Some(pair) if pair.holder() == Some(owned.id.as_str()) => {
+                // Checked after our acquire: a holder that came and went before it keeps its
+                // session until its command is dead. `Some`: such a session lives, with the
+                // longest takeover delay those sessions announced.
+                let may_live = || async {
+                    self.holder_may_live(key, &owned.id)
+                        .await
+                        .unwrap_or(Some(Duration::ZERO))
+                };
+                let mut live = match read.value {
+                    Some(_) => None,
+                    None => may_live().await,
+                };
                 // Judged against what this acquire replaced, not the read before it: another
                 // holder may have come and gone in between (docs/timing.md, "First use").
                 let previous_clean = !state.saw_lock_delay
@@ -302,10 +314,21 @@ impl ConsulBackend {
                     && match read.value.as_ref() {
                         // Nobody else acquired since the read: the lock index moved by one.
                         Some(before) => marked_clean && pair.lock_index == before.lock_index + 1,
-                        // Checked after our acquire: a holder that came and went before it
-                        // keeps its session until its command is dead.
-                        None => !self.holder_may_live(key, &owned.id).await.unwrap_or(true),
+                        None => live.is_none(),
                     };
+                if !previous_clean && read.value.is_some() {
+                    // Any holder still stopping may have a longer kill grace than the one whose
+                    // entry we replaced announced: its session name says how long it needs.
+                    live = may_live().await;
+                }
+                let owed = previous_takeover.max(live);
+                // If this hold ends unclean before the wait is over, the next holder owes it too.
+                let value = match owed {
+                    Some(delay) if !previous_clean && Some(delay) > carried => {
+                        self.holder_value(request, &owned.id, started, Some(delay))
+                    }
+                    _ => value,
+                };
                 let info = value::decode(key, pair);
                 let owned = session.take().expect("session is set");
                 let keep_alive = self.keep_alive(request, after.index)?;
@@ -317,7 +340,7 @@ impl ConsulBackend {
                 let mut lease =
                     Lease::start(self.client.clone(), info, owned, Box::new(hold), keep_alive);
                 lease.previous_release_clean = previous_clean;
-                lease.previous_takeover = previous_takeover;
+                lease.previous_takeover = owed;
                 Ok(Some(Attempt::Held(Box::new(lease))))
             }
             Some(pair) if pair.holder().is_some() => {
@@ -381,15 +404,27 @@ impl ConsulBackend {
     /// entry deleted under a live holder, who stops its command before it destroys its session.
     /// A key never used has no such session, so its first holder starts at once (docs/timing.md,
     /// "First use"). Every session lockwrap creates is named for its key.
-    pub(super) async fn holder_may_live(&self, key: &str, own: &str) -> Result<bool, BackendError> {
+    ///
+    /// `Some(delay)` when such a session is alive: the longest takeover delay those sessions
+    /// announced in their names (zero when none did), which the next holder owes on top of its
+    /// own, since their kill grace may be longer (docs/timing.md, "Contenders with different
+    /// settings").
+    pub(super) async fn holder_may_live(
+        &self,
+        key: &str,
+        own: &str,
+    ) -> Result<Option<Duration>, BackendError> {
         let sessions = self.client.session_list_consistent().await?;
-        let alive = sessions
+        let mut owed: Option<Duration> = None;
+        for s in sessions
             .iter()
-            .find(|s| s.id != own && super::naming::names_key(&s.name, key));
-        if let Some(s) = alive {
+            .filter(|s| s.id != own && super::naming::names_key(&s.name, key))
+        {
             tracing::debug!(key, session = %s.id, name = %s.name, "the key has no entry, but a session that may hold it is alive");
+            let announced = super::naming::announced_takeover(&s.name).unwrap_or_default();
+            owed = Some(owed.unwrap_or_default().max(announced));
         }
-        Ok(alive.is_some())
+        Ok(owed)
     }
 
     /// The entry value this process writes when it acquires with `session`.
@@ -444,8 +479,12 @@ impl ConsulBackend {
         let settings = request.session.clone();
         let identity = self.identity.clone();
         let pass = self.plan(request)?.pass;
+        let takeover = request
+            .hold
+            .keep_alive
+            .then_some(request.hold.takeover_delay);
         let task = tokio::spawn(async move {
-            session::create(&client, &key, &settings, &identity, pass).await
+            session::create(&client, &key, &settings, &identity, pass, takeover).await
         });
         let mut guard = Orphan(Some(task), self.client.clone());
         let joined = guard

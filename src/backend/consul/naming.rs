@@ -1,6 +1,10 @@
 //! How lockwrap names its sessions, and how it recognises them again: every name carries the
 //! key, so a contender can tell whether a holder of a key whose entry is gone may still be
-//! stopping its command (docs/timing.md, "First use").
+//! stopping its command (docs/timing.md, "First use"), and the takeover delay it announced, so
+//! a successor with a shorter one still waits for that holder's command to stop (docs/timing.md,
+//! "Contenders with different settings").
+
+use std::time::Duration;
 
 /// The start of every default session name lockwrap gives for `key`.
 pub(crate) fn name_prefix(key: &str) -> String {
@@ -12,20 +16,51 @@ fn custom_tag(key: &str) -> String {
     format!(" [lockwrap {key}]")
 }
 
+/// Where the takeover delay a holder announces starts in its session name.
+const TAKEOVER_TAG: &str = " [takeover ";
+
 /// The session name: `lockwrap <key> on <host> pid <pid>`, or the user's name tagged with the
-/// key.
-pub(crate) fn session_name(custom: Option<&str>, key: &str, hostname: &str, pid: u32) -> String {
-    match custom {
+/// key; then ` [takeover <ms>ms]` when the holder supervises a command (`takeover`: how long a
+/// successor must wait after an unclean end of this holder's hold).
+pub(crate) fn session_name(
+    custom: Option<&str>,
+    key: &str,
+    hostname: &str,
+    pid: u32,
+    takeover: Option<Duration>,
+) -> String {
+    let base = match custom {
         Some(name) => format!("{name}{}", custom_tag(key)),
         None => format!("{}{hostname} pid {pid}", name_prefix(key)),
+    };
+    match takeover {
+        Some(delay) => format!("{base}{TAKEOVER_TAG}{}ms]", delay.as_millis()),
+        None => base,
     }
 }
 
-/// Whether a session named `name` was created by lockwrap for `key` (each create attempt adds
-/// its own ` [attempt …]` marker after the name; see `session::attempt_name`).
+/// `name` without the markers lockwrap appends: the create attempt's (` [attempt …]`, see
+/// `session::attempt_name`) and the announced takeover delay.
+fn base_name(name: &str) -> &str {
+    let name = name.rfind(" [attempt ").map_or(name, |at| &name[..at]);
+    match name.rfind(TAKEOVER_TAG) {
+        Some(at) if name.ends_with("ms]") => &name[..at],
+        _ => name,
+    }
+}
+
+/// Whether a session named `name` was created by lockwrap for `key`.
 pub(crate) fn names_key(name: &str, key: &str) -> bool {
-    let base = name.rfind(" [attempt ").map_or(name, |at| &name[..at]);
+    let base = base_name(name);
     base.starts_with(&name_prefix(key)) || base.ends_with(&custom_tag(key))
+}
+
+/// The takeover delay the holder that created the session named `name` announced, if any.
+pub(crate) fn announced_takeover(name: &str) -> Option<Duration> {
+    let name = name.rfind(" [attempt ").map_or(name, |at| &name[..at]);
+    let digits = name.get(name.rfind(TAKEOVER_TAG)? + TAKEOVER_TAG.len()..)?;
+    let millis = digits.strip_suffix("ms]")?.parse().ok()?;
+    Some(Duration::from_millis(millis))
 }
 
 #[cfg(test)]
@@ -34,16 +69,35 @@ mod tests {
 
     #[test]
     fn names_are_recognised_per_key() {
-        let name = session_name(None, "a/b", "host", 7);
+        let name = session_name(None, "a/b", "host", 7, None);
         assert_eq!(name, "lockwrap a/b on host pid 7");
+        assert_eq!(announced_takeover(&name), None);
         assert!(names_key(&name, "a/b"));
         assert!(!names_key(&name, "a"));
-        let custom = session_name(Some("deploy"), "a/b", "host", 7);
+        let custom = session_name(Some("deploy"), "a/b", "host", 7, None);
         assert_eq!(custom, "deploy [lockwrap a/b]");
         assert!(names_key(&custom, "a/b"));
         assert!(!names_key(&custom, "b"));
         assert!(!names_key("Consul API Lock", "a/b"));
         assert!(names_key("deploy [lockwrap a/b] [attempt 00ff]", "a/b"));
         assert!(names_key("lockwrap a/b on h pid 1 [attempt 00ff]", "a/b"));
+    }
+
+    #[test]
+    fn the_takeover_delay_travels_in_the_name() {
+        let delay = Some(Duration::from_millis(8_250));
+        let name = session_name(None, "a/b", "host", 7, delay);
+        assert_eq!(name, "lockwrap a/b on host pid 7 [takeover 8250ms]");
+        let attempt = format!("{name} [attempt 00ff]");
+        assert!(names_key(&attempt, "a/b"));
+        assert!(!names_key(&attempt, "a"));
+        assert_eq!(announced_takeover(&attempt), delay);
+        let custom = format!(
+            "{} [attempt 01]",
+            session_name(Some("deploy"), "a/b", "h", 1, delay)
+        );
+        assert!(names_key(&custom, "a/b"));
+        assert_eq!(announced_takeover(&custom), delay);
+        assert_eq!(announced_takeover("x [takeover soon] [attempt 01]"), None);
     }
 }

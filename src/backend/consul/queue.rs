@@ -161,8 +161,15 @@ impl ConsulBackend {
             checks: Checks::None,
             health_check_ttl: None,
         };
-        let owned =
-            session::create(&self.client, &request.key, &settings, &self.identity, None).await?;
+        let owned = session::create(
+            &self.client,
+            &request.key,
+            &settings,
+            &self.identity,
+            None,
+            None,
+        )
+        .await?;
         let entry_key = format!("{}{}", queue_prefix(&request.key), owned.id);
         let entry = json!({
             "holder": self.identity.to_json(),

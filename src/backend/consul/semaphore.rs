@@ -332,8 +332,19 @@ impl ConsulBackend {
             // `kv delete -recurse`) was deleted under live holders that are still stopping. Those
             // keep their sessions, named for the key, until their commands are dead; checked
             // after our put, as for a lock (docs/timing.md, "First use").
-            if created && self.holder_may_live(key, &owned.id).await.unwrap_or(true) {
-                takeover.get_or_insert(None);
+            let checked = created || takeover.is_some();
+            let live = if checked {
+                self.holder_may_live(key, &owned.id)
+                    .await
+                    .unwrap_or(Some(Duration::ZERO))
+            } else {
+                None
+            };
+            if let Some(delay) = live {
+                // A holder still stopping, maybe with a longer kill grace than the slot's
+                // owner announced: its session name says how long it needs.
+                let owed = takeover.get_or_insert(None);
+                *owed = (*owed).max(Some(delay));
             }
             if let Some(announced) = takeover {
                 // Owed: announce the dead holder's wait too, in case we end before it is over.

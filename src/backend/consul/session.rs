@@ -119,7 +119,7 @@ async fn pass_loop(
     }
 }
 
-/// Creates a session per `settings`; registers the health check first when asked and keeps
+/// Creates a session per `settings`, its name announcing `takeover` (see `naming`); registers the health check first when asked and keeps
 /// it passing at `pass` cadence from that moment on.
 pub async fn create(
     client: &ConsulClient,
@@ -127,12 +127,14 @@ pub async fn create(
     settings: &SessionSettings,
     identity: &Identity,
     pass: Option<Cadence>,
+    takeover: Option<Duration>,
 ) -> Result<OwnedSession, BackendError> {
     let base = super::naming::session_name(
         settings.name.as_deref(),
         key,
         &identity.hostname,
         identity.pid,
+        takeover,
     );
     // Unique per attempt, so an attempt whose outcome is unknown can be found again.
     let name = attempt_name(&base, attempt_nonce());
