@@ -65,7 +65,7 @@ from kit.logs import LogWatcher
 from kit.procs import alive, log, mono, signal_pid, wait_until
 
 PATHS = ["sem-destroy-stopping", "sem-lock-delete", "stop-in-takeover", "force-leave-blind", "escape-worker",
-         "escape-worker-destroy", "stall-sigstop", "stderr-pipe", "lib-execute-takeover", "sidecar-stepdown"]
+         "escape-worker-destroy", "escape-crash", "mixed-grace-delete", "stall-sigstop", "stderr-pipe", "lib-execute-takeover", "sidecar-stepdown"]
 LONG_HOLD = ["3600", "3600"]   # MIN MAX of a holder that holds until told
 
 
@@ -386,6 +386,56 @@ def p_escape_worker_destroy(suite):
     log(f"{g.name}: destroyed {a.tag}'s session; its command and its setsid worker ignore "
         f"SIGTERM (the kill grace, {S.DEFAULT_KILL_GRACE}s, ends each)")
     time.sleep(S.takeover_for(S.DEFAULT_KILL_GRACE, 0) + 2 * S.DEFAULT_KILL_GRACE + 2)
+    g.stop_all()
+    return [(g, g.check(t_fault))]
+
+
+def p_escape_crash(suite):
+    """The wrapper is SIGKILLed while its command forks a `setsid` worker (as soon as the
+    command's START is seen, and 50 and 150 ms later; one key each): the worker is younger than
+    the guardian's last snapshot and outside the command's group, and its parent link no longer
+    leads to the wrapper; the guardian finds it by the variable the command's tree inherits. A
+    standby (fast setting) takes over once the health check fails."""
+    cl = suite.cl
+    c1, c2, _ = cl.clients
+    out, t_fault = [], None
+    for ms in (0, 50, 150):
+        g = _register(suite, PathGroup(suite, f"escape-crash-{ms}ms", "run", "fast"))
+        a = g.spawn(c1, escape="setsid")
+        g.wait_start(a)
+        C.pace(ms / 1000.0)
+        a.kill9()
+        t_fault = t_fault or mono()
+        log(f"{g.name}: SIGKILL to {a.tag}'s wrapper {ms} ms after its command's START was seen")
+        g.spawn(c2)
+        out.append(g)
+    time.sleep(S.takeover_for(S.kill_grace_of(out[0].args), 0) + 8)
+    res = []
+    for g in out:
+        g.stop_all()
+        res.append((g, g.check(t_fault)))
+    return res
+
+
+def p_mixed_grace_delete(suite):
+    """A rollout that lowers the kill grace: the holder (grace 5 s, its command stops in 4 s)
+    and a new contender (grace 2 s, own takeover delay 3 s); the key is deleted under the
+    holder. The new one must wait the holder's announced 6 s, not its own 3 s."""
+    cl = suite.cl
+    c1, c2, _ = cl.clients
+    base = S.setting("default", suite.a.lockwrap)
+    g = _register(suite, PathGroup(suite, "mixed-grace-delete", "run", "default"))
+    old, new = base + ["--kill-grace", "5s"], base + ["--kill-grace", "2s"]
+    a = g.spawn(c1, args=old)
+    g.wait_start(a)
+    g.spawn(c2, args=new)
+    time.sleep(2)                       # the new contender waits
+    t_fault = mono()
+    st = C.http(cl.any_server().addr, "DELETE", f"/v1/kv/{g.key}")[0]
+    cl.note(f"DELETE /v1/kv/{g.key}: HTTP {st}")
+    log(f"{g.name}: deleted the key under {a.tag} (grace 5 s, stops in {S.stop_time(old)} s); "
+        f"the contender has grace 2 s")
+    time.sleep(S.takeover_for(5.0, 0) + 3)
     g.stop_all()
     return [(g, g.check(t_fault))]
 
