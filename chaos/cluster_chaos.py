@@ -156,16 +156,7 @@ class ClusterContender(chaos.Contender):
 
     def wrapper_pid(self) -> int | None:
         """lockwrap itself (the sidecar, not its application; env/setpriv exec it)."""
-        p = self.proc
-        if p is None:
-            return None
-        if self.cmd == "sidecar":
-            try:
-                with open(os.path.join(self.private, f"{self.tag}.pid")) as f:
-                    return int(f.read().strip())
-            except (OSError, ValueError):
-                return None
-        return p.pid
+        return C.wrapper_pid(self.proc, self.cmd, self.private, self.tag)
 
     def stop(self):
         """Final SIGTERM, but never in the first second of a wrapper's life: setpriv may not

@@ -720,15 +720,7 @@ class Contender:
 
     def wrapper_pid(self) -> int | None:
         """The lockwrap process itself (for the sidecar: the sidecar, not its application)."""
-        if self.proc is None:
-            return None
-        if self.cmd == "sidecar":
-            try:
-                with open(os.path.join(self.private, f"{self.tag}.pid")) as f:
-                    return int(f.read().strip())
-            except (OSError, ValueError):
-                return None
-        return self.proc.pid
+        return wrapper_pid(self.proc, self.cmd, self.private, self.tag)
 
     def poll(self):
         return self.proc.poll() if self.proc else None
@@ -760,6 +752,20 @@ class Contender:
             signal_pid(w, signal.SIGKILL)
         if child_pid:
             signal_pid(child_pid, signal.SIGKILL)
+
+
+def wrapper_pid(proc, cmd: str, private: str, tag: str) -> int | None:
+    """The pid of lockwrap itself for a contender started as `proc`: for the sidecar the pid
+    file it wrote in `private` (`proc` is the application beside it), else `proc`'s own."""
+    if proc is None:
+        return None
+    if cmd == "sidecar":
+        try:
+            with open(os.path.join(private, f"{tag}.pid")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+    return proc.pid
 
 
 def make_logfile(cluster: Cluster, name: str) -> str:
