@@ -141,3 +141,35 @@ fn run_calls_acquired_released_and_lost_hooks() {
     );
     assert_no_sessions(consul, &key);
 }
+
+/// A command that cannot start (exit 127): the on-acquired hook already running dies with it,
+/// before the lock is released, instead of running on (docs/timing.md, "Paths checked": hooks die
+/// with the command).
+#[test]
+fn an_on_acquired_hook_of_a_command_that_cannot_start_ends_before_the_release() {
+    let consul = Consul::shared();
+    let key = unique_key("hook-no-start");
+    let dir = Dir::new("hook-no-start");
+    let acquired = dir.script(
+        "hook-acquired.sh",
+        &format!("sleep 1; echo done >> '{}/hooks'", dir.display()),
+    );
+    let out = run_bounded(
+        run_cmd(
+            consul,
+            &key,
+            &["--on-acquired", &acquired],
+            &["/nonexistent/lockwrap-test-command"],
+        ),
+        Duration::from_secs(20),
+    );
+    assert_eq!(code(&out), 127, "{}", describe(&out));
+    // A hook left running would write its line a second after it started.
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(
+        dir.lines("hooks").is_empty(),
+        "the on-acquired hook outlived the release: {:?}",
+        dir.lines("hooks")
+    );
+    assert_no_sessions(consul, &key);
+}
