@@ -104,7 +104,7 @@ fn run_calls_acquired_released_and_lost_hooks() {
         &lost,
     ];
     let out = run_bounded(
-        run_cmd(consul, &key, &opts, &["sh", "-c", "exit 0"]),
+        run_cmd(consul, &key, &opts, &["sh", "-c", "sleep 0.5"]),
         Duration::from_secs(20),
     );
     assert_eq!(code(&out), 0, "{}", describe(&out));
