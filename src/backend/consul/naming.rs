@@ -39,10 +39,15 @@ pub(crate) fn session_name(
     }
 }
 
-/// `name` without the markers lockwrap appends: the create attempt's (` [attempt …]`, see
-/// `session::attempt_name`) and the announced takeover delay.
+/// `name` without the create attempt's marker (` [attempt …]`, see `session::attempt_name`).
+fn without_attempt(name: &str) -> &str {
+    name.rfind(" [attempt ").map_or(name, |at| &name[..at])
+}
+
+/// `name` without the markers lockwrap appends: the create attempt's and the announced takeover
+/// delay.
 fn base_name(name: &str) -> &str {
-    let name = name.rfind(" [attempt ").map_or(name, |at| &name[..at]);
+    let name = without_attempt(name);
     match name.rfind(TAKEOVER_TAG) {
         Some(at) if name.ends_with("ms]") => &name[..at],
         _ => name,
@@ -57,7 +62,7 @@ pub(crate) fn names_key(name: &str, key: &str) -> bool {
 
 /// The takeover delay the holder that created the session named `name` announced, if any.
 pub(crate) fn announced_takeover(name: &str) -> Option<Duration> {
-    let name = name.rfind(" [attempt ").map_or(name, |at| &name[..at]);
+    let name = without_attempt(name);
     let digits = name.get(name.rfind(TAKEOVER_TAG)? + TAKEOVER_TAG.len()..)?;
     let millis = digits.strip_suffix("ms]")?.parse().ok()?;
     Some(Duration::from_millis(millis))

@@ -119,8 +119,8 @@ async fn pass_loop(
     }
 }
 
-/// Creates a session per `settings`, its name announcing `takeover` (see `naming`); registers the health check first when asked and keeps
-/// it passing at `pass` cadence from that moment on.
+/// Creates a session per `settings`, its name announcing `takeover` (see `naming`); registers
+/// the health check first when asked and keeps it passing at `pass` cadence from that moment on.
 pub async fn create(
     client: &ConsulClient,
     key: &str,
