@@ -8,9 +8,9 @@ use serde_json::json;
 
 use crate::consul::{consul_binary, wait_until, Consul};
 use crate::harness::{
-    assert_no_sessions, cli, code, describe, exclusion_probe, json_line, run_bounded, run_cmd,
-    scratch, session_of, stderr, stdout, term_recorder, unique_key, wait_waiting, waiting_opts,
-    Dir, Proc, LOCK_FLAGS, QUICK,
+    assert_no_sessions, cli, code, describe, exclusion_probe, json_line, ms, now_ns, run_bounded,
+    run_cmd, scratch, session_of, stderr, stdout, term_recorder, unique_key, wait_waiting,
+    waiting_opts, Dir, Proc, LOCK_FLAGS, QUICK,
 };
 
 /// The semaphore contender flags value: a key with these flags is not a lock.
@@ -422,4 +422,118 @@ fn run_consul_lock_layout_excludes_hashicorp_consul_lock_both_ways() {
         "sessions left: {:?}",
         consul.sessions()
     );
+}
+
+/// How a semaphore slot is forced free under holders with a longer kill grace than the waiter's.
+#[derive(Clone, Copy, Debug)]
+enum Forced {
+    /// The first holder's session is destroyed: the waiter takes its dead slot.
+    SessionDestroyed,
+    /// `.lock` is deleted under both holders: the waiter creates it anew.
+    LockEntryDeleted,
+}
+
+/// A rollout that lowers the kill grace, on a semaphore (`-n 2`): holders a and b (grace 5 s,
+/// takeover 8 s, a command that takes 4.5 s to stop), waiter c (grace 1 s, takeover 4 s). When a
+/// slot is forced free, c waits the 8 s the old holders announced (a's contender entry, or their
+/// live session names when `.lock` is gone), not its own 4 s: its command starts only after
+/// every stopping holder's command ended (docs/timing.md, "Contenders with different settings").
+fn semaphore_waiter_with_a_shorter_grace_waits_the_announced_takeover(forced: Forced) {
+    let consul = Consul::shared();
+    let key = unique_key("sem-mixed-grace");
+    let dir = Dir::new("sem-mixed-grace");
+    let child = dir.script(
+        "child.sh",
+        &format!(
+            "D='{}'\ntrap 'sleep 4.5; date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
+             date +%s%N > \"$D/start.$1\"\n\
+             while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
+             date +%s%N > \"$D/end.$1\"",
+            dir.display()
+        ),
+    );
+    let old = ["-n", "2", "--kill-grace", "5s", "--takeover-delay", "8s"];
+    let a = Proc::spawn(run_cmd(consul, &key, &old, &[&child, "a"]));
+    assert!(
+        dir.wait_for("start.a", Duration::from_secs(10)),
+        "a did not start"
+    );
+    let b = Proc::spawn(run_cmd(consul, &key, &old, &[&child, "b"]));
+    assert!(
+        dir.wait_for("start.b", Duration::from_secs(10)),
+        "b did not start"
+    );
+    let waiting = waiting_opts(&dir, "c");
+    let mut c_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    c_opts.extend(["-n", "2", "--kill-grace", "1s", "--takeover-delay", "4s"]);
+    let c = Proc::spawn(run_cmd(consul, &key, &c_opts, &[&child, "c"]));
+    wait_waiting(&dir, "c");
+
+    let forced_at = now_ns();
+    let stopped: &[&str] = match forced {
+        Forced::SessionDestroyed => {
+            let pid = format!("pid {}", a.id());
+            let session = consul
+                .sessions_for(&key)
+                .into_iter()
+                .find(|s| {
+                    s["Name"].as_str().is_some_and(|n| {
+                        n.split(" [")
+                            .next()
+                            .is_some_and(|base| base.ends_with(&pid))
+                    })
+                })
+                .unwrap_or_else(|| panic!("no session of a ({pid}) for {key}"));
+            consul.destroy_session(session["ID"].as_str().expect("session ID"));
+            &["a"]
+        }
+        Forced::LockEntryDeleted => {
+            consul.delete_kv(&format!("{key}/.lock"));
+            &["a", "b"]
+        }
+    };
+    assert!(
+        dir.wait_for("start.c", Duration::from_secs(20)),
+        "{forced:?}: c never started"
+    );
+    let start_c = dir.ns("start.c").expect("start.c");
+    for id in stopped {
+        let end = dir.ns(&format!("end.{id}")).unwrap_or_else(|| {
+            panic!("{forced:?}: c started while {id}'s command still ran (no end.{id} yet)")
+        });
+        eprintln!(
+            "{forced:?}: {id} stopped {} ms after the fault, c started {} ms after it",
+            ms(end - forced_at),
+            ms(start_c - forced_at)
+        );
+        assert!(
+            start_c > end,
+            "{forced:?}: c started before {id}'s command ended"
+        );
+    }
+    assert!(
+        start_c - forced_at >= 8_000_000_000,
+        "{forced:?}: c waited {} ms, not the announced 8 s",
+        ms(start_c - forced_at)
+    );
+    for id in ["a", "b", "c"] {
+        dir.touch(&format!("release.{id}"));
+    }
+    for (id, wrapper) in [("a", a), ("b", b), ("c", c)] {
+        let out = wrapper.finish(Duration::from_secs(15));
+        let lost = stopped.contains(&id);
+        let want = if lost { 101 } else { 0 };
+        assert_eq!(code(&out), want, "{forced:?}: {id}: {}", describe(&out));
+    }
+    assert_no_sessions(consul, &key);
+}
+
+#[test]
+fn semaphore_waiter_with_a_shorter_grace_waits_a_destroyed_holders_announced_takeover() {
+    semaphore_waiter_with_a_shorter_grace_waits_the_announced_takeover(Forced::SessionDestroyed);
+}
+
+#[test]
+fn semaphore_waiter_with_a_shorter_grace_waits_when_dot_lock_is_deleted_under_the_holders() {
+    semaphore_waiter_with_a_shorter_grace_waits_the_announced_takeover(Forced::LockEntryDeleted);
 }

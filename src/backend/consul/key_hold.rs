@@ -80,13 +80,11 @@ impl Holding for KeyHold {
             }
             // Like Go's Lock.Destroy: remove the lock entry if nobody took it meanwhile — and
             // only our own: another holder's unclean release in between must stay on record.
-            let ours = value::written_by(&self.value);
             if let Ok(read) = client.kv_get(&self.lock_key, None).await {
-                if let Some(pair) = read.value.filter(|p| {
-                    p.holder().is_none()
-                        && ours.is_some()
-                        && value::written_by(&p.value_bytes()) == ours
-                }) {
+                if let Some(pair) = read
+                    .value
+                    .filter(|p| value::still_ours_unheld(p, &self.value))
+                {
                     let _ = client
                         .kv_delete(&self.lock_key, Some(pair.modify_index))
                         .await;

@@ -125,6 +125,15 @@ pub fn written_by(value: &[u8]) -> Option<String> {
     map.get("session")?.as_str().map(str::to_string)
 }
 
+/// Whether an unheld entry still carries what our session wrote, so a clean release may delete
+/// it (`consul-lock` layout, like Go's `Lock.Destroy`). Another holder's entry — even one that
+/// took and gave back the key between our release and this check — stays: its release may have
+/// been unclean, and deleting it would make the next holder take the key for never used.
+pub fn still_ours_unheld(pair: &KvPair, our_value: &[u8]) -> bool {
+    let ours = written_by(our_value);
+    pair.holder().is_none() && ours.is_some() && written_by(&pair.value_bytes()) == ours
+}
+
 /// The value re-sent with `?release`: the holder's value plus `released` (UTC). It tells the next
 /// holder that this release was clean — the holder's command had already stopped.
 pub fn mark_released(value: &[u8]) -> Vec<u8> {
@@ -177,6 +186,23 @@ mod tests {
             value: Some(base64::engine::general_purpose::STANDARD.encode(value)),
             session: session.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn a_clean_release_deletes_only_its_own_unheld_entry() {
+        let ours = br#"{"session":"s1","holder":"a"}"#;
+        let mine = pair(r#"{"session":"s1","holder":"a","released":"x"}"#, None);
+        assert!(still_ours_unheld(&mine, ours));
+        // Another holder took the key and gave it back (maybe uncleanly) in between.
+        let other = pair(r#"{"session":"s2","holder":"b"}"#, None);
+        assert!(!still_ours_unheld(&other, ours));
+        // Held again, by anyone: never deleted.
+        let held = pair(r#"{"session":"s1","holder":"a"}"#, Some("s2"));
+        assert!(!still_ours_unheld(&held, ours));
+        // A value without a session (consul lock's own, or foreign) is not ours.
+        let foreign = pair("", None);
+        assert!(!still_ours_unheld(&foreign, ours));
+        assert!(!still_ours_unheld(&foreign, b""));
     }
 
     #[test]
