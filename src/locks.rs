@@ -25,7 +25,11 @@ use crate::backend::{
 };
 use crate::exit::{Error, ErrorKind, Result};
 use crate::key;
-use crate::supervisor::{CommandSpec, Spawner, Stopped};
+use crate::supervisor::{CommandSpec, Spawner};
+
+pub mod hold;
+
+use hold::{HoldEnd, NoInterrupts, NotStarted, Unobserved};
 
 /// Lock operations against one lock store.
 pub struct LockManager<B: LockBackend = ConsulBackend> {
@@ -210,63 +214,52 @@ impl<B: LockBackend> LockManager<B> {
         let mut lease = self.acquire(key).await?;
         let mut spec = CommandSpec::new("/bin/sh");
         spec.args = vec!["-c".into(), shell.into()];
-        spec.env = vec![
-            ("CONSUL_LOCK_HELD".into(), "true".into()),
-            ("LOCKWRAP_KEY".into(), key.into()),
-            (
-                "LOCKWRAP_FENCING_TOKEN".into(),
-                lease
-                    .info()
-                    .fencing_token
-                    .unwrap_or_default()
-                    .to_string()
-                    .into(),
-            ),
-            (
-                "LOCKWRAP_SESSION".into(),
-                lease.info().session.clone().unwrap_or_default().into(),
-            ),
-        ];
-        if let Some(reason) = lost_already(&mut lease).await {
-            let _ = lease.release().await;
-            return Err(Error::new(
-                ErrorKind::LockLost,
-                format!("lock {key} lost before the command started ({reason})"),
-            ));
-        }
-        let mut child = match spawner.spawn(&spec) {
-            Ok(child) => child,
-            Err(err) => {
+        spec.env = hold::command_env(key, lease.info());
+        let mut command = match hold::start(&mut lease, spawner, &spec).await {
+            Ok(command) => command,
+            Err(not_started) => {
                 let _ = lease.release().await;
-                let kind = if err.exit_code() == 127 {
-                    ErrorKind::CommandNotFound
-                } else {
-                    ErrorKind::NotExecutable
-                };
-                return Err(Error::new(kind, err.to_string()));
+                return Err(match not_started {
+                    NotStarted::Lost(reason) => Error::new(
+                        ErrorKind::LockLost,
+                        format!("lock {key} lost before the command started ({reason})"),
+                    ),
+                    NotStarted::Spawn(err) => {
+                        let kind = if err.exit_code() == 127 {
+                            ErrorKind::CommandNotFound
+                        } else {
+                            ErrorKind::NotExecutable
+                        };
+                        Error::new(kind, err.to_string())
+                    }
+                });
             }
         };
-        if let Some(pgid) = child.pgid() {
-            guardian.watch_pgid(pgid);
-        }
-        let following = lease
-            .stop_deadline()
-            .map(|deadlines| guardian.follow(deadlines, grace));
-        let lost = tokio::select! {
-            status = child.wait() => Ok(status),
-            reason = lease.lost() => Err(reason),
-        };
-        if let Some(task) = following {
-            task.abort();
-        }
-        match lost {
-            Ok(status) => {
-                let tree_gone = child.stop_leftovers(grace).await;
-                guardian.disarm();
-                // Something survived: the next holder must wait (docs/timing.md).
-                lease.set_release_clean(tree_gone);
-                lease.release().await?;
+        let end = hold::hold(
+            &mut lease,
+            &mut command,
+            Some(&guardian),
+            &mut NoInterrupts,
+            &Unobserved,
+            grace,
+        )
+        .await;
+        let released = hold::release_after(lease, &end).await;
+        match end {
+            HoldEnd::Lost { reason, status, .. } => Err(Error::new(
+                ErrorKind::LockLost,
+                format!(
+                    "lock {key} lost while the command ran ({reason}); it was stopped ({status})"
+                ),
+            )),
+            // Without signals the hold ends only by the command's exit or a loss.
+            HoldEnd::Exited { status, tree_gone }
+            | HoldEnd::Interrupted {
+                status, tree_gone, ..
+            } => {
+                released?;
                 if !tree_gone {
+                    // Something survived: the next holder must wait (docs/timing.md).
                     return Err(Error::new(
                         ErrorKind::Internal,
                         format!(
@@ -275,17 +268,6 @@ impl<B: LockBackend> LockManager<B> {
                     ));
                 }
                 Ok(status.code())
-            }
-            Err(reason) => {
-                guardian.stopping(grace);
-                let Stopped { status, tree_gone } = child.stop(grace).await;
-                guardian.disarm();
-                lease.set_release_clean(tree_gone);
-                let _ = lease.release().await;
-                Err(Error::new(
-                    ErrorKind::LockLost,
-                    format!("lock {key} lost while the command ran ({reason}); it was stopped ({status})"),
-                ))
             }
         }
     }

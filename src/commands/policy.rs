@@ -1,6 +1,9 @@
 //! The one signal policy: what a signal lockwrap receives means in each phase. Every loop that
 //! listens to signals asks [`on_signal`]; nothing else decides.
 
+use tokio::sync::mpsc;
+
+use crate::locks::hold::{Interrupt, Interrupts};
 use crate::supervisor::Signal;
 
 /// Where lockwrap is when the signal arrives.
@@ -41,6 +44,39 @@ pub fn on_signal(signal: Signal, phase: Phase) -> Action {
     }
 }
 
+/// The signals lockwrap receives, read through [`on_signal`] for one phase: what the hold loop
+/// (`locks::hold`) listens to in `run`, `execute` and `sidecar`.
+pub struct Signals<'a> {
+    signals: &'a mut mpsc::UnboundedReceiver<Signal>,
+    phase: Phase,
+}
+
+impl<'a> Signals<'a> {
+    pub fn new(signals: &'a mut mpsc::UnboundedReceiver<Signal>, phase: Phase) -> Self {
+        Signals { signals, phase }
+    }
+}
+
+impl Interrupts for Signals<'_> {
+    // Cancel-safe: nothing is awaited after a signal is taken from the channel.
+    async fn next(&mut self) -> Interrupt {
+        loop {
+            let Some(signal) = self.signals.recv().await else {
+                // No more signals will come: only the command or the lease can end the hold.
+                return std::future::pending().await;
+            };
+            match on_signal(signal, self.phase) {
+                Action::Forward => return Interrupt::Forward(signal),
+                Action::ForwardAndStop => return Interrupt::ForwardAndStop(signal),
+                Action::Stop => return Interrupt::Stop(signal),
+                Action::Ignore => {
+                    tracing::debug!(signal = signal.name(), "signal ignored");
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +105,25 @@ mod tests {
         for s in [Signal::HUP, Signal::QUIT, Signal::USR1, Signal::USR2] {
             assert_eq!(on_signal(s, Phase::Supervising), Action::Forward, "{s:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_hold_loop_hears_each_signal_as_the_policy_says() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for s in [Signal::USR1, Signal::TERM] {
+            tx.send(s).expect("open channel");
+        }
+        let mut supervising = Signals::new(&mut rx, Phase::Supervising);
+        assert_eq!(supervising.next().await, Interrupt::Forward(Signal::USR1));
+        assert_eq!(
+            supervising.next().await,
+            Interrupt::ForwardAndStop(Signal::TERM)
+        );
+        // A sidecar leading ignores USR1 and WINCH, and steps down on HUP.
+        for s in [Signal::USR1, Signal::WINCH, Signal::HUP] {
+            tx.send(s).expect("open channel");
+        }
+        let mut leading = Signals::new(&mut rx, Phase::Leading);
+        assert_eq!(leading.next().await, Interrupt::Stop(Signal::HUP));
     }
 }

@@ -5,14 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::acquire;
-use super::policy::{self, Action, Phase};
+use super::policy::{self, Phase};
 use super::supervise::start_reporting;
 use crate::backend::{Acquired, HeldLock, LockBackend, LossReason, Wait};
 use crate::config::Supervised;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
+use crate::locks::hold::{self, AppBeside, HoldEnd, HoldObserver};
 use crate::locks::LockManager;
-use crate::supervisor::ProcessControl;
+use crate::supervisor::{ProcessControl, Signal};
 use crate::telemetry::Telemetry;
 
 /// Pause before campaigning again after a loss, so a flapping Consul is not hammered.
@@ -63,86 +64,98 @@ pub async fn run<B: LockBackend>(
             }
             Acquired::Locked(_) => continue,
         };
-        let end = {
-            let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
-            hooks.fire(Event::Acquired, &ctx).await;
-            let end = loop {
-                tokio::select! {
-                    reason = lease.lost() => break TermEnd::Lost(reason, ctx),
-                    Some(signal) = process.signals.recv() => {
-                        // A leader steps down on the same signals that end a standby's wait.
-                        if policy::on_signal(signal, Phase::Leading) == Action::Stop {
-                            tracing::info!(event = "released", signal = signal.name(), "stepping down");
-                            break TermEnd::SteppedDown(ctx);
-                        }
-                    }
-                }
-            };
-            end
+        let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
+        hooks.fire(Event::Acquired, &ctx).await;
+        // The app beside us is the command: a loss or a stop signal withdraws leadership first,
+        // then the app has the kill grace to notice before the release (docs/timing.md).
+        let leadership = Leadership {
+            hooks: &hooks,
+            ctx: &ctx,
+            telemetry: &telemetry,
         };
-        if let Some(outcome) = conclude(config, lease, end, &hooks, &telemetry).await {
+        let end = hold::hold(
+            &mut lease,
+            &mut AppBeside,
+            None,
+            &mut policy::Signals::new(&mut process.signals, Phase::Leading),
+            &leadership,
+            config.lock.request.hold.kill_grace,
+        )
+        .await;
+        if let Some(outcome) = conclude(config, lease, end, &hooks, &ctx).await {
             return Ok(outcome);
         }
         tokio::time::sleep(RECAMPAIGN_PAUSE).await;
     }
 }
 
-/// How one term of leadership ended.
-enum TermEnd {
-    /// Leadership was lost.
-    Lost(LossReason, EventContext),
-    /// A stop signal: step down and exit.
-    SteppedDown(EventContext),
+/// Withdraws leadership as a term ends, before the app's kill grace starts: `/leader`, readiness
+/// and the status file flip, and the on-lost hooks start at the loss.
+struct Leadership<'a> {
+    hooks: &'a Hooks,
+    ctx: &'a EventContext,
+    telemetry: &'a Telemetry,
 }
 
-/// The one place a term ends: records it, fires the closing hooks, releases the lock, and says
-/// whether to exit (`Some`) or campaign again (`None`). After a loss the on-lost hooks run and
-/// `--exit-on-loss` is decided before the release, which may retry for up to one TTL.
+impl HoldObserver for Leadership<'_> {
+    fn lost(&self, reason: &LossReason) -> Option<tokio::task::JoinHandle<()>> {
+        self.telemetry.not_leader(true);
+        self.telemetry.lost_because(reason);
+        Some(self.hooks.fire_detached(
+            Event::Lost,
+            &EventContext {
+                detail: Some(reason.to_string()),
+                ..self.ctx.clone()
+            },
+        ))
+    }
+
+    fn interrupted(&self, signal: Signal) {
+        tracing::info!(event = "released", signal = signal.name(), "stepping down");
+        self.telemetry.not_leader(false);
+    }
+}
+
+/// The one place a term ends, after the app had its kill grace: awaits the on-lost hooks,
+/// releases the lock, fires the closing hooks, and says whether to exit (`Some`) or campaign
+/// again (`None`). `--exit-on-loss` is decided before the release, which may retry for up to one
+/// TTL.
 async fn conclude(
     config: &Supervised,
-    mut lease: impl HeldLock,
-    end: TermEnd,
+    lease: impl HeldLock,
+    end: HoldEnd,
     hooks: &Hooks,
-    telemetry: &Telemetry,
+    ctx: &EventContext,
 ) -> Option<Outcome> {
-    // The app that acts on leadership runs outside lockwrap, and may still be acting on it
-    // for up to the kill grace after `/leader` and the status file say not leader: a sidecar's
-    // release is never clean, so the next leader waits its takeover delay (docs/timing.md).
-    lease.set_release_clean(false);
-    // Keep the session (and the lock entry's holder) alive while the app may still be stopping:
-    // a key deleted under this sidecar must not look never used to the next one before the app
-    // had its kill grace to see `/leader` and the status file say not leader (docs/timing.md,
-    // "First use"). Leadership was withdrawn below first, before this wait.
-    let app_stop = config.lock.request.hold.kill_grace;
-    let outcome = match end {
-        TermEnd::Lost(reason, ctx) => {
-            telemetry.not_leader(true);
-            telemetry.lost_because(&reason);
-            let detail = EventContext {
-                detail: Some(reason.to_string()),
-                ..ctx
-            };
-            hooks.fire(Event::Lost, &detail).await;
-            if config.supervision.exit_on_loss {
-                tracing::warn!(event = "lost", %reason, "leadership lost; exiting (--exit-on-loss)");
-                Some(Outcome::Failed(Error::new(
-                    ErrorKind::LockLost,
-                    format!("lock {} lost: {reason}", config.lock.request.key),
-                )))
-            } else {
-                tracing::warn!(event = "lost", %reason, "leadership lost; campaigning again");
-                None
-            }
+    // The app that acts on leadership runs outside lockwrap and is never known to be gone: a
+    // sidecar's release is never clean, so the next leader waits its takeover delay
+    // (`AppBeside`; docs/timing.md). The session stayed alive through the app's kill grace, so a
+    // key deleted under this sidecar did not look never used to the next one meanwhile
+    // (docs/timing.md, "First use").
+    let mut end = end;
+    if let HoldEnd::Lost {
+        reason,
+        hooks: lost_hooks,
+        ..
+    } = &mut end
+    {
+        if let Some(lost_hooks) = lost_hooks.take() {
+            let _ = tokio::time::timeout(config.lock.hook_timeout, lost_hooks).await;
         }
-        TermEnd::SteppedDown(ctx) => {
-            telemetry.not_leader(false);
-            tokio::time::sleep(app_stop).await;
-            let _ = lease.release().await;
-            hooks.fire(Event::Released, &ctx).await;
-            return Some(Outcome::Success);
-        }
-    };
-    tokio::time::sleep(app_stop).await;
-    let _ = lease.release().await;
-    outcome
+        let outcome = if config.supervision.exit_on_loss {
+            tracing::warn!(%reason, "leadership lost; exiting (--exit-on-loss)");
+            Some(Outcome::Failed(Error::new(
+                ErrorKind::LockLost,
+                format!("lock {} lost: {reason}", config.lock.request.key),
+            )))
+        } else {
+            tracing::warn!(%reason, "leadership lost; campaigning again");
+            None
+        };
+        let _ = hold::release_after(lease, &end).await;
+        return outcome;
+    }
+    let _ = hold::release_after(lease, &end).await;
+    hooks.fire(Event::Released, ctx).await;
+    Some(Outcome::Success)
 }

@@ -5,18 +5,17 @@
 
 use std::ffi::OsString;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::acquire;
-use super::policy::{self, Action, Phase};
+use super::policy::{self, Phase};
 use crate::backend::{Acquired, HeldLock, LockBackend, LockInfo, LossReason};
 use crate::config::Supervised;
 use crate::exit::{Error, ErrorKind, Outcome, Result};
 use crate::hooks::{AcquireHooks, Event, EventContext, Hooks};
+use crate::locks::hold::{self, HoldEnd, HoldObserver, NotStarted};
 use crate::locks::LockManager;
-use crate::supervisor::{
-    Child, CommandSpec, ExitStatus, ProcessControl, Signal, SpawnError, StdinMode, Stopped, Tree,
-};
+use crate::supervisor::{CommandSpec, ExitStatus, ProcessControl, Signal, StdinMode, Tree};
 use crate::telemetry::Telemetry;
 
 /// The outcome when the lock is taken and the wait gave up: the documented 100 / 5, or the
@@ -120,31 +119,37 @@ pub async fn run<B: LockBackend>(
     let mut acquired_hooks = Some(hooks.fire_detached(Event::Acquired, &ctx));
 
     let spec = command_spec(config, lease.info());
-    let end = match process.spawner().spawn(&spec) {
-        Ok(child) => {
+    let end = match hold::start(&mut lease, &process.spawner(), &spec).await {
+        Ok(mut child) => {
             tracing::info!(
                 event = "started",
                 pid = child.pid.as_raw(),
                 "command started"
             );
-            hold(
-                config,
+            let observer = LossToHooks {
+                hooks: &hooks,
+                ctx: &ctx,
+                telemetry: &telemetry,
+            };
+            let guardian = process.guardian();
+            let mut signals = policy::Signals::new(&mut process.signals, Phase::Supervising);
+            Ok(hold::hold(
                 &mut lease,
-                child,
-                &mut process,
-                &hooks,
-                &ctx,
-                &telemetry,
+                &mut child,
+                Some(&guardian),
+                &mut signals,
+                &observer,
+                config.lock.request.hold.kill_grace,
             )
-            .await
+            .await)
         }
-        Err(err) => {
+        Err(not_started) => {
             // No command, so nothing stops the on-acquired hooks: they end (or time out) before
             // the release, never beside another holder.
             if let Some(running) = acquired_hooks.take() {
                 let _ = running.await;
             }
-            HoldEnd::NotStarted(err)
+            Err(not_started)
         }
     };
     let outcome = conclude(config, lease, end, &hooks, &ctx, &telemetry).await;
@@ -154,65 +159,70 @@ pub async fn run<B: LockBackend>(
     Ok(outcome)
 }
 
-/// How a hold ended. [`hold`] only stops the command; [`conclude`] is the one place that
-/// releases, runs the closing hooks, updates telemetry and picks the outcome.
-///
-/// `tree_gone` says whether nothing of the command's tree was left when `hold` returned (see
-/// `Child::stop_leftovers`): when false, a process survived SIGKILL and the release must not be
-/// reported as clean.
-enum HoldEnd {
-    /// The command ended on its own, or after a forwarded stop signal.
-    Exited { status: ExitStatus, tree_gone: bool },
-    /// The lock was lost and the command was stopped; the lost hooks were started at the loss.
-    Lost {
-        reason: LossReason,
-        status: ExitStatus,
-        hooks: tokio::task::JoinHandle<()>,
-        tree_gone: bool,
-    },
-    /// The command could not be started.
-    NotStarted(SpawnError),
+/// What the CLI does as a hold ends: the on-lost hooks start and readiness and `/leader` flip at
+/// the loss, while the command is being stopped.
+struct LossToHooks<'a> {
+    hooks: &'a Hooks,
+    ctx: &'a EventContext,
+    telemetry: &'a Telemetry,
+}
+
+impl HoldObserver for LossToHooks<'_> {
+    fn lost(&self, reason: &LossReason) -> Option<tokio::task::JoinHandle<()>> {
+        let hooks = self.hooks.fire_detached(
+            Event::Lost,
+            &EventContext {
+                detail: Some(reason.to_string()),
+                ..self.ctx.clone()
+            },
+        );
+        self.telemetry.not_leader(true);
+        self.telemetry.lost_because(reason);
+        Some(hooks)
+    }
+
+    fn interrupted(&self, signal: Signal) {
+        tracing::info!(signal = signal.name(), "stopping the command");
+        self.telemetry.not_leader(false);
+    }
 }
 
 /// Releases the lock (and destroys the session), runs the hooks that close the hold, records
-/// it, and turns it into the outcome.
+/// it, and turns it into the outcome: the one place a `run` / `execute` hold ends.
 async fn conclude(
     config: &Supervised,
-    mut lease: impl HeldLock,
-    end: HoldEnd,
+    lease: impl HeldLock,
+    end: std::result::Result<HoldEnd, NotStarted>,
     hooks: &Hooks,
     ctx: &EventContext,
     telemetry: &Telemetry,
 ) -> Outcome {
-    if let HoldEnd::Exited { status, .. } | HoldEnd::Lost { status, .. } = &end {
-        telemetry.child_exited(status.code());
+    if let Ok(held) = &end {
+        telemetry.child_exited(held.status().code());
+        if !held.tree_gone() {
+            tracing::error!(
+                "a process of the command survived SIGKILL; releasing the lock without the \
+                 clean marker, so the next holder waits its takeover delay"
+            );
+        }
     }
-    if !matches!(end, HoldEnd::Lost { .. }) {
-        // (A loss was recorded at the moment it happened, by `hold`.)
+    if !matches!(end, Ok(HoldEnd::Lost { .. })) {
+        // (A loss was recorded at the moment it happened, by the hold's observer.)
         telemetry.not_leader(false);
     }
-    if let HoldEnd::Exited {
-        tree_gone: false, ..
-    }
-    | HoldEnd::Lost {
-        tree_gone: false, ..
-    } = &end
-    {
-        tracing::error!(
-            "a process of the command survived SIGKILL; releasing the lock without the clean \
-             marker, so the next holder waits its takeover delay"
-        );
-        lease.set_release_clean(false);
-    }
-    if let Err(err) = lease.release().await {
+    let released = match &end {
+        Ok(held) => hold::release_after(lease, held).await,
+        Err(_) => lease.release().await,
+    };
+    if let Err(err) = released {
         tracing::warn!(%err, "releasing the lock failed; the session was destroyed");
     }
     match end {
-        HoldEnd::Exited { status, .. } => {
+        Ok(HoldEnd::Exited { status, .. } | HoldEnd::Interrupted { status, .. }) => {
             hooks.fire(Event::Released, ctx).await;
             Outcome::Child(status.code())
         }
-        HoldEnd::NotStarted(err) => {
+        Err(NotStarted::Spawn(err)) => {
             hooks.fire(Event::Released, ctx).await;
             let kind = if err.exit_code() == 127 {
                 ErrorKind::CommandNotFound
@@ -221,13 +231,22 @@ async fn conclude(
             };
             Outcome::Failed(Error::new(kind, err.to_string()))
         }
-        HoldEnd::Lost {
+        Err(NotStarted::Lost(reason)) => Outcome::Failed(Error::new(
+            ErrorKind::LockLost,
+            format!(
+                "lock {} lost before the command started ({reason})",
+                ctx.key
+            ),
+        )),
+        Ok(HoldEnd::Lost {
             reason,
             status,
             hooks: lost_hooks,
             ..
-        } => {
-            let _ = tokio::time::timeout(config.lock.hook_timeout, lost_hooks).await;
+        }) => {
+            if let Some(lost_hooks) = lost_hooks {
+                let _ = tokio::time::timeout(config.lock.hook_timeout, lost_hooks).await;
+            }
             Outcome::Failed(Error::new(
                 ErrorKind::LockLost,
                 format!(
@@ -237,90 +256,6 @@ async fn conclude(
                 ),
             ))
         }
-    }
-}
-
-/// The loop while the command runs: returns when it exits, the lock is lost (the command is
-/// stopped first), or lockwrap is told to stop. Releases nothing: that is [`conclude`]'s job.
-async fn hold(
-    config: &Supervised,
-    lease: &mut impl HeldLock,
-    mut child: Child,
-    process: &mut ProcessControl,
-    hooks: &Hooks,
-    ctx: &EventContext,
-    telemetry: &Telemetry,
-) -> HoldEnd {
-    let grace = config.lock.request.hold.kill_grace;
-    let guardian = process.guardian();
-    if let Some(pgid) = child.pgid() {
-        guardian.watch_pgid(pgid);
-    }
-    // The guardian stops the command's tree if the deadline passes while this wrapper cannot.
-    let following = lease
-        .stop_deadline()
-        .map(|deadlines| guardian.follow(deadlines, grace));
-    let end = hold_until_end(lease, &mut child, process, hooks, ctx, telemetry, grace).await;
-    if let Some(task) = following {
-        task.abort();
-    }
-    // The command's tree is stopped (or proved unkillable): nothing is left for the guardian.
-    guardian.disarm();
-    end
-}
-
-/// [`hold`]'s loop, between telling the guardian which group to watch and disarming it.
-async fn hold_until_end(
-    lease: &mut impl HeldLock,
-    child: &mut Child,
-    process: &mut ProcessControl,
-    hooks: &Hooks,
-    ctx: &EventContext,
-    telemetry: &Telemetry,
-    grace: Duration,
-) -> HoldEnd {
-    loop {
-        tokio::select! {
-            status = child.wait() => {
-                tracing::info!(event = "exited", code = status.code(), "command exited");
-                // Nothing of the command may outlive the lock.
-                let tree_gone = child.stop_leftovers(grace).await;
-                return HoldEnd::Exited { status, tree_gone };
-            }
-            reason = lease.lost() => {
-                // A wrapper that stalls mid-stop still loses its command: the renew deadline the
-                // guardian holds may be far off (a key delete, a holder change).
-                process.guardian().stopping(grace);
-                // The on-lost hooks start as the command is being stopped, not after.
-                let lost_hooks = hooks.fire_detached(Event::Lost, &EventContext {
-                    detail: Some(reason.to_string()),
-                    ..ctx.clone()
-                });
-                // Readiness and /leader flip at the loss, while the command is being stopped.
-                telemetry.not_leader(true);
-                telemetry.lost_because(&reason);
-                tracing::warn!(event = "lost", %reason, grace = ?grace, "lock lost: stopping the command");
-                let Stopped { status, tree_gone } = child.stop(grace).await;
-                return HoldEnd::Lost { reason, status, hooks: lost_hooks, tree_gone };
-            }
-            Some(signal) = process.signals.recv() => match policy::on_signal(signal, Phase::Supervising) {
-                Action::ForwardAndStop => {
-                    forward(child, signal);
-                    // The group had the forwarded signal; the rest of the tree gets TERM now.
-                    let Stopped { status, tree_gone } = child.stop_after(None, grace).await;
-                    return HoldEnd::Exited { status, tree_gone };
-                }
-                Action::Forward => forward(child, signal),
-                Action::Stop | Action::Ignore => {}
-            },
-        }
-    }
-}
-
-fn forward(child: &Child, signal: Signal) {
-    tracing::debug!(signal = signal.name(), "forwarding signal to the command");
-    if let Err(err) = child.signal_group(signal) {
-        tracing::debug!(signal = signal.name(), %err, "could not forward signal");
     }
 }
 
@@ -341,21 +276,7 @@ fn command_spec(config: &Supervised, info: &LockInfo) -> CommandSpec {
     CommandSpec {
         program,
         args,
-        env: vec![
-            ("CONSUL_LOCK_HELD".into(), "true".into()),
-            (
-                "LOCKWRAP_KEY".into(),
-                config.lock.request.key.clone().into(),
-            ),
-            (
-                "LOCKWRAP_SESSION".into(),
-                info.session.clone().unwrap_or_default().into(),
-            ),
-            (
-                "LOCKWRAP_FENCING_TOKEN".into(),
-                info.fencing_token.unwrap_or_default().to_string().into(),
-            ),
-        ],
+        env: hold::command_env(&config.lock.request.key, info),
         stdin: StdinMode::Inherit,
         stdout_to_stderr: false,
         own_process_group: true,
