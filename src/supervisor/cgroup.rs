@@ -18,6 +18,8 @@ use tracing::debug;
 #[derive(Debug)]
 pub(crate) struct CommandCgroup {
     dir: PathBuf,
+    /// The `N` of `lockwrap-<pid>-N`: the guardian rebuilds the path from it.
+    number: usize,
     /// `cgroup.procs`, opened before the fork: the child writes "0" (itself) into it between fork
     /// and exec, so it is inside before it can fork anything.
     join: OwnedFd,
@@ -37,7 +39,7 @@ impl CommandCgroup {
         };
         sweep_stale(&parent);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = parent.join(format!("lockwrap-{}-{n}", std::process::id()));
+        let dir = command_dir(&parent, std::process::id(), n);
         let created = fs::create_dir(&dir).and_then(|()| {
             fs::OpenOptions::new()
                 .write(true)
@@ -45,13 +47,22 @@ impl CommandCgroup {
                 .map(OwnedFd::from)
         });
         match created {
-            Ok(join) => Some(CommandCgroup { dir, join }),
+            Ok(join) => Some(CommandCgroup {
+                dir,
+                number: n,
+                join,
+            }),
             Err(err) => {
                 debug!(dir = %dir.display(), %err, "cannot create a cgroup for the command; stops walk /proc only");
                 let _ = fs::remove_dir(&dir);
                 None
             }
         }
+    }
+
+    /// The `N` of its name, which the guardian is told (see [`command_dir`]).
+    pub(crate) fn number(&self) -> usize {
+        self.number
     }
 
     /// The descriptor the child writes "0" to (async-signal-safe `write`, no allocation).
@@ -138,9 +149,35 @@ fn sweep_stale(parent: &Path) {
     }
 }
 
+/// The cgroup of command `n` of the lockwrap with pid `wrapper`, under lockwrap's own cgroup
+/// `parent`: the name both the wrapper and its guardian (which shares the wrapper's cgroup) use.
+pub(crate) fn command_dir(parent: &Path, wrapper: u32, n: usize) -> PathBuf {
+    parent.join(format!("lockwrap-{wrapper}-{n}"))
+}
+
+/// SIGKILLs every process in the cgroup at `dir` (`cgroup.kill`, or pid by pid from
+/// `cgroup.procs` where the kernel lacks it); returns how many processes it still listed.
+pub(crate) fn kill_dir(dir: &Path) -> usize {
+    let pids: Vec<i32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    if pids.is_empty() {
+        return 0;
+    }
+    if fs::write(dir.join("cgroup.kill"), "1").is_err() {
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    pids.len()
+}
+
 /// lockwrap's own cgroup v2 directory: the `cgroup2` mount point from `/proc/self/mountinfo`
 /// joined with the `0::` path of `/proc/self/cgroup`.
-fn own_cgroup_dir() -> io::Result<PathBuf> {
+pub(crate) fn own_cgroup_dir() -> io::Result<PathBuf> {
     let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
     let mount = cgroup2_mount(&mountinfo)
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount"))?;

@@ -206,6 +206,12 @@ impl Spawner {
             slot,
             cgroup,
         } = answer.recv().map_err(|_| thread_gone())??;
+        // Once the wrapper is gone the guardian kills what is left in the command's cgroup too:
+        // a process there cannot leave it, whatever it did to its parentage, session or
+        // environment.
+        if let Some(cgroup) = &cgroup {
+            self.guardian.watch_cgroup(cgroup.number());
+        }
         Ok(Child {
             pid,
             pgid,

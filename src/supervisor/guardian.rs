@@ -40,6 +40,7 @@ const WATCH: u32 = 1;
 const ARM: u32 = 2;
 const DISARM: u32 = 3;
 const STOPPING: u32 = 4;
+const CGROUP: u32 = 5;
 
 /// The guardian this process started, so tree stops and the reaper can tell it apart.
 static GUARDIAN_PID: AtomicI32 = AtomicI32::new(0);
@@ -109,6 +110,13 @@ impl Guardian {
     /// fires: the command's.
     pub fn watch_pgid(&self, pgid: Pid) {
         self.send(WATCH, pgid.as_raw(), 0, 0);
+    }
+
+    /// The command's cgroup v2 (`lockwrap-<wrapper pid>-<number>` beside the guardian's own):
+    /// killed with the group and the marked processes once the wrapper is gone. Forgotten on
+    /// [`Guardian::disarm`].
+    pub(crate) fn watch_cgroup(&self, number: usize) {
+        self.send(CGROUP, 0, u64::try_from(number).unwrap_or(u64::MAX), 0);
     }
 
     /// The command must be told to stop at `deadline` and be dead by `deadline + grace`. Call
@@ -311,6 +319,15 @@ struct State {
     /// group nor the last snapshot holds.
     marked: Vec<u8>,
     environ: Vec<u8>,
+    /// lockwrap's own cgroup v2 (shared with the wrapper), where the command's cgroups are made.
+    cgroup_parent: Option<std::path::PathBuf>,
+    /// The command's cgroup, once the wrapper named it.
+    cgroup: Option<std::path::PathBuf>,
+    /// When the oldest process of the command's tree started (clock ticks since boot; 0 reads
+    /// every process): only processes at least as young can carry the marker, so older ones'
+    /// environments are never read (a read of a process stuck on a hung mount could block the
+    /// guardian before it killed anything).
+    command_start: u64,
     stderr: RawFd,
 }
 
@@ -334,6 +351,9 @@ fn guardian_main(pipe: &OwnedFd, wrapper: Pid, marked: Vec<u8>) {
         termed: Vec::with_capacity(64),
         marked,
         environ: Vec::with_capacity(4096),
+        cgroup_parent: super::cgroup::own_cgroup_dir().ok(),
+        cgroup: None,
+        command_start: 0,
         stderr: nonblocking_stderr(),
     };
     let mut pending = [0u8; MESSAGE * 16];
@@ -397,7 +417,35 @@ impl State {
 
     fn receive(&mut self, (kind, pgid, a, b): (u32, i32, u64, u64)) {
         match kind {
-            WATCH => self.pgid = (pgid > 1).then_some(pgid),
+            WATCH => {
+                self.pgid = (pgid > 1).then_some(pgid);
+                // The oldest of the command and of what the wrapper runs beside it (on-acquired
+                // hooks start first): every marked process is at least that young.
+                tree::scan(&mut self.procs, &mut self.buf);
+                let parents = Parents::of(&self.procs);
+                self.command_start = self
+                    .procs
+                    .iter()
+                    .filter(|p| {
+                        p.pid != self.me
+                            && (Some(p.pid) == self.pgid
+                                || parents
+                                    .branch(p.pid, self.wrapper)
+                                    .is_some_and(|branch| branch != self.me))
+                    })
+                    .map(|p| p.start)
+                    .min()
+                    .unwrap_or(0);
+            }
+            CGROUP => {
+                self.cgroup = self.cgroup_parent.as_deref().map(|parent| {
+                    super::cgroup::command_dir(
+                        parent,
+                        u32::try_from(self.wrapper).unwrap_or(0),
+                        usize::try_from(a).unwrap_or(usize::MAX),
+                    )
+                });
+            }
             // A firing is not undone by a late extension: the command is already being stopped.
             ARM => {
                 if matches!(self.phase, Phase::Idle | Phase::Armed { .. }) {
@@ -422,6 +470,8 @@ impl State {
             DISARM => {
                 self.phase = Phase::Idle;
                 self.pgid = None;
+                self.cgroup = None;
+                self.command_start = 0;
                 self.snapshot.clear();
                 self.termed.clear();
             }
@@ -520,27 +570,33 @@ impl State {
         self.kill_group_and_snapshot();
     }
 
-    /// SIGKILL to the watched group, every process marked with the [`TREE_MARKER`] variable and
-    /// the last snapshot, until none is left (bounded by [`EOF_KILL_LIMIT_NS`]).
+    /// SIGKILL to the watched group, every process marked with the [`TREE_MARKER`] variable, the
+    /// last snapshot and the command's cgroup, until none is left (bounded by
+    /// [`EOF_KILL_LIMIT_NS`]).
     fn kill_group_and_snapshot(&mut self) {
         let started = monotonic_ns();
         loop {
+            // What needs no environment read first: the cgroup and the snapshot.
             let mut left = 0;
+            if let Some(dir) = &self.cgroup {
+                left += super::cgroup::kill_dir(dir);
+            }
+            for proc in &self.snapshot {
+                if tree::signal_if_same(proc, Signal::SIGKILL) {
+                    left += 1;
+                }
+            }
             tree::scan(&mut self.procs, &mut self.buf);
             for proc in &self.procs {
                 if proc.zombie || proc.pid == self.me || proc.pid == self.wrapper {
                     continue;
                 }
                 let ours = self.pgid == Some(proc.pgrp)
-                    || tree::environ_names(proc.pid, &self.marked, &mut self.environ);
+                    || (proc.start >= self.command_start
+                        && tree::environ_names(proc.pid, &self.marked, &mut self.environ));
                 if ours {
                     left += 1;
                     let _ = kill(Pid::from_raw(proc.pid), Signal::SIGKILL);
-                }
-            }
-            for proc in &self.snapshot {
-                if tree::signal_if_same(proc, Signal::SIGKILL) {
-                    left += 1;
                 }
             }
             if left == 0 {

@@ -537,3 +537,89 @@ fn semaphore_waiter_with_a_shorter_grace_waits_a_destroyed_holders_announced_tak
 fn semaphore_waiter_with_a_shorter_grace_waits_when_dot_lock_is_deleted_under_the_holders() {
     semaphore_waiter_with_a_shorter_grace_waits_the_announced_takeover(Forced::LockEntryDeleted);
 }
+
+/// `.lock` deleted under two holders (`-n 2`, a command that takes 4.5 s to stop) while two
+/// contenders wait: the first to re-create `.lock` sees the stopping holders' sessions and waits
+/// its takeover delay, and so must the second — it finds the other slot of the new `.lock` taken
+/// by a placeholder for the unknown holders (docs/timing.md, "Semaphores"), not free. Before,
+/// it took that free slot and started at once: 3 commands for ~4.5 s.
+#[test]
+fn a_second_waiter_does_not_start_in_a_re_created_dot_lock_while_the_old_holders_stop() {
+    let consul = Consul::shared();
+    let key = unique_key("sem-two-waiters");
+    let dir = Dir::new("sem-two-waiters");
+    let child = dir.script(
+        "child.sh",
+        &format!(
+            "D='{}'\ntrap 'sleep 4.5; date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
+             date +%s%N > \"$D/start.$1\"\n\
+             while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
+             date +%s%N > \"$D/end.$1\"",
+            dir.display()
+        ),
+    );
+    let opts = ["-n", "2", "--kill-grace", "5s", "--takeover-delay", "8s"];
+    let a = Proc::spawn(run_cmd(consul, &key, &opts, &[&child, "a"]));
+    assert!(
+        dir.wait_for("start.a", Duration::from_secs(10)),
+        "a did not start"
+    );
+    let b = Proc::spawn(run_cmd(consul, &key, &opts, &[&child, "b"]));
+    assert!(
+        dir.wait_for("start.b", Duration::from_secs(10)),
+        "b did not start"
+    );
+    let mut waiters = Vec::new();
+    for id in ["w1", "w2"] {
+        let waiting = waiting_opts(&dir, id);
+        let mut w_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+        w_opts.extend(opts);
+        waiters.push((
+            id,
+            Proc::spawn(run_cmd(consul, &key, &w_opts, &[&child, id])),
+        ));
+        wait_waiting(&dir, id);
+    }
+
+    let deleted_at = now_ns();
+    consul.delete_kv(&format!("{key}/.lock"));
+    for (id, _) in &waiters {
+        assert!(
+            dir.wait_for(&format!("start.{id}"), Duration::from_secs(20)),
+            "{id} never started"
+        );
+    }
+    let ends: Vec<i128> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            dir.ns(&format!("end.{id}")).unwrap_or_else(|| {
+                panic!("a waiter started while {id}'s command still ran (no end.{id} yet)")
+            })
+        })
+        .collect();
+    let last_end = ends.iter().copied().max().unwrap_or_default();
+    for (id, _) in &waiters {
+        let start = dir.ns(&format!("start.{id}")).expect("start");
+        eprintln!(
+            "{id} started {} ms after the delete; the old commands ended by {} ms",
+            ms(start - deleted_at),
+            ms(last_end - deleted_at)
+        );
+        assert!(
+            start > last_end,
+            "{id} started before the old holders' commands ended"
+        );
+    }
+    for id in ["a", "b", "w1", "w2"] {
+        dir.touch(&format!("release.{id}"));
+    }
+    for (id, wrapper) in [("a", a), ("b", b)] {
+        let out = wrapper.finish(Duration::from_secs(15));
+        assert_eq!(code(&out), 101, "{id}: {}", describe(&out));
+    }
+    for (id, wrapper) in waiters {
+        let out = wrapper.finish(Duration::from_secs(15));
+        assert_eq!(code(&out), 0, "{id}: {}", describe(&out));
+    }
+    assert_no_sessions(consul, &key);
+}

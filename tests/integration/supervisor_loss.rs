@@ -270,3 +270,53 @@ fn run_stops_child_when_consul_restarts() {
     assert!(!alive(child_pid));
     assert_no_sessions(&consul, &key);
 }
+
+/// The wrapper is `kill -9`ed moments after its command started a worker that left its group
+/// (`setsid`) and cleared its environment (`env -i`): the worker is not in the command's group,
+/// carries no tree marker, and is (most likely) younger than the guardian's last snapshot. Where
+/// lockwrap could give the command a cgroup v2, the guardian kills what is left in it, so the
+/// worker dies with the wrapper (docs/timing.md, "What the model assumes"). Without a writable
+/// cgroup v2 there is nothing to test: the test says so and passes.
+#[test]
+fn a_marker_less_worker_dies_with_a_killed_wrapper_through_the_commands_cgroup() {
+    let consul = Consul::shared();
+    let key = unique_key("cgroup-escape");
+    let dir = Dir::new("cgroup-escape");
+    let child = dir.script(
+        "child.sh",
+        &format!(
+            "D='{}'\nsleep 0.7\n\
+             setsid env -i /bin/sh -c 'echo $$ > \"$0/worker.pid\"; exec sleep 30' \"$D\" &\n\
+             sleep 30",
+            dir.display()
+        ),
+    );
+    let wrapper = Proc::spawn(run_cmd(consul, &key, &[], &[&child]));
+    assert!(
+        dir.wait_for("worker.pid", Duration::from_secs(15)),
+        "the worker never started"
+    );
+    let worker = dir.pids("worker.pid")[0];
+    let cgroup = std::fs::read_to_string(format!("/proc/{worker}/cgroup")).unwrap_or_default();
+    wrapper.signal(nix::sys::signal::Signal::SIGKILL);
+    if !cgroup.contains("/lockwrap-") {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(worker),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        eprintln!("no command cgroup here ({cgroup:?}): the cgroup path is not exercised");
+        return;
+    }
+    let gone = wait_until(Duration::from_secs(5), || !crate::harness::alive(worker));
+    if !gone {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(worker),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(
+        gone,
+        "the worker in the command's cgroup outlived its killed wrapper"
+    );
+    let _ = wrapper.finish(Duration::from_secs(10));
+}

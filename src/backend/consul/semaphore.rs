@@ -68,6 +68,13 @@ fn decode_lock(pair: Option<&KvPair>, lock_key: &str) -> Result<SemaphoreLock, B
     })
 }
 
+/// A `.lock` holder entry standing for holders that may still be stopping but are listed nowhere
+/// (`.lock` was deleted under them). No contender key has this name, so it is dead at once: a
+/// contender takes its slot only through the dead-holder path, which waits the takeover delay.
+fn placeholder(creator: &str, n: u32) -> String {
+    format!("unknown-holder-{n}-of-{creator}")
+}
+
 pub fn slot(prefix: &str, session: &str, limit: u32) -> SemaphoreSlot {
     let prefix = prefix.trim_end_matches('/');
     SemaphoreSlot {
@@ -231,6 +238,25 @@ impl ConsulBackend {
                 check_limit(&lock, request.limit, key).map_err(Err)?;
             }
             lock.limit = request.limit;
+            if lock_pair.is_none() {
+                // Creating `.lock`: a prefix never used, or one whose `.lock` was deleted under
+                // holders that are still stopping and are listed nowhere now. If any session named
+                // for the key lives, the other slots get placeholders (dead from the start), so a
+                // second contender takes one through the dead-holder path below and waits the
+                // takeover delay too, instead of a free slot at once (docs/timing.md,
+                // "Semaphores").
+                let live = self
+                    .holder_may_live(key, &owned.id)
+                    .await
+                    .unwrap_or(Some(Duration::ZERO));
+                if let Some(delay) = live {
+                    for n in 1..request.limit {
+                        lock.holders.insert(placeholder(&owned.id, n), true);
+                    }
+                    let owed = takeover.get_or_insert(None);
+                    *owed = (*owed).max(Some(delay));
+                }
+            }
             // A holder whose contender key is gone or no longer held by it is dead, but its
             // command may still be stopping: its entry keeps counting against the limit until
             // a contender takes its place and waits the takeover delay (lock-delay does not
