@@ -193,7 +193,8 @@ impl<B: LockBackend> LockManager<B> {
     /// starts: it forks the guardian and makes this process a subreaper; refused otherwise),
     /// like `lockwrap execute`: if the lock is lost its whole group is stopped (SIGTERM, the
     /// request's kill grace, SIGKILL) before this returns an error of kind `LockLost`, and
-    /// nothing it started outlives the lock.
+    /// nothing it started outlives the lock. One `execute` at a time per process: a second one
+    /// while another runs is refused (the guardian guards one command).
     pub async fn execute(&self, key: &str, shell: &str, spawner: &Spawner) -> Result<i32>
     where
         B::Lease: Send,
@@ -211,6 +212,15 @@ impl<B: LockBackend> LockManager<B> {
                     .to_string(),
             ));
         }
+        // Refused before anything changes in Consul, like a missing guardian.
+        let Some(_one) = hold::OneCommand::claim() else {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                "LockManager::execute runs one command at a time per process (its guardian \
+                 guards one); wait for the other execute to return"
+                    .to_string(),
+            ));
+        };
         let mut lease = self.acquire(key).await?;
         let mut spec = CommandSpec::new("/bin/sh");
         spec.args = vec!["-c".into(), shell.into()];

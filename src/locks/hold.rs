@@ -219,6 +219,35 @@ pub fn command_env(key: &str, info: &LockInfo) -> Vec<(OsString, OsString)> {
     ]
 }
 
+/// The guardian guards one command per process (one deadline, one group, one cgroup): a second
+/// command held at the same time would be left unguarded the moment the first one disarmed it,
+/// and a loss of either would condemn both. [`OneCommand::claim`] refuses the second.
+pub struct OneCommand(());
+
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl OneCommand {
+    /// The right to run the process's one guarded command, or `None` while another holds it.
+    /// Given back when dropped (also when the caller's future is dropped).
+    pub fn claim() -> Option<OneCommand> {
+        RUNNING
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
+            .then_some(OneCommand(()))
+    }
+}
+
+impl Drop for OneCommand {
+    fn drop(&mut self) {
+        RUNNING.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Why a command was never started under a held lock.
 #[derive(Debug)]
 pub enum NotStarted {

@@ -440,3 +440,14 @@ async fn the_command_sees_the_lock_it_runs_under() {
     let token = info.fencing_token.expect("the store gives a fencing token");
     assert_eq!(get("LOCKWRAP_FENCING_TOKEN"), Some(token.to_string()));
 }
+
+#[test]
+fn one_guarded_command_at_a_time_per_process() {
+    let first = OneCommand::claim().expect("nothing runs yet");
+    assert!(OneCommand::claim().is_none(), "a second guarded command");
+    drop(first);
+    assert!(
+        OneCommand::claim().is_some(),
+        "free again once the first ended"
+    );
+}

@@ -699,12 +699,22 @@ mod tests {
             termed: Vec::new(),
             marked: b"LOCKWRAP_TREE_TEST=".to_vec(),
             environ: Vec::new(),
+            cgroup_parent: Some("/sys/fs/cgroup/x".into()),
+            cgroup: None,
+            command_start: 0,
             stderr: -1,
         };
+        // The cgroup the wrapper names is beside the guardian's own, and a disarm forgets it.
+        state.receive((CGROUP, 0, 3, 0));
+        assert_eq!(
+            state.cgroup.as_deref(),
+            Some(std::path::Path::new("/sys/fs/cgroup/x/lockwrap-1-3"))
+        );
         state.receive((ARM, 0, 5, 5));
         assert_eq!(state.phase, Phase::Killing);
         state.receive((DISARM, 0, 0, 0));
         assert_eq!(state.phase, Phase::Idle);
+        assert_eq!(state.cgroup, None);
         state.receive((ARM, 0, 5, 6));
         assert_eq!(
             state.phase,

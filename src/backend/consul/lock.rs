@@ -312,8 +312,13 @@ impl ConsulBackend {
                 let previous_clean = !state.saw_lock_delay
                     && !state.saw_state_loss
                     && match read.value.as_ref() {
-                        // Nobody else acquired since the read: the lock index moved by one.
-                        Some(before) => marked_clean && pair.lock_index == before.lock_index + 1,
+                        // Nobody else acquired since the read: the same entry (not deleted and
+                        // re-created), its lock index moved by one.
+                        Some(before) => {
+                            marked_clean
+                                && pair.create_index == before.create_index
+                                && pair.lock_index == before.lock_index + 1
+                        }
                         None => live.is_none(),
                     };
                 if !previous_clean && read.value.is_some() {

@@ -375,13 +375,8 @@ impl ConsulBackend {
             if let Some(announced) = takeover {
                 // Owed: announce the dead holder's wait too, in case we end before it is over.
                 let carried = self.holder_value(request, &owned.id, started, announced);
-                if let Err(err) = self
-                    .client
-                    .kv_put(&slot.contender_key, carried, &contender_params)
-                    .await
-                {
-                    tracing::debug!(%err, "could not re-announce the owed takeover delay");
-                }
+                self.announce_owed(&slot.contender_key, carried, &contender_params)
+                    .await;
                 for gone in &replaced {
                     let _ = self
                         .client
@@ -402,6 +397,34 @@ impl ConsulBackend {
     /// Renews a semaphore contender's session; the lease's deadline counts from the last renew
     /// (docs/timing.md). Only a session that is gone is an error: any other failure is retried by
     /// the next call, and the deadline keeps counting from the renew before.
+    /// Writes the contender value that announces an owed takeover delay, retried a few times:
+    /// if this holder is stopped before its wait is over, whoever takes its slot reads the delay
+    /// from here.
+    async fn announce_owed(&self, contender_key: &str, value: Vec<u8>, params: &[(&str, String)]) {
+        let mut pause = Duration::from_millis(200);
+        for attempt in 1..=3 {
+            match self
+                .client
+                .kv_put(contender_key, value.clone(), params)
+                .await
+            {
+                Ok(true) => return,
+                Ok(false) => break,
+                Err(err) if attempt == 3 => {
+                    tracing::warn!(%err, "could not announce the owed takeover delay");
+                    return;
+                }
+                Err(_) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+        tracing::warn!(
+            "could not announce the owed takeover delay (the contender key is not ours)"
+        );
+    }
+
     async fn renew_waiter(
         &self,
         owned: &mut OwnedSession,
