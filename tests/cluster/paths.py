@@ -13,10 +13,12 @@ PATHS (name: what happens -> what must hold):
   sem-destroy-stopping   `-n 2`, kill grace 5 s, 3 contenders: the session of one holder is
                          destroyed while its command needs 4 s to stop -> the waiting third must
                          not start before that command is gone (at most 2 at once)
-  sem-lock-delete        `-n 2`, 3 contenders: the semaphore's `.lock` entry is deleted (and, on a
+  sem-lock-delete        `-n 2`, 4 contenders: the semaphore's `.lock` entry is deleted (and, on a
                          second key, the whole prefix with `?recurse`) while both holders run ->
-                         the waiting third creates `.lock` again and must not start before both
-                         old commands (4 s to stop) are gone (it started at once before the fix)
+                         the waiting third creates `.lock` again, a fourth arrives 1 s later, and
+                         neither may start before both old commands (4 s to stop) are gone (the
+                         third started at once before one fix; the fourth took the other, free
+                         slot of the new `.lock` before the next)
   stop-in-takeover       `execute` defaults (lock-delay 0, kill grace 5 s): the holder's session is
                          destroyed, the next contender takes the lock and, during its takeover
                          wait, gets SIGTERM -> the third must not start before the first holder's
@@ -259,6 +261,9 @@ def p_sem_lock_delete(suite):
         cl.note(f"DELETE {path}: HTTP {st}")
     log(f"sem-lock-delete: deleted .lock (and a whole prefix); the holders' commands stop for "
         f"{S.stop_time(args)}s")
+    time.sleep(1)
+    for g in groups:
+        g.spawn(c1)                     # a newcomer: the re-created .lock must have no free slot
     time.sleep(S.kill_grace_of(args) + S.takeover_for(S.kill_grace_of(args), 0) + 3)
     res = []
     for g in groups:
