@@ -67,41 +67,9 @@ pub async fn run<B: LockBackend>(
         acquire::OnUnreachable::RetryAfterFirstAnswer,
     )
     .await;
-    let acquired = match result {
-        // The wait itself can give up with the error that names the holder (`waiting`).
-        Err(err) if matches!(err.kind, ErrorKind::Timeout | ErrorKind::Locked) => {
-            return Ok(gave_up(config, err))
-        }
-        other => other?,
-    };
-    let mut lease = match acquired {
-        Acquired::Held(lease) => lease,
-        Acquired::Locked(holder) => {
-            let who = holder
-                .map(|h| format!(" (held by {})", h.holder_summary()))
-                .unwrap_or_default();
-            return Ok(gave_up(
-                config,
-                Error::new(
-                    ErrorKind::Locked,
-                    format!("lock {} is taken{who}", config.lock.request.key),
-                ),
-            ));
-        }
-        Acquired::TimedOut => {
-            return Ok(gave_up(
-                config,
-                Error::new(
-                    ErrorKind::Timeout,
-                    format!("timed out waiting for lock {}", config.lock.request.key),
-                ),
-            ))
-        }
-        Acquired::Cancelled => {
-            return Ok(Outcome::Interrupted(
-                signal.map(|s| s.number()).unwrap_or(15),
-            ))
-        }
+    let mut lease = match held_or_outcome(config, result, signal)? {
+        Ok(lease) => lease,
+        Err(outcome) => return Ok(outcome),
     };
     // A wrapper frozen between the acquisition and here must not start anything late.
     if let Some(reason) = crate::locks::lost_already(&mut lease).await {
@@ -157,6 +125,45 @@ pub async fn run<B: LockBackend>(
         let _ = running.await;
     }
     Ok(outcome)
+}
+
+/// The lease the campaign won, or the outcome when it did not: the lock stayed taken or the
+/// wait timed out (`--locked-exit-code` applies), or a stop signal ended the wait.
+fn held_or_outcome<L>(
+    config: &Supervised,
+    result: Result<Acquired<L>>,
+    signal: Option<Signal>,
+) -> Result<std::result::Result<L, Outcome>> {
+    let acquired = match result {
+        // The wait itself can give up with the error that names the holder (`waiting`).
+        Err(err) if matches!(err.kind, ErrorKind::Timeout | ErrorKind::Locked) => {
+            return Ok(Err(gave_up(config, err)))
+        }
+        other => other?,
+    };
+    let key = &config.lock.request.key;
+    Ok(match acquired {
+        Acquired::Held(lease) => Ok(lease),
+        Acquired::Locked(holder) => {
+            let who = holder
+                .map(|h| format!(" (held by {})", h.holder_summary()))
+                .unwrap_or_default();
+            Err(gave_up(
+                config,
+                Error::new(ErrorKind::Locked, format!("lock {key} is taken{who}")),
+            ))
+        }
+        Acquired::TimedOut => Err(gave_up(
+            config,
+            Error::new(
+                ErrorKind::Timeout,
+                format!("timed out waiting for lock {key}"),
+            ),
+        )),
+        Acquired::Cancelled => Err(Outcome::Interrupted(
+            signal.map(|s| s.number()).unwrap_or(15),
+        )),
+    })
 }
 
 /// What the CLI does as a hold ends: the on-lost hooks start and readiness and `/leader` flip at

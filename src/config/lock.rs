@@ -25,6 +25,35 @@ pub(super) fn lock_request(
     } else {
         defaults::SUPERVISING
     };
+    // In the order the settings were always checked, so the first bad one is the one reported.
+    let session = session_settings(mode, &defaults, s, v)?;
+    let wait = wait_of(s, v)?;
+    let (limit, queue) = limit_and_queue(s, v)?;
+    let hold = hold_settings(mode, &defaults, s, v, session.lock_delay, limit)?;
+    let request = LockRequest {
+        key,
+        layout,
+        limit,
+        session,
+        wait,
+        metadata: s.metadata.clone().map(|m| m.0),
+        hold,
+        queue,
+    };
+    if mode.supervises() {
+        check_timing(&request, v)?;
+    }
+    Ok(request)
+}
+
+/// The session: TTL (10 s…86400 s, or 0 for none), lock-delay (≤ 60 s), behavior (never
+/// `delete` in a supervising mode), checks and the health-check TTL (≥ 1 s).
+fn session_settings(
+    mode: Mode,
+    defaults: &defaults::ModeDefaults,
+    s: &Settings,
+    v: &Provenance,
+) -> Result<SessionSettings> {
     if s.session_ttl == Some(Ttl::Negative) {
         return Err(Error::new(
             ErrorKind::InvalidTtl,
@@ -94,20 +123,34 @@ pub(super) fn lock_request(
             ));
         }
     }
-    let non_blocking = switch(s.non_blocking);
+    Ok(SessionSettings {
+        name: s.session_name.as_ref().and_then(Text::non_empty),
+        ttl: (!ttl.is_zero()).then_some(ttl),
+        lock_delay,
+        behavior,
+        checks,
+        health_check_ttl,
+    })
+}
+
+/// How to wait: non-blocking, blocking, or blocking with a timeout or a poll interval (> 0).
+fn wait_of(s: &Settings, v: &Provenance) -> Result<Wait> {
     let timeout = s.timeout.map(|d| d.0);
     let poll = s.poll_interval.map(|d| d.0);
     if poll.is_some_and(|p| p.is_zero()) {
         return Err(v.bad("poll_interval", "must be greater than 0"));
     }
-    let wait = if non_blocking {
+    Ok(if switch(s.non_blocking) {
         Wait::NonBlocking
     } else if timeout.is_some_and(|t| !t.is_zero()) || poll.is_some() {
         Wait::BlockingFor { timeout, poll }
     } else {
         Wait::Blocking
-    };
-    let metadata = s.metadata.clone().map(|m| m.0);
+    })
+}
+
+/// The semaphore limit (≥ 1) and `--queue`, which orders waiters for one holder only.
+fn limit_and_queue(s: &Settings, v: &Provenance) -> Result<(u32, bool)> {
     let limit = s.limit.map_or(1, |n| n.0);
     if limit == 0 {
         return Err(v.bad("limit", "must be at least 1"));
@@ -124,6 +167,19 @@ pub(super) fn lock_request(
             format!("--queue orders waiters for a single holder; it cannot be combined with -n {limit} (the semaphore)"),
         ));
     }
+    Ok((limit, queue))
+}
+
+/// What holding means: renewed (every mode but `lock`), the kill grace, the takeover delay (the
+/// per-mode formula unless given), `--monitor-retry` (≥ 1) and `--unsafe-allow-overlap`.
+fn hold_settings(
+    mode: Mode,
+    defaults: &defaults::ModeDefaults,
+    s: &Settings,
+    v: &Provenance,
+    lock_delay: Duration,
+    limit: u32,
+) -> Result<HoldSettings> {
     let kill_grace = s.kill_grace.map_or(defaults.kill_grace, |d| d.0);
     let takeover_delay = s.takeover_delay.map_or_else(
         || defaults.takeover_delay(kill_grace, lock_delay, limit),
@@ -138,34 +194,13 @@ pub(super) fn lock_request(
         }
         other => other,
     };
-    let allow_unsafe = switch(s.unsafe_allow_overlap);
-    let request = LockRequest {
-        key,
-        layout,
-        limit,
-        session: SessionSettings {
-            name: s.session_name.as_ref().and_then(Text::non_empty),
-            ttl: (!ttl.is_zero()).then_some(ttl),
-            lock_delay,
-            behavior,
-            checks,
-            health_check_ttl,
-        },
-        wait,
-        metadata,
-        hold: HoldSettings {
-            keep_alive: mode != Mode::Lock,
-            kill_grace,
-            takeover_delay,
-            monitor_retry,
-            allow_unsafe,
-        },
-        queue,
-    };
-    if mode.supervises() {
-        check_timing(&request, v)?;
-    }
-    Ok(request)
+    Ok(HoldSettings {
+        keep_alive: mode != Mode::Lock,
+        kill_grace,
+        takeover_delay,
+        monitor_retry,
+        allow_unsafe: switch(s.unsafe_allow_overlap),
+    })
 }
 
 /// Refuses, before anything touches Consul, a configuration where the timing model finds a

@@ -168,54 +168,14 @@ pub fn load(cli: Cli) -> Result<Config> {
 }
 
 fn build(mode: Mode, cli: Cli, s: Settings, v: &Provenance) -> Result<Config> {
-    // Positional arguments and the command line are not settings: take them from the CLI.
-    let (positional_key, executable, command, regex) = match cli.command {
-        Command::Lock(c) => (c.key, None, Vec::new(), false),
-        Command::Unlock(c) => (c.key, None, Vec::new(), c.regex),
-        Command::Status(c) => (c.key, None, Vec::new(), c.regex),
-        Command::Execute(c) => (c.key, c.executable, Vec::new(), false),
-        Command::Run(c) => (None, None, c.command, false),
-        Command::Sidecar(_) | Command::Install(_) => (None, None, Vec::new(), false),
-    };
+    // In the order the settings were always checked, so the first bad one is the one reported.
+    let given = Invocation::of(cli.command);
     let log_json = match s.log_format.as_ref().map(|t| t.0.as_str()) {
         None | Some("text") => false,
         Some("json") => true,
         Some(other) => return Err(v.bad("log_format", format!("`{other}` is not text or json"))),
     };
-
-    let key = match mode {
-        Mode::Run | Mode::Sidecar => s.key.clone().map(|t| t.0),
-        _ => positional_key,
-    };
-    let Some(key) = key.filter(|k| !k.is_empty() || mode != Mode::Run) else {
-        return Err(Error::new(
-            ErrorKind::MissingSetting,
-            match mode {
-                Mode::Run | Mode::Sidecar => {
-                    "no lock key: give --key KEY, LOCKWRAP_KEY or `key:` in the config file"
-                }
-                _ => "no lock key given (the KEY argument)",
-            },
-        ));
-    };
-    if !regex {
-        key::validate(&key)?;
-    } else {
-        crate::locks::whole_match(&key)?;
-    }
-    if mode == Mode::Execute && executable.as_deref().map_or(true, str::is_empty) {
-        return Err(Error::new(
-            ErrorKind::MissingSetting,
-            "no command given: lockwrap execute KEY 'SHELL STRING'",
-        ));
-    }
-    if mode == Mode::Run && command.is_empty() {
-        return Err(Error::new(
-            ErrorKind::MissingSetting,
-            "no command given: lockwrap run [options] -- CMD ARGS…",
-        ));
-    }
-
+    let key = lock_key(mode, &s, &given)?;
     let layout = match s.layout.as_ref().map(|t| t.0.as_str()) {
         None | Some("default") => Layout::Default,
         Some("consul-lock") => Layout::ConsulLock,
@@ -224,70 +184,20 @@ fn build(mode: Mode, cli: Cli, s: Settings, v: &Provenance) -> Result<Config> {
         }
     };
     let (consul, client) = consul_settings_and_client(&s, v)?;
-
-    let request = lock_request(mode, key, layout, &s, v)?;
-    let hook_timeout = s.hook_timeout.map_or(Duration::from_secs(30), |d| d.0);
-    if hook_timeout.is_zero() {
-        return Err(v.bad("hook_timeout", "must be greater than 0"));
-    }
-    let webhook = s.webhook.as_ref().and_then(Text::non_empty);
-    if let Some(url) = &webhook {
-        match reqwest::Url::parse(url) {
-            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-            _ => return Err(v.bad("webhook", format!("`{url}` is not an http(s) URL"))),
-        }
-    }
-    let hooks = HookSet {
-        before_lock: list(&s.on_before_lock),
-        already_locked: list(&s.on_already_locked),
-        acquired: list(&s.on_acquired),
-        lost: list(&s.on_lost),
-        released: list(&s.on_released),
-        webhook,
-    };
-    let http_addr = match s.http_addr.as_ref().and_then(Text::non_empty) {
-        None => None,
-        Some(text) => Some(parse_listen(&text).map_err(|e| v.bad("http_addr", e))?),
+    let lock = Acquiring {
+        request: lock_request(mode, key, layout, &s, v)?,
+        hook_timeout: hook_timeout_of(&s, v)?,
+        hooks: hooks_of(&s, v)?,
     };
     // Every setting is validated in every mode (a bad value is refused even where the mode
     // would not use it); each mode then keeps only what it uses.
-    let shell = mode == Mode::Execute || switch(s.shell);
-    let command = match (mode, executable) {
-        (Mode::Execute, executable) => vec![executable.unwrap_or_default().into()],
-        _ => command,
-    };
-    let locked_exit_code = match s.locked_exit_code.map(|n| n.0) {
-        Some(code) if code > 255 => {
-            return Err(v.bad(
-                "locked_exit_code",
-                format!("{code} is not an exit code (0…255)"),
-            ))
-        }
-        code => code.map(|c| c as i32),
-    };
-    let lock = Acquiring {
-        request,
-        hooks,
-        hook_timeout,
-    };
-    let supervised = |lock| Supervised {
-        lock,
-        supervision: Supervision {
-            http_addr,
-            ready_always: switch(s.ready_always),
-            status_file: path(&s.status_file),
-            exit_on_loss: switch(s.exit_on_loss),
-            subreaper: switch(s.subreaper),
-            shell,
-            command,
-            locked_exit_code,
-        },
-    };
+    let supervision = supervision_of(mode, &s, v, given.executable, given.command)?;
     let query = |lock: Acquiring| Query {
         key: lock.request.key,
         layout,
-        regex,
+        regex: given.regex,
     };
+    let supervised = |lock| Supervised { lock, supervision };
     let task = match mode {
         Mode::Lock => Task::Lock(lock),
         Mode::Unlock => Task::Unlock(query(lock)),
@@ -304,6 +214,141 @@ fn build(mode: Mode, cli: Cli, s: Settings, v: &Provenance) -> Result<Config> {
         task,
     })
 }
+
+/// What the command line gives besides settings: the positional key, `execute`'s shell string,
+/// `run`'s command, and whether the key is a regular expression (`unlock -r`, `status -r`).
+struct Invocation {
+    positional_key: Option<String>,
+    executable: Option<String>,
+    command: Vec<std::ffi::OsString>,
+    regex: bool,
+}
+
+impl Invocation {
+    fn of(command: Command) -> Self {
+        let (positional_key, executable, command, regex) = match command {
+            Command::Lock(c) => (c.key, None, Vec::new(), false),
+            Command::Unlock(c) => (c.key, None, Vec::new(), c.regex),
+            Command::Status(c) => (c.key, None, Vec::new(), c.regex),
+            Command::Execute(c) => (c.key, c.executable, Vec::new(), false),
+            Command::Run(c) => (None, None, c.command, false),
+            Command::Sidecar(_) | Command::Install(_) => (None, None, Vec::new(), false),
+        };
+        Invocation {
+            positional_key,
+            executable,
+            command,
+            regex,
+        }
+    }
+}
+
+/// The lock key (`--key` for run and sidecar, the argument otherwise), checked; and for `run`
+/// and `execute`, that a command was given.
+fn lock_key(mode: Mode, s: &Settings, given: &Invocation) -> Result<String> {
+    let key = match mode {
+        Mode::Run | Mode::Sidecar => s.key.clone().map(|t| t.0),
+        _ => given.positional_key.clone(),
+    };
+    let Some(key) = key.filter(|k| !k.is_empty() || mode != Mode::Run) else {
+        return Err(Error::new(
+            ErrorKind::MissingSetting,
+            match mode {
+                Mode::Run | Mode::Sidecar => {
+                    "no lock key: give --key KEY, LOCKWRAP_KEY or `key:` in the config file"
+                }
+                _ => "no lock key given (the KEY argument)",
+            },
+        ));
+    };
+    if !given.regex {
+        key::validate(&key)?;
+    } else {
+        crate::locks::whole_match(&key)?;
+    }
+    if mode == Mode::Execute && given.executable.as_deref().map_or(true, str::is_empty) {
+        return Err(Error::new(
+            ErrorKind::MissingSetting,
+            "no command given: lockwrap execute KEY 'SHELL STRING'",
+        ));
+    }
+    if mode == Mode::Run && given.command.is_empty() {
+        return Err(Error::new(
+            ErrorKind::MissingSetting,
+            "no command given: lockwrap run [options] -- CMD ARGS…",
+        ));
+    }
+    Ok(key)
+}
+
+/// `--hook-timeout` (> 0; 30 s by default).
+fn hook_timeout_of(s: &Settings, v: &Provenance) -> Result<Duration> {
+    let hook_timeout = s.hook_timeout.map_or(Duration::from_secs(30), |d| d.0);
+    if hook_timeout.is_zero() {
+        return Err(v.bad("hook_timeout", "must be greater than 0"));
+    }
+    Ok(hook_timeout)
+}
+
+/// The event hooks and the webhook (an http(s) URL).
+fn hooks_of(s: &Settings, v: &Provenance) -> Result<HookSet> {
+    let webhook = s.webhook.as_ref().and_then(Text::non_empty);
+    if let Some(url) = &webhook {
+        match reqwest::Url::parse(url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => return Err(v.bad("webhook", format!("`{url}` is not an http(s) URL"))),
+        }
+    }
+    Ok(HookSet {
+        before_lock: list(&s.on_before_lock),
+        already_locked: list(&s.on_already_locked),
+        acquired: list(&s.on_acquired),
+        lost: list(&s.on_lost),
+        released: list(&s.on_released),
+        webhook,
+    })
+}
+
+/// What `run`, `execute` and `sidecar` need besides the lock: the HTTP server, the status file,
+/// the command (`execute`'s shell string as `sh -c`), and the exit code for a lock that stays
+/// taken.
+fn supervision_of(
+    mode: Mode,
+    s: &Settings,
+    v: &Provenance,
+    executable: Option<String>,
+    command: Vec<std::ffi::OsString>,
+) -> Result<Supervision> {
+    let http_addr = match s.http_addr.as_ref().and_then(Text::non_empty) {
+        None => None,
+        Some(text) => Some(parse_listen(&text).map_err(|e| v.bad("http_addr", e))?),
+    };
+    let shell = mode == Mode::Execute || switch(s.shell);
+    let command = match (mode, executable) {
+        (Mode::Execute, executable) => vec![executable.unwrap_or_default().into()],
+        _ => command,
+    };
+    let locked_exit_code = match s.locked_exit_code.map(|n| n.0) {
+        Some(code) if code > 255 => {
+            return Err(v.bad(
+                "locked_exit_code",
+                format!("{code} is not an exit code (0…255)"),
+            ))
+        }
+        code => code.map(|c| c as i32),
+    };
+    Ok(Supervision {
+        http_addr,
+        ready_always: switch(s.ready_always),
+        status_file: path(&s.status_file),
+        exit_on_loss: switch(s.exit_on_loss),
+        subreaper: switch(s.subreaper),
+        shell,
+        command,
+        locked_exit_code,
+    })
+}
+
 /// `HOST:PORT`, or `:PORT` for every interface.
 fn parse_listen(text: &str) -> std::result::Result<SocketAddr, String> {
     let full = if text.starts_with(':') {
