@@ -183,15 +183,17 @@ impl ConsulBackend {
         let prefix = key.trim_end_matches('/');
         let mut index = 0u64;
         let mut backoff = crate::backend::retry::Backoff::default();
-        // `Some(announced)` once we tried to take a dead holder's slot: the takeover is unclean.
-        let mut takeover: Option<Option<Duration>> = None;
-        // Dead holders whose slot we took: their contender keys go once we hold.
-        let mut replaced: Vec<String> = Vec::new();
         // A waiter keeps its session: renewed between blocking queries no longer than a third
         // of the TTL, so it is alive when a slot frees.
         let ttl = owned.ttl.or(request.session.ttl);
         let longest_wait = ttl.map_or(STANDBY_WAIT, |t| (t / 3).min(STANDBY_WAIT));
         loop {
+            // Judged afresh on every try, from the `.lock` this try writes: `Some(announced)`
+            // when the slot it takes is a dead holder's (the takeover is unclean), and the dead
+            // holders whose slot it takes (their contender keys go once we hold). A try that lost
+            // the write owes nothing: the slot it aimed at went to someone who waits for it.
+            let mut takeover: Option<Option<Duration>> = None;
+            let mut replaced: Vec<String> = Vec::new();
             interruptible(observer.before_attempt(key), stop, deadline)
                 .await
                 .map_err(Ok)?;
@@ -244,17 +246,15 @@ impl ConsulBackend {
                 // for the key lives, the other slots get placeholders (dead from the start), so a
                 // second contender takes one through the dead-holder path below and waits the
                 // takeover delay too, instead of a free slot at once (docs/timing.md,
-                // "Semaphores").
+                // "Semaphores"). Our own wait, if the create succeeds, is judged after the put.
                 let live = self
                     .holder_may_live(key, &owned.id)
                     .await
                     .unwrap_or(Some(Duration::ZERO));
-                if let Some(delay) = live {
+                if live.is_some() {
                     for n in 1..request.limit {
                         lock.holders.insert(placeholder(&owned.id, n), true);
                     }
-                    let owed = takeover.get_or_insert(None);
-                    *owed = (*owed).max(Some(delay));
                 }
             }
             // A holder whose contender key is gone or no longer held by it is dead, but its
@@ -394,9 +394,6 @@ impl ConsulBackend {
 }
 
 impl ConsulBackend {
-    /// Renews a semaphore contender's session; the lease's deadline counts from the last renew
-    /// (docs/timing.md). Only a session that is gone is an error: any other failure is retried by
-    /// the next call, and the deadline keeps counting from the renew before.
     /// Writes the contender value that announces an owed takeover delay, retried a few times:
     /// if this holder is stopped before its wait is over, whoever takes its slot reads the delay
     /// from here.
@@ -425,6 +422,9 @@ impl ConsulBackend {
         );
     }
 
+    /// Renews a semaphore contender's session; the lease's deadline counts from the last renew
+    /// (docs/timing.md). Only a session that is gone is an error: any other failure is retried by
+    /// the next call, and the deadline keeps counting from the renew before.
     async fn renew_waiter(
         &self,
         owned: &mut OwnedSession,
