@@ -15,7 +15,10 @@ build:
 consul:
 	@scripts/ensure-consul.sh >/dev/null
 
+# The examples first: `cargo test --all-targets` builds them only as (empty) test harnesses, and the
+# integration tests run the real example binaries (tests/integration/install_library.rs).
 test-rust: consul
+	$(CARGO) build --examples
 	PATH="$(CURDIR)/.tools/bin:$$PATH" $(CARGO) test --no-fail-fast --all-targets -- --test-threads=4
 
 test: test-rust $(TEST_TARGETS)

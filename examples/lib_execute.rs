@@ -5,6 +5,10 @@
 //! ```text
 //! CONSUL_HTTP_ADDR=127.0.0.21:8500 lib_execute KEY 'SHELL COMMAND'
 //! ```
+//!
+//! With `LIB_EXECUTE_GIVE_UP_AFTER=SECS` the host drops the `execute` future after SECS (as a
+//! `tokio::time::timeout` around it would), then keeps running 10 s and exits 124: the command
+//! must still be stopped (TERM, grace, KILL) while the host lives.
 
 use lockwrap::LockManager;
 
@@ -34,9 +38,22 @@ fn main() {
         }
     };
     let spawner = process.spawner();
+    let give_up = std::env::var("LIB_EXECUTE_GIVE_UP_AFTER")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(std::time::Duration::from_secs_f64);
     let code = runtime.block_on(async {
         let manager = LockManager::from_env()?;
-        manager.execute(&key, &shell, &spawner).await
+        let Some(after) = give_up else {
+            return manager.execute(&key, &shell, &spawner).await;
+        };
+        if let Ok(done) = tokio::time::timeout(after, manager.execute(&key, &shell, &spawner)).await
+        {
+            return done;
+        }
+        eprintln!("lib_execute: gave up waiting for the command");
+        tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+        Ok(124)
     });
     match code {
         Ok(code) => std::process::exit(code),

@@ -25,7 +25,7 @@ use crate::backend::{
 };
 use crate::exit::{Error, ErrorKind, Result};
 use crate::key;
-use crate::supervisor::{CommandSpec, Spawner};
+use crate::supervisor::{Child, CommandSpec, Guardian, Spawner};
 
 pub mod hold;
 
@@ -213,7 +213,7 @@ impl<B: LockBackend> LockManager<B> {
             ));
         }
         // Refused before anything changes in Consul, like a missing guardian.
-        let Some(_one) = hold::OneCommand::claim() else {
+        let Some(claim) = hold::OneCommand::claim() else {
             return Err(Error::new(
                 ErrorKind::Internal,
                 "LockManager::execute runs one command at a time per process (its guardian \
@@ -225,7 +225,7 @@ impl<B: LockBackend> LockManager<B> {
         let mut spec = CommandSpec::new("/bin/sh");
         spec.args = vec!["-c".into(), shell.into()];
         spec.env = hold::command_env(key, lease.info());
-        let mut command = match hold::start(&mut lease, spawner, &spec).await {
+        let command = match hold::start(&mut lease, spawner, &spec).await {
             Ok(command) => command,
             Err(not_started) => {
                 let _ = lease.release().await;
@@ -245,15 +245,28 @@ impl<B: LockBackend> LockManager<B> {
                 });
             }
         };
+        // Declared after the lease, so dropped before it if the caller drops this future: the
+        // command's stop starts before the lease's drop destroys the session.
+        let mut running = Unfinished {
+            command: Some(command),
+            guardian: guardian.clone(),
+            grace,
+            claim: Some(claim),
+        };
+        let Some(command) = running.command.as_mut() else {
+            return Err(Error::new(ErrorKind::Internal, "no command".to_string()));
+        };
         let end = hold::hold(
             &mut lease,
-            &mut command,
+            command,
             Some(&guardian),
             &mut NoInterrupts,
             &Unobserved,
             grace,
         )
         .await;
+        // The hold stopped the command's tree: nothing is left for the drop guard to do.
+        running.command = None;
         let released = hold::release_after(lease, &end).await;
         match end {
             HoldEnd::Lost { reason, status, .. } => Err(Error::new(
@@ -278,6 +291,42 @@ impl<B: LockBackend> LockManager<B> {
                     ));
                 }
                 Ok(status.code())
+            }
+        }
+    }
+}
+
+/// A library `execute`'s command while its hold runs. If the caller drops the `execute` future
+/// meanwhile (a timeout, a `select!`), the command must not outlive the lock: the guardian is told
+/// the stop has begun (it kills the tree at grace + lag if nothing else does), the tree is stopped
+/// (TERM, grace, KILL) in a task of its own, and the one-command claim is kept until then. The
+/// lease's own drop destroys the session without the clean marker, so the next holder waits its
+/// takeover delay, which covers the grace.
+struct Unfinished {
+    command: Option<Child>,
+    guardian: Guardian,
+    grace: Duration,
+    claim: Option<hold::OneCommand>,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let Some(mut command) = self.command.take() else {
+            return;
+        };
+        self.guardian.stopping(self.grace);
+        let (guardian, grace, claim) = (self.guardian.clone(), self.grace, self.claim.take());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = command.stop(grace).await;
+                    guardian.disarm();
+                    drop(claim);
+                });
+            }
+            // No runtime to stop it gracefully: the guardian does, at grace + lag.
+            Err(_) => {
+                let _ = command.signal_group(crate::supervisor::Signal::TERM);
             }
         }
     }

@@ -1,11 +1,14 @@
 //! `lockwrap install` and the library example (`examples/`).
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::consul::Consul;
-use crate::harness::{cli, code, run_bounded, scratch, stderr, stdout, QUICK};
+use crate::consul::{wait_until, Consul};
+use crate::harness::{
+    cli, code, describe, run_bounded, scratch, stderr, stdout, unique_key, Dir, Proc, QUICK,
+};
 
 /// `install` copies the binary for an init container: JSON on stdout, a runnable copy, nothing
 /// in Consul; a missing destination directory is exit 3 naming it.
@@ -66,4 +69,58 @@ fn library_example_runs_every_operation_and_leaves_nothing_behind() {
     assert!(text.contains("-> exit code 3"), "{text}");
     assert!(text.contains("CONSUL_LOCK_HELD=true"), "{text}");
     assert!(consul.sessions().is_empty(), "{:?}", consul.sessions());
+}
+
+/// A host that drops `LockManager::execute`'s future while the command runs (a timeout around
+/// it) and goes on living: the command is still stopped — it gets SIGTERM at once and is gone
+/// within its kill grace — not left running after the lock is gone (docs/timing.md, "Paths
+/// checked").
+#[test]
+fn a_dropped_library_execute_still_stops_its_command() {
+    let Some(example) = std::env::current_exe().ok().and_then(|exe| {
+        let path = exe.parent()?.parent()?.join("examples").join("lib_execute");
+        path.exists().then_some(path)
+    }) else {
+        eprintln!("examples/lib_execute not built (run cargo test --all-targets); skipped");
+        return;
+    };
+    let consul = Consul::shared();
+    let key = unique_key("lib-dropped");
+    let dir = Dir::new("lib-dropped");
+    let shell = format!(
+        "trap 'date +%s%N > {d}/term; exit 0' TERM; echo $$ > {d}/child.pid; \
+         while true; do sleep 0.05; done",
+        d = dir.display()
+    );
+    let mut cmd = std::process::Command::new(example);
+    cmd.args([key.as_str(), shell.as_str()])
+        .env("CONSUL_HTTP_ADDR", consul.addr())
+        .env("LIB_EXECUTE_GIVE_UP_AFTER", "8");
+    let host = Proc::spawn(cmd);
+    assert!(
+        dir.wait_for("child.pid", Duration::from_secs(20)),
+        "the command never started"
+    );
+    let child = dir.pids("child.pid")[0];
+    assert!(
+        dir.wait_for("term", Duration::from_secs(20)),
+        "the dropped execute never told its command to stop"
+    );
+    assert!(
+        wait_until(Duration::from_secs(8), || !crate::harness::alive(child)),
+        "the command outlived its dropped execute"
+    );
+    assert!(
+        crate::harness::alive(host.id() as i32),
+        "the host had already exited: the stop came from its exit, not from the drop"
+    );
+    let out = host.finish(Duration::from_secs(20));
+    assert_eq!(code(&out), 124, "{}", describe(&out));
+    assert!(
+        wait_until(Duration::from_secs(10), || consul
+            .sessions_for(&key)
+            .is_empty()),
+        "the dropped execute left its session: {:?}",
+        consul.sessions_for(&key)
+    );
 }

@@ -39,6 +39,32 @@ struct SlotTaken {
     takeover: Option<Option<Duration>>,
 }
 
+/// What a try that may have taken a slot owes (see `semaphore_loop`).
+#[derive(Debug, Default)]
+struct Owed {
+    /// `Some(announced)`: the slot was a dead holder's (or `.lock` was re-created).
+    takeover: Option<Option<Duration>>,
+    /// Dead holders whose slot it took.
+    replaced: Vec<String>,
+    /// It created `.lock`.
+    created: bool,
+}
+
+impl Owed {
+    fn add(&mut self, takeover: Option<Option<Duration>>, replaced: Vec<String>, created: bool) {
+        if takeover.is_some() {
+            let owed = self.takeover.get_or_insert(None);
+            *owed = (*owed).max(takeover.flatten());
+        }
+        self.replaced.extend(replaced);
+        self.created |= created;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.takeover.is_none() && self.replaced.is_empty() && !self.created
+    }
+}
+
 /// The coordination entry, in Go's field names.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 struct SemaphoreLock {
@@ -187,11 +213,15 @@ impl ConsulBackend {
         // of the TTL, so it is alive when a slot frees.
         let ttl = owned.ttl.or(request.session.ttl);
         let longest_wait = ttl.map_or(STANDBY_WAIT, |t| (t / 3).min(STANDBY_WAIT));
+        // What earlier tries owe whose write may have landed unseen (an unknown outcome, a
+        // confirm read that missed it): a later try that finds itself in `.lock` took the slot
+        // then, and owes what that try owed.
+        let mut uncertain = Owed::default();
         loop {
             // Judged afresh on every try, from the `.lock` this try writes: `Some(announced)`
             // when the slot it takes is a dead holder's (the takeover is unclean), and the dead
-            // holders whose slot it takes (their contender keys go once we hold). A try that lost
-            // the write owes nothing: the slot it aimed at went to someone who waits for it.
+            // holders whose slot it takes (their contender keys go once we hold). A try whose
+            // write surely lost owes nothing: the slot it aimed at went to someone who waits.
             let mut takeover: Option<Option<Duration>> = None;
             let mut replaced: Vec<String> = Vec::new();
             interruptible(observer.before_attempt(key), stop, deadline)
@@ -269,6 +299,11 @@ impl ConsulBackend {
                 .cloned()
                 .collect();
             let mine = lock.holders.contains_key(&owned.id);
+            if mine && uncertain.is_empty() {
+                // Only an earlier write of ours, landed unseen, can have put us there: count the
+                // take as unclean, whatever that write was.
+                takeover = Some(None);
+            }
             if !mine && lock.holders.len() >= lock.limit as usize {
                 match dead.first() {
                     Some(gone) => {
@@ -311,7 +346,12 @@ impl ConsulBackend {
             ];
             match self.client.kv_put(&slot.lock_key, body, &cas_params).await {
                 Ok(true) => {}
-                Ok(false) | Err(BackendError::Unknown(_)) => {
+                Ok(false) => {
+                    index = 0;
+                    continue;
+                }
+                Err(BackendError::Unknown(_)) => {
+                    uncertain.add(takeover, replaced, created);
                     index = 0;
                     continue;
                 }
@@ -322,18 +362,26 @@ impl ConsulBackend {
                 .kv_get_retry(&slot.lock_key)
                 .await
                 .map_err(Err)?;
-            let Some(pair) = after.value.as_ref() else {
+            let confirmed = match after.value.as_ref() {
+                Some(pair) => decode_lock(Some(pair), key)
+                    .map_err(Err)?
+                    .holders
+                    .contains_key(&owned.id),
+                None => false,
+            };
+            let Some(pair) = after.value.as_ref().filter(|_| confirmed) else {
+                uncertain.add(takeover, replaced, created);
                 index = 0;
                 continue;
             };
-            if !decode_lock(Some(pair), key)
-                .map_err(Err)?
-                .holders
-                .contains_key(&owned.id)
-            {
-                index = 0;
-                continue;
+            // This take may be an earlier try's that landed unseen: it owes what that try owed.
+            let owed_before = std::mem::take(&mut uncertain);
+            let created = created || owed_before.created;
+            if owed_before.takeover.is_some() {
+                let owed = takeover.get_or_insert(None);
+                *owed = (*owed).max(owed_before.takeover.flatten());
             }
+            replaced.extend(owed_before.replaced);
             // The lease's deadline counts from the last renew, and a waiter renews only every
             // third of the TTL: renew now, or a slot taken after a long wait is lost at once.
             if let Some(ttl) = ttl {
@@ -591,6 +639,20 @@ mod tests {
             serde_json::to_string(&lock).unwrap(),
             r#"{"Limit":2,"Holders":{"abc":true}}"#
         );
+    }
+
+    #[test]
+    fn an_unseen_take_keeps_the_longest_owed_wait() {
+        let mut owed = Owed::default();
+        assert!(owed.is_empty());
+        owed.add(None, Vec::new(), false);
+        assert!(owed.is_empty(), "a try that took nothing owes nothing");
+        owed.add(Some(None), vec!["dead".into()], false);
+        owed.add(Some(Some(Duration::from_secs(8))), Vec::new(), true);
+        owed.add(Some(Some(Duration::from_secs(3))), Vec::new(), false);
+        assert_eq!(owed.takeover, Some(Some(Duration::from_secs(8))));
+        assert_eq!(owed.replaced, ["dead"]);
+        assert!(owed.created && !owed.is_empty());
     }
 
     #[test]
