@@ -163,7 +163,12 @@ impl ConsulBackend {
                 Ok(Acquired::Held(lease))
             }
             other => {
-                let _ = self.client.kv_delete(&slot.contender_key, None).await;
+                // A take whose write may have landed leaves our entry in `.lock`, dead once our
+                // session is gone: keep our contender key then, with the takeover delay it
+                // announces, for whoever takes that slot (it deletes the key).
+                if !self.maybe_listed(&slot, &owned.id, key).await {
+                    let _ = self.client.kv_delete(&slot.contender_key, None).await;
+                }
                 session::destroy(&self.client, &owned).await;
                 match other {
                     Ok(None) => Ok(Acquired::Locked(None)),
@@ -336,6 +341,14 @@ impl ConsulBackend {
                     }
                 }
             }
+            if let Some(Some(delay)) = takeover {
+                // The dead holder announced a delay: announce it from our contender key before
+                // the slot is ours, so whoever takes our slot if we fail right after the write
+                // still waits it (the dead holder's own key goes once we hold).
+                let carried = self.holder_value(request, &owned.id, started, Some(delay));
+                self.announce_owed(&slot.contender_key, carried, &contender_params)
+                    .await;
+            }
             lock.holders.insert(owned.id.clone(), true);
             let body = serde_json::to_vec(&lock).unwrap_or_default();
             let cas = lock_pair.map(|p| p.modify_index).unwrap_or(0);
@@ -442,6 +455,16 @@ impl ConsulBackend {
 }
 
 impl ConsulBackend {
+    /// Whether `.lock` may list `session` (true when it cannot be read).
+    async fn maybe_listed(&self, slot: &SemaphoreSlot, session: &str, key: &str) -> bool {
+        match self.client.kv_get(&slot.lock_key, None).await {
+            Ok(read) => read.value.as_ref().is_some_and(|pair| {
+                decode_lock(Some(pair), key).map_or(true, |lock| lock.holders.contains_key(session))
+            }),
+            Err(_) => true,
+        }
+    }
+
     /// Writes the contender value that announces an owed takeover delay, retried a few times:
     /// if this holder is stopped before its wait is over, whoever takes its slot reads the delay
     /// from here.
