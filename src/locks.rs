@@ -314,20 +314,38 @@ impl Drop for Unfinished {
         let Some(mut command) = self.command.take() else {
             return;
         };
+        // TERM now, whether or not the task below ever runs (a runtime shutting down drops it
+        // unpolled); the guardian kills what is left at grace + lag.
         self.guardian.stopping(self.grace);
-        let (guardian, grace, claim) = (self.guardian.clone(), self.grace, self.claim.take());
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(async move {
-                    let _ = command.stop(grace).await;
-                    guardian.disarm();
+        let _ = command.signal_group(crate::supervisor::Signal::TERM);
+        let (guardian, grace) = (self.guardian.clone(), self.grace);
+        // The claim is kept until the stop is over, or past the guardian's own kill if the task
+        // never runs: a new `execute` meanwhile would take the guardian over from this one.
+        let (stopped, wait_stopped) = std::sync::mpsc::channel::<()>();
+        if let Some(claim) = self.claim.take() {
+            let limit = grace + crate::supervisor::guardian::GUARDIAN_LAG + Duration::from_secs(3);
+            let keeper = std::thread::Builder::new()
+                .name("lockwrap-execute-drop".into())
+                .spawn(move || {
+                    let since = std::time::Instant::now();
+                    if let Err(std::sync::mpsc::RecvTimeoutError::Disconnected) =
+                        wait_stopped.recv_timeout(limit)
+                    {
+                        std::thread::sleep(limit.saturating_sub(since.elapsed()));
+                    }
                     drop(claim);
                 });
+            if keeper.is_err() {
+                tracing::warn!("cannot start the thread that keeps the execute claim");
             }
-            // No runtime to stop it gracefully: the guardian does, at grace + lag.
-            Err(_) => {
-                let _ = command.signal_group(crate::supervisor::Signal::TERM);
-            }
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                // The group had its TERM above; the rest of the tree gets it now.
+                let _ = command.stop_after(None, grace).await;
+                guardian.disarm();
+                let _ = stopped.send(());
+            });
         }
     }
 }

@@ -66,7 +66,8 @@ impl ConsulBackend {
 impl ConsulBackend {
     /// The semaphore recipe, retried whole through transient Consul trouble the way the lock's
     /// acquire loop retries its steps (docs/timing.md, "Consul trouble"): each failed attempt
-    /// has already removed its contender key and session.
+    /// has already destroyed its session, and removed its contender key unless `.lock` may
+    /// list it.
     async fn acquire_semaphore_riding_out(
         &self,
         request: &LockRequest,

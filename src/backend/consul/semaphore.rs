@@ -111,8 +111,9 @@ pub fn slot(prefix: &str, session: &str, limit: u32) -> SemaphoreSlot {
 }
 
 impl ConsulBackend {
-    /// Takes one of `limit` slots; never leaves a session or contender key behind unless it
-    /// returns `Held`.
+    /// Takes one of `limit` slots; never leaves a session behind unless it returns `Held`, nor a
+    /// contender key unless `.lock` may list it (then the key announces its takeover delay for
+    /// whoever takes that dead slot, and that taker deletes it).
     pub(crate) async fn acquire_semaphore(
         &self,
         request: &LockRequest,
@@ -345,9 +346,15 @@ impl ConsulBackend {
                 // The dead holder announced a delay: announce it from our contender key before
                 // the slot is ours, so whoever takes our slot if we fail right after the write
                 // still waits it (the dead holder's own key goes once we hold).
+                // Stopping here is safe: nothing is written to `.lock` yet.
                 let carried = self.holder_value(request, &owned.id, started, Some(delay));
-                self.announce_owed(&slot.contender_key, carried, &contender_params)
-                    .await;
+                interruptible(
+                    self.announce_owed(&slot.contender_key, carried, &contender_params),
+                    stop,
+                    deadline,
+                )
+                .await
+                .map_err(Ok)?;
             }
             lock.holders.insert(owned.id.clone(), true);
             let body = serde_json::to_vec(&lock).unwrap_or_default();
@@ -457,7 +464,9 @@ impl ConsulBackend {
 impl ConsulBackend {
     /// Whether `.lock` may list `session` (true when it cannot be read).
     async fn maybe_listed(&self, slot: &SemaphoreSlot, session: &str, key: &str) -> bool {
-        match self.client.kv_get(&slot.lock_key, None).await {
+        // Retried (a short leader election): a key kept for nothing leaks until someone takes a
+        // slot listed under it, which may be never.
+        match self.client.kv_get_retry(&slot.lock_key).await {
             Ok(read) => read.value.as_ref().is_some_and(|pair| {
                 decode_lock(Some(pair), key).map_or(true, |lock| lock.holders.contains_key(session))
             }),
