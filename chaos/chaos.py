@@ -170,6 +170,10 @@ class Contender:
                     signal_pid(p.pid, signal.SIGKILL)
                     return p.wait(timeout=10)
 
+    def wrapper_live(self) -> bool:
+        """Whether the current wrapper still runs (a kill -9 fault may have ended it)."""
+        return self.proc is not None and self.proc.poll() is None
+
     def stop(self) -> int | None:
         """SIGTERM the current wrapper (no restart afterwards); returns its exit code."""
         with self.lock:
@@ -449,7 +453,7 @@ class Chaos:
         for c in self.contenders:
             # A wrapper that already exited (a last kill -9 fault, no respawn yet) gets no SIGTERM:
             # its session and exit code are the fault's, not the shutdown's.
-            live = c.proc is not None and c.proc.poll() is None
+            live = c.wrapper_live()
             if live:
                 self.final_pids[c.proc.pid] = c.tag
             rc = c.stop()

@@ -158,6 +158,16 @@ class ClusterContender(chaos.Contender):
         """lockwrap itself (the sidecar, not its application; env/setpriv exec it)."""
         return C.wrapper_pid(self.proc, self.cmd, self.private, self.tag)
 
+    def wrapper_live(self) -> bool:
+        """For the sidecar, lockwrap itself: the application beside a kill -9'd sidecar runs on
+        for its section's stop time and then exits 137, the fault's answer, not the shutdown's."""
+        if not super().wrapper_live():
+            return False
+        if self.cmd != "sidecar":
+            return True
+        pid = self.wrapper_pid()
+        return pid is not None and alive(pid)
+
     def stop(self):
         """Final SIGTERM, but never in the first second of a wrapper's life: setpriv may not
         have exec'd lockwrap yet (it would die of the signal, -15, a harness artefact).

@@ -248,14 +248,12 @@ impl<B: LockBackend> LockManager<B> {
         // Declared after the lease, so dropped before it if the caller drops this future: the
         // command's stop starts before the lease's drop destroys the session.
         let mut running = Unfinished {
-            command: Some(command),
+            command: None,
             guardian: guardian.clone(),
             grace,
             claim: Some(claim),
         };
-        let Some(command) = running.command.as_mut() else {
-            return Err(Error::new(ErrorKind::Internal, "no command".to_string()));
-        };
+        let command = running.command.insert(command);
         let end = hold::hold(
             &mut lease,
             command,
@@ -280,7 +278,12 @@ impl<B: LockBackend> LockManager<B> {
             | HoldEnd::Interrupted {
                 status, tree_gone, ..
             } => {
-                released?;
+                // As `lockwrap execute`: the command's code is the answer. A release Consul did
+                // not take (an agent down) leaves the session to its TTL; the next holder waits
+                // its takeover delay, as after any unclean release (docs/timing.md).
+                if let Err(err) = released {
+                    tracing::warn!(%err, "releasing the lock failed; the session ends with its TTL");
+                }
                 if !tree_gone {
                     // Something survived: the next holder must wait (docs/timing.md).
                     return Err(Error::new(
