@@ -186,6 +186,18 @@ async fn held() -> (MemoryBackend, LockManager<MemoryBackend>, MemoryLease) {
     (store, manager, lease)
 }
 
+/// Breaks the lock on `k` after `after` (as Consul would: a delete, an invalidated session).
+fn break_after(
+    store: MemoryBackend,
+    after: Duration,
+    reason: LossReason,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        tokio::time::sleep(after).await;
+        store.break_lock("k", reason);
+    })
+}
+
 /// Starts the scripted command and holds until the hold ends; returns the end, how long the
 /// hold took, and the log.
 async fn run(
@@ -263,10 +275,7 @@ async fn a_leftover_that_survives_makes_the_release_unclean() {
 #[tokio::test(start_paused = true)]
 async fn a_loss_tells_the_observer_first_then_stops_the_command_within_its_grace() {
     let (store, _manager, mut lease) = held().await;
-    let breaker = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        store.break_lock("k", LossReason::KeyDeleted);
-    });
+    let breaker = break_after(store, Duration::from_secs(2), LossReason::KeyDeleted);
     let script = Script {
         stops_in: Duration::from_secs(4),
         ..Script::default()
@@ -289,10 +298,11 @@ async fn a_loss_tells_the_observer_first_then_stops_the_command_within_its_grace
 #[tokio::test(start_paused = true)]
 async fn a_command_that_outlives_its_grace_after_a_loss_is_killed_at_the_grace() {
     let (store, _manager, mut lease) = held().await;
-    let breaker = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        store.break_lock("k", LossReason::SessionInvalidated);
-    });
+    let breaker = break_after(
+        store,
+        Duration::from_secs(1),
+        LossReason::SessionInvalidated,
+    );
     let script = Script {
         stops_in: Duration::from_secs(60),
         ..Script::default()
@@ -349,10 +359,7 @@ async fn a_forwarded_stop_signal_reaches_the_group_then_the_tree_is_stopped() {
 #[tokio::test(start_paused = true)]
 async fn a_loss_during_a_signalled_stop_does_not_start_a_second_stop() {
     let (store, _manager, mut lease) = held().await;
-    let breaker = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        store.break_lock("k", LossReason::KeyDeleted);
-    });
+    let breaker = break_after(store, Duration::from_secs(2), LossReason::KeyDeleted);
     let script = Script {
         stops_in: Duration::from_secs(4),
         ..Script::default()

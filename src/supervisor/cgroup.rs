@@ -23,6 +23,8 @@ pub(crate) struct CommandCgroup {
     /// `cgroup.procs`, opened before the fork: the child writes "0" (itself) into it between fork
     /// and exec, so it is inside before it can fork anything.
     join: OwnedFd,
+    /// The directory itself, for `clone3(CLONE_INTO_CGROUP)` (see `clone_into`).
+    dir_fd: OwnedFd,
 }
 
 impl CommandCgroup {
@@ -41,16 +43,18 @@ impl CommandCgroup {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = command_dir(&parent, std::process::id(), n);
         let created = fs::create_dir(&dir).and_then(|()| {
-            fs::OpenOptions::new()
+            let join = fs::OpenOptions::new()
                 .write(true)
                 .open(dir.join("cgroup.procs"))
-                .map(OwnedFd::from)
+                .map(OwnedFd::from)?;
+            Ok((join, OwnedFd::from(fs::File::open(&dir)?)))
         });
         match created {
-            Ok(join) => Some(CommandCgroup {
+            Ok((join, dir_fd)) => Some(CommandCgroup {
                 dir,
                 number: n,
                 join,
+                dir_fd,
             }),
             Err(err) => {
                 debug!(dir = %dir.display(), %err, "cannot create a cgroup for the command; stops walk /proc only");
@@ -68,6 +72,11 @@ impl CommandCgroup {
     /// The descriptor the child writes "0" to (async-signal-safe `write`, no allocation).
     pub(crate) fn join_fd(&self) -> RawFd {
         self.join.as_raw_fd()
+    }
+
+    /// The cgroup's directory, open: a `clone3` target (see `clone_into`).
+    pub(crate) fn dir_fd(&self) -> RawFd {
+        self.dir_fd.as_raw_fd()
     }
 
     /// The pids in the cgroup (empty when it cannot be read).

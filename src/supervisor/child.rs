@@ -18,6 +18,7 @@ use nix::unistd::{getpgrp, getpid, getppid, isatty, Pid};
 use tracing::{debug, info, warn};
 
 use super::cgroup::CommandCgroup;
+use super::clone_into;
 use super::guardian::{self, Guardian};
 use super::reaper::{self, SharedRegistry, Slot};
 use super::signals::{Signal, IGNORED};
@@ -225,17 +226,86 @@ impl Spawner {
 }
 
 /// Forks and execs `spec` on the spawner thread, registering the pid before the lock is released.
+/// A command with a cgroup is cloned straight into it (`clone_into`); where the kernel refuses
+/// that, or without a cgroup, std forks and the child joins the cgroup by a write.
 fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spawned, SpawnError> {
-    let mut command = Command::new(&spec.program);
-    command
-        .args(&spec.args)
-        .envs(spec.env.iter().map(|(key, value)| (key, value)));
+    let failed = |source| SpawnError::from_io(spec.program.clone(), source);
+    let mut env = spec.env.clone();
     // The guardian finds the command's processes by this variable once the wrapper is gone.
     if matches!(spec.tree, Tree::Command | Tree::Attached) {
         if let Some(marker) = super::guardian::tree_marker() {
-            command.env(marker, "1");
+            env.push((marker.into(), "1".into()));
         }
     }
+    // Decided here rather than in the child: isatty is not on the async-signal-safe list.
+    let take_terminal =
+        spec.own_process_group && spec.stdin == StdinMode::Inherit && we_hold_the_terminal();
+    let parent = getpid();
+    // The wrapped command gets a cgroup of its own where one can be made (see `cgroup`).
+    let cgroup = (spec.tree == Tree::Command && spec.own_process_group)
+        .then(CommandCgroup::create)
+        .flatten();
+    let plan = match &cgroup {
+        Some(_) => Some(
+            clone_into::Plan::new(
+                &spec.program,
+                &spec.args,
+                &env,
+                spec.stdin == StdinMode::Null,
+                spec.stdout_to_stderr,
+                spec.own_process_group,
+            )
+            .map_err(failed)?,
+        ),
+        None => None,
+    };
+
+    // Held across fork + registration: the reaper takes this lock before waitpid, so it cannot reap
+    // the pid before it is registered. It also keeps the reaper away while a failed exec is
+    // handled, where the spawning side waits for the child itself (std would panic on ECHILD had
+    // the reaper taken it).
+    let mut registry = reaper::lock(registry);
+    let cloned = match (&plan, &cgroup) {
+        // SAFETY: `prepare_child` only makes async-signal-safe calls (see below).
+        (Some(plan), Some(cgroup)) => unsafe {
+            clone_into::spawn(plan, cgroup.dir_fd(), || {
+                prepare_child(parent, take_terminal, None)
+            })
+        }
+        .map_err(failed)?,
+        _ => None,
+    };
+    let pid = match cloned {
+        Some(pid) => pid,
+        None => spawn_with_std(spec, &env, take_terminal, parent, cgroup.as_ref())?,
+    };
+    let slot = Arc::new(Slot::new(take_terminal, spec.tree));
+    registry.insert(pid, Arc::clone(&slot));
+    drop(registry);
+
+    let pgid = spec.own_process_group.then_some(pid);
+    debug!(%pid, program = %spec.program.to_string_lossy(), take_terminal, cloned = cloned.is_some(), "spawned");
+    Ok(Spawned {
+        pid,
+        pgid,
+        slot,
+        cgroup,
+    })
+}
+
+/// std's fork and exec, the child joining `cgroup` (if any) by writing itself into it. Called
+/// with the reaper's lock held.
+fn spawn_with_std(
+    spec: &CommandSpec,
+    env: &[(OsString, OsString)],
+    take_terminal: bool,
+    parent: Pid,
+    cgroup: Option<&CommandCgroup>,
+) -> Result<Pid, SpawnError> {
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .envs(env.iter().map(|(key, value)| (key, value)));
     command.stdin(match spec.stdin {
         StdinMode::Inherit => Stdio::inherit(),
         StdinMode::Null => Stdio::null(),
@@ -246,43 +316,19 @@ fn spawn_registered(registry: &SharedRegistry, spec: &CommandSpec) -> Result<Spa
     if spec.own_process_group {
         command.process_group(0);
     }
-    // Decided here rather than in the child: isatty is not on the async-signal-safe list.
-    let take_terminal =
-        spec.own_process_group && spec.stdin == StdinMode::Inherit && we_hold_the_terminal();
-    let parent = getpid();
-    // The wrapped command gets a cgroup of its own where one can be made (see `cgroup`).
-    let cgroup = (spec.tree == Tree::Command && spec.own_process_group)
-        .then(CommandCgroup::create)
-        .flatten();
-    let join_cgroup = cgroup.as_ref().map(CommandCgroup::join_fd);
+    let join_cgroup = cgroup.map(CommandCgroup::join_fd);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe calls
     // (write, prctl, getppid, tcsetpgrp, getpid, sigaction) without allocating or taking locks.
     unsafe {
         command.pre_exec(move || prepare_child(parent, take_terminal, join_cgroup));
     }
-
-    // Held across fork + registration: the reaper takes this lock before waitpid, so it cannot reap
-    // the pid before it is registered. It also keeps the reaper away while std handles a failed
-    // exec, where std itself waits for the child (and would panic on ECHILD had we reaped it).
-    let mut registry = reaper::lock(registry);
     let child = command
         .spawn()
         .map_err(|source| SpawnError::from_io(spec.program.clone(), source))?;
     let pid = Pid::from_raw(i32::try_from(child.id()).expect("Linux pids fit in pid_t"));
     // The reaper owns waitpid; std's handle must never wait. Dropping it neither waits nor kills.
     drop(child);
-    let slot = Arc::new(Slot::new(take_terminal, spec.tree));
-    registry.insert(pid, Arc::clone(&slot));
-    drop(registry);
-
-    let pgid = spec.own_process_group.then_some(pid);
-    debug!(%pid, program = %spec.program.to_string_lossy(), take_terminal, "spawned");
-    Ok(Spawned {
-        pid,
-        pgid,
-        slot,
-        cgroup,
-    })
+    Ok(pid)
 }
 
 /// Whether lockwrap's stdin is a terminal whose foreground group is lockwrap's group; only then is

@@ -10,6 +10,7 @@
 //!   and double forks took out of the command's group.
 //! - `cgroup`: a cgroup v2 of its own for the command where one is writable, so a stop finds every
 //!   process it started whatever the process did with its parentage.
+//! - `clone_into`: the command started directly inside that cgroup (`clone3`), not moved there.
 //! - [`guardian`]: a separate tiny process that kills the command's tree if the wrapper stalls
 //!   past the lock's deadline or dies while the command runs.
 //!
@@ -18,6 +19,7 @@
 
 mod cgroup;
 pub mod child;
+mod clone_into;
 pub mod guardian;
 pub mod reaper;
 pub mod signals;

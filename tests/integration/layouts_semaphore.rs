@@ -442,16 +442,7 @@ fn semaphore_waiter_with_a_shorter_grace_waits_the_announced_takeover(forced: Fo
     let consul = Consul::shared();
     let key = unique_key("sem-mixed-grace");
     let dir = Dir::new("sem-mixed-grace");
-    let child = dir.script(
-        "child.sh",
-        &format!(
-            "D='{}'\ntrap 'sleep 4.5; date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
-             date +%s%N > \"$D/start.$1\"\n\
-             while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
-             date +%s%N > \"$D/end.$1\"",
-            dir.display()
-        ),
-    );
+    let child = dir.slow_stopper(4.5);
     let old = ["-n", "2", "--kill-grace", "5s", "--takeover-delay", "8s"];
     let a = Proc::spawn(run_cmd(consul, &key, &old, &[&child, "a"]));
     assert!(
@@ -548,16 +539,7 @@ fn a_second_waiter_does_not_start_in_a_re_created_dot_lock_while_the_old_holders
     let consul = Consul::shared();
     let key = unique_key("sem-two-waiters");
     let dir = Dir::new("sem-two-waiters");
-    let child = dir.script(
-        "child.sh",
-        &format!(
-            "D='{}'\ntrap 'sleep 4.5; date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
-             date +%s%N > \"$D/start.$1\"\n\
-             while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
-             date +%s%N > \"$D/end.$1\"",
-            dir.display()
-        ),
-    );
+    let child = dir.slow_stopper(4.5);
     let opts = ["-n", "2", "--kill-grace", "5s", "--takeover-delay", "8s"];
     let a = Proc::spawn(run_cmd(consul, &key, &opts, &[&child, "a"]));
     assert!(

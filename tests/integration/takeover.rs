@@ -384,16 +384,7 @@ fn a_contender_with_a_shorter_grace_waits_the_live_holders_announced_takeover() 
     let consul = Consul::shared();
     let key = unique_key("mixed-grace");
     let dir = Dir::new("mixed-grace");
-    let child = dir.script(
-        "child.sh",
-        &format!(
-            "D='{}'\ntrap 'sleep 4.5; date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
-             date +%s%N > \"$D/start.$1\"\n\
-             while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
-             date +%s%N > \"$D/end.$1\"",
-            dir.display()
-        ),
-    );
+    let child = dir.slow_stopper(4.5);
     let old = [
         "--kill-grace",
         "5s",

@@ -20,6 +20,22 @@ impl Dir {
         Dir(scratch(name))
     }
 
+    /// `child.sh TAG`: writes `start.TAG`, runs until `release.TAG` appears, then writes `end.TAG`;
+    /// on SIGTERM it takes `stop_secs` to stop (a command that uses its kill grace), then writes
+    /// `end.TAG` and exits 0. Timestamps are `date +%s%N`.
+    pub fn slow_stopper(&self, stop_secs: f64) -> String {
+        self.script(
+            "child.sh",
+            &format!(
+                "D='{}'\ntrap 'sleep {stop_secs}; date +%s%N > \"$D/end.$1\"; exit 0' TERM\n\
+                 date +%s%N > \"$D/start.$1\"\n\
+                 while [ ! -e \"$D/release.$1\" ]; do sleep 0.02; done\n\
+                 date +%s%N > \"$D/end.$1\"",
+                self.display()
+            ),
+        )
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
