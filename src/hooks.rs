@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::backend::{AcquireObserver, LockInfo};
 use crate::supervisor::{CommandSpec, Spawner, StdinMode, Tree};
@@ -113,10 +114,40 @@ impl Hooks {
     /// Runs every hook of `event` one after the other and waits for them (each bounded by the
     /// hook timeout); fires the webhook in the background.
     pub async fn fire(&self, event: Event, ctx: &EventContext) {
+        self.fire_until(event, ctx, None).await;
+    }
+
+    /// [`Hooks::fire`], ended early by `stop`: the running hook gets SIGTERM, then SIGKILL after
+    /// the grace, and the rest do not start.
+    async fn fire_until(
+        &self,
+        event: Event,
+        ctx: &EventContext,
+        stop: Option<(&CancellationToken, Duration)>,
+    ) {
         self.post_webhook(event, ctx);
         for exe in self.set.for_event(event) {
-            self.run_one(event, exe, ctx).await;
+            if stop.is_some_and(|(token, _)| token.is_cancelled()) {
+                return;
+            }
+            self.run_one(event, exe, ctx, stop).await;
         }
+    }
+
+    /// Hooks that must end with a term of leadership (a sidecar's on-acquired hooks, whose
+    /// "command" is the application beside it): they run in the background from the acquisition
+    /// on, so the loss watch starts at once, and `stop` (the term's end) stops them with `grace`
+    /// before the release (README, "The supervisor").
+    pub fn fire_detached_until(
+        &self,
+        event: Event,
+        ctx: &EventContext,
+        stop: CancellationToken,
+        grace: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let hooks = self.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move { hooks.fire_until(event, &ctx, Some((&stop, grace))).await })
     }
 
     /// Like [`Hooks::fire`] but does not wait: used on lock loss, where stopping the child
@@ -127,7 +158,13 @@ impl Hooks {
         tokio::spawn(async move { hooks.fire(event, &ctx).await })
     }
 
-    async fn run_one(&self, event: Event, exe: &str, ctx: &EventContext) {
+    async fn run_one(
+        &self,
+        event: Event,
+        exe: &str,
+        ctx: &EventContext,
+        stop: Option<(&CancellationToken, Duration)>,
+    ) {
         let mut env: Vec<(OsString, OsString)> = vec![
             ("LOCKWRAP_KEY".into(), ctx.key.clone().into()),
             ("LOCKWRAP_EVENT".into(), event.as_str().into()),
@@ -160,7 +197,22 @@ impl Hooks {
                 return;
             }
         };
-        match tokio::time::timeout(self.timeout, child.wait()).await {
+        let stopped = async {
+            match stop {
+                Some((token, _)) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let waited = tokio::select! {
+            waited = tokio::time::timeout(self.timeout, child.wait()) => waited,
+            () = stopped => {
+                let grace = stop.map_or(Duration::ZERO, |(_, grace)| grace);
+                tracing::info!(hook = exe, event = event.as_str(), ?grace, "the term ended; stopping the hook");
+                child.stop(grace).await;
+                return;
+            }
+        };
+        match waited {
             Ok(status) if status.success() => {
                 tracing::debug!(hook = exe, event = event.as_str(), "hook ran");
             }

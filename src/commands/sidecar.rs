@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
+
 use super::acquire;
 use super::policy::{self, Phase};
 use super::supervise::start_reporting;
@@ -65,13 +67,18 @@ pub async fn run<B: LockBackend>(
             Acquired::Locked(_) => continue,
         };
         let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
-        hooks.fire(Event::Acquired, &ctx).await;
+        let grace = config.lock.request.hold.kill_grace;
+        // The on-acquired hooks run beside the hold, which watches for a loss from the start,
+        // and end with the term like a command's (README, "The supervisor").
+        let term = CancellationToken::new();
+        let acquired_hooks = hooks.fire_detached_until(Event::Acquired, &ctx, term.clone(), grace);
         // The app beside us is the command: a loss or a stop signal withdraws leadership first,
         // then the app has the kill grace to notice before the release (docs/timing.md).
         let leadership = Leadership {
             hooks: &hooks,
             ctx: &ctx,
             telemetry: &telemetry,
+            term: &term,
         };
         let end = hold::hold(
             &mut lease,
@@ -79,9 +86,13 @@ pub async fn run<B: LockBackend>(
             None,
             &mut policy::Signals::new(&mut process.signals, Phase::Leading),
             &leadership,
-            config.lock.request.hold.kill_grace,
+            grace,
         )
         .await;
+        // Stopped at the loss or step-down, so they have had the grace: nothing of the term runs
+        // on past the release.
+        term.cancel();
+        let _ = acquired_hooks.await;
         if let Some(outcome) = conclude(config, lease, end, &hooks, &ctx).await {
             return Ok(outcome);
         }
@@ -95,10 +106,13 @@ struct Leadership<'a> {
     hooks: &'a Hooks,
     ctx: &'a EventContext,
     telemetry: &'a Telemetry,
+    /// Ends the term's on-acquired hooks.
+    term: &'a CancellationToken,
 }
 
 impl HoldObserver for Leadership<'_> {
     fn lost(&self, reason: &LossReason) -> Option<tokio::task::JoinHandle<()>> {
+        self.term.cancel();
         self.telemetry.not_leader(true);
         self.telemetry.lost_because(reason);
         Some(self.hooks.fire_detached(
@@ -112,6 +126,7 @@ impl HoldObserver for Leadership<'_> {
 
     fn interrupted(&self, signal: Signal) {
         tracing::info!(event = "released", signal = signal.name(), "stepping down");
+        self.term.cancel();
         self.telemetry.not_leader(false);
     }
 }

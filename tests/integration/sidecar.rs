@@ -260,3 +260,58 @@ fn sidecar_runs_acquired_lost_and_released_hooks_with_the_key() {
         );
     }
 }
+
+/// A long on-acquired hook must not delay the loss watch: the key deleted while the hook runs
+/// flips `/leader` at once (a second sidecar may lead 6 s later) and the hook is stopped with
+/// the term, not left running beside the next leader.
+#[test]
+fn a_loss_during_a_long_on_acquired_hook_withdraws_leadership_and_stops_the_hook() {
+    let consul = Consul::shared();
+    let key = unique_key("sidecar-long-hook");
+    let dir = scratch("sidecar-long-hook");
+    let pid_file = dir.join("hook.pid");
+    let hook = script(
+        &dir,
+        "hook",
+        &format!("echo $$ > {}\nexec sleep 60", pid_file.display()),
+    );
+    let hook = hook.to_str().expect("utf-8 path");
+    let mut a = sidecar(
+        consul,
+        &dir,
+        "a",
+        &key,
+        &["--kill-grace", "2s", "--on-acquired", hook],
+    );
+    let hook_pid = || -> Option<i32> {
+        std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+    };
+    assert!(
+        wait_until(SOON, || a.is_leader() && hook_pid().is_some()),
+        "{}",
+        a.stderr()
+    );
+    let pid = hook_pid().expect("hook pid");
+    consul.delete_kv(&key);
+    let deleted = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(2), || !a.is_leader()),
+        "leadership not withdrawn while the hook runs:\n{}",
+        a.stderr()
+    );
+    assert!(
+        wait_until(Duration::from_secs(4), || !crate::harness::alive(pid)),
+        "the on-acquired hook outlived its term by {:?}:\n{}",
+        deleted.elapsed(),
+        a.stderr()
+    );
+    a.terminate();
+    assert_eq!(
+        a.wait_exit(SOON).and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        a.stderr()
+    );
+}
