@@ -605,3 +605,64 @@ fn a_second_waiter_does_not_start_in_a_re_created_dot_lock_while_the_old_holders
     }
     assert_no_sessions(consul, &key);
 }
+
+/// `jobs/` and `jobs` name one semaphore (both spellings trim the slash): after `.lock` is
+/// deleted under two `jobs/` holders, a newcomer spelling it `jobs` must see their live sessions
+/// and wait its takeover delay. Before, it looked for sessions named for `jobs` only, found none,
+/// and started 18 ms after the delete beside both stopping commands: 3 on `-n 2`.
+#[test]
+fn a_newcomer_spelling_the_key_without_its_slash_sees_the_stopping_holders() {
+    let consul = Consul::shared();
+    let key = unique_key("sem-spelling");
+    let slashed = format!("{key}/");
+    let dir = Dir::new("sem-spelling");
+    let child = dir.slow_stopper(4.5);
+    let opts = ["-n", "2", "--kill-grace", "5s", "--takeover-delay", "8s"];
+    let mut holders = Vec::new();
+    for id in ["a", "b"] {
+        holders.push((
+            id,
+            Proc::spawn(run_cmd(consul, &slashed, &opts, &[&child, id])),
+        ));
+        assert!(
+            dir.wait_for(&format!("start.{id}"), Duration::from_secs(10)),
+            "{id} did not start"
+        );
+    }
+    let deleted_at = now_ns();
+    consul.delete_kv(&format!("{key}/.lock"));
+    let c = Proc::spawn(run_cmd(consul, &key, &opts, &[&child, "c"]));
+    assert!(
+        dir.wait_for("start.c", Duration::from_secs(20)),
+        "c never started"
+    );
+    let last_end = ["a", "b"]
+        .iter()
+        .map(|id| {
+            dir.ns(&format!("end.{id}")).unwrap_or_else(|| {
+                panic!("c started while {id}'s command still ran (no end.{id} yet)")
+            })
+        })
+        .max()
+        .unwrap_or_default();
+    let start = dir.ns("start.c").expect("start");
+    eprintln!(
+        "c started {} ms after the delete; the old commands ended by {} ms",
+        ms(start - deleted_at),
+        ms(last_end - deleted_at)
+    );
+    assert!(
+        start > last_end,
+        "c started before the old holders' commands ended"
+    );
+    for id in ["a", "b", "c"] {
+        dir.touch(&format!("release.{id}"));
+    }
+    for (id, wrapper) in holders {
+        let out = wrapper.finish(Duration::from_secs(15));
+        assert_eq!(code(&out), 101, "{id}: {}", describe(&out));
+    }
+    let out = c.finish(Duration::from_secs(15));
+    assert_eq!(code(&out), 0, "c: {}", describe(&out));
+    assert_no_sessions(consul, &key);
+}

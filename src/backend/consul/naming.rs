@@ -6,14 +6,19 @@
 
 use std::time::Duration;
 
+/// How every default session name starts, before the key.
+const NAME_START: &str = "lockwrap ";
+/// How the tag on a name the user chose starts, before the key.
+const CUSTOM_START: &str = " [lockwrap ";
+
 /// The start of every default session name lockwrap gives for `key`.
 pub(crate) fn name_prefix(key: &str) -> String {
-    format!("lockwrap {key} on ")
+    format!("{NAME_START}{key} on ")
 }
 
 /// The tag lockwrap appends to a name the user chose (`--session-name`).
 fn custom_tag(key: &str) -> String {
-    format!(" [lockwrap {key}]")
+    format!("{CUSTOM_START}{key}]")
 }
 
 /// Where the takeover delay a holder announces starts in its session name.
@@ -54,10 +59,27 @@ fn base_name(name: &str) -> &str {
     }
 }
 
-/// Whether a session named `name` was created by lockwrap for `key`.
+/// Whether a session named `name` was created by lockwrap for `key`, however many trailing
+/// slashes either spelling has: `jobs` and `jobs/` share a semaphore and a consul-lock prefix
+/// (both trim them), so a contender must see the other spelling's holders too. For the default
+/// layout, where they are two keys, this only makes a contender more careful.
 pub(crate) fn names_key(name: &str, key: &str) -> bool {
     let base = base_name(name);
-    base.starts_with(&name_prefix(key)) || base.ends_with(&custom_tag(key))
+    let key = key.trim_end_matches('/');
+    // What follows `key` and its slashes in a name for it.
+    fn after_key<'a>(tail: &'a str, key: &str) -> Option<&'a str> {
+        tail.strip_prefix(key)
+            .map(|rest| rest.trim_start_matches('/'))
+    }
+    let default_name = base
+        .strip_prefix(NAME_START)
+        .and_then(|rest| after_key(rest, key))
+        .is_some_and(|rest| rest.starts_with(" on "));
+    let custom_name = base
+        .rfind(CUSTOM_START)
+        .and_then(|at| after_key(&base[at + CUSTOM_START.len()..], key))
+        .is_some_and(|rest| rest == "]");
+    default_name || custom_name
 }
 
 /// The takeover delay the holder that created the session named `name` announced, if any.
@@ -86,6 +108,17 @@ mod tests {
         assert!(!names_key("Consul API Lock", "a/b"));
         assert!(names_key("deploy [lockwrap a/b] [attempt 00ff]", "a/b"));
         assert!(names_key("lockwrap a/b on h pid 1 [attempt 00ff]", "a/b"));
+    }
+
+    #[test]
+    fn both_spellings_of_a_prefix_see_each_others_sessions() {
+        let slash = session_name(None, "jobs/", "host", 7, Some(Duration::from_secs(6)));
+        assert!(names_key(&slash, "jobs") && names_key(&slash, "jobs/"));
+        let plain = session_name(Some("deploy"), "jobs", "host", 7, None);
+        assert!(names_key(&plain, "jobs//") && names_key(&plain, "jobs"));
+        assert!(!names_key(&slash, "job") && !names_key(&slash, "jobs/x"));
+        assert!(!names_key("lockwrap jobsx on h pid 1", "jobs"));
+        assert!(!names_key("deploy [lockwrap jobs/x]", "jobs"));
     }
 
     #[test]
