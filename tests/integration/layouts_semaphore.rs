@@ -666,3 +666,84 @@ fn a_newcomer_spelling_the_key_without_its_slash_sees_the_stopping_holders() {
     assert_eq!(code(&out), 0, "c: {}", describe(&out));
     assert_no_sessions(consul, &key);
 }
+
+/// The session of the lockwrap with pid `pid` among `key`'s.
+fn session_of_pid(consul: &Consul, key: &str, pid: u32) -> String {
+    let pid = format!("pid {pid}");
+    let session = consul
+        .sessions_for(key)
+        .into_iter()
+        .find(|s| {
+            s["Name"].as_str().is_some_and(|n| {
+                n.split(" [")
+                    .next()
+                    .is_some_and(|base| base.ends_with(&pid))
+            })
+        })
+        .unwrap_or_else(|| panic!("no session of {pid} for {key}"));
+    session["ID"].as_str().expect("session ID").to_string()
+}
+
+/// One event ends a holder with a long grace (a: 10 s, announces 13 s, its command stops in
+/// 8 s) and the waiter with a short one (c: 1 s, 4 s): c's session goes first, so c sees a dead
+/// but cannot announce a's delay from its contender key. It must not write itself into `.lock`
+/// then: its key, announcing 4 s, would become the only record of that slot, and c's next try
+/// started 4.5 s after the fault beside a's command and b (found by review; 3 on `-n 2`).
+#[test]
+fn a_waiter_whose_session_died_with_the_holders_does_not_take_the_slot_unannounced() {
+    let consul = Consul::shared();
+    let key = unique_key("sem-died-together");
+    let dir = Dir::new("sem-died-together");
+    let child = dir.slow_stopper(8.0);
+    let a = Proc::spawn(run_cmd(
+        consul,
+        &key,
+        &["-n", "2", "--kill-grace", "10s", "--takeover-delay", "13s"],
+        &[&child, "a"],
+    ));
+    assert!(
+        dir.wait_for("start.a", Duration::from_secs(10)),
+        "a did not start"
+    );
+    let short = ["-n", "2", "--kill-grace", "1s", "--takeover-delay", "4s"];
+    let b = Proc::spawn(run_cmd(consul, &key, &short, &[&child, "b"]));
+    assert!(
+        dir.wait_for("start.b", Duration::from_secs(10)),
+        "b did not start"
+    );
+    let waiting = waiting_opts(&dir, "c");
+    let mut c_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    c_opts.extend(short);
+    let c = Proc::spawn(run_cmd(consul, &key, &c_opts, &[&child, "c"]));
+    wait_waiting(&dir, "c");
+
+    let (a_session, c_session) = (
+        session_of_pid(consul, &key, a.id()),
+        session_of_pid(consul, &key, c.id()),
+    );
+    let forced_at = now_ns();
+    consul.destroy_session(&c_session);
+    consul.destroy_session(&a_session);
+    assert!(
+        dir.wait_for("start.c", Duration::from_secs(30)),
+        "c never started"
+    );
+    let start_c = dir.ns("start.c").expect("start.c");
+    let end_a = dir
+        .ns("end.a")
+        .unwrap_or_else(|| panic!("c started while a's command still ran (no end.a yet)"));
+    eprintln!(
+        "a stopped {} ms after the fault, c started {} ms after it",
+        ms(end_a - forced_at),
+        ms(start_c - forced_at)
+    );
+    assert!(start_c > end_a, "c started before a's command ended");
+    for id in ["a", "b", "c"] {
+        dir.touch(&format!("release.{id}"));
+    }
+    for (id, wrapper, want) in [("a", a, 101), ("b", b, 0), ("c", c, 0)] {
+        let out = wrapper.finish(Duration::from_secs(20));
+        assert_eq!(code(&out), want, "{id}: {}", describe(&out));
+    }
+    assert_no_sessions(consul, &key);
+}

@@ -22,6 +22,10 @@ use crate::backend::{
     AcquireObserver, Acquired, BackendError, LockInfo, LockRequest, LossReason, Wait,
 };
 
+/// Before the next try after an owed-delay announcement that could not be written (it was
+/// retried already): the store had trouble, or our session is gone.
+const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
+
 /// Where one semaphore slot lives.
 #[derive(Debug, Clone)]
 pub struct SemaphoreSlot {
@@ -348,13 +352,26 @@ impl ConsulBackend {
                 // still waits it (the dead holder's own key goes once we hold).
                 // Stopping here is safe: nothing is written to `.lock` yet.
                 let carried = self.holder_value(request, &owned.id, started, Some(delay));
-                interruptible(
+                let announced = interruptible(
                     self.announce_owed(&slot.contender_key, carried, &contender_params),
                     stop,
                     deadline,
                 )
                 .await
                 .map_err(Ok)?;
+                if !announced {
+                    // Not written (our session may have died in the same event as the holder's):
+                    // a write now could leave the slot listed under a key that announces less.
+                    // No write this try; a gone session shows at the renew.
+                    if let Some(ttl) = ttl {
+                        self.renew_waiter(owned, ttl).await.map_err(Err)?;
+                    }
+                    interruptible(tokio::time::sleep(ANNOUNCE_RETRY), stop, deadline)
+                        .await
+                        .map_err(Ok)?;
+                    index = 0;
+                    continue;
+                }
             }
             lock.holders.insert(owned.id.clone(), true);
             let body = serde_json::to_vec(&lock).unwrap_or_default();
@@ -443,7 +460,8 @@ impl ConsulBackend {
             if let Some(announced) = takeover {
                 // Owed: announce the dead holder's wait too, in case we end before it is over.
                 let carried = self.holder_value(request, &owned.id, started, announced);
-                self.announce_owed(&slot.contender_key, carried, &contender_params)
+                let _ = self
+                    .announce_owed(&slot.contender_key, carried, &contender_params)
                     .await;
                 for gone in &replaced {
                     let _ = self
@@ -477,7 +495,13 @@ impl ConsulBackend {
     /// Writes the contender value that announces an owed takeover delay, retried a few times:
     /// if this holder is stopped before its wait is over, whoever takes its slot reads the delay
     /// from here.
-    async fn announce_owed(&self, contender_key: &str, value: Vec<u8>, params: &[(&str, String)]) {
+    /// Whether it was written.
+    async fn announce_owed(
+        &self,
+        contender_key: &str,
+        value: Vec<u8>,
+        params: &[(&str, String)],
+    ) -> bool {
         let mut pause = Duration::from_millis(200);
         for attempt in 1..=3 {
             match self
@@ -485,11 +509,11 @@ impl ConsulBackend {
                 .kv_put(contender_key, value.clone(), params)
                 .await
             {
-                Ok(true) => return,
+                Ok(true) => return true,
                 Ok(false) => break,
                 Err(err) if attempt == 3 => {
                     tracing::warn!(%err, "could not announce the owed takeover delay");
-                    return;
+                    return false;
                 }
                 Err(_) => {
                     tokio::time::sleep(pause).await;
@@ -500,6 +524,7 @@ impl ConsulBackend {
         tracing::warn!(
             "could not announce the owed takeover delay (the contender key is not ours)"
         );
+        false
     }
 
     /// Renews a semaphore contender's session; the lease's deadline counts from the last renew
