@@ -327,7 +327,12 @@ impl ConsulClient {
             BackendError::Transient(m) => BackendError::Unknown(m),
             other => other,
         })?;
-        let text = response.text().await.unwrap_or_default();
+        // The answer was sent, so the write was applied or refused: a body lost on the way
+        // (a reset between headers and body) leaves which one unknown, not "refused".
+        let text = response
+            .text()
+            .await
+            .map_err(|err| BackendError::Unknown(format!("reading Consul's answer: {err}")))?;
         Ok(text.trim() == "true")
     }
 
