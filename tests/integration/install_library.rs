@@ -124,3 +124,126 @@ fn a_dropped_library_execute_still_stops_its_command() {
         consul.sessions_for(&key)
     );
 }
+
+/// A library acquisition dropped while it waits for a semaphore slot (a timeout around it)
+/// leaves neither its session nor its contender key: both are cleaned up at the drop, while the
+/// host lives on, not left to the session's TTL (the key would stay for good).
+#[test]
+fn a_library_acquisition_dropped_while_waiting_leaves_no_session_or_key() {
+    let consul = Consul::shared();
+    let key = unique_key("lib-dropped-waiting");
+    let dir = Dir::new("lib-dropped-waiting");
+    let mut holders = Vec::new();
+    for id in ["a", "b"] {
+        holders.push(Proc::spawn(crate::harness::run_cmd(
+            consul,
+            &key,
+            &["-n", "2"],
+            &[
+                "sh",
+                "-c",
+                &format!("echo 1 > {}/{id}; sleep 60", dir.display()),
+            ],
+        )));
+        assert!(dir.wait_for(id, Duration::from_secs(20)), "{id} never held");
+    }
+    let before = consul.sessions_for(&key).len();
+    let keys_before = consul.keys(&format!("{key}/"));
+    let settings = lockwrap::backend::consul::ConsulSettings {
+        address: consul.addr(),
+        ssl_verify: true,
+        ..Default::default()
+    };
+    let manager = lockwrap::LockManager::connect(&settings).expect("a manager");
+    let mut request = lockwrap::backend::LockRequest::new(key.clone());
+    request.limit = 2;
+    // A slot has no lock-delay: the takeover delay alone covers a deregistered node.
+    request.hold.takeover_delay = Duration::from_secs(8);
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let waiting = manager.acquire_with(&request, &lockwrap::backend::NoObserver, &stop);
+        let gave_up = tokio::time::timeout(Duration::from_secs(3), waiting).await;
+        if let Ok(result) = gave_up {
+            panic!(
+                "the third contender was not kept waiting: {:?}",
+                result.map(|a| matches!(a, lockwrap::backend::Acquired::Held(_)))
+            );
+        }
+        let cleaned = async {
+            loop {
+                let left = (
+                    consul.sessions_for(&key).len(),
+                    consul.keys(&format!("{key}/")),
+                );
+                if left.0 == before && left.1 == keys_before {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), cleaned)
+                .await
+                .is_ok(),
+            "the dropped acquisition left its session or key: {:?} / {:?}",
+            consul.sessions_for(&key),
+            consul.keys(&format!("{key}/"))
+        );
+    });
+    drop(holders);
+}
+
+/// The same for a library acquisition dropped while queued (`queue`): its queue entry and
+/// session go at once. Before, its renew task kept both, and everyone behind it waited, for as
+/// long as the host process lived.
+#[test]
+fn a_library_acquisition_dropped_while_queued_leaves_the_queue() {
+    let consul = Consul::shared();
+    let key = unique_key("lib-dropped-queued");
+    let dir = Dir::new("lib-dropped-queued");
+    let holder = Proc::spawn(crate::harness::run_cmd(
+        consul,
+        &key,
+        &["--queue"],
+        &[
+            "sh",
+            "-c",
+            &format!("echo 1 > {}/a; sleep 60", dir.display()),
+        ],
+    ));
+    assert!(dir.wait_for("a", Duration::from_secs(20)), "a never held");
+    let before = consul.sessions_for(&key).len();
+    let settings = lockwrap::backend::consul::ConsulSettings {
+        address: consul.addr(),
+        ssl_verify: true,
+        ..Default::default()
+    };
+    let manager = lockwrap::LockManager::connect(&settings).expect("a manager");
+    let mut request = lockwrap::backend::LockRequest::new(key.clone());
+    request.queue = true;
+    let queue = format!("{key}/.queue/");
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let waiting = manager.acquire_with(&request, &lockwrap::backend::NoObserver, &stop);
+        let gave_up = tokio::time::timeout(Duration::from_secs(3), waiting).await;
+        assert!(
+            gave_up.is_err(),
+            "the queued contender was not kept waiting"
+        );
+        let cleaned = async {
+            while !(consul.keys(&queue).is_empty() && consul.sessions_for(&key).len() == before) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), cleaned)
+                .await
+                .is_ok(),
+            "the dropped acquisition stayed queued: {:?}",
+            consul.keys(&queue)
+        );
+    });
+    drop(holder);
+}

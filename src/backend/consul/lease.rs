@@ -219,7 +219,8 @@ impl Lease {
     }
 
     async fn release_inner(&mut self) -> Result<(), BackendError> {
-        self.done = true;
+        // `done` only once the session is destroyed: a release dropped midway (a library
+        // caller's timeout) leaves the destroy to `Drop`, without the clean marker.
         self.stop.cancel();
         for task in self.tasks.drain(..) {
             let _ = task.await;
@@ -242,6 +243,7 @@ impl Lease {
             .await;
         let left = give_up.saturating_duration_since(Instant::now());
         session::destroy_within(&self.client, &self.session, left).await;
+        self.done = true;
         self.hold
             .after_destroy(&self.client, still_held && self.release_clean)
             .await;

@@ -91,10 +91,18 @@ impl ConsulBackend {
         } else {
             None
         };
-        let mut session: Option<OwnedSession> = None;
+        let mut pending = session::Pending::new(&self.client);
         let result = self
-            .acquire_loop(request, observer, stop, started, deadline, &mut session)
+            .acquire_loop(
+                request,
+                observer,
+                stop,
+                started,
+                deadline,
+                &mut pending.session,
+            )
             .await;
+        let session = &mut pending.session;
         let outcome = match result {
             Ok(Attempt::Held(lease)) => {
                 if let Some(ticket) = ticket {

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::api::KvPair;
+use super::client::ConsulClient;
 use super::session::{self, OwnedSession};
 use super::wait::{interruptible, lock_key, Interrupt, STANDBY_WAIT};
 use super::{value, ConsulBackend};
@@ -44,6 +45,33 @@ pub(crate) struct Ticket {
     stop: CancellationToken,
     /// Becomes true when the queue session is gone (renew answered 404).
     gone: watch::Receiver<bool>,
+    /// For the cleanup of a ticket dropped without [`ConsulBackend::leave`].
+    client: ConsulClient,
+    left: bool,
+}
+
+impl Drop for Ticket {
+    /// An acquisition dropped while queued (a library caller's timeout) must leave the queue:
+    /// its renew task would otherwise keep the entry, and everyone behind it, waiting for as
+    /// long as the process lives.
+    fn drop(&mut self) {
+        if self.left {
+            return;
+        }
+        self.stop.cancel();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (client, session, entry) = (
+            self.client.clone(),
+            self.session.clone(),
+            self.entry_key.clone(),
+        );
+        crate::backend::cleanup::spawn(async move {
+            let _ = client.kv_delete(&entry, None).await;
+            session::destroy(&client, &session).await;
+        });
+    }
 }
 
 /// How waiting in the queue ended.
@@ -206,6 +234,8 @@ impl ConsulBackend {
             entry_key,
             stop,
             gone,
+            client: self.client.clone(),
+            left: false,
         })
     }
 
@@ -268,7 +298,8 @@ impl ConsulBackend {
 
     /// Removes the entry and destroys the queue session; best effort (the session's TTL and
     /// behavior `delete` clean up whatever this cannot).
-    pub(crate) async fn leave(&self, ticket: Ticket) {
+    pub(crate) async fn leave(&self, mut ticket: Ticket) {
+        ticket.left = true;
         ticket.stop.cancel();
         self.telemetry.queue_waiters(None);
         if let Err(err) = self.client.kv_delete(&ticket.entry_key, None).await {

@@ -144,13 +144,30 @@ impl ConsulBackend {
         self.telemetry.store_healthy(true);
         check_limit(&decode_lock(first.value.as_ref(), key)?, request.limit, key)?;
 
-        let mut owned = self.create_session(request).await?;
+        let mut pending = session::Pending::new(&self.client);
+        let owned = pending.session.insert(self.create_session(request).await?);
         let slot = slot(prefix, &owned.id, request.limit);
+        // Dropped midway (a library caller's timeout): the same cleanup as a failed acquisition.
+        let (lock_key, contender_key, prefix_key) = (
+            slot.lock_key.clone(),
+            slot.contender_key.clone(),
+            key.to_string(),
+        );
+        pending.leftover = Some(Box::new(move |client, session| {
+            Box::pin(async move {
+                if !maybe_listed(&client, &lock_key, &session, &prefix_key).await {
+                    let _ = client.kv_delete(&contender_key, None).await;
+                }
+            })
+        }));
         let outcome = self
-            .semaphore_loop(
-                request, observer, stop, started, deadline, &mut owned, &slot,
-            )
+            .semaphore_loop(request, observer, stop, started, deadline, owned, &slot)
             .await;
+        pending.leftover = None;
+        let owned = pending
+            .session
+            .take()
+            .expect("the session stays pending until here");
         match outcome {
             Ok(Some(taken)) => {
                 let keep_alive = self.keep_alive(request, taken.index)?;
@@ -171,7 +188,7 @@ impl ConsulBackend {
                 // A take whose write may have landed leaves our entry in `.lock`, dead once our
                 // session is gone: keep our contender key then, with the takeover delay it
                 // announces, for whoever takes that slot (it deletes the key).
-                if !self.maybe_listed(&slot, &owned.id, key).await {
+                if !maybe_listed(&self.client, &slot.lock_key, &owned.id, key).await {
                     let _ = self.client.kv_delete(&slot.contender_key, None).await;
                 }
                 session::destroy(&self.client, &owned).await;
@@ -480,18 +497,6 @@ impl ConsulBackend {
 }
 
 impl ConsulBackend {
-    /// Whether `.lock` may list `session` (true when it cannot be read).
-    async fn maybe_listed(&self, slot: &SemaphoreSlot, session: &str, key: &str) -> bool {
-        // Retried (a short leader election): a key kept for nothing leaks until someone takes a
-        // slot listed under it, which may be never.
-        match self.client.kv_get_retry(&slot.lock_key).await {
-            Ok(read) => read.value.as_ref().is_some_and(|pair| {
-                decode_lock(Some(pair), key).map_or(true, |lock| lock.holders.contains_key(session))
-            }),
-            Err(_) => true,
-        }
-    }
-
     /// Writes the contender value that announces an owed takeover delay, retried a few times:
     /// if this holder is stopped before its wait is over, whoever takes its slot reads the delay
     /// from here.
@@ -542,6 +547,18 @@ impl ConsulBackend {
             Err(err) => tracing::debug!(%err, "renewing a semaphore contender's session failed"),
         }
         Ok(())
+    }
+}
+
+/// Whether `.lock` may list `session` (true when it cannot be read).
+async fn maybe_listed(client: &ConsulClient, lock_key: &str, session: &str, key: &str) -> bool {
+    // Retried (a short leader election): a key kept for nothing leaks until someone takes a
+    // slot listed under it, which may be never.
+    match client.kv_get_retry(lock_key).await {
+        Ok(read) => read.value.as_ref().is_some_and(|pair| {
+            decode_lock(Some(pair), key).map_or(true, |lock| lock.holders.contains_key(session))
+        }),
+        Err(_) => true,
     }
 }
 

@@ -40,6 +40,54 @@ impl OwnedSession {
     }
 }
 
+/// What a dropped acquisition still owes Consul besides its session (a semaphore's contender
+/// key); runs before the session's destroy.
+pub(crate) type Leftover = Box<
+    dyn FnOnce(
+            ConsulClient,
+            String,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send,
+>;
+
+/// The session of an acquisition under way, until a lease takes it or the acquisition destroys
+/// it. If the acquisition's future is dropped first (a timeout around a library call), the
+/// session is destroyed in the background (after `leftover`), instead of being left to its TTL.
+pub(crate) struct Pending {
+    client: ConsulClient,
+    pub(crate) session: Option<OwnedSession>,
+    pub(crate) leftover: Option<Leftover>,
+}
+
+impl Pending {
+    pub(crate) fn new(client: &ConsulClient) -> Pending {
+        Pending {
+            client: client.clone(),
+            session: None,
+            leftover: None,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(owned) = self.session.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let client = self.client.clone();
+        let leftover = self.leftover.take();
+        crate::backend::cleanup::spawn(async move {
+            if let Some(leftover) = leftover {
+                leftover(client.clone(), owned.id.clone()).await;
+            }
+            destroy(&client, &owned).await;
+        });
+    }
+}
+
 /// A session without TTL never expires, so its destroy is worth more patience than a TTL
 /// session's; 30 s rides out a leader election with room to spare.
 const DESTROY_PATIENCE_WITHOUT_TTL: Duration = Duration::from_secs(30);
