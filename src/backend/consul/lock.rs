@@ -300,7 +300,9 @@ impl ConsulBackend {
             Err(err) => return Err(err),
         };
         // Read back: confirms the holder and gives the fencing token (ModifyIndex).
-        let after = self.client.kv_get(&lock_key, None).await?;
+        // Stoppable from here on too: if the write landed, the caller's cleanup destroys the
+        // session, and with no clean marker the next holder waits its takeover delay.
+        let after = step!(self.client.kv_get(&lock_key, None), stop, deadline)?;
         match after.value.as_ref() {
             Some(pair) if pair.holder() == Some(owned.id.as_str()) => {
                 // Checked after our acquire: a holder that came and went before it keeps its
@@ -313,7 +315,7 @@ impl ConsulBackend {
                 };
                 let mut live = match read.value {
                     Some(_) => None,
-                    None => may_live().await,
+                    None => step!(may_live(), stop, deadline),
                 };
                 // Judged against what this acquire replaced, not the read before it: another
                 // holder may have come and gone in between (docs/timing.md, "First use").
@@ -332,7 +334,7 @@ impl ConsulBackend {
                 if !previous_clean && read.value.is_some() {
                     // Any holder still stopping may have a longer kill grace than the one whose
                     // entry we replaced announced: its session name says how long it needs.
-                    live = may_live().await;
+                    live = step!(may_live(), stop, deadline);
                 }
                 let owed = previous_takeover.max(live);
                 // If this hold ends unclean before the wait is over, the next holder owes it too.

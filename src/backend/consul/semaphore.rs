@@ -145,7 +145,11 @@ impl ConsulBackend {
         check_limit(&decode_lock(first.value.as_ref(), key)?, request.limit, key)?;
 
         let mut pending = session::Pending::new(&self.client);
-        let owned = pending.session.insert(self.create_session(request).await?);
+        let owned = match interruptible(self.create_session(request), stop, deadline).await {
+            Ok(created) => pending.session.insert(created?),
+            Err(Interrupt::Cancelled) => return Ok(Acquired::Cancelled),
+            Err(Interrupt::TimedOut) => return Ok(Acquired::TimedOut),
+        };
         let slot = slot(prefix, &owned.id, request.limit);
         // Dropped midway (a library caller's timeout): the same cleanup as a failed acquisition.
         let (lock_key, contender_key, prefix_key) = (
@@ -222,10 +226,14 @@ impl ConsulBackend {
             ("acquire", owned.id.clone()),
             ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
         ];
-        if !self
+        // Every request below honours a stop signal and `--timeout`: in a leader election one
+        // can hang for seconds (the cleanup after the loop undoes what landed).
+        let put = self
             .client
-            .kv_put(&slot.contender_key, value.clone(), &contender_params)
+            .kv_put(&slot.contender_key, value.clone(), &contender_params);
+        if !interruptible(put, stop, deadline)
             .await
+            .map_err(Ok)?
             .map_err(Err)?
         {
             return Err(Err(BackendError::Invalid(format!(
@@ -304,9 +312,9 @@ impl ConsulBackend {
                 // second contender takes one through the dead-holder path below and waits the
                 // takeover delay too, instead of a free slot at once (docs/timing.md,
                 // "Semaphores"). Our own wait, if the create succeeds, is judged after the put.
-                let live = self
-                    .holder_may_live(key, &owned.id)
+                let live = interruptible(self.holder_may_live(key, &owned.id), stop, deadline)
                     .await
+                    .map_err(Ok)?
                     .unwrap_or(Some(Duration::ZERO));
                 if live.is_some() {
                     for n in 1..request.limit {
@@ -462,8 +470,9 @@ impl ConsulBackend {
             // after our put, as for a lock (docs/timing.md, "First use").
             let checked = created || takeover.is_some();
             let live = if checked {
-                self.holder_may_live(key, &owned.id)
+                interruptible(self.holder_may_live(key, &owned.id), stop, deadline)
                     .await
+                    .map_err(Ok)?
                     .unwrap_or(Some(Duration::ZERO))
             } else {
                 None
