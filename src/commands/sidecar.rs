@@ -71,7 +71,14 @@ pub async fn run<B: LockBackend>(
         // The on-acquired hooks run beside the hold, which watches for a loss from the start,
         // and end with the term like a command's (README, "The supervisor").
         let term = CancellationToken::new();
-        let acquired_hooks = hooks.fire_detached_until(Event::Acquired, &ctx, term.clone(), grace);
+        let (acquired_done, acquired_ended) = tokio::sync::watch::channel(false);
+        let acquired_hooks = {
+            let running = hooks.fire_detached_until(Event::Acquired, &ctx, term.clone(), grace);
+            tokio::spawn(async move {
+                let _ = running.await;
+                let _ = acquired_done.send(true);
+            })
+        };
         // The app beside us is the command: a loss or a stop signal withdraws leadership first,
         // then the app has the kill grace to notice before the release (docs/timing.md).
         let leadership = Leadership {
@@ -79,6 +86,7 @@ pub async fn run<B: LockBackend>(
             ctx: &ctx,
             telemetry: &telemetry,
             term: &term,
+            acquired_ended,
         };
         let end = hold::hold(
             &mut lease,
@@ -108,6 +116,8 @@ struct Leadership<'a> {
     telemetry: &'a Telemetry,
     /// Ends the term's on-acquired hooks.
     term: &'a CancellationToken,
+    /// True once they have ended: the on-lost hooks run after them, never beside.
+    acquired_ended: tokio::sync::watch::Receiver<bool>,
 }
 
 impl HoldObserver for Leadership<'_> {
@@ -115,13 +125,17 @@ impl HoldObserver for Leadership<'_> {
         self.term.cancel();
         self.telemetry.not_leader(true);
         self.telemetry.lost_because(reason);
-        Some(self.hooks.fire_detached(
-            Event::Lost,
-            &EventContext {
-                detail: Some(reason.to_string()),
-                ..self.ctx.clone()
-            },
-        ))
+        let hooks = self.hooks.clone();
+        let ctx = EventContext {
+            detail: Some(reason.to_string()),
+            ..self.ctx.clone()
+        };
+        let mut acquired_ended = self.acquired_ended.clone();
+        // A "demote" hook must not finish before the "promote" hook it answers has stopped.
+        Some(tokio::spawn(async move {
+            let _ = acquired_ended.wait_for(|ended| *ended).await;
+            hooks.fire(Event::Lost, &ctx).await;
+        }))
     }
 
     fn interrupted(&self, signal: Signal) {

@@ -89,7 +89,12 @@ impl Plan {
         let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(key, _)| !env.iter().any(|(k, _)| k == key))
             .collect();
-        vars.extend(env.iter().cloned());
+        // A key given twice keeps its last value, as `Command::env` does.
+        for (i, (key, value)) in env.iter().enumerate() {
+            if !env[i + 1..].iter().any(|(later, _)| later == key) {
+                vars.push((key.clone(), value.clone()));
+            }
+        }
         let mut all_env = Vec::with_capacity(vars.len());
         for (key, value) in vars {
             let mut entry = key.into_vec();
@@ -256,6 +261,7 @@ mod tests {
             &["-c".into(), "true".into()],
             &[
                 ("HOME".into(), "/nowhere".into()),
+                ("LW_X".into(), "0".into()),
                 ("LW_X".into(), "1".into()),
             ],
             false,
@@ -266,6 +272,7 @@ mod tests {
         let env = env_of(&plan);
         assert_eq!(env.iter().filter(|e| e.starts_with("HOME=")).count(), 1);
         assert!(env.contains(&"HOME=/nowhere".to_string()) && env.contains(&"LW_X=1".to_string()));
+        assert_eq!(env.iter().filter(|e| e.starts_with("LW_X=")).count(), 1);
         assert_eq!(plan.argv.len(), 4, "program, two arguments, the null");
         assert!(plan.argv[3].is_null() && plan.envp.last().is_some_and(|p| p.is_null()));
     }

@@ -270,18 +270,34 @@ fn a_loss_during_a_long_on_acquired_hook_withdraws_leadership_and_stops_the_hook
     let key = unique_key("sidecar-long-hook");
     let dir = scratch("sidecar-long-hook");
     let pid_file = dir.join("hook.pid");
+    let log = dir.join("hooks.log");
     let hook = script(
         &dir,
         "hook",
-        &format!("echo $$ > {}\nexec sleep 60", pid_file.display()),
+        &format!(
+            "trap 'sleep 0.5; echo stopped >> {log}; exit 0' TERM\necho $$ > {pid}\nsleep 60 & wait",
+            log = log.display(),
+            pid = pid_file.display()
+        ),
     );
-    let hook = hook.to_str().expect("utf-8 path");
+    let lost = script(&dir, "lost", &format!("echo lost >> {}", log.display()));
+    let (hook, lost) = (
+        hook.to_str().expect("utf-8 path"),
+        lost.to_str().expect("utf-8 path"),
+    );
     let mut a = sidecar(
         consul,
         &dir,
         "a",
         &key,
-        &["--kill-grace", "2s", "--on-acquired", hook],
+        &[
+            "--kill-grace",
+            "2s",
+            "--on-acquired",
+            hook,
+            "--on-lost",
+            lost,
+        ],
     );
     let hook_pid = || -> Option<i32> {
         std::fs::read_to_string(&pid_file)
@@ -306,6 +322,17 @@ fn a_loss_during_a_long_on_acquired_hook_withdraws_leadership_and_stops_the_hook
         "the on-acquired hook outlived its term by {:?}:\n{}",
         deleted.elapsed(),
         a.stderr()
+    );
+    // The on-lost hook runs after the on-acquired one has stopped, never beside it.
+    let events = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(5), || events().lines().count() >= 2),
+        "{:?}",
+        events()
+    );
+    assert_eq!(
+        events().lines().take(2).collect::<Vec<_>>(),
+        ["stopped", "lost"]
     );
     a.terminate();
     assert_eq!(

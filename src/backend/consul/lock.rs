@@ -117,9 +117,12 @@ impl ConsulBackend {
             Ok(Attempt::Cancelled) => Ok(Acquired::Cancelled),
             Err(err) => Err(err),
         };
-        if let Some(owned) = session.take() {
-            session::destroy(&self.client, &owned).await;
+        // Still under the drop guard while the destroy runs: a caller's own timeout firing
+        // now leaves it to the guard.
+        if let Some(owned) = session.as_ref() {
+            session::destroy(&self.client, owned).await;
         }
+        *session = None;
         if let Some(ticket) = ticket {
             self.leave(ticket).await;
         }
@@ -166,9 +169,10 @@ impl ConsulBackend {
             };
             if let BackendError::SessionGone(_) = err {
                 // Our session vanished (agent restarted with its state lost): make a new one.
-                if let Some(gone) = session.take() {
-                    session::destroy(&self.client, &gone).await;
+                if let Some(gone) = session.as_ref() {
+                    session::destroy(&self.client, gone).await;
                 }
+                *session = None;
             } else if !(err.is_transient() && self.client.answered())
                 // A check the user named that Consul does not know is most likely a typo:
                 // say so at once rather than wait for it.
@@ -240,9 +244,10 @@ impl ConsulBackend {
             // Whoever holds it now took it after any lock-delay we saw.
             state.saw_lock_delay = false;
             // A standby needs no session: drop ours until the key is free again.
-            if let Some(owned) = session.take() {
-                session::destroy(&self.client, &owned).await;
+            if let Some(owned) = session.as_ref() {
+                session::destroy(&self.client, owned).await;
             }
+            *session = None;
             state.fresh = step!(
                 self.wait_until_free(
                     key,

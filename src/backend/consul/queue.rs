@@ -299,13 +299,14 @@ impl ConsulBackend {
     /// Removes the entry and destroys the queue session; best effort (the session's TTL and
     /// behavior `delete` clean up whatever this cannot).
     pub(crate) async fn leave(&self, mut ticket: Ticket) {
-        ticket.left = true;
         ticket.stop.cancel();
         self.telemetry.queue_waiters(None);
         if let Err(err) = self.client.kv_delete(&ticket.entry_key, None).await {
             tracing::debug!(entry = %ticket.entry_key, %err, "could not remove the queue entry; it goes with its session");
         }
         session::destroy(&self.client, &ticket.session).await;
+        // Only now: dropped midway, the ticket's own drop finishes the job.
+        ticket.left = true;
     }
 
     /// The queue of `key` in order, for `status`.

@@ -167,13 +167,13 @@ impl ConsulBackend {
         let outcome = self
             .semaphore_loop(request, observer, stop, started, deadline, owned, &slot)
             .await;
-        pending.leftover = None;
-        let owned = pending
-            .session
-            .take()
-            .expect("the session stays pending until here");
         match outcome {
             Ok(Some(taken)) => {
+                pending.leftover = None;
+                let owned = pending
+                    .session
+                    .take()
+                    .expect("the session stays pending until here");
                 let keep_alive = self.keep_alive(request, taken.index)?;
                 let mut lease = Lease::start(
                     self.client.clone(),
@@ -191,11 +191,16 @@ impl ConsulBackend {
             other => {
                 // A take whose write may have landed leaves our entry in `.lock`, dead once our
                 // session is gone: keep our contender key then, with the takeover delay it
-                // announces, for whoever takes that slot (it deletes the key).
-                if !maybe_listed(&self.client, &slot.lock_key, &owned.id, key).await {
-                    let _ = self.client.kv_delete(&slot.contender_key, None).await;
+                // announces, for whoever takes that slot (it deletes the key). Still under the
+                // drop guard: a caller's own timeout firing now leaves the rest to it.
+                if let Some(owned) = pending.session.as_ref() {
+                    if !maybe_listed(&self.client, &slot.lock_key, &owned.id, key).await {
+                        let _ = self.client.kv_delete(&slot.contender_key, None).await;
+                    }
+                    pending.leftover = None;
+                    session::destroy(&self.client, owned).await;
                 }
-                session::destroy(&self.client, &owned).await;
+                pending.session = None;
                 match other {
                     Ok(None) => Ok(Acquired::Locked(None)),
                     Err(Ok(interrupt)) => Ok(match interrupt {
@@ -383,13 +388,25 @@ impl ConsulBackend {
                     deadline,
                 )
                 .await
-                .map_err(Ok)?;
+                .map_err(Ok)?
+                .map_err(Err)?;
                 if !announced {
                     // Not written (our session may have died in the same event as the holder's):
                     // a write now could leave the slot listed under a key that announces less.
                     // No write this try; a gone session shows at the renew.
-                    if let Some(ttl) = ttl {
-                        self.renew_waiter(owned, ttl).await.map_err(Err)?;
+                    match ttl {
+                        Some(ttl) => interruptible(self.renew_waiter(owned, ttl), stop, deadline)
+                            .await
+                            .map_err(Ok)?
+                            .map_err(Err)?,
+                        // No TTL to renew: ask whether the session still exists.
+                        None => {
+                            let info = self.client.session_info(&owned.id);
+                            let known = interruptible(info, stop, deadline).await.map_err(Ok)?;
+                            if let Ok(None) = known {
+                                return Err(Err(BackendError::SessionGone(owned.id.clone())));
+                            }
+                        }
                     }
                     interruptible(tokio::time::sleep(ANNOUNCE_RETRY), stop, deadline)
                         .await
@@ -406,7 +423,10 @@ impl ConsulBackend {
                 ("cas", cas.to_string()),
                 ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
             ];
-            match self.client.kv_put(&slot.lock_key, body, &cas_params).await {
+            // Stoppable even now: if the write landed, the cleanup keeps our contender key (we
+            // may be listed), so the slot's next taker waits what it announces.
+            let put = self.client.kv_put(&slot.lock_key, body, &cas_params);
+            match interruptible(put, stop, deadline).await.map_err(Ok)? {
                 Ok(true) => {}
                 Ok(false) => {
                     index = 0;
@@ -419,10 +439,9 @@ impl ConsulBackend {
                 }
                 Err(err) => return Err(Err(err)),
             }
-            let after = self
-                .client
-                .kv_get_retry(&slot.lock_key)
+            let after = interruptible(self.client.kv_get_retry(&slot.lock_key), stop, deadline)
                 .await
+                .map_err(Ok)?
                 .map_err(Err)?;
             let confirmed = match after.value.as_ref() {
                 Some(pair) => decode_lock(Some(pair), key)
@@ -447,15 +466,21 @@ impl ConsulBackend {
             // The lease's deadline counts from the last renew, and a waiter renews only every
             // third of the TTL: renew now, or a slot taken after a long wait is lost at once.
             if let Some(ttl) = ttl {
-                self.renew_waiter(owned, ttl).await.map_err(Err)?;
+                interruptible(self.renew_waiter(owned, ttl), stop, deadline)
+                    .await
+                    .map_err(Ok)?
+                    .map_err(Err)?;
             }
             let mut info = value::decode(key, pair);
             info.session = Some(owned.id.clone());
-            let contender = self
-                .client
-                .kv_get_retry(&slot.contender_key)
-                .await
-                .map_err(Err)?;
+            let contender = interruptible(
+                self.client.kv_get_retry(&slot.contender_key),
+                stop,
+                deadline,
+            )
+            .await
+            .map_err(Ok)?
+            .map_err(Err)?;
             if let Some(c) = contender.value.as_ref() {
                 let mine = value::decode(key, c);
                 info.created = mine.created;
@@ -509,13 +534,13 @@ impl ConsulBackend {
     /// Writes the contender value that announces an owed takeover delay, retried a few times:
     /// if this holder is stopped before its wait is over, whoever takes its slot reads the delay
     /// from here.
-    /// Whether it was written.
+    /// Whether it was written; `SessionGone` when our session is.
     async fn announce_owed(
         &self,
         contender_key: &str,
         value: Vec<u8>,
         params: &[(&str, String)],
-    ) -> bool {
+    ) -> Result<bool, BackendError> {
         let mut pause = Duration::from_millis(200);
         for attempt in 1..=3 {
             match self
@@ -523,11 +548,13 @@ impl ConsulBackend {
                 .kv_put(contender_key, value.clone(), params)
                 .await
             {
-                Ok(true) => return true,
+                Ok(true) => return Ok(true),
                 Ok(false) => break,
+                // Our session is gone: no try of this acquisition can succeed.
+                Err(err @ BackendError::SessionGone(_)) => return Err(err),
                 Err(err) if attempt == 3 => {
                     tracing::warn!(%err, "could not announce the owed takeover delay");
-                    return false;
+                    return Ok(false);
                 }
                 Err(_) => {
                     tokio::time::sleep(pause).await;
@@ -538,7 +565,7 @@ impl ConsulBackend {
         tracing::warn!(
             "could not announce the owed takeover delay (the contender key is not ours)"
         );
-        false
+        Ok(false)
     }
 
     /// Renews a semaphore contender's session; the lease's deadline counts from the last renew
