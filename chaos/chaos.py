@@ -164,7 +164,7 @@ class Contender:
                 log(f"{tag}: standby got no lock in {s.args.wrapper_timeout:.0f}s (starved); SIGTERM")
                 signal_pid(p.pid, signal.SIGTERM)
                 try:
-                    return p.wait(timeout=self.s.kill_grace + 15)
+                    return p.wait(timeout=self.s.stop_patience())
                 except subprocess.TimeoutExpired:
                     s.problem(f"{tag}: waiting wrapper pid {p.pid} ignored SIGTERM; killed")
                     signal_pid(p.pid, signal.SIGKILL)
@@ -184,10 +184,10 @@ class Contender:
         if p.poll() is None:
             signal_pid(p.pid, signal.SIGTERM)
         try:
-            return p.wait(timeout=self.s.kill_grace + 15)
+            return p.wait(timeout=self.s.stop_patience())
         except subprocess.TimeoutExpired:
             self.s.problem(f"{self.tag}: wrapper pid {p.pid} did not exit within "
-                           f"{self.s.kill_grace + 15:.0f}s of SIGTERM; killed")
+                           f"{self.s.stop_patience():.0f}s of SIGTERM; killed")
             signal_pid(p.pid, signal.SIGKILL)
             p.wait(timeout=10)
             return None
@@ -232,6 +232,12 @@ class Chaos:
         self.contenders: list[Contender] = []
         self.restarts: list[tuple[int, int]] = []   # (kill time, ready time) of agent restarts
         self.agent_lock = threading.Lock()
+
+    def stop_patience(self) -> float:
+        """Seconds a wrapper may take to exit after SIGTERM: its kill grace, plus up to one TTL
+        when the signal comes while a release retries the session destroy with Consul out of
+        reach (docs/timing.md, "Consul trouble"), plus a margin."""
+        return self.kill_grace + self.ttl + 15
 
     def hung_after(self) -> float:
         """Seconds a wrapper may keep running after its command ended (release, cleanup)."""
