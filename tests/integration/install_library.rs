@@ -149,12 +149,7 @@ fn a_library_acquisition_dropped_while_waiting_leaves_no_session_or_key() {
     }
     let before = consul.sessions_for(&key).len();
     let keys_before = consul.keys(&format!("{key}/"));
-    let settings = lockwrap::backend::consul::ConsulSettings {
-        address: consul.addr(),
-        ssl_verify: true,
-        ..Default::default()
-    };
-    let manager = lockwrap::LockManager::connect(&settings).expect("a manager");
+    let manager = manager_for(consul);
     let mut request = lockwrap::backend::LockRequest::new(key.clone());
     request.limit = 2;
     // A slot has no lock-delay: the takeover delay alone covers a deregistered node.
@@ -214,12 +209,7 @@ fn a_library_acquisition_dropped_while_queued_leaves_the_queue() {
     ));
     assert!(dir.wait_for("a", Duration::from_secs(20)), "a never held");
     let before = consul.sessions_for(&key).len();
-    let settings = lockwrap::backend::consul::ConsulSettings {
-        address: consul.addr(),
-        ssl_verify: true,
-        ..Default::default()
-    };
-    let manager = lockwrap::LockManager::connect(&settings).expect("a manager");
+    let manager = manager_for(consul);
     let mut request = lockwrap::backend::LockRequest::new(key.clone());
     request.queue = true;
     let queue = format!("{key}/.queue/");
@@ -246,4 +236,14 @@ fn a_library_acquisition_dropped_while_queued_leaves_the_queue() {
         );
     });
     drop(holder);
+}
+
+/// A library manager for the test agent.
+fn manager_for(consul: &Consul) -> lockwrap::LockManager {
+    let settings = lockwrap::backend::consul::ConsulSettings {
+        address: consul.addr(),
+        ssl_verify: true,
+        ..Default::default()
+    };
+    lockwrap::LockManager::connect(&settings).expect("a manager")
 }

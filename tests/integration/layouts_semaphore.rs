@@ -463,19 +463,7 @@ fn semaphore_waiter_with_a_shorter_grace_waits_the_announced_takeover(forced: Fo
     let forced_at = now_ns();
     let stopped: &[&str] = match forced {
         Forced::SessionDestroyed => {
-            let pid = format!("pid {}", a.id());
-            let session = consul
-                .sessions_for(&key)
-                .into_iter()
-                .find(|s| {
-                    s["Name"].as_str().is_some_and(|n| {
-                        n.split(" [")
-                            .next()
-                            .is_some_and(|base| base.ends_with(&pid))
-                    })
-                })
-                .unwrap_or_else(|| panic!("no session of a ({pid}) for {key}"));
-            consul.destroy_session(session["ID"].as_str().expect("session ID"));
+            consul.destroy_session(&session_of_pid(consul, &key, a.id()));
             &["a"]
         }
         Forced::LockEntryDeleted => {
