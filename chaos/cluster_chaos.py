@@ -47,8 +47,9 @@ Each fault that faces a cluster-wide outage waits (bounded) for the cluster to b
 
 Checks: chaos.py's (no overlap - strict, fencing tokens increase, every child ended, no session
 of this key left after SIGTERM of every contender + 2×TTL + 5 s, no panic/hang/unexpected exit,
-all kinds injected, liveness) plus: exit 8 only where justified (a legacy build whose agent had
-no leader during a fault; the new build must keep waiting). Failover per fault kind = time from
+all kinds injected, liveness) plus: exit 8 only where justified (a wrapper started while its
+own link to the agent was cut or its agent was down; one whose agent had no leader during a
+fault must keep waiting). Failover per fault kind = time from
 the fault to the next START of another contender, over the faults that cost a live holder its
 command (stopped or killed, not finished, before the next fault); the others count as "kept".
 
@@ -85,9 +86,6 @@ HOLDER_KINDS = {"node_part", "http_cut", "kill9", "force_leave", "agent_leave", 
 # the phases a stop signal (SIGTERM to a wrapper) is aimed at
 SIGTERM_PHASES = ["waiting", "takeover", "acquiring", "holding", "stopping"]
 BREAK_KINDS = {"destroy", "delete"}
-# Faults during which a contender's agent may have no leader (exit 8 of a legacy build).
-LEADERLESS_KINDS = {"node_part", "leader_part", "leader_kill", "rolling", "heal", "force_leave",
-                    "agent_leave"}
 
 
 class PipeSink:
@@ -523,19 +521,16 @@ class ClusterChaos(chaos.Chaos):
     def exit8_check(self):
         """Exit 8 means the agent never answered since the wrapper started (README, "Exit
         codes"). Justified: a wrapper started while its own link to the agent was cut (http_cut
-        of its contender), or a legacy build whose wrapper lived through a fault that can leave
-        its agent without a leader (the new build keeps waiting instead)."""
-        legacy = not S.is_new(self.args.lockwrap)
-        windows = [(f["t"], f["t_end"] + int(15e9)) for f in self.faults
-                   if f["kind"] in LEADERLESS_KINDS]
+        of its contender) or while its agent was down; a fault that only leaves its agent
+        without a leader is waited out instead."""
         cuts = [(f["tag"].rsplit("g", 1)[0], f["t"], f["t_end"]) for f in self.faults
                 if f["kind"] == "http_cut" and f.get("tag")]
         # an agent killed (force_leave) or left (agent_leave) refuses connections until restarted
         down = [(f.get("agent"), f["t"], f["t_end"] + int(5e9)) for f in self.faults
                 if f["kind"] in ("force_leave", "agent_leave")]
-        bad, cut_off, justified = [], 0, 0
+        bad, cut_off = [], 0
         for c in self.contenders:
-            for tag, rc, t0, t1 in c.exit_times:
+            for tag, rc, t0, _t1 in c.exit_times:
                 if rc != 8:
                     continue
                 who = tag.rsplit("g", 1)[0]
@@ -543,13 +538,11 @@ class ClusterChaos(chaos.Chaos):
                     cut_off += 1
                 elif any(ag == c.agent.name and a <= t0 <= b for ag, a, b in down):
                     cut_off += 1
-                elif legacy and any(a <= t1 and t0 <= b for a, b in windows):
-                    justified += 1
                 else:
                     bad.append(tag)
         return ("exit 8 only where justified", not bad,
-                f"{cut_off} started while their own link to the agent was cut, {justified} "
-                f"legacy build with a leaderless agent during a fault; unjustified {bad[:5]}")
+                f"{cut_off} started while their own link to the agent was cut or their agent "
+                f"was down; unjustified {bad[:5]}")
 
     def check(self):
         checks, detail = super().check()
@@ -658,7 +651,7 @@ def print_setting(o: dict) -> None:
 def write_summary(path: str, a, results: list[dict], source: str) -> None:
     lines = ["# lockwrap on a real Consul cluster: chaos summary", "",
              f"`make chaos-cluster` (chaos/cluster_chaos.py), {time.strftime('%Y-%m-%d')}; lockwrap "
-             f"source {source} ({'new' if S.is_new(a.lockwrap) else 'legacy'} timing model); "
+             f"source {source}; "
              f"Consul 1.8.7, 3 servers + 3 client agents on loopback, {a.contenders} contenders "
              f"per cluster; {max(1, a.clusters)} cluster(s) side by side; "
              f"machine: {machine_info()['nproc']} cores.", ""]
@@ -778,7 +771,7 @@ def run_sequential(a, settings: list[str], plan=None) -> int:
     """One cluster (slot LOCKWRAP_CLUSTER_SLOT), the MODE/SETTING combos one after the other
     (`plan`: (combo, trials) pairs; else the trials split evenly)."""
     source = source_revision()
-    log(f"seed {a.seed}; lockwrap {a.lockwrap} ({'new' if S.is_new(a.lockwrap) else 'legacy'}); "
+    log(f"seed {a.seed}; lockwrap {a.lockwrap}; "
         f"cluster slot {C.SLOT}")
     cl = C.Cluster()
     results: list[dict] = []

@@ -279,8 +279,6 @@ def p_stop_in_takeover(suite):
     cl = suite.cl
     c1, c2, c3 = cl.clients
     g = _register(suite, PathGroup(suite, "stop-in-takeover", "execute", "default", []))
-    if not S.is_new(suite.a.lockwrap):   # legacy: execute's own defaults written out
-        g.args = ["--lock-delay", "0", "--takeover-delay", "6s"]
     a = g.spawn(c1)
     g.wait_start(a)
     b = g.spawn(c2)
@@ -320,8 +318,6 @@ def p_force_leave_blind(suite):
     cl = suite.cl
     c1, c2, c3 = cl.clients
     g = _register(suite, PathGroup(suite, "force-leave-blind", "execute", "default", []))
-    if not S.is_new(suite.a.lockwrap):
-        g.args = ["--lock-delay", "0", "--takeover-delay", "6s"]
     a = g.spawn(c1)
     g.wait_start(a)
     g.spawn(c2)
@@ -360,8 +356,6 @@ def p_escape_worker(suite):
     for name, mode, esc in (("escape-worker", "run", "setsid"),
                             ("escape-worker-nohup", "execute", "nohup")):
         g = _register(suite, PathGroup(suite, name, mode, "fast"))
-        if mode == "execute" and not S.is_new(suite.a.lockwrap):
-            g.args = S.setting("fast", suite.a.lockwrap)
         out.append(g)
     for g, esc in zip(out, ("setsid", "nohup")):
         g.esc = esc
@@ -382,8 +376,6 @@ def p_escape_worker_destroy(suite):
     c1, c2, _ = cl.clients
     g = _register(suite, PathGroup(suite, "escape-worker-destroy", "execute", "default",
                                    ["--lock-delay", "0"]))
-    if not S.is_new(suite.a.lockwrap):   # legacy: its takeover delay written out
-        g.args = ["--lock-delay", "0", "--takeover-delay", "6s"]
     # Command and worker ignore SIGTERM: each uses the whole kill grace and needs SIGKILL.
     a = g.spawn(c1, escape="setsid", stop=60.0)
     g.wait_start(a)

@@ -269,11 +269,6 @@ class Suite:
         self.record(g, ok)
 
     def unsafe_probe(self) -> None:
-        if not S.is_new(self.a.lockwrap):
-            log("u-unsafe: skipped: this lockwrap has no --unsafe-allow-overlap (legacy build)")
-            self.results.append({"scenario": "u-unsafe", "verdict": "skipped (legacy build)"})
-            self.tally.skip("u-unsafe")
-            return
         g = self.group("u-unsafe", S.TABLE["unsafe"]["args"], self.cl.clients[0], [])
         started = g.start_holder(30)
         err = g.contenders[0].stderr()
@@ -379,7 +374,7 @@ def main() -> int:
         return summary(0, 1)
     become_subreaper()
     C.install_signal_handlers()
-    log(f"lockwrap {a.lockwrap} ({'new' if S.is_new(a.lockwrap) else 'legacy'} timing model)")
+    log(f"lockwrap {a.lockwrap}")
     suite = Suite(a)
     t0 = time.monotonic()
     err = None
@@ -392,8 +387,7 @@ def main() -> int:
     finally:
         suite.close()
         C.run_cleanups()
-    print(f"\ncluster scenarios ({time.monotonic() - t0:.0f}s, lockwrap "
-          f"{'new' if S.is_new(a.lockwrap) else 'legacy'} build):")
+    print(f"\ncluster scenarios ({time.monotonic() - t0:.0f}s):")
     for r in suite.results:
         extra = ""
         if "failover_s" in r:
