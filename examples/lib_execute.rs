@@ -58,8 +58,8 @@ fn main() {
     match code {
         Ok(code) => std::process::exit(code),
         Err(err) => {
-            eprintln!("lib_execute: {err}");
-            std::process::exit(err.kind.exit_code());
+            eprintln!("lib_execute: {}", err.one_line());
+            std::process::exit(err.kind().exit_code());
         }
     }
 }

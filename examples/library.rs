@@ -11,8 +11,7 @@
 //! settings, …) and works under `lockwrap-example/<pid>/`, leaving no lock or session behind
 //! (a released lease keeps its unheld entry with the last holder's info, as `consul lock` does).
 
-use lockwrap::backend::{Acquired, HeldLock, LockRequest, NoObserver, Wait};
-use lockwrap::{Error, LockManager};
+use lockwrap::{Acquired, Error, HeldLock, LockManager, LockRequest, NoObserver, Wait};
 use tokio_util::sync::CancellationToken;
 
 fn main() {
@@ -37,8 +36,8 @@ fn main() {
         }
     };
     if let Err(err) = runtime.block_on(run(process.spawner())) {
-        eprintln!("library example failed: {err}");
-        std::process::exit(err.kind.exit_code());
+        eprintln!("library example failed: {}", err.one_line());
+        std::process::exit(err.kind().exit_code());
     }
 }
 

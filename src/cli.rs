@@ -21,7 +21,7 @@ use crate::backend::defaults::{help, Setting};
                   consullock-compatible CLI. JSON on stdout, logs on stderr.",
     after_help = crate::exit::exit_code_help()
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Increase log verbosity on stderr (-v info of every transition, -vv debug, -vvv trace).
     #[arg(short = 'v', action = ArgAction::Count, global = true)]
     #[serde(skip)]
@@ -54,7 +54,7 @@ pub struct Cli {
 
 /// Consul connection flags; each also reads Consul's own environment variable.
 #[derive(Debug, Args, Default, Clone, Serialize)]
-pub struct ConsulArgs {
+pub(crate) struct ConsulArgs {
     /// Consul agent address: host:port, http://…, https://… or unix:///path/consul.sock [env CONSUL_HTTP_ADDR; default 127.0.0.1:8500]
     #[arg(long, global = true, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -122,7 +122,7 @@ pub struct ConsulArgs {
 // Serialized without the variant name: the flags of the chosen subcommand sit beside the global
 // ones, under their setting names.
 #[serde(untagged)]
-pub enum Command {
+pub(crate) enum Command {
     /// Acquire a lock and leave it held (consullock `lock`); prints the lock as JSON.
     #[command(
         after_help = "Example:\n  lockwrap lock --session-ttl 600 --metadata '{\"job\":42}' my/lock\n  \
@@ -160,7 +160,7 @@ pub enum Command {
 
 /// Options shared by every command that acquires a lock.
 #[derive(Debug, Args, Default, Clone, Serialize)]
-pub struct LockArgs {
+pub(crate) struct LockArgs {
     // The help of every flag with a per-mode default is rendered from the defaults table.
     // A negative value reaches validation (exit 7, as consullock answers) instead of clap.
     #[arg(long, value_name = "DURATION", allow_hyphen_values = true, help = help(Setting::SessionTtl))]
@@ -223,7 +223,7 @@ pub struct LockArgs {
 
 /// Options of the supervising commands (execute, run, sidecar).
 #[derive(Debug, Args, Default, Clone, Serialize)]
-pub struct SupervisorArgs {
+pub(crate) struct SupervisorArgs {
     #[arg(long, value_name = "DURATION", help = help(Setting::KillGrace))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kill_grace: Option<String>,
@@ -277,7 +277,7 @@ pub struct SupervisorArgs {
 }
 
 #[derive(Debug, Args, Serialize)]
-pub struct LockCmd {
+pub(crate) struct LockCmd {
     #[command(flatten)]
     #[serde(flatten)]
     pub lock: LockArgs,
@@ -287,7 +287,7 @@ pub struct LockCmd {
 }
 
 #[derive(Debug, Args, Serialize)]
-pub struct UnlockCmd {
+pub(crate) struct UnlockCmd {
     /// Treat KEY as a regular expression that must match whole keys; release every match
     #[arg(short = 'r', long = "regex", action = ArgAction::SetTrue)]
     #[serde(skip)]
@@ -302,14 +302,14 @@ pub struct UnlockCmd {
 }
 
 #[derive(Debug, Args, Serialize)]
-pub struct InstallCmd {
+pub(crate) struct InstallCmd {
     /// Destination directory or file path; written atomically, mode 0755
     #[serde(skip)]
     pub dest: PathBuf,
 }
 
 #[derive(Debug, Args, Serialize)]
-pub struct StatusCmd {
+pub(crate) struct StatusCmd {
     /// Treat KEY as a regular expression that must match whole keys
     #[arg(short = 'r', long = "regex", action = ArgAction::SetTrue)]
     #[serde(skip)]
@@ -324,7 +324,7 @@ pub struct StatusCmd {
 }
 
 #[derive(Debug, Args, Serialize)]
-pub struct ExecuteCmd {
+pub(crate) struct ExecuteCmd {
     #[command(flatten)]
     #[serde(flatten)]
     pub lock: LockArgs,
@@ -344,7 +344,7 @@ pub struct ExecuteCmd {
 }
 
 #[derive(Debug, Args, Serialize)]
-pub struct RunCmd {
+pub(crate) struct RunCmd {
     /// The lock key [env LOCKWRAP_KEY]
     #[arg(long, value_name = "KEY")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -370,7 +370,7 @@ pub struct RunCmd {
 }
 
 #[derive(Debug, Args, Serialize)]
-pub struct SidecarCmd {
+pub(crate) struct SidecarCmd {
     /// The lock key [env LOCKWRAP_KEY]
     #[arg(long, value_name = "KEY")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Parses `text` as a duration; the error names the bad value.
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err("empty duration".to_string());
@@ -20,7 +20,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
 }
 
 /// Seconds as a Duration, refusing negative, NaN and absurdly large values.
-pub fn from_seconds(seconds: f64) -> Option<Duration> {
+pub(crate) fn from_seconds(seconds: f64) -> Option<Duration> {
     if seconds.is_finite() && (0.0..=1e9).contains(&seconds) {
         Some(Duration::from_secs_f64(seconds))
     } else {
@@ -60,7 +60,7 @@ fn parse_with_units(text: &str) -> Option<Duration> {
 }
 
 /// Formats a duration the way Consul's API expects (`"15s"`, `"0s"`, `"1.5s"`).
-pub fn to_consul(duration: Duration) -> String {
+pub(crate) fn to_consul(duration: Duration) -> String {
     let millis = duration.as_millis();
     if millis % 1000 == 0 {
         format!("{}s", millis / 1000)
@@ -70,7 +70,7 @@ pub fn to_consul(duration: Duration) -> String {
 }
 
 /// Human form for messages (`"15s"`, `"1.5s"`, `"250ms"`).
-pub fn display(duration: Duration) -> String {
+pub(crate) fn display(duration: Duration) -> String {
     let millis = duration.as_millis();
     if millis < 1000 {
         format!("{millis}ms")

@@ -93,7 +93,7 @@ impl ErrorKind {
 }
 
 /// `--help`'s exit-code list, generated from the table above so the two cannot drift.
-pub fn exit_code_help() -> String {
+pub(crate) fn exit_code_help() -> String {
     let codes: Vec<String> = ErrorKind::ALL
         .iter()
         .map(|k| format!("{} {}", k.exit_code(), k.summary()))
@@ -136,11 +136,11 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// How a subcommand ended; `main` turns it into the process exit code and nothing else does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Everything went as asked.
     Success,
     /// The wrapped command's own code (N, or 128+S when a signal killed it).
@@ -155,7 +155,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Outcome::Success => 0,
             Outcome::Child(code) => *code,

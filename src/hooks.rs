@@ -14,7 +14,7 @@ use crate::supervisor::{CommandSpec, Spawner, StdinMode, Tree};
 
 /// The lock events hooks can follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub(crate) enum Event {
     BeforeLock,
     AlreadyLocked,
     Acquired,
@@ -23,7 +23,7 @@ pub enum Event {
 }
 
 impl Event {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Event::BeforeLock => "before-lock",
             Event::AlreadyLocked => "already-locked",
@@ -36,7 +36,7 @@ impl Event {
 
 /// Hook executables per event.
 #[derive(Debug, Clone, Default)]
-pub struct HookSet {
+pub(crate) struct HookSet {
     pub before_lock: Vec<String>,
     pub already_locked: Vec<String>,
     pub acquired: Vec<String>,
@@ -59,7 +59,7 @@ impl HookSet {
 
 /// Runs hooks; cheap to clone.
 #[derive(Clone)]
-pub struct Hooks {
+pub(crate) struct Hooks {
     set: Arc<HookSet>,
     spawner: Spawner,
     timeout: Duration,
@@ -69,7 +69,7 @@ pub struct Hooks {
 
 /// The lock facts hooks receive in their environment and webhooks in their body.
 #[derive(Debug, Clone, Default)]
-pub struct EventContext {
+pub(crate) struct EventContext {
     pub key: String,
     pub session: Option<String>,
     pub fencing_token: Option<u64>,
@@ -77,14 +77,14 @@ pub struct EventContext {
 }
 
 impl EventContext {
-    pub fn for_key(key: &str) -> Self {
+    pub(crate) fn for_key(key: &str) -> Self {
         EventContext {
             key: key.to_string(),
             ..Default::default()
         }
     }
 
-    pub fn from_info(info: &LockInfo) -> Self {
+    pub(crate) fn from_info(info: &LockInfo) -> Self {
         EventContext {
             key: info.key.clone(),
             session: info.session.clone(),
@@ -95,7 +95,7 @@ impl EventContext {
 }
 
 impl Hooks {
-    pub fn new(set: HookSet, spawner: Spawner, timeout: Duration) -> Self {
+    pub(crate) fn new(set: HookSet, spawner: Spawner, timeout: Duration) -> Self {
         let http = set.webhook.as_ref().and_then(|_| {
             reqwest::Client::builder()
                 .timeout(timeout)
@@ -113,7 +113,7 @@ impl Hooks {
 
     /// Runs every hook of `event` one after the other and waits for them (each bounded by the
     /// hook timeout); fires the webhook in the background.
-    pub async fn fire(&self, event: Event, ctx: &EventContext) {
+    pub(crate) async fn fire(&self, event: Event, ctx: &EventContext) {
         self.fire_until(event, ctx, None).await;
     }
 
@@ -138,7 +138,7 @@ impl Hooks {
     /// "command" is the application beside it): they run in the background from the acquisition
     /// on, so the loss watch starts at once, and `stop` (the term's end) stops them with `grace`
     /// before the release (README, "The supervisor").
-    pub fn fire_detached_until(
+    pub(crate) fn fire_detached_until(
         &self,
         event: Event,
         ctx: &EventContext,
@@ -152,7 +152,11 @@ impl Hooks {
 
     /// Like [`Hooks::fire`] but does not wait: used on lock loss, where stopping the child
     /// must not wait for a hook.
-    pub fn fire_detached(&self, event: Event, ctx: &EventContext) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn fire_detached(
+        &self,
+        event: Event,
+        ctx: &EventContext,
+    ) -> tokio::task::JoinHandle<()> {
         let hooks = self.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move { hooks.fire(event, &ctx).await })
@@ -262,7 +266,7 @@ impl Hooks {
 }
 
 /// The acquire observer that calls `--on-before-lock` / `--on-already-locked`.
-pub struct AcquireHooks {
+pub(crate) struct AcquireHooks {
     pub hooks: Hooks,
 }
 

@@ -23,7 +23,7 @@ struct AppState {
 }
 
 /// Binds `addr` now (so a bad address fails at start with exit 3) and serves in the background.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     telemetry: Arc<Telemetry>,
     ready_always: bool,
@@ -105,7 +105,7 @@ const FIRST_WRITE_WAIT: Duration = Duration::from_secs(2);
 /// update, so it says "not leader" even while the rest of lockwrap is stalled.
 /// The first write is waited for (up to [`FIRST_WRITE_WAIT`]), so an unwritable path fails at
 /// start (exit 3).
-pub fn spawn_status_file(path: PathBuf, telemetry: &Telemetry) -> Result<(), Error> {
+pub(crate) fn spawn_status_file(path: PathBuf, telemetry: &Telemetry) -> Result<(), Error> {
     let shown = path.display().to_string();
     let (first_tx, first_rx) = mpsc::channel();
     let mut first = Some(first_tx);

@@ -3,7 +3,7 @@
 use crate::exit::{Error, ErrorKind};
 
 /// Checks a lock key (or consul-lock/semaphore prefix) and names the rule it breaks.
-pub fn validate(key: &str) -> Result<(), Error> {
+pub(crate) fn validate(key: &str) -> Result<(), Error> {
     let problem = if key.is_empty() {
         Some("it is empty")
     } else if key.starts_with('/') {
@@ -30,7 +30,7 @@ pub fn validate(key: &str) -> Result<(), Error> {
 }
 
 /// Percent-encodes a key for a `/v1/kv/<key>` URL path, keeping `/` as the separator.
-pub fn url_path(key: &str) -> String {
+pub(crate) fn url_path(key: &str) -> String {
     let mut out = String::with_capacity(key.len());
     for byte in key.bytes() {
         match byte {

@@ -3,7 +3,9 @@
 //! Layers, each importing only from the layers below it (no import circles):
 //!
 //! ```text
-//! main ─ the only place an exit code is chosen
+//! main ─ src/main.rs: calls `cli_main` and exits with its code
+//! app           the binary's run: parse → config → supervisor setup → logging → runtime →
+//!               commands::run → the exit code, the only place one is chosen
 //! commands      one file per subcommand; policy (the one signal policy), acquire (campaign,
 //!               takeover); the composition root that picks the Consul backend
 //! cli, config   clap arguments; figment merge (flags > LOCKWRAP_* > CONSUL_* > YAML), validated
@@ -28,22 +30,63 @@
 //!    before anyone else can start (docs/timing.md).
 //! 2. **Always release.** Every exit path releases the key and destroys the session lockwrap
 //!    created (except CLI `lock`, which leaves the lock held on purpose).
+//!
+//! # The library
+//!
+//! The public surface is what a program needs to hold a lock the way the CLI does:
+//! [`LockManager`] (acquire, find, release, execute) built from [`ConsulSettings`]; the request
+//! ([`LockRequest`] with [`Wait`], [`Layout`], [`SessionSettings`], [`HoldSettings`]); the held
+//! lock ([`HeldLock`], implemented by the Consul [`Lease`]) and why it ends ([`LossReason`]);
+//! acquisition results and hooks ([`Acquired`], [`AcquireObserver`], [`LockInfo`]); the errors
+//! ([`Error`] with its [`ErrorKind`], and the store's [`BackendError`] as its source); and
+//! [`supervisor`], whose [`supervisor::install`] gives [`LockManager::execute`] its
+//! [`supervisor::Spawner`]. Everything else is crate-private, so it can change without
+//! breaking callers. `cargo run --example library` walks through it.
 
-pub mod backend;
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod duration;
-pub mod exit;
-pub mod hooks;
-pub mod http;
-pub mod key;
-pub mod locks;
-pub mod logging;
-pub mod output;
+mod app;
+mod backend;
+mod cli;
+mod commands;
+mod config;
+mod duration;
+mod exit;
+mod hooks;
+mod http;
+mod key;
+mod locks;
+mod logging;
+mod output;
 pub mod supervisor;
-pub mod telemetry;
+mod telemetry;
 
-pub use backend::{HeldLock, Layout, LockInfo, LockRequest, LossReason};
-pub use exit::{Error, ErrorKind, Outcome};
-pub use locks::LockManager;
+pub use app::cli_main;
+pub use backend::consul::{ConsulBackend, ConsulSettings, HttpAuth, Lease, SettingsError};
+pub use backend::{
+    AcquireObserver, Acquired, BackendError, Behavior, Checks, HeldLock, HoldSettings, Layout,
+    LockBackend, LockInfo, LockRequest, LossReason, NoObserver, QueuedWaiter, SemaphoreInfo,
+    SessionSettings, SlotHolder, Wait, WaitingFor,
+};
+pub use exit::ErrorKind;
+pub use locks::{Error, LockManager};
+
+/// Internals that the integration tests in `tests/` drive directly (the supervisor with real
+/// processes, the guardian, Consul sessions against a dev agent). Not part of the API: no
+/// stability promise, hidden from the docs.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::backend::consul::value::Identity;
+    pub use crate::backend::consul::ConsulClient;
+    pub use crate::config::settings::names as setting_names;
+    pub use crate::supervisor::child::{Child, CommandSpec, SpawnError, StdinMode};
+    pub use crate::supervisor::status::ExitStatus;
+
+    /// Consul sessions (tests/integration/sessions.rs).
+    pub mod session {
+        pub use crate::backend::consul::session::{create, destroy, outcome_unknown, OwnedSession};
+    }
+
+    /// The guardian process (tests/guardian.rs).
+    pub mod guardian {
+        pub use crate::supervisor::guardian::{start, tree_marker, Guardian};
+    }
+}

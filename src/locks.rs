@@ -3,7 +3,7 @@
 //! execute.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), lockwrap::exit::Error> {
+//! # async fn demo() -> Result<(), lockwrap::Error> {
 //! use lockwrap::{HeldLock, LockManager};
 //! let manager = LockManager::from_env()?;
 //! let lease = manager.acquire("my/lock").await?;   // blocks until held
@@ -18,18 +18,23 @@ use std::time::{Duration, Instant};
 use regex::Regex;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::consul::{ConsulBackend, ConsulClient, ConsulSettings, Lease};
+use crate::backend::consul::{ConsulBackend, ConsulClient, ConsulSettings};
 use crate::backend::{
     AcquireObserver, Acquired, HeldLock, Layout, LockBackend, LockInfo, LockRequest, LossReason,
     NoObserver,
 };
-use crate::exit::{Error, ErrorKind, Result};
+use crate::exit::ErrorKind;
 use crate::key;
 use crate::supervisor::{Child, CommandSpec, Guardian, Spawner};
 
-pub mod hold;
+mod error;
+pub(crate) mod hold;
 
+pub use error::Error;
 use hold::{HoldEnd, NoInterrupts, NotStarted, Unobserved};
+
+/// What the library's operations return.
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Lock operations against one lock store.
 pub struct LockManager<B: LockBackend = ConsulBackend> {
@@ -41,18 +46,22 @@ impl LockManager<ConsulBackend> {
     /// A manager for the Consul agent named by `CONSUL_HTTP_ADDR` and friends (README, "Consul connection").
     pub fn from_env() -> Result<Self> {
         let settings = ConsulSettings::from_env()
-            .map_err(|e| Error::new(ErrorKind::InvalidEnvironment, e.message))?;
+            .map_err(|e| Error::settings(ErrorKind::InvalidEnvironment, e))?;
         Self::connect(&settings)
     }
 
+    /// A manager for the Consul agent `settings` describe (the CLI's connection settings, built
+    /// by hand). Fails only on settings that cannot make a client (unreadable TLS files, a bad
+    /// address); Consul itself is first contacted by an operation.
     pub fn connect(settings: &ConsulSettings) -> Result<Self> {
         let client = ConsulClient::new(settings)
-            .map_err(|e| Error::new(ErrorKind::InvalidArgument, e.to_string()))?;
+            .map_err(|e| Error::settings(ErrorKind::InvalidArgument, e))?;
         Ok(Self::new(ConsulBackend::new(client)))
     }
 }
 
 impl<B: LockBackend> LockManager<B> {
+    /// A manager over any [`LockBackend`], with the default key layout.
     pub fn new(backend: B) -> Self {
         LockManager {
             backend,
@@ -66,7 +75,7 @@ impl<B: LockBackend> LockManager<B> {
         self
     }
 
-    pub fn backend(&self) -> &B {
+    pub(crate) fn backend(&self) -> &B {
         &self.backend
     }
 
@@ -111,7 +120,7 @@ impl<B: LockBackend> LockManager<B> {
                 .backend
                 .acquire(request, observer, stop)
                 .await
-                .map_err(|e| Error::from(e).context(format!("acquiring {}", request.key)))?;
+                .map_err(|e| Error::backend(format!("acquiring {}", request.key), e))?;
             let Acquired::Held(mut lease) = acquired else {
                 return Ok(acquired);
             };
@@ -137,7 +146,10 @@ impl<B: LockBackend> LockManager<B> {
     /// The holder of `key`, or `None` when it is not locked.
     pub async fn find(&self, key: &str) -> Result<Option<LockInfo>> {
         key::validate(key)?;
-        Ok(self.backend.find(key, self.layout).await?)
+        self.backend
+            .find(key, self.layout)
+            .await
+            .map_err(|e| Error::backend_quiet(format!("reading {key}"), e))
     }
 
     /// Every key whose whole name matches `pattern`, with its holder (`None` = not locked).
@@ -145,7 +157,11 @@ impl<B: LockBackend> LockManager<B> {
     pub async fn find_regex(&self, pattern: &str) -> Result<BTreeMap<String, Option<LockInfo>>> {
         let regex = whole_match(pattern)?;
         let prefix = literal_prefix(pattern);
-        let found = self.backend.list(&prefix, self.layout).await?;
+        let found = self
+            .backend
+            .list(&prefix, self.layout)
+            .await
+            .map_err(|e| Error::backend_quiet(format!("listing keys under {prefix:?}"), e))?;
         Ok(found
             .into_iter()
             .filter(|(k, _)| regex.is_match(k))
@@ -155,7 +171,10 @@ impl<B: LockBackend> LockManager<B> {
     /// Forces `key` free; returns whether it was locked.
     pub async fn release(&self, key: &str) -> Result<bool> {
         key::validate(key)?;
-        Ok(self.backend.release(key, self.layout).await?)
+        self.backend
+            .release(key, self.layout)
+            .await
+            .map_err(|e| Error::backend_quiet(format!("releasing {key}"), e))
     }
 
     /// Releases each key; returns the ones that were locked.
@@ -408,7 +427,7 @@ async fn takeover_wait<L: HeldLock>(
 
 /// Whether `lease` is already lost, or its stop deadline has passed (the wrapper was frozen and
 /// its renew task has not declared the loss yet): then nothing may be started under it.
-pub async fn lost_already<L: HeldLock>(lease: &mut L) -> Option<LossReason> {
+pub(crate) async fn lost_already<L: HeldLock>(lease: &mut L) -> Option<LossReason> {
     if let Some(reason) = futures_lite::future::poll_once(lease.lost()).await {
         return Some(reason);
     }
@@ -419,9 +438,9 @@ pub async fn lost_already<L: HeldLock>(lease: &mut L) -> Option<LossReason> {
 }
 
 /// `pattern` anchored at both ends, so it must match the whole key (consullock semantics).
-pub fn whole_match(pattern: &str) -> Result<Regex> {
+pub(crate) fn whole_match(pattern: &str) -> crate::exit::Result<Regex> {
     Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
-        Error::new(
+        crate::exit::Error::new(
             ErrorKind::InvalidArgument,
             format!(
                 "invalid regular expression {pattern:?}: {}",
@@ -441,7 +460,7 @@ fn one_line(text: &str) -> String {
 
 /// The literal text every match of `pattern` starts with; listing only under it keeps
 /// `unlock -r` from reading the whole KV store.
-pub fn literal_prefix(pattern: &str) -> String {
+pub(crate) fn literal_prefix(pattern: &str) -> String {
     let body = pattern.strip_prefix('^').unwrap_or(pattern);
     let mut prefix = String::new();
     let mut chars = body.chars().peekable();
@@ -461,9 +480,6 @@ pub fn literal_prefix(pattern: &str) -> String {
     }
     prefix
 }
-
-/// Compile-time reminder that the default manager's lease is the Consul one.
-pub type ConsulLease = Lease;
 
 #[cfg(test)]
 mod tests {

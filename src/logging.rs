@@ -15,14 +15,14 @@ use tracing_subscriber::EnvFilter;
 
 /// The target of the lines that say a contender waits and for whom (README, "Observability"):
 /// shown at the default verbosity, silenced by `-q`.
-pub const WAITING: &str = "lockwrap::waiting";
+pub(crate) const WAITING: &str = "lockwrap::waiting";
 
 /// Keeps the writer thread's guard for the whole process: dropping it flushes the queue.
 static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
 /// Installs the global subscriber. Default level: warnings, plus the waiting lines (stdout stays
 /// clean); `quiet`: warnings only.
-pub fn init(verbose: u8, quiet: bool, json: bool) {
+pub(crate) fn init(verbose: u8, quiet: bool, json: bool) {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(directives(verbose, quiet)));
     let ansi = use_colour(
@@ -56,7 +56,7 @@ pub fn init(verbose: u8, quiet: bool, json: bool) {
 
 /// Writes out every queued line (waiting at most about a second, tracing-appender's bound, for a
 /// stderr nobody reads). Call before the process exits: `std::process::exit` runs no destructors.
-pub fn flush() {
+pub(crate) fn flush() {
     let guard = WRITER.lock().unwrap_or_else(PoisonError::into_inner).take();
     drop(guard);
 }
@@ -68,7 +68,7 @@ const LAST_LINE_PATIENCE_MS: i32 = 1000;
 /// Writes one line to stderr without ever blocking for long: waits up to
 /// [`LAST_LINE_PATIENCE_MS`] for room, then drops it. For lockwrap's last words (the failure
 /// line main prints), which are written after the log queue is gone.
-pub fn last_line(text: &str) {
+pub(crate) fn last_line(text: &str) {
     use std::io::Write;
     let mut room = nix::libc::pollfd {
         fd: 2,

@@ -20,7 +20,7 @@ use crate::backend::LockInfo;
 
 /// The state served at `/leader` and written to `--status-file`.
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
-pub struct LeaderStatus {
+pub(crate) struct LeaderStatus {
     pub key: String,
     #[serde(rename = "isLeader")]
     pub is_leader: bool,
@@ -42,7 +42,7 @@ pub struct LeaderStatus {
 /// What the lock path last reported: the status without `validUntil`, plus the hold's stop
 /// deadline. [`StatusSnapshot::at`] turns it into what `/leader` and the status file show.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct StatusSnapshot {
+pub(crate) struct StatusSnapshot {
     reported: LeaderStatus,
     /// The local stop deadline of the current hold (`None`: none reported, or nothing held).
     deadline: Option<Instant>,
@@ -53,7 +53,7 @@ impl StatusSnapshot {
     /// Past the stop deadline the instance answers as not leader, even if the lock path has
     /// not said so yet (it may be stalled): the holder fields stay as last seen and
     /// `validUntil` keeps the past deadline, so a reader sees why.
-    pub fn at(&self, now: Instant, wall_now: time::OffsetDateTime) -> LeaderStatus {
+    pub(crate) fn at(&self, now: Instant, wall_now: time::OffsetDateTime) -> LeaderStatus {
         let mut status = self.reported.clone();
         let Some(deadline) = self.deadline() else {
             return status;
@@ -72,12 +72,12 @@ impl StatusSnapshot {
     }
 
     /// The stop deadline while the lock path reports leadership.
-    pub fn deadline(&self) -> Option<Instant> {
+    pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline.filter(|_| self.reported.is_leader)
     }
 
     /// Whether the lock path reports leadership (whatever the deadline says).
-    pub fn reported_leader(&self) -> bool {
+    pub(crate) fn reported_leader(&self) -> bool {
         self.reported.is_leader
     }
 }
@@ -96,7 +96,7 @@ fn rfc3339_millis(t: time::OffsetDateTime) -> String {
 type StatusListener = Box<dyn Fn(&StatusSnapshot) + Send + Sync>;
 
 /// Metrics plus status; one per process, shared behind an `Arc`.
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     registry: Registry,
     lock_held: Gauge,
     acquisitions: Counter,
@@ -134,7 +134,7 @@ impl Default for Telemetry {
 }
 
 impl Telemetry {
-    pub fn new(key: &str) -> Self {
+    pub(crate) fn new(key: &str) -> Self {
         let mut registry = Registry::default();
         let lock_held = Gauge::default();
         let acquisitions = Counter::default();
@@ -233,7 +233,7 @@ impl Telemetry {
         }
     }
 
-    pub fn acquired(&self, info: &LockInfo, waited: Duration, since: String) {
+    pub(crate) fn acquired(&self, info: &LockInfo, waited: Duration, since: String) {
         self.acquisitions.inc();
         self.set_consul_healthy(true);
         self.acquire_wait.observe(waited.as_secs_f64());
@@ -252,7 +252,7 @@ impl Telemetry {
     }
 
     /// Leadership ended: `lost` counts it as a loss (not a planned release).
-    pub fn not_leader(&self, lost: bool) {
+    pub(crate) fn not_leader(&self, lost: bool) {
         if lost {
             self.lost.inc();
         }
@@ -270,7 +270,7 @@ impl Telemetry {
 
     /// The hold's local stop deadline moved (`None`: nothing held). Each accepted renew or
     /// check pass moves it, so it also counts as the latest renew.
-    pub fn lease_deadline(&self, deadline: Option<Instant>) {
+    pub(crate) fn lease_deadline(&self, deadline: Option<Instant>) {
         if deadline.is_some() {
             self.note_renew();
         }
@@ -282,7 +282,7 @@ impl Telemetry {
     }
 
     /// Another instance holds the lock (seen while waiting).
-    pub fn observed_holder(&self, info: Option<&LockInfo>) {
+    pub(crate) fn observed_holder(&self, info: Option<&LockInfo>) {
         self.publish(|snapshot| {
             let s = &mut snapshot.reported;
             if s.is_leader {
@@ -301,7 +301,7 @@ impl Telemetry {
 
     /// A loss caused by Consul not answering also makes the instance unhealthy until Consul
     /// answers again.
-    pub fn lost_because(&self, reason: &crate::backend::LossReason) {
+    pub(crate) fn lost_because(&self, reason: &crate::backend::LossReason) {
         use crate::backend::LossReason;
         if matches!(
             reason,
@@ -311,13 +311,13 @@ impl Telemetry {
         }
     }
 
-    pub fn renew_failed(&self) {
+    pub(crate) fn renew_failed(&self) {
         self.renew_failures.inc();
         self.consecutive_renew_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    pub fn renew_succeeded(&self) {
+    pub(crate) fn renew_succeeded(&self) {
         self.consecutive_renew_failures
             .store(0, std::sync::atomic::Ordering::Relaxed);
         self.note_renew();
@@ -332,7 +332,7 @@ impl Telemetry {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
     }
 
-    pub fn set_consul_healthy(&self, healthy: bool) {
+    pub(crate) fn set_consul_healthy(&self, healthy: bool) {
         self.consul_healthy
             .store(healthy, std::sync::atomic::Ordering::Relaxed);
         if healthy {
@@ -341,13 +341,13 @@ impl Telemetry {
         }
     }
 
-    pub fn consul_answered(&self) -> bool {
+    pub(crate) fn consul_answered(&self) -> bool {
         self.consul_answered
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Healthy = Consul answers and, when leader, the session renews.
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.consul_healthy
             .load(std::sync::atomic::Ordering::Relaxed)
             && self
@@ -357,35 +357,34 @@ impl Telemetry {
     }
 
     /// Waiters in the fair queue as the queue wait saw them (`None`: not queued).
-    pub fn queue_waiters(&self, waiters: Option<usize>) {
+    pub(crate) fn queue_waiters(&self, waiters: Option<usize>) {
         let count = waiters.map_or(0, |n| i64::try_from(n).unwrap_or(i64::MAX));
         self.queue_waiters.set(count);
     }
 
-    pub fn child_exited(&self, code: i32) {
+    pub(crate) fn child_exited(&self, code: i32) {
         self.child_exit_code.set(i64::from(code));
     }
 
     /// The status as `/leader` serves it now (not leader once the stop deadline has passed).
-    pub fn status(&self) -> LeaderStatus {
+    pub(crate) fn status(&self) -> LeaderStatus {
         self.snapshot()
             .at(Instant::now(), time::OffsetDateTime::now_utc())
     }
 
     /// What the lock path last reported, to be turned into a status with
     /// [`StatusSnapshot::at`] when it is served or written.
-    pub fn snapshot(&self) -> StatusSnapshot {
+    pub(crate) fn snapshot(&self) -> StatusSnapshot {
         self.status.borrow().clone()
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<StatusSnapshot> {
-        self.status.subscribe()
     }
 
     /// Calls `listener` with the latest snapshot after every status change, on the thread
     /// that changed it: it must only hand the snapshot over (the status file's writer thread
     /// does the writing).
-    pub fn on_status_change(&self, listener: impl Fn(&StatusSnapshot) + Send + Sync + 'static) {
+    pub(crate) fn on_status_change(
+        &self,
+        listener: impl Fn(&StatusSnapshot) + Send + Sync + 'static,
+    ) {
         self.listeners
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -414,7 +413,7 @@ impl Telemetry {
 
     /// Prometheus text exposition. The hold's gauges are computed now, so they stay true while
     /// the lock path is stalled.
-    pub fn render_metrics(&self) -> String {
+    pub(crate) fn render_metrics(&self) -> String {
         let now = Instant::now();
         let snapshot = self.snapshot();
         let holding = snapshot.reported_leader();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockwrap::supervisor::guardian::{self, Guardian};
+use lockwrap::testing::guardian::{self, Guardian};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{getpid, Pid};
 

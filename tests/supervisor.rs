@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use lockwrap::supervisor::{
-    self, Child, CommandSpec, ExitStatus, Signal, SpawnError, Spawner, StdinMode,
-};
+use lockwrap::supervisor::{self, Signal, Spawner};
+use lockwrap::testing::{Child, CommandSpec, ExitStatus, SpawnError, StdinMode};
 use nix::errno::Errno;
 use nix::sys::signal::kill;
 use nix::unistd::{getpgid, getpid, Pid};

@@ -22,7 +22,7 @@ fn latest() -> &'static Mutex<Option<Instant>> {
 }
 
 /// Runs `cleanup` in the background; [`wait`] waits for it.
-pub fn spawn<F>(cleanup: F)
+pub(crate) fn spawn<F>(cleanup: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -32,7 +32,7 @@ where
 /// Like [`spawn`] for a cleanup that bounds itself to `patience` (a session destroy retried
 /// for up to one TTL): [`wait`] waits for it up to then even past its own limit, as an exit
 /// waits for the holder's release (docs/timing.md, "Consul trouble").
-pub fn spawn_within<F>(patience: Duration, cleanup: F)
+pub(crate) fn spawn_within<F>(patience: Duration, cleanup: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
@@ -46,14 +46,14 @@ where
 
 /// Cancelled when the process starts waiting for its cleanups: open-ended background work
 /// (looking for sessions whose create outcome was unknown) does a last round and ends.
-pub fn closing() -> CancellationToken {
+pub(crate) fn closing() -> CancellationToken {
     static CLOSING: OnceLock<CancellationToken> = OnceLock::new();
     CLOSING.get_or_init(CancellationToken::new).clone()
 }
 
 /// Waits up to `limit` (or longer, up to the deadline of a cleanup spawned with
 /// [`spawn_within`]) for every pending cleanup (called once, on the way out).
-pub async fn wait(limit: Duration) {
+pub(crate) async fn wait(limit: Duration) {
     let tracker = tracker();
     tracker.close();
     closing().cancel();

@@ -10,7 +10,7 @@ use crate::duration;
 
 /// The defaults of one column of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModeDefaults {
+pub(crate) struct ModeDefaults {
     pub session_ttl: Duration,
     /// Consul's lock-delay on the session. The supervising modes keep Consul's 15 s: a holder
     /// that cannot reach its agent rides out the outage on lock-delay + takeover delay
@@ -26,13 +26,13 @@ pub struct ModeDefaults {
 
 /// The checks column: the backend's [`Checks`] without a list (no default names a check).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DefaultChecks {
+pub(crate) enum DefaultChecks {
     AgentDefault,
     None,
 }
 
 impl DefaultChecks {
-    pub fn checks(self) -> Checks {
+    pub(crate) fn checks(self) -> Checks {
         match self {
             DefaultChecks::AgentDefault => Checks::AgentDefault,
             DefaultChecks::None => Checks::None,
@@ -41,7 +41,7 @@ impl DefaultChecks {
 }
 
 /// `lockwrap lock`: leaves the lock held (README, "Subcommands").
-pub const LOCK: ModeDefaults = ModeDefaults {
+pub(crate) const LOCK: ModeDefaults = ModeDefaults {
     session_ttl: Duration::from_secs(86400),
     lock_delay: Duration::ZERO,
     session_behavior: Behavior::Delete,
@@ -50,7 +50,7 @@ pub const LOCK: ModeDefaults = ModeDefaults {
 };
 
 /// `run`, `execute`, `sidecar`, the chart and the library (`LockRequest::new`).
-pub const SUPERVISING: ModeDefaults = ModeDefaults {
+pub(crate) const SUPERVISING: ModeDefaults = ModeDefaults {
     session_ttl: Duration::from_secs(15),
     lock_delay: Duration::from_secs(15),
     session_behavior: Behavior::Release,
@@ -59,13 +59,13 @@ pub const SUPERVISING: ModeDefaults = ModeDefaults {
 };
 
 /// The modes of the [`SUPERVISING`] column, as the help and the README name them.
-pub const SUPERVISING_MODES: &str = "run, execute, sidecar";
+pub(crate) const SUPERVISING_MODES: &str = "run, execute, sidecar";
 
 impl ModeDefaults {
     /// The takeover delay when none is given: the least that covers a forced unlock and a node
     /// force-left under a holder cut off from its agent (docs/timing.md); a semaphore slot has
     /// no lock-delay, so `limit > 1` counts it as 0.
-    pub fn takeover_delay(
+    pub(crate) fn takeover_delay(
         &self,
         kill_grace: Duration,
         lock_delay: Duration,
@@ -82,7 +82,7 @@ impl ModeDefaults {
 
 /// A flag whose default the table gives; [`help`] and [`render`] take one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Setting {
+pub(crate) enum Setting {
     SessionTtl,
     LockDelay,
     SessionBehavior,
@@ -92,27 +92,6 @@ pub enum Setting {
 }
 
 impl Setting {
-    pub const ALL: [Setting; 6] = [
-        Setting::SessionTtl,
-        Setting::LockDelay,
-        Setting::SessionBehavior,
-        Setting::SessionChecks,
-        Setting::KillGrace,
-        Setting::TakeoverDelay,
-    ];
-
-    /// The flag, as clap and the README spell it.
-    pub fn flag(self) -> &'static str {
-        match self {
-            Setting::SessionTtl => "session-ttl",
-            Setting::LockDelay => "lock-delay",
-            Setting::SessionBehavior => "session-behavior",
-            Setting::SessionChecks => "session-checks",
-            Setting::KillGrace => "kill-grace",
-            Setting::TakeoverDelay => "takeover-delay",
-        }
-    }
-
     /// What the flag does, without its default.
     fn meaning(self) -> &'static str {
         match self {
@@ -151,7 +130,7 @@ fn show_checks(c: DefaultChecks) -> &'static str {
 }
 
 /// The default column of `setting`, one text for every place that states it (help, README).
-pub fn render(setting: Setting) -> String {
+pub(crate) fn render(setting: Setting) -> String {
     let per_mode = |supervising: String, lock: String| {
         if supervising == lock {
             supervising
@@ -184,8 +163,33 @@ pub fn render(setting: Setting) -> String {
 }
 
 /// A flag's help text: what it does and its defaults from the table.
-pub fn help(setting: Setting) -> String {
+pub(crate) fn help(setting: Setting) -> String {
     format!("{} [default: {}]", setting.meaning(), render(setting))
+}
+
+/// The table's rows and flags, for the tests that hold `--help`, the README and the chart to it.
+#[cfg(test)]
+impl Setting {
+    pub(crate) const ALL: [Setting; 6] = [
+        Setting::SessionTtl,
+        Setting::LockDelay,
+        Setting::SessionBehavior,
+        Setting::SessionChecks,
+        Setting::KillGrace,
+        Setting::TakeoverDelay,
+    ];
+
+    /// The flag, as clap and the README spell it.
+    pub(crate) fn flag(self) -> &'static str {
+        match self {
+            Setting::SessionTtl => "session-ttl",
+            Setting::LockDelay => "lock-delay",
+            Setting::SessionBehavior => "session-behavior",
+            Setting::SessionChecks => "session-checks",
+            Setting::KillGrace => "kill-grace",
+            Setting::TakeoverDelay => "takeover-delay",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -26,21 +26,26 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// Whether retrying the same request may succeed (connection trouble, a busy server).
     pub fn is_transient(&self) -> bool {
         matches!(self, BackendError::Transient(_))
     }
-}
 
-impl From<BackendError> for Error {
-    fn from(err: BackendError) -> Self {
-        let kind = match &err {
+    /// The failure kind, and so the CLI's exit code, this error stands for (README, "Exit codes").
+    pub fn kind(&self) -> ErrorKind {
+        match self {
             BackendError::Denied(_) => ErrorKind::PermissionDenied,
             BackendError::Conflict(_) => ErrorKind::InvalidArgument,
             BackendError::Transient(_)
             | BackendError::Invalid(_)
             | BackendError::SessionGone(_)
             | BackendError::Unknown(_) => ErrorKind::ConsulUnavailable,
-        };
-        Error::new(kind, err.to_string())
+        }
+    }
+}
+
+impl From<BackendError> for Error {
+    fn from(err: BackendError) -> Self {
+        Error::new(err.kind(), err.to_string())
     }
 }

@@ -5,7 +5,7 @@
 use crate::backend::LockInfo;
 
 /// Events a backend reports; every method has a no-op default.
-pub trait BackendEvents: Send + Sync + std::fmt::Debug {
+pub(crate) trait BackendEvents: Send + Sync + std::fmt::Debug {
     /// A session renew succeeded.
     fn renew_succeeded(&self) {}
     /// A session renew failed (and will be retried until the lease deadline).
@@ -25,6 +25,6 @@ pub trait BackendEvents: Send + Sync + std::fmt::Debug {
 
 /// Reports nowhere (library use without metrics).
 #[derive(Debug, Default)]
-pub struct NoEvents;
+pub(crate) struct NoEvents;
 
 impl BackendEvents for NoEvents {}

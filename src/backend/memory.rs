@@ -2,6 +2,7 @@
 //! takeover and sidecar loops can be unit-tested under `tokio::time::pause()`, and library users
 //! can test their own code. Faults are injected by hand: [`MemoryBackend::fail_next`] (an outage
 //! of the store) and [`MemoryBackend::break_lock`] (a holder losing its lock).
+#![cfg(test)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -16,7 +17,7 @@ use super::{
 
 /// A lock store living in this process; clones share it.
 #[derive(Debug, Clone, Default)]
-pub struct MemoryBackend {
+pub(crate) struct MemoryBackend {
     state: Arc<Mutex<State>>,
     /// Woken on every change, so waiters re-check (like a blocking query).
     changed: Arc<Notify>,
@@ -40,7 +41,7 @@ struct Holder {
 }
 
 impl MemoryBackend {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -52,13 +53,13 @@ impl MemoryBackend {
     }
 
     /// The next `n` acquire calls fail as if the store were unreachable (transient).
-    pub fn fail_next(&self, n: u32) {
+    pub(crate) fn fail_next(&self, n: u32) {
         self.state().failures = n;
     }
 
     /// Takes `key` away from its holder, as Consul does when a session is invalidated: the
     /// holder's lease reports `reason`, and the next holder sees an unclean release.
-    pub fn break_lock(&self, key: &str, reason: LossReason) -> bool {
+    pub(crate) fn break_lock(&self, key: &str, reason: LossReason) -> bool {
         let mut state = self.state();
         let Some(holder) = state.held.remove(key) else {
             return false;
@@ -71,7 +72,7 @@ impl MemoryBackend {
     }
 
     /// The current holder of `key`.
-    pub fn holder(&self, key: &str) -> Option<LockInfo> {
+    pub(crate) fn holder(&self, key: &str) -> Option<LockInfo> {
         self.state().held.get(key).map(|h| h.info.clone())
     }
 
@@ -187,7 +188,7 @@ impl LockBackend for MemoryBackend {
 
 /// A lock held in a [`MemoryBackend`].
 #[derive(Debug)]
-pub struct MemoryLease {
+pub(crate) struct MemoryLease {
     backend: MemoryBackend,
     info: LockInfo,
     lost: watch::Receiver<Option<LossReason>>,

@@ -1,14 +1,14 @@
 //! The lock-store boundary: request/answer types shared by every backend, the small
 //! [`LockBackend`] trait the library API is written against, and the Consul implementation.
 
-pub mod cleanup;
-pub mod consul;
-pub mod defaults;
-pub mod error;
-pub mod events;
-pub mod memory;
-pub mod retry;
-pub mod timing;
+pub(crate) mod cleanup;
+pub(crate) mod consul;
+pub(crate) mod defaults;
+pub(crate) mod error;
+pub(crate) mod events;
+pub(crate) mod memory;
+pub(crate) mod retry;
+pub(crate) mod timing;
 
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use error::BackendError;
-pub use events::{BackendEvents, NoEvents};
+pub(crate) use events::{BackendEvents, NoEvents};
 
 /// Where the lock lives in the KV store (README, "Key layouts").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -32,13 +32,16 @@ pub enum Layout {
 /// What Consul does with the key when the session is invalidated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Behavior {
+    /// Free the key, keeping its entry: the next holder reads who held it and whether it was
+    /// released cleanly.
     #[default]
     Release,
+    /// Delete the key (consullock's `lock` default); refused while a command runs (docs/timing.md).
     Delete,
 }
 
 impl Behavior {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Behavior::Release => "release",
             Behavior::Delete => "delete",
@@ -65,8 +68,12 @@ pub struct SessionSettings {
     pub name: Option<String>,
     /// `None` = a session without TTL (invalidated only by checks or explicitly).
     pub ttl: Option<Duration>,
+    /// Consul's lock-delay: how long the key stays unacquirable after the session is invalidated,
+    /// which is what a holder cut off from Consul rides out an outage on.
     pub lock_delay: Duration,
+    /// What Consul does to the key when the session ends.
     pub behavior: Behavior,
+    /// Health checks whose failure ends the session (and so the hold).
     pub checks: Checks,
     /// Register an agent TTL check of this TTL, keep it passing, and bind the session to it.
     pub health_check_ttl: Option<Duration>,
@@ -96,14 +103,17 @@ pub enum Wait {
     /// (consullock's `-i`); give up after `timeout` when given.
     #[default]
     Blocking,
+    /// Wait as [`Wait::Blocking`], with a time limit and/or polling.
     BlockingFor {
+        /// Give up ([`Acquired::TimedOut`]) after this long; `None` or zero = never.
         timeout: Option<Duration>,
+        /// Poll every this long instead of blocking queries (consullock's `-i`).
         poll: Option<Duration>,
     },
 }
 
 impl Wait {
-    pub fn timeout(&self) -> Option<Duration> {
+    pub(crate) fn timeout(&self) -> Option<Duration> {
         match self {
             Wait::BlockingFor { timeout, .. } => *timeout,
             _ => None,
@@ -111,11 +121,11 @@ impl Wait {
     }
 
     /// When a wait that began at `started` must give up (`None` = never).
-    pub fn deadline(&self, started: std::time::Instant) -> Option<std::time::Instant> {
+    pub(crate) fn deadline(&self, started: std::time::Instant) -> Option<std::time::Instant> {
         self.timeout().filter(|t| !t.is_zero()).map(|t| started + t)
     }
 
-    pub fn poll(&self) -> Option<Duration> {
+    pub(crate) fn poll(&self) -> Option<Duration> {
         match self {
             Wait::BlockingFor { poll, .. } => *poll,
             _ => None,
@@ -123,7 +133,7 @@ impl Wait {
     }
 }
 
-/// Once held, how the lease is watched (deadlines and cadences come from [`timing`]).
+/// Once held, how the lease is watched (deadlines and cadences come from `backend::timing`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct HoldSettings {
     /// Renew the session and watch the key in the background. Off for CLI `lock`, which
@@ -157,13 +167,19 @@ impl Default for HoldSettings {
 /// Everything needed to acquire one lock.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LockRequest {
+    /// The lock's key (for a semaphore or `consul lock` layout, its prefix).
     pub key: String,
+    /// Where the lock lives under the key.
     pub layout: Layout,
     /// Number of holders: 1 = a lock, more = Consul's semaphore recipe.
     pub limit: u32,
+    /// How the session that holds the lock is created.
     pub session: SessionSettings,
+    /// How long to wait while someone else holds it.
     pub wait: Wait,
+    /// Extra JSON stored with the lock (`--metadata`, ≤ 64 KiB), shown by `status`.
     pub metadata: Option<Value>,
+    /// How the lease is kept and watched once held.
     pub hold: HoldSettings,
     /// Wait in the fair queue: served in arrival order (`--queue`).
     pub queue: bool,
@@ -171,7 +187,7 @@ pub struct LockRequest {
 
 impl LockRequest {
     /// What the timing model needs to know about this request.
-    pub fn timing_inputs(&self) -> timing::TimingInputs {
+    pub(crate) fn timing_inputs(&self) -> timing::TimingInputs {
         timing::TimingInputs {
             ttl: self.session.ttl,
             any_moment_checks: match &self.session.checks {
@@ -194,7 +210,7 @@ impl LockRequest {
 
     /// The timing plan for this request. A request that is not kept alive (CLI `lock`) has no
     /// command to stop, so nothing in it can be unsafe.
-    pub fn timing_plan(&self) -> Result<timing::TimingPlan, timing::Unsafe> {
+    pub(crate) fn timing_plan(&self) -> Result<timing::TimingPlan, timing::Unsafe> {
         let lenient = self.hold.allow_unsafe || !self.hold.keep_alive;
         // The CLI refuses this while parsing (config/lock.rs); the library meets it here.
         if !lenient && self.session.behavior == Behavior::Delete {
@@ -210,6 +226,8 @@ impl LockRequest {
         timing::TimingPlan::new(self.timing_inputs(), lenient)
     }
 
+    /// A request for `key` with the library's defaults: blocking, TTL 15 s, lock-delay 15 s,
+    /// renewed and watched (the defaults of `lockwrap run`).
     pub fn new(key: impl Into<String>) -> Self {
         LockRequest {
             key: key.into(),
@@ -234,7 +252,9 @@ pub struct LockInfo {
     /// When the holder acquired it, as the holder wrote it.
     pub created: Option<String>,
     #[serde(rename = "secondsToLock")]
+    /// How long the holder waited for the lock, as it wrote it (consullock's field).
     pub seconds_to_lock: Option<f64>,
+    /// The `--metadata` JSON the holder stored.
     pub metadata: Option<Value>,
     /// lockwrap's `{"hostname","pid","pod"?,"node"?,"namespace"?,"partition"?}`.
     pub holder: Option<Value>,
@@ -255,6 +275,7 @@ pub struct LockInfo {
 /// What `status` shows of a semaphore: its limit and who holds its slots.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SemaphoreInfo {
+    /// How many holders the semaphore allows.
     pub limit: u32,
     /// One per entry of the coordination key's `Holders`, sorted by session.
     pub holders: Vec<SlotHolder>,
@@ -263,11 +284,16 @@ pub struct SemaphoreInfo {
 /// One holder of a semaphore slot, read from its contender key `<prefix>/<session>`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SlotHolder {
+    /// The slot holder's session.
     pub session: String,
+    /// When it took the slot, as it wrote it.
     pub created: Option<String>,
     #[serde(rename = "secondsToLock")]
+    /// How long the holder waited for the lock, as it wrote it (consullock's field).
     pub seconds_to_lock: Option<f64>,
+    /// The `--metadata` JSON the slot holder stored.
     pub metadata: Option<Value>,
+    /// lockwrap's `{"hostname","pid",…}` of the slot holder.
     pub holder: Option<Value>,
     /// False when the contender key is gone or no longer held by the session: the holder died,
     /// and its slot still counts until a contender takes it over (docs/timing.md, "Semaphores").
@@ -282,6 +308,7 @@ pub struct WaitingFor {
     pub holder: Option<LockInfo>,
     /// The holding session's `Name` and `Node`, from Consul's session info.
     pub session_name: Option<String>,
+    /// The Consul node the holding session lives on.
     pub node: Option<String>,
     /// The holding session's `CreateIndex`.
     pub session_index: Option<u64>,
@@ -370,9 +397,11 @@ pub enum Acquired<L> {
 /// Side effects around acquire attempts (the `--on-before-lock` / `--on-already-locked`
 /// hooks); the backend calls them, the caller decides what they do.
 pub trait AcquireObserver: Send + Sync {
+    /// Called before every acquire attempt on `key` (`--on-before-lock`).
     fn before_attempt<'a>(&'a self, _key: &'a str) -> futures_lite::future::Boxed<()> {
         Box::pin(async {})
     }
+    /// Called after an attempt found `key` held by `holder` (`--on-already-locked`).
     fn already_locked<'a>(
         &'a self,
         _key: &'a str,
@@ -392,6 +421,8 @@ pub trait LockBackend {
     /// A held lock: reports loss and releases.
     type Lease: HeldLock;
 
+    /// Takes the lock as `request` says, reporting attempts to `observer`; `stop` ends the wait
+    /// with [`Acquired::Cancelled`], leaving nothing behind in the store.
     async fn acquire(
         &self,
         request: &LockRequest,
@@ -424,6 +455,7 @@ pub trait LockBackend {
 /// A lock this process holds.
 #[allow(async_fn_in_trait)]
 pub trait HeldLock {
+    /// What was written when the lock was taken (session, fencing token, holder).
     fn info(&self) -> &LockInfo;
     /// Resolves when the lock is lost (never, while it is held).
     async fn lost(&mut self) -> LossReason;

@@ -8,21 +8,21 @@ use crate::backend::BackendError;
 /// First pause after a transient failure, and the cap: quick enough that a fresh agent's
 /// "Missing node registration" costs a fraction of a second, slow enough at the cap that every
 /// replica of a fleet waiting out a leader election does not become a request storm.
-pub const FIRST: Duration = Duration::from_millis(100);
-pub const MAX: Duration = Duration::from_secs(5);
+pub(crate) const FIRST: Duration = Duration::from_millis(100);
+pub(crate) const MAX: Duration = Duration::from_secs(5);
 /// How long a `--non-blocking` attempt rides out transient errors before giving up (exit 8).
-pub const NON_BLOCKING_PATIENCE: Duration = Duration::from_secs(10);
+pub(crate) const NON_BLOCKING_PATIENCE: Duration = Duration::from_secs(10);
 
 /// `pause` scaled by a random factor in [0.5, 1.0): replicas that failed together do not retry
 /// together.
-pub fn jitter(pause: Duration) -> Duration {
+pub(crate) fn jitter(pause: Duration) -> Duration {
     pause.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 /// Exponential back-off with jitter that remembers whether it is in an outage, so the caller
 /// logs one line when trouble starts and one when it ends.
 #[derive(Debug)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     failures: u32,
 }
@@ -39,7 +39,7 @@ impl Default for Backoff {
 impl Backoff {
     /// Records a transient failure; returns the pause to take before the next try. Logs the
     /// first failure of an outage (as a warning, with what is being done) and nothing after.
-    pub fn failed(&mut self, what: &str, err: &BackendError) -> Duration {
+    pub(crate) fn failed(&mut self, what: &str, err: &BackendError) -> Duration {
         self.failures += 1;
         if self.failures == 1 {
             tracing::warn!(%err, "{what}: Consul is not ready (transient); retrying with back-off");
@@ -52,7 +52,7 @@ impl Backoff {
     }
 
     /// Records a success; logs the recovery once if there was an outage.
-    pub fn succeeded(&mut self, what: &str) {
+    pub(crate) fn succeeded(&mut self, what: &str) {
         if self.failures > 0 {
             // At warning level too: it closes the warning that opened the outage.
             tracing::warn!(failures = self.failures, "{what}: Consul answers again");
@@ -61,7 +61,7 @@ impl Backoff {
     }
 
     /// Whether the last call failed.
-    pub fn in_outage(&self) -> bool {
+    pub(crate) fn in_outage(&self) -> bool {
         self.failures > 0
     }
 }

@@ -32,10 +32,10 @@ use crate::duration::display;
 
 /// Slack between "the command must be dead" and the earliest moment another holder can start:
 /// scheduling delays, the time to send signals and to read a watch answer.
-pub const SAFETY_MARGIN: Duration = Duration::from_secs(1);
+pub(crate) const SAFETY_MARGIN: Duration = Duration::from_secs(1);
 /// The least time between the last confirmation (renew or check pass) and the stop point that
 /// still leaves room for one request and two retries; below it one slow request ends the hold.
-pub const MIN_BUDGET: Duration = Duration::from_secs(2);
+pub(crate) const MIN_BUDGET: Duration = Duration::from_secs(2);
 /// A single renew or pass never waits longer than this for Consul's answer.
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retries after a failed renew or pass never come faster than this.
@@ -43,7 +43,7 @@ const MIN_RETRY: Duration = Duration::from_millis(200);
 
 /// The settings the model reads.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TimingInputs {
+pub(crate) struct TimingInputs {
     /// Session TTL; `None` for a session without one.
     pub ttl: Option<Duration>,
     /// Whether the session is bound to checks that can go critical at any moment
@@ -59,7 +59,7 @@ pub struct TimingInputs {
 
 /// A way the session can end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Path {
+pub(crate) enum Path {
     /// Consul expires the session: no renew for TTL.
     TtlExpiry,
     /// A bound check (`serfHealth`, user-named) goes critical.
@@ -74,7 +74,7 @@ pub enum Path {
 }
 
 impl Path {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Path::TtlExpiry => "session TTL expiry",
             Path::CheckCritical => "a bound check (serfHealth) going critical",
@@ -89,7 +89,7 @@ impl Path {
 
 /// The last moment lockwrap knew its session valid, for one path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Evidence {
+pub(crate) enum Evidence {
     /// Send time of the last successful session renew (or of the create).
     Renew,
     /// Send time of the last successful pass of lockwrap's check (or of its registration).
@@ -100,7 +100,7 @@ pub enum Evidence {
 
 /// Another holder can start no sooner than `window` after the path's evidence.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct PathBound {
+pub(crate) struct PathBound {
     pub path: Path,
     pub evidence: Evidence,
     pub window: Duration,
@@ -108,7 +108,7 @@ pub struct PathBound {
 
 impl PathBound {
     /// Time left to renew or pass, once the command's stop and the margin are reserved.
-    pub fn budget(&self, kill_grace: Duration) -> Duration {
+    pub(crate) fn budget(&self, kill_grace: Duration) -> Duration {
         self.window
             .checked_sub(kill_grace + SAFETY_MARGIN)
             .unwrap_or_default()
@@ -141,7 +141,7 @@ impl Cadence {
 
 /// A configuration that leaves the command less time to stop than it needs on some path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unsafe {
+pub(crate) struct Unsafe {
     /// The setting to name in the error (its source decides the exit code).
     pub setting: &'static str,
     /// One line: which path, what is missing, the smallest safe values.
@@ -150,7 +150,7 @@ pub struct Unsafe {
 
 /// The model's answer for one configuration.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TimingPlan {
+pub(crate) struct TimingPlan {
     pub inputs: TimingInputs,
     /// Every path possible with this configuration.
     pub paths: Vec<PathBound>,
@@ -168,7 +168,7 @@ impl TimingInputs {
     /// cannot hear its agent needs when its node is deregistered (lock-delay + takeover delay
     /// ≥ grace + margin + [`MIN_BUDGET`]). `lock_delay` is the one that protects the key
     /// (0 for a semaphore slot).
-    pub fn auto_takeover_delay(kill_grace: Duration, lock_delay: Duration) -> Duration {
+    pub(crate) fn auto_takeover_delay(kill_grace: Duration, lock_delay: Duration) -> Duration {
         let watched = kill_grace + SAFETY_MARGIN;
         let blind = (kill_grace + SAFETY_MARGIN + MIN_BUDGET)
             .checked_sub(lock_delay)
@@ -177,7 +177,7 @@ impl TimingInputs {
     }
 
     /// Every path this configuration allows, with its window.
-    pub fn paths(&self) -> Vec<PathBound> {
+    pub(crate) fn paths(&self) -> Vec<PathBound> {
         let after_invalidation = self.lock_delay + self.takeover_delay;
         let mut paths = Vec::new();
         if let Some(ttl) = self.ttl {
@@ -220,7 +220,7 @@ impl TimingInputs {
 impl TimingPlan {
     /// Plans deadlines and cadences; refuses (unless `allow_unsafe`) a configuration where some
     /// path leaves the command less time to stop than it needs.
-    pub fn new(inputs: TimingInputs, allow_unsafe: bool) -> Result<Self, Unsafe> {
+    pub(crate) fn new(inputs: TimingInputs, allow_unsafe: bool) -> Result<Self, Unsafe> {
         let paths = inputs.paths();
         let mut problems = Vec::new();
         let g = inputs.kill_grace;
@@ -300,16 +300,6 @@ impl TimingPlan {
             accepted: problems,
         })
     }
-
-    /// The latest a standby can start after this holder crashes (no stop, no release):
-    /// the fastest invalidation path plus lock-delay and takeover-delay, for the docs and logs.
-    pub fn crash_failover_bound(&self) -> Option<Duration> {
-        self.paths
-            .iter()
-            .filter(|p| matches!(p.path, Path::TtlExpiry | Path::HealthCheck))
-            .map(|p| p.window)
-            .min()
-    }
 }
 
 /// The message for a path whose budget is below [`MIN_BUDGET`], naming the smallest safe values.
@@ -372,6 +362,18 @@ fn too_short(inputs: &TimingInputs, bound: &PathBound) -> Unsafe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl TimingPlan {
+        /// The latest a standby can start after this holder crashes (no stop, no release):
+        /// the fastest invalidation path plus lock-delay and takeover-delay (docs/timing.md).
+        fn crash_failover_bound(&self) -> Option<Duration> {
+            self.paths
+                .iter()
+                .filter(|p| matches!(p.path, Path::TtlExpiry | Path::HealthCheck))
+                .map(|p| p.window)
+                .min()
+        }
+    }
 
     const S: fn(u64) -> Duration = Duration::from_secs;
 

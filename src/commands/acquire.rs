@@ -18,7 +18,7 @@ use crate::telemetry::Telemetry;
 
 /// What a campaign does when Consul does not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnUnreachable {
+pub(super) enum OnUnreachable {
     /// Keep campaigning with back-off (sidecar: a long-lived daemon).
     Retry,
     /// Retry only once Consul has answered at least once: a wrong address still fails fast
@@ -33,7 +33,7 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// [`until_signal`] in a loop that rides out Consul outages per `policy`; `/healthz` reports
 /// them meanwhile. Stays stoppable by signals during the back-off.
-pub async fn campaign<B: LockBackend>(
+pub(super) async fn campaign<B: LockBackend>(
     manager: &LockManager<B>,
     request: &LockRequest,
     observer: &dyn AcquireObserver,
@@ -74,7 +74,7 @@ pub async fn campaign<B: LockBackend>(
 }
 
 /// Logs, at start, each failure path the user accepted with `--unsafe-allow-overlap`.
-pub fn warn_accepted_risks(request: &LockRequest) {
+pub(super) fn warn_accepted_risks(request: &LockRequest) {
     if let Ok(plan) = request.timing_plan() {
         for risk in &plan.accepted {
             tracing::warn!(risk = %risk.message, "--unsafe-allow-overlap: two commands may run at once");
@@ -84,7 +84,7 @@ pub fn warn_accepted_risks(request: &LockRequest) {
 
 /// Publishes a fresh acquisition: telemetry, the log span's session, one log line. Returns the
 /// hook context of the lease.
-pub fn record_acquired(
+pub(super) fn record_acquired(
     telemetry: &Telemetry,
     lease: &impl HeldLock,
     waited: Duration,
@@ -107,7 +107,7 @@ fn ends_wait(signal: Signal) -> bool {
 
 /// Acquires `request`; returns the outcome and the signal that cancelled it, if one did. While
 /// it waits it says whom for (`waiting`); a `--timeout` comes back as an error naming them.
-pub async fn until_signal<B: LockBackend>(
+pub(super) async fn until_signal<B: LockBackend>(
     manager: &LockManager<B>,
     request: &LockRequest,
     observer: &dyn AcquireObserver,
@@ -127,7 +127,7 @@ pub async fn until_signal<B: LockBackend>(
             result = &mut acquire => {
                 // A failure after a stop signal (e.g. a write that timed out against a frozen
                 // agent) is still a stop: exit 128+signal, not 8.
-                let result = match result {
+                let result = match result.map_err(crate::exit::Error::from) {
                     Err(err) if received.is_some() => {
                         tracing::debug!(%err, "acquire failed after a stop signal");
                         Ok(Acquired::Cancelled)

@@ -13,7 +13,7 @@ use crate::exit::{Error, ErrorKind, Result};
 
 /// What `install` prints on stdout.
 #[derive(Debug, Serialize)]
-pub struct Installed {
+pub(crate) struct Installed {
     pub installed: PathBuf,
     pub bytes: u64,
 }
@@ -21,7 +21,7 @@ pub struct Installed {
 /// Copies the running executable to `dest` (a directory gets `lockwrap` inside it), mode 0755.
 /// The copy is written beside the target and renamed into place, so a reader never sees a
 /// half-written binary, and re-running replaces an older copy.
-pub fn install(dest: &Path) -> Result<Installed> {
+pub(crate) fn install(dest: &Path) -> Result<Installed> {
     let source = own_executable()?;
     if !dest.is_dir() && dest.as_os_str().to_string_lossy().ends_with('/') {
         return Err(Error::new(

@@ -14,7 +14,7 @@ use crate::locks::LockManager;
 use crate::output;
 use crate::supervisor::ProcessControl;
 
-pub async fn lock<B: LockBackend>(
+pub(super) async fn lock<B: LockBackend>(
     config: &Acquiring,
     manager: &LockManager<B>,
     mut process: ProcessControl,

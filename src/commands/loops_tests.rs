@@ -298,7 +298,7 @@ async fn library_execute_refuses_to_run_without_the_guardian() {
         .execute("lib/k", "true", &process.spawner())
         .await
         .expect_err("no guardian: refused");
-    assert_eq!(err.kind, crate::exit::ErrorKind::Internal);
+    assert_eq!(err.kind(), crate::exit::ErrorKind::Internal);
     assert!(err.to_string().contains("install(true)"), "{err}");
     // Refused before anything changed in the store.
     assert_eq!(manager.find("lib/k").await.expect("find"), None);
@@ -317,7 +317,7 @@ async fn library_refuses_a_deleting_session_for_a_supervised_hold() {
         )
         .await
         .expect_err("delete is refused while a command runs");
-    assert_eq!(err.kind, crate::exit::ErrorKind::InvalidArgument);
+    assert_eq!(err.kind(), crate::exit::ErrorKind::InvalidArgument);
     assert!(err.to_string().contains("`delete`"), "{err}");
     assert_eq!(manager.find("lib/delete").await.expect("find"), None);
 }

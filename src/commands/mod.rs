@@ -2,9 +2,9 @@
 //! and never pick exit codes themselves.
 
 mod acquire;
-pub mod install;
+pub(crate) mod install;
 mod lock;
-pub mod policy;
+pub(crate) mod policy;
 mod query;
 mod sidecar;
 mod supervise;
@@ -22,7 +22,7 @@ use crate::supervisor::ProcessControl;
 use crate::telemetry::Telemetry;
 
 /// Runs the configured subcommand to completion.
-pub async fn run(config: Config, process: ProcessControl) -> Outcome {
+pub(crate) async fn run(config: Config, process: ProcessControl) -> Outcome {
     let telemetry = Arc::new(Telemetry::new(config.key()));
     let manager = LockManager::new(ConsulBackend::with_events(
         config.client.clone(),

@@ -8,7 +8,7 @@ use crate::supervisor::Signal;
 
 /// Where lockwrap is when the signal arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Waiting for the lock (or for the takeover delay): nothing of ours runs yet.
     Waiting,
     /// `sidecar` holding the lock: there is no command, leadership is only reported.
@@ -19,7 +19,7 @@ pub enum Phase {
 
 /// What to do with a signal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Stop: leave the wait, or step down (release) when leading.
     Stop,
     /// Pass it to the command's process group and keep going.
@@ -34,7 +34,7 @@ pub enum Action {
 /// action is to terminate (TERM, INT, HUP, QUIT) ends lockwrap cleanly; with a command running,
 /// every forwarded signal is the command's to handle, and TERM/INT also start a graceful stop
 /// (README, "The supervisor").
-pub fn on_signal(signal: Signal, phase: Phase) -> Action {
+pub(crate) fn on_signal(signal: Signal, phase: Phase) -> Action {
     let terminating = signal.requests_stop() || signal == Signal::HUP || signal == Signal::QUIT;
     match phase {
         Phase::Waiting | Phase::Leading if terminating => Action::Stop,
@@ -46,13 +46,13 @@ pub fn on_signal(signal: Signal, phase: Phase) -> Action {
 
 /// The signals lockwrap receives, read through [`on_signal`] for one phase: what the hold loop
 /// (`locks::hold`) listens to in `run`, `execute` and `sidecar`.
-pub struct Signals<'a> {
+pub(crate) struct Signals<'a> {
     signals: &'a mut mpsc::UnboundedReceiver<Signal>,
     phase: Phase,
 }
 
 impl<'a> Signals<'a> {
-    pub fn new(signals: &'a mut mpsc::UnboundedReceiver<Signal>, phase: Phase) -> Self {
+    pub(crate) fn new(signals: &'a mut mpsc::UnboundedReceiver<Signal>, phase: Phase) -> Self {
         Signals { signals, phase }
     }
 }

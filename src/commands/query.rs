@@ -8,7 +8,10 @@ use crate::locks::LockManager;
 use crate::output;
 
 /// Prints the released key (or `null`), or with `-r` the sorted list of released keys.
-pub async fn unlock<B: LockBackend>(query: &Query, manager: &LockManager<B>) -> Result<Outcome> {
+pub(super) async fn unlock<B: LockBackend>(
+    query: &Query,
+    manager: &LockManager<B>,
+) -> Result<Outcome> {
     let key = &query.key;
     if query.regex {
         // `status -r` lists a semaphore under its prefix; `unlock` frees locks only, so the
@@ -32,7 +35,10 @@ pub async fn unlock<B: LockBackend>(query: &Query, manager: &LockManager<B>) -> 
 
 /// Prints the holder info of a key (or `null`), or with `-r` a map of key → info/null. A
 /// semaphore shows as one entry under its prefix, with `limit` and `holders`.
-pub async fn status<B: LockBackend>(query: &Query, manager: &LockManager<B>) -> Result<Outcome> {
+pub(super) async fn status<B: LockBackend>(
+    query: &Query,
+    manager: &LockManager<B>,
+) -> Result<Outcome> {
     let key = &query.key;
     if query.regex {
         output::print(&manager.find_regex(key).await?);

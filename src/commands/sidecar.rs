@@ -21,7 +21,7 @@ use crate::telemetry::Telemetry;
 /// Pause before campaigning again after a loss, so a flapping Consul is not hammered.
 const RECAMPAIGN_PAUSE: Duration = Duration::from_secs(1);
 
-pub async fn run<B: LockBackend>(
+pub(super) async fn run<B: LockBackend>(
     config: &Supervised,
     manager: &LockManager<B>,
     mut process: ProcessControl,

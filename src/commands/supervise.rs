@@ -28,7 +28,7 @@ fn gave_up(config: &Supervised, error: Error) -> Outcome {
 }
 
 /// Starts the optional HTTP server and status file shared by run and sidecar.
-pub async fn start_reporting(config: &Supervised, telemetry: &Arc<Telemetry>) -> Result<()> {
+pub(super) async fn start_reporting(config: &Supervised, telemetry: &Arc<Telemetry>) -> Result<()> {
     if let Some(addr) = config.supervision.http_addr {
         crate::http::serve(addr, telemetry.clone(), config.supervision.ready_always).await?;
     }
@@ -38,7 +38,7 @@ pub async fn start_reporting(config: &Supervised, telemetry: &Arc<Telemetry>) ->
     Ok(())
 }
 
-pub async fn run<B: LockBackend>(
+pub(super) async fn run<B: LockBackend>(
     config: &Supervised,
     manager: &LockManager<B>,
     mut process: ProcessControl,

@@ -13,7 +13,7 @@ use crate::logging::WAITING;
 
 /// A waiter says it still waits this often: often enough to show it is alive, rare enough for
 /// a standby that waits for days (README, "Observability").
-pub const STILL_WAITING_EVERY: Duration = Duration::from_secs(60);
+pub(super) const STILL_WAITING_EVERY: Duration = Duration::from_secs(60);
 /// A queue waiter behind others is not told by the observer (it calls nothing while queued):
 /// a queue wait that lasts this long is a wait. An uncontended queue acquire takes milliseconds
 /// and so never pays the look-up.
@@ -23,7 +23,7 @@ const QUEUE_WAIT_NOTICED: Duration = Duration::from_millis(250);
 const LOOKUP_BOUND: Duration = Duration::from_secs(2);
 
 /// The caller's observer, plus a signal each time the backend finds the key taken.
-pub struct Watching<'a> {
+pub(super) struct Watching<'a> {
     pub inner: &'a dyn AcquireObserver,
     pub taken: Notify,
 }
@@ -44,7 +44,7 @@ impl AcquireObserver for Watching<'_> {
 }
 
 /// One wait's lines: whether the first was written and when the next is due.
-pub struct WaitLog {
+pub(super) struct WaitLog {
     started: Instant,
     /// `--non-blocking` does not wait: it reports the holder in its own failure instead.
     waits: bool,
@@ -53,7 +53,7 @@ pub struct WaitLog {
 }
 
 impl WaitLog {
-    pub fn new(request: &LockRequest) -> Self {
+    pub(super) fn new(request: &LockRequest) -> Self {
         let started = Instant::now();
         let first_look = if request.queue {
             QUEUE_WAIT_NOTICED
@@ -69,23 +69,23 @@ impl WaitLog {
     }
 
     /// Whether the first line is still due once the backend finds the key taken.
-    pub fn first_due(&self) -> bool {
+    pub(super) fn first_due(&self) -> bool {
         self.waits && !self.announced
     }
 
     /// Whether this acquire waits at all (`--non-blocking` does not).
-    pub fn waits(&self) -> bool {
+    pub(super) fn waits(&self) -> bool {
         self.waits
     }
 
     /// When to look again without being told.
-    pub fn next_look(&self) -> Instant {
+    pub(super) fn next_look(&self) -> Instant {
         self.next
     }
 
     /// The backend found the key taken, or a look is due: writes the first line (or, once
     /// written, the once-a-minute line) naming whom the wait is for.
-    pub async fn look<B: LockBackend>(&mut self, backend: &B, request: &LockRequest) {
+    pub(super) async fn look<B: LockBackend>(&mut self, backend: &B, request: &LockRequest) {
         let seen = match tokio::time::timeout(LOOKUP_BOUND, backend.waiting_for(request)).await {
             Ok(Ok(seen)) => seen,
             Ok(Err(err)) => {
@@ -156,7 +156,7 @@ impl WaitLog {
 
 /// The error of a wait that `--timeout` ended, naming whom it waited for (exit code of a
 /// timeout, README "Exit codes").
-pub async fn timed_out<B: LockBackend>(backend: &B, request: &LockRequest) -> Error {
+pub(super) async fn timed_out<B: LockBackend>(backend: &B, request: &LockRequest) -> Error {
     let key = &request.key;
     let after = request
         .wait
@@ -185,7 +185,7 @@ fn since(seen: &WaitingFor) -> String {
 /// `held by web-1 pid 42 (session 5f…), session "lockwrap jobs/x on web-1 pid 42" on node n1,
 /// since 2026-12-02T13:00:00.123456 (session create index 57)`, plus a semaphore's slots and
 /// the queue's length.
-pub fn describe(seen: &WaitingFor) -> String {
+pub(super) fn describe(seen: &WaitingFor) -> String {
     let mut text = match &seen.holder {
         Some(info) => {
             let mut who = format!("held by {}", info.holder_summary());

@@ -17,21 +17,19 @@ use crate::key;
 
 mod consul;
 mod lock;
-mod settings;
+pub(crate) mod settings;
 mod sources;
 mod types;
 
 use consul::consul_settings_and_client;
 use lock::lock_request;
-pub use settings::names as setting_names;
 use settings::Settings;
-pub use sources::Source;
 use sources::{gather, Provenance};
 use types::{List, Switch, Text};
 
 /// Which subcommand the config is for; decides defaults (README, "Options").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Lock,
     Unlock,
     Status,
@@ -49,7 +47,10 @@ impl Mode {
 /// The fully validated configuration of one invocation: what every mode uses, and in [`Task`]
 /// what only its mode uses.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
+    /// Shown in the configuration's debug log line (`Debug`) and checked by the config tests;
+    /// the code uses `client`, built from it.
+    #[allow(dead_code)]
     pub consul: ConsulSettings,
     /// The client built from `consul` during validation (so bad TLS files fail early and the
     /// TLS setup is paid once).
@@ -61,7 +62,7 @@ pub struct Config {
 
 /// The mode and the settings only it uses.
 #[derive(Debug, Clone)]
-pub enum Task {
+pub(crate) enum Task {
     Lock(Acquiring),
     Unlock(Query),
     Status(Query),
@@ -72,7 +73,7 @@ pub enum Task {
 
 /// `unlock` and `status`: a key (or regex) in a layout; no session of their own.
 #[derive(Debug, Clone)]
-pub struct Query {
+pub(crate) struct Query {
     pub key: String,
     pub layout: Layout,
     pub regex: bool,
@@ -81,7 +82,7 @@ pub struct Query {
 /// What every acquiring mode needs: the lock request (key validated) and the hooks fired
 /// around acquiring (`lock` fires the before-lock and already-locked ones).
 #[derive(Debug, Clone)]
-pub struct Acquiring {
+pub(crate) struct Acquiring {
     pub request: LockRequest,
     pub hooks: HookSet,
     pub hook_timeout: Duration,
@@ -89,19 +90,22 @@ pub struct Acquiring {
 
 /// An acquiring mode that supervises a command or a leadership term (execute, run, sidecar).
 #[derive(Debug, Clone)]
-pub struct Supervised {
+pub(crate) struct Supervised {
     pub lock: Acquiring,
     pub supervision: Supervision,
 }
 
 /// How a held lock is supervised and reported.
 #[derive(Debug, Clone)]
-pub struct Supervision {
+pub(crate) struct Supervision {
     pub http_addr: Option<SocketAddr>,
     pub ready_always: bool,
     pub status_file: Option<PathBuf>,
     /// Sidecar: exit when the lock is lost instead of campaigning again.
     pub exit_on_loss: bool,
+    /// `--subreaper`, accepted for compatibility: supervising modes always are subreapers now.
+    /// Kept so the debug log line shows what was asked.
+    #[allow(dead_code)]
     pub subreaper: bool,
     /// Run the command through `/bin/sh -c` (always for execute).
     pub shell: bool,
@@ -114,7 +118,7 @@ pub struct Supervision {
 
 impl Config {
     /// The key (or regex) this invocation works on.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         match &self.task {
             Task::Lock(lock) => &lock.request.key,
             Task::Unlock(query) | Task::Status(query) => &query.key,
@@ -122,7 +126,7 @@ impl Config {
         }
     }
 
-    pub fn layout(&self) -> Layout {
+    pub(crate) fn layout(&self) -> Layout {
         match &self.task {
             Task::Lock(lock) => lock.request.layout,
             Task::Unlock(query) | Task::Status(query) => query.layout,
@@ -133,7 +137,7 @@ impl Config {
     /// Whether this mode supervises processes (run, execute, sidecar): then lockwrap is always a
     /// child subreaper and starts the guardian before the runtime (README, "The supervisor");
     /// `--subreaper` is accepted but no longer needed.
-    pub fn supervising(&self) -> bool {
+    pub(crate) fn supervising(&self) -> bool {
         match &self.task {
             Task::Execute(_) | Task::Run(_) | Task::Sidecar(_) => true,
             Task::Lock(_) | Task::Unlock(_) | Task::Status(_) => false,
@@ -142,7 +146,7 @@ impl Config {
 }
 
 /// Builds the validated configuration for this invocation from flags, env and the YAML file.
-pub fn load(cli: Cli) -> Result<Config> {
+pub(crate) fn load(cli: Cli) -> Result<Config> {
     let mode = match &cli.command {
         Command::Lock(_) => Mode::Lock,
         Command::Unlock(_) => Mode::Unlock,
@@ -382,6 +386,7 @@ mod rejection_tests;
 
 #[cfg(test)]
 mod tests {
+    use super::sources::Source;
     use super::*;
 
     #[test]

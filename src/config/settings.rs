@@ -13,7 +13,7 @@ use super::types::{Checks, Count, Credentials, List, Metadata, Seconds, Switch, 
 /// check read the names from this struct through [`names`]. No `Debug`: it holds the token.
 #[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Settings {
+pub(crate) struct Settings {
     // What to lock and how the session behaves.
     pub key: Option<Text>,
     pub session_ttl: Option<Ttl>,

@@ -15,7 +15,7 @@ use crate::exit::{Error, ErrorKind, Result};
 
 /// Where a setting's value came from, for error messages and exit codes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Flag,
     Env(String),
     File(PathBuf),

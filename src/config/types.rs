@@ -12,7 +12,7 @@ use crate::backend::consul::HttpAuth;
 use crate::duration;
 
 /// Metadata is stored in the lock value; Consul refuses values over 512 KiB, so refuse early.
-pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+pub(super) const MAX_METADATA_BYTES: usize = 64 * 1024;
 
 /// Reads the raw value and turns it into `T`, the refusal becoming the deserializer's error
 /// (figment adds the setting's path, so `config` can name where the value came from).
@@ -29,11 +29,11 @@ where
 
 /// A string setting; numbers and bools (as env values parse) are taken as their text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Text(pub String);
+pub(crate) struct Text(pub String);
 
 impl Text {
     /// The text, with an empty value read as unset (most settings treat `""` so).
-    pub fn non_empty(&self) -> Option<String> {
+    pub(crate) fn non_empty(&self) -> Option<String> {
         (!self.0.is_empty()).then(|| self.0.clone())
     }
 }
@@ -55,7 +55,7 @@ impl<'de> Deserialize<'de> for Text {
 
 /// A duration: a number of seconds or a string like `1.5`, `500ms`, `1m30s` (`crate::duration`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seconds(pub Duration);
+pub(crate) struct Seconds(pub Duration);
 
 fn seconds(value: Value) -> Result<Duration, String> {
     match value {
@@ -77,7 +77,7 @@ impl<'de> Deserialize<'de> for Seconds {
 /// The session TTL: a duration, or a negative one kept as such so validation can refuse it
 /// as a TTL problem (exit 7, as consullock answers) rather than as an unreadable duration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ttl {
+pub(crate) enum Ttl {
     Negative,
     Given(Duration),
 }
@@ -101,7 +101,7 @@ impl<'de> Deserialize<'de> for Ttl {
 
 /// A boolean: true/false, or (from env) yes/no, on/off, 1/0; empty is false.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Switch(pub bool);
+pub(crate) struct Switch(pub bool);
 
 impl<'de> Deserialize<'de> for Switch {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -122,7 +122,7 @@ impl<'de> Deserialize<'de> for Switch {
 
 /// A non-negative count, given as a number or as its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Count(pub u32);
+pub(crate) struct Count(pub u32);
 
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -138,7 +138,7 @@ impl<'de> Deserialize<'de> for Count {
 
 /// A list of strings: a YAML array, or one string of comma-separated items (env, flags).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct List(pub Vec<String>);
+pub(crate) struct List(pub Vec<String>);
 
 fn list(value: Value) -> Result<Vec<String>, String> {
     match value {
@@ -167,7 +167,7 @@ impl<'de> Deserialize<'de> for List {
 
 /// The health checks a session is bound to: `none`, empty (the mode's default) or a list.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Checks {
+pub(crate) enum Checks {
     None,
     ModeDefault,
     List(Vec<String>),
@@ -185,7 +185,7 @@ impl<'de> Deserialize<'de> for Checks {
 
 /// JSON stored with the lock: given as JSON text (flags, env) or as YAML structure.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Metadata(pub Value);
+pub(crate) struct Metadata(pub Value);
 
 impl<'de> Deserialize<'de> for Metadata {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -209,7 +209,7 @@ impl<'de> Deserialize<'de> for Metadata {
 /// `user:password` for HTTP basic auth; empty means unset, like the token. The value is a
 /// secret, so refusals describe what is wrong with it and never show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Credentials(pub Option<HttpAuth>);
+pub(crate) struct Credentials(pub Option<HttpAuth>);
 
 impl<'de> Deserialize<'de> for Credentials {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -21,13 +21,13 @@ use crate::supervisor::{
 };
 
 /// Starts commands: [`Spawner`] in production, a scripted fake in the loop's unit tests.
-pub trait Launch {
+pub(crate) trait Launch {
     type Command: Running;
     fn launch(&self, spec: &CommandSpec) -> Result<Self::Command, SpawnError>;
 }
 
 /// A started command and its process tree, as the hold loop needs it.
-pub trait Running: Send {
+pub(crate) trait Running: Send {
     /// The process group the command leads, for the guardian to watch (`None`: nothing to watch).
     fn pgid(&self) -> Option<Pid>;
     /// The command's exit. Cancel-safe: polled in `select!` over and over.
@@ -85,7 +85,7 @@ impl Running for Child {
 /// leadership end on `/leader` and the status file. It never exits as far as the loop knows, and
 /// "stopping" it is giving it the kill grace to notice; it is never known to be gone, so the
 /// release after it is never clean (docs/timing.md).
-pub struct AppBeside;
+pub(crate) struct AppBeside;
 
 impl Running for AppBeside {
     fn pgid(&self) -> Option<Pid> {
@@ -113,7 +113,7 @@ impl Running for AppBeside {
 
 /// What a stop signal to lockwrap means while it holds (decided by `commands::policy`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Interrupt {
+pub(crate) enum Interrupt {
     /// Pass the signal to the command and keep holding (HUP, USR1, …).
     Forward(Signal),
     /// Pass the signal to the command, then stop its tree and end the hold (TERM, INT).
@@ -123,13 +123,13 @@ pub enum Interrupt {
 }
 
 /// The stop signals lockwrap receives while it holds. The library has none ([`NoInterrupts`]).
-pub trait Interrupts {
+pub(crate) trait Interrupts {
     /// The next signal that matters; signals to ignore are consumed inside.
     fn next(&mut self) -> impl Future<Output = Interrupt> + Send;
 }
 
 /// No signals: the library's caller decides when to stop by dropping the future or the lease.
-pub struct NoInterrupts;
+pub(crate) struct NoInterrupts;
 
 impl Interrupts for NoInterrupts {
     fn next(&mut self) -> impl Future<Output = Interrupt> + Send {
@@ -140,7 +140,7 @@ impl Interrupts for NoInterrupts {
 /// Told when the hold is about to end, before the command is stopped: hooks, readiness and
 /// `/leader` flip as the stop starts, not after it (a sidecar's app has only the kill grace to
 /// notice).
-pub trait HoldObserver {
+pub(crate) trait HoldObserver {
     /// The lock is lost and the command is about to be stopped; returns work running beside the
     /// stop (the on-lost hooks) for the caller to await after the release.
     fn lost(&self, reason: &LossReason) -> Option<JoinHandle<()>>;
@@ -149,7 +149,7 @@ pub trait HoldObserver {
 }
 
 /// Observes nothing (the library).
-pub struct Unobserved;
+pub(crate) struct Unobserved;
 
 impl HoldObserver for Unobserved {
     fn lost(&self, _reason: &LossReason) -> Option<JoinHandle<()>> {
@@ -165,11 +165,13 @@ impl HoldObserver for Unobserved {
 /// false, a process survived SIGKILL (or, for a sidecar, the app is never known to be gone) and
 /// the release must not be reported as clean.
 #[derive(Debug)]
-pub enum HoldEnd {
+pub(crate) enum HoldEnd {
     /// The command ended on its own.
     Exited { status: ExitStatus, tree_gone: bool },
     /// A stop signal ended the hold; the command was stopped.
     Interrupted {
+        /// The signal that ended it (the hold tests check it; `Debug` shows it).
+        #[allow(dead_code)]
         signal: Signal,
         status: ExitStatus,
         tree_gone: bool,
@@ -185,7 +187,7 @@ pub enum HoldEnd {
 
 impl HoldEnd {
     /// Whether nothing of the command's tree is left.
-    pub fn tree_gone(&self) -> bool {
+    pub(crate) fn tree_gone(&self) -> bool {
         match self {
             HoldEnd::Exited { tree_gone, .. }
             | HoldEnd::Interrupted { tree_gone, .. }
@@ -194,7 +196,7 @@ impl HoldEnd {
     }
 
     /// The command's status.
-    pub fn status(&self) -> ExitStatus {
+    pub(crate) fn status(&self) -> ExitStatus {
         match self {
             HoldEnd::Exited { status, .. }
             | HoldEnd::Interrupted { status, .. }
@@ -204,7 +206,7 @@ impl HoldEnd {
 }
 
 /// The variables every command run under the lock gets (README, "Environment and config file").
-pub fn command_env(key: &str, info: &LockInfo) -> Vec<(OsString, OsString)> {
+pub(crate) fn command_env(key: &str, info: &LockInfo) -> Vec<(OsString, OsString)> {
     vec![
         ("CONSUL_LOCK_HELD".into(), "true".into()),
         ("LOCKWRAP_KEY".into(), key.into()),
@@ -222,14 +224,14 @@ pub fn command_env(key: &str, info: &LockInfo) -> Vec<(OsString, OsString)> {
 /// The guardian guards one command per process (one deadline, one group, one cgroup): a second
 /// command held at the same time would be left unguarded the moment the first one disarmed it,
 /// and a loss of either would condemn both. [`OneCommand::claim`] refuses the second.
-pub struct OneCommand(());
+pub(crate) struct OneCommand(());
 
 static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl OneCommand {
     /// The right to run the process's one guarded command, or `None` while another holds it.
     /// Given back when dropped (also when the caller's future is dropped).
-    pub fn claim() -> Option<OneCommand> {
+    pub(crate) fn claim() -> Option<OneCommand> {
         RUNNING
             .compare_exchange(
                 false,
@@ -250,7 +252,7 @@ impl Drop for OneCommand {
 
 /// Why a command was never started under a held lock.
 #[derive(Debug)]
-pub enum NotStarted {
+pub(crate) enum NotStarted {
     /// The lease was lost (or its deadline passed) between the acquisition and the spawn: a
     /// wrapper frozen in between must not start anything late.
     Lost(LossReason),
@@ -260,7 +262,7 @@ pub enum NotStarted {
 
 /// Starts the command under `lease`, unless the lease is already lost. The caller then calls
 /// [`hold`] (on success) and in every case [`release_after`] or releases the lease itself.
-pub async fn start<L: HeldLock, P: Launch>(
+pub(crate) async fn start<L: HeldLock, P: Launch>(
     lease: &mut L,
     launcher: &P,
     spec: &CommandSpec,
@@ -277,7 +279,7 @@ pub async fn start<L: HeldLock, P: Launch>(
 ///
 /// `guardian`, when given, watches the command's group and follows the lease's stop deadline, so
 /// a wrapper that stalls cannot keep its command past it (docs/timing.md, "The stalled wrapper").
-pub async fn hold<L: HeldLock, R: Running>(
+pub(crate) async fn hold<L: HeldLock, R: Running>(
     lease: &mut L,
     command: &mut R,
     guardian: Option<&Guardian>,
@@ -355,7 +357,10 @@ async fn hold_until_end<L: HeldLock, R: Running>(
 
 /// Releases the lock (and destroys the session) after [`hold`]: without the clean marker when
 /// anything of the command's tree may be left, so the next holder waits its takeover delay.
-pub async fn release_after<L: HeldLock>(mut lease: L, end: &HoldEnd) -> Result<(), BackendError> {
+pub(crate) async fn release_after<L: HeldLock>(
+    mut lease: L,
+    end: &HoldEnd,
+) -> Result<(), BackendError> {
     if !end.tree_gone() {
         lease.set_release_clean(false);
     }

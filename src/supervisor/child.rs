@@ -22,8 +22,8 @@ use super::clone_into;
 use super::guardian::{self, Guardian};
 use super::reaper::{self, SharedRegistry, Slot};
 use super::signals::{Signal, IGNORED};
-pub use super::status::ExitStatus;
-pub use super::tree::Tree;
+pub(crate) use super::status::ExitStatus;
+pub(crate) use super::tree::Tree;
 use super::tree::{self, Parents, Proc};
 use super::tty::{foreground_group, set_foreground_group};
 
@@ -50,16 +50,19 @@ pub enum StdinMode {
 /// Everything needed to start one process.
 #[derive(Clone, Debug)]
 pub struct CommandSpec {
+    /// The program to run, looked up in `PATH` when it has no `/`.
     pub program: OsString,
+    /// Its arguments, without the program name.
     pub args: Vec<OsString>,
     /// Added to (or overriding entries of) the inherited environment.
     pub env: Vec<(OsString, OsString)>,
+    /// What the command reads.
     pub stdin: StdinMode,
     /// Hooks must never write to lockwrap's stdout, which carries only JSON.
     pub stdout_to_stderr: bool,
     /// Own process group, so signals and stops reach the command's whole tree and never lockwrap.
     pub own_process_group: bool,
-    /// What a stop of this process reaches beyond its group and descendants (see [`Tree`]).
+    /// What a stop of this process reaches beyond its group and descendants (see `Tree`).
     pub tree: Tree,
 }
 
@@ -82,18 +85,27 @@ impl CommandSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("command not found: {}", .program.to_string_lossy())]
+    /// No such program (exit 127).
     NotFound {
+        /// The program as it was given.
         program: OsString,
+        /// The OS error of the spawn.
         source: io::Error,
     },
     #[error("command not executable: {}: {source}", .program.to_string_lossy())]
+    /// The program exists but cannot be executed (exit 126).
     NotExecutable {
+        /// The program as it was given.
         program: OsString,
+        /// The OS error of the spawn.
         source: io::Error,
     },
     #[error("cannot start {}: {source}", .program.to_string_lossy())]
+    /// Anything else that stopped the spawn (exit 126).
     Other {
+        /// The program as it was given.
         program: OsString,
+        /// The OS error of the spawn.
         source: io::Error,
     },
 }
@@ -116,14 +128,6 @@ impl SpawnError {
         match self {
             SpawnError::NotFound { .. } => 127,
             SpawnError::NotExecutable { .. } | SpawnError::Other { .. } => 126,
-        }
-    }
-
-    pub fn program(&self) -> &OsString {
-        match self {
-            SpawnError::NotFound { program, .. }
-            | SpawnError::NotExecutable { program, .. }
-            | SpawnError::Other { program, .. } => program,
         }
     }
 }
@@ -183,12 +187,16 @@ impl Spawner {
 
     /// The guardian of this process (a no-op one when none was started), for code that holds a
     /// spawner but not the [`ProcessControl`](super::ProcessControl), like the library's execute.
+    // Public for tests/ (lockwrap::testing); `LockManager::execute` is the library's way in.
+    #[doc(hidden)]
     pub fn guardian(&self) -> Guardian {
         self.guardian.clone()
     }
 
     /// Starts `spec`. Blocks the calling thread until the program has been exec'd (or failed to),
     /// like `std::process::Command::spawn`: a few milliseconds, fine on a tokio worker.
+    // Public for tests/ (lockwrap::testing); `LockManager::execute` is the library's way in.
+    #[doc(hidden)]
     pub fn spawn(&self, spec: &CommandSpec) -> Result<Child, SpawnError> {
         let thread_gone = || SpawnError::Other {
             program: spec.program.clone(),
@@ -388,6 +396,7 @@ pub struct Stopped {
 /// Dropping a `Child` does not stop the process; the reaper still collects its status.
 #[derive(Debug)]
 pub struct Child {
+    /// The command's PID, which is also its process group ID.
     pub pid: Pid,
     /// `Some(pid)` when the child leads its own process group.
     pgid: Option<Pid>,
@@ -594,6 +603,16 @@ impl Child {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl SpawnError {
+        fn program(&self) -> &OsString {
+            match self {
+                SpawnError::NotFound { program, .. }
+                | SpawnError::NotExecutable { program, .. }
+                | SpawnError::Other { program, .. } => program,
+            }
+        }
+    }
 
     #[test]
     fn exit_status_codes_follow_the_shell_convention() {

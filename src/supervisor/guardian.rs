@@ -54,7 +54,7 @@ static GUARDIAN_PID: AtomicI32 = AtomicI32::new(0);
 static TREE_MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// The variable that marks the command's tree for this process's guardian (see
-/// [`TREE_MARKER`]); `None` when no guardian was started. Public for tests and for embedders
+/// `TREE_MARKER`); `None` when no guardian was started. Public for tests and for embedders
 /// that spawn commands of their own: a process started with it set is killed with the command.
 pub fn tree_marker() -> Option<&'static str> {
     TREE_MARKER.get().map(String::as_str)
@@ -83,9 +83,11 @@ pub(crate) fn reaped(pid: i32) -> bool {
 /// so a full pipe drops the message rather than stall the wrapper.
 /// How long after the stop deadline the guardian acts: the wrapper stops the command at the
 /// deadline itself; the guardian is the backstop for a wrapper that cannot.
-pub const GUARDIAN_LAG: Duration = Duration::from_millis(250);
+pub(crate) const GUARDIAN_LAG: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
+/// A handle on the guardian process (or a no-op one): tells it the stop deadline of the current
+/// hold, so it can kill the command's tree if this process stalls or dies. Clone it freely.
 pub struct Guardian {
     pipe: Option<Arc<OwnedFd>>,
     pid: Option<Pid>,
@@ -315,7 +317,7 @@ struct State {
     /// Processes already sent SIGTERM in this firing: each gets it once, since many programs
     /// read a second TERM as "skip the graceful shutdown".
     termed: Vec<Proc>,
-    /// `NAME=` of the [`TREE_MARKER`] variable: finds the command's processes that neither the
+    /// `NAME=` of the `TREE_MARKER` variable: finds the command's processes that neither the
     /// group nor the last snapshot holds.
     marked: Vec<u8>,
     environ: Vec<u8>,
@@ -570,7 +572,7 @@ impl State {
         self.kill_group_and_snapshot();
     }
 
-    /// SIGKILL to the watched group, every process marked with the [`TREE_MARKER`] variable, the
+    /// SIGKILL to the watched group, every process marked with the `TREE_MARKER` variable, the
     /// last snapshot and the command's cgroup, until none is left (bounded by
     /// [`EOF_KILL_LIMIT_NS`]).
     fn kill_group_and_snapshot(&mut self) {

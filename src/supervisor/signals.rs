@@ -16,18 +16,27 @@ use super::reaper::{self, SharedRegistry};
 pub struct Signal(NixSignal);
 
 impl Signal {
+    /// SIGHUP: forwarded to the command; while waiting for the lock, a stop.
     pub const HUP: Signal = Signal(NixSignal::SIGHUP);
+    /// SIGINT: forwarded, and starts a graceful stop (grace, then SIGKILL).
     pub const INT: Signal = Signal(NixSignal::SIGINT);
+    /// SIGQUIT: forwarded; while waiting for the lock, a stop.
     pub const QUIT: Signal = Signal(NixSignal::SIGQUIT);
+    /// SIGKILL: the end of every grace period.
     pub const KILL: Signal = Signal(NixSignal::SIGKILL);
+    /// SIGUSR1: forwarded to the command as is.
     pub const USR1: Signal = Signal(NixSignal::SIGUSR1);
+    /// SIGUSR2: forwarded to the command as is.
     pub const USR2: Signal = Signal(NixSignal::SIGUSR2);
+    /// SIGTERM: forwarded, and starts a graceful stop; the first step of stopping a command.
     pub const TERM: Signal = Signal(NixSignal::SIGTERM);
+    /// SIGCONT: sent after TERM so a stopped (SIGSTOP'd) command can act on it.
     pub const CONT: Signal = Signal(NixSignal::SIGCONT);
+    /// SIGWINCH: forwarded, so an interactive command follows the terminal's size.
     pub const WINCH: Signal = Signal(NixSignal::SIGWINCH);
 
     /// Translates a raw signal number; `None` for numbers nix does not name (e.g. real-time signals).
-    pub fn from_raw(raw: i32) -> Option<Signal> {
+    pub(crate) fn from_raw(raw: i32) -> Option<Signal> {
         NixSignal::try_from(raw).ok().map(Signal)
     }
 
@@ -42,13 +51,13 @@ impl Signal {
     }
 
     /// The nix value, for the few places that make the system call.
-    pub const fn as_nix(self) -> NixSignal {
+    pub(crate) const fn as_nix(self) -> NixSignal {
         self.0
     }
 
     /// SIGTERM and SIGINT ask lockwrap itself to shut down (README, "The supervisor": forward, grace, kill, release);
     /// every other forwarded signal is only passed on to the command.
-    pub fn requests_stop(self) -> bool {
+    pub(crate) fn requests_stop(self) -> bool {
         self == Signal::TERM || self == Signal::INT
     }
 }
@@ -83,7 +92,7 @@ impl fmt::Display for Signal {
 /// - SIGTTIN, SIGTTOU: ignored instead (see [`IGNORED`]).
 ///
 /// Catching SIGTSTP means lockwrap never stops itself on `kill -TSTP`; the command's group gets it.
-pub const FORWARDED: &[Signal] = &[
+pub(crate) const FORWARDED: &[Signal] = &[
     Signal(NixSignal::SIGHUP),
     Signal(NixSignal::SIGINT),
     Signal(NixSignal::SIGQUIT),
@@ -111,7 +120,7 @@ pub const FORWARDED: &[Signal] = &[
 /// caught, a write to a `stty tostop` terminal or a `tcsetpgrp` would be restarted after every
 /// handler run and raise the signal again, forever; ignored, the write simply proceeds. Children
 /// get the default disposition back before exec (see `child::prepare_child`).
-pub const IGNORED: &[Signal] = &[Signal(NixSignal::SIGTTIN), Signal(NixSignal::SIGTTOU)];
+pub(crate) const IGNORED: &[Signal] = &[Signal(NixSignal::SIGTTIN), Signal(NixSignal::SIGTTOU)];
 
 /// Ignores [`IGNORED`] and registers process-wide handlers for [`FORWARDED`] and SIGCHLD. Done on
 /// the calling thread (before the runtime exists) so that no signal that arrives from now on is

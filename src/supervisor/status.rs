@@ -22,7 +22,7 @@ impl ExitStatus {
         }
     }
 
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         *self == ExitStatus::Exited(0)
     }
 }

@@ -48,7 +48,7 @@ const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/lockwrap.ya
 
 /// Every setting name, from the settings struct itself, so the example cannot fall behind.
 fn settings() -> Vec<String> {
-    lockwrap::config::setting_names()
+    lockwrap::testing::setting_names()
         .iter()
         .map(|name| name.to_string())
         .collect()

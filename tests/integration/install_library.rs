@@ -150,19 +150,19 @@ fn a_library_acquisition_dropped_while_waiting_leaves_no_session_or_key() {
     let before = consul.sessions_for(&key).len();
     let keys_before = consul.keys(&format!("{key}/"));
     let manager = manager_for(consul);
-    let mut request = lockwrap::backend::LockRequest::new(key.clone());
+    let mut request = lockwrap::LockRequest::new(key.clone());
     request.limit = 2;
     // A slot has no lock-delay: the takeover delay alone covers a deregistered node.
     request.hold.takeover_delay = Duration::from_secs(8);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let stop = tokio_util::sync::CancellationToken::new();
-        let waiting = manager.acquire_with(&request, &lockwrap::backend::NoObserver, &stop);
+        let waiting = manager.acquire_with(&request, &lockwrap::NoObserver, &stop);
         let gave_up = tokio::time::timeout(Duration::from_secs(3), waiting).await;
         if let Ok(result) = gave_up {
             panic!(
                 "the third contender was not kept waiting: {:?}",
-                result.map(|a| matches!(a, lockwrap::backend::Acquired::Held(_)))
+                result.map(|a| matches!(a, lockwrap::Acquired::Held(_)))
             );
         }
         let cleaned = async {
@@ -210,13 +210,13 @@ fn a_library_acquisition_dropped_while_queued_leaves_the_queue() {
     assert!(dir.wait_for("a", Duration::from_secs(20)), "a never held");
     let before = consul.sessions_for(&key).len();
     let manager = manager_for(consul);
-    let mut request = lockwrap::backend::LockRequest::new(key.clone());
+    let mut request = lockwrap::LockRequest::new(key.clone());
     request.queue = true;
     let queue = format!("{key}/.queue/");
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let stop = tokio_util::sync::CancellationToken::new();
-        let waiting = manager.acquire_with(&request, &lockwrap::backend::NoObserver, &stop);
+        let waiting = manager.acquire_with(&request, &lockwrap::NoObserver, &stop);
         let gave_up = tokio::time::timeout(Duration::from_secs(3), waiting).await;
         assert!(
             gave_up.is_err(),
@@ -240,7 +240,7 @@ fn a_library_acquisition_dropped_while_queued_leaves_the_queue() {
 
 /// A library manager for the test agent.
 fn manager_for(consul: &Consul) -> lockwrap::LockManager {
-    let settings = lockwrap::backend::consul::ConsulSettings {
+    let settings = lockwrap::ConsulSettings {
         address: consul.addr(),
         ssl_verify: true,
         ..Default::default()

@@ -2,6 +2,9 @@
 //! (`consul agent -dev` on free loopback ports; see `consul.rs`), one file per behaviour, all on
 //! the shared harness (`harness.rs` and its submodules).
 
+// A test binary exports nothing: `pub` here only shares helpers between its modules.
+#![allow(unreachable_pub)]
+
 mod consul;
 mod harness;
 

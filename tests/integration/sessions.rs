@@ -6,10 +6,9 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lockwrap::backend::consul::session::{self, OwnedSession};
-use lockwrap::backend::consul::value::Identity;
-use lockwrap::backend::consul::{ConsulClient, ConsulSettings};
-use lockwrap::backend::SessionSettings;
+use lockwrap::testing::session::{self, OwnedSession};
+use lockwrap::testing::{ConsulClient, Identity};
+use lockwrap::{ConsulSettings, SessionSettings};
 use serde_json::{json, Value};
 
 use crate::consul::{wait_until, Consul};

@@ -14,9 +14,9 @@ use crate::key::url_path;
 
 /// Consul's own lock flags value (`api.LockFlagValue`), used by consullock-compatible and
 /// `consul lock` keys alike.
-pub const LOCK_FLAG_VALUE: u64 = 0x2ddc_cbc0_58a5_0c18;
+pub(crate) const LOCK_FLAG_VALUE: u64 = 0x2ddc_cbc0_58a5_0c18;
 /// Consul's semaphore flags value (`api.SemaphoreFlagValue`).
-pub const SEMAPHORE_FLAG_VALUE: u64 = 0xe0f6_9a2b_aa41_4de0;
+pub(crate) const SEMAPHORE_FLAG_VALUE: u64 = 0xe0f6_9a2b_aa41_4de0;
 
 /// One KV entry as Consul returns it.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub struct AgentCheck {
 
 /// What to create a session with (README, "Options").
 #[derive(Debug, Clone, Serialize)]
-pub struct SessionRequest {
+pub(crate) struct SessionRequest {
     #[serde(rename = "Name")]
     pub name: String,
     /// `None` = no TTL.
@@ -87,7 +87,7 @@ pub struct SessionRequest {
 /// A session as `session/info` reports it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct SessionEntry {
+pub(crate) struct SessionEntry {
     #[serde(rename = "ID")]
     pub id: String,
     #[serde(default)]
@@ -143,7 +143,10 @@ impl ConsulClient {
 
     // ---- sessions ----
 
-    pub async fn session_create(&self, req: &SessionRequest) -> Result<String, BackendError> {
+    pub(crate) async fn session_create(
+        &self,
+        req: &SessionRequest,
+    ) -> Result<String, BackendError> {
         #[derive(Deserialize)]
         struct Created {
             #[serde(rename = "ID")]
@@ -174,7 +177,7 @@ impl ConsulClient {
         Ok(())
     }
 
-    pub async fn session_destroy(&self, id: &str) -> Result<(), BackendError> {
+    pub(crate) async fn session_destroy(&self, id: &str) -> Result<(), BackendError> {
         // Short: on exit paths with an unresponsive agent the session expires by itself, and a
         // PID-1 container should not wait long to restart.
         self.send(
@@ -185,7 +188,10 @@ impl ConsulClient {
         Ok(())
     }
 
-    pub async fn session_info(&self, id: &str) -> Result<Option<SessionEntry>, BackendError> {
+    pub(crate) async fn session_info(
+        &self,
+        id: &str,
+    ) -> Result<Option<SessionEntry>, BackendError> {
         let path = format!("session/info/{id}");
         let found = self
             .retry_read(|| self.json::<Vec<SessionEntry>>(self.request(Method::GET, &path)))
@@ -195,7 +201,7 @@ impl ConsulClient {
 
     /// Every live session, read from the leader (`?consistent`): a just-destroyed session must
     /// not be seen as alive, nor a live one missed.
-    pub async fn session_list_consistent(&self) -> Result<Vec<SessionEntry>, BackendError> {
+    pub(crate) async fn session_list_consistent(&self) -> Result<Vec<SessionEntry>, BackendError> {
         let found = self
             .retry_read(|| {
                 self.json::<Vec<SessionEntry>>(
@@ -207,7 +213,7 @@ impl ConsulClient {
         Ok(found.map(|(list, _)| list).unwrap_or_default())
     }
 
-    pub async fn session_list(&self) -> Result<Vec<SessionEntry>, BackendError> {
+    pub(crate) async fn session_list(&self) -> Result<Vec<SessionEntry>, BackendError> {
         let found = self
             .retry_read(|| {
                 self.json::<Vec<SessionEntry>>(self.request(Method::GET, "session/list"))
@@ -338,7 +344,7 @@ impl ConsulClient {
 
     // ---- agent TTL checks (fast failover) ----
 
-    pub async fn check_register(
+    pub(crate) async fn check_register(
         &self,
         id: &str,
         name: &str,
@@ -359,7 +365,7 @@ impl ConsulClient {
         Ok(())
     }
 
-    pub async fn check_pass(&self, id: &str, timeout: Duration) -> Result<(), BackendError> {
+    pub(crate) async fn check_pass(&self, id: &str, timeout: Duration) -> Result<(), BackendError> {
         self.send(
             self.request(Method::PUT, &format!("agent/check/pass/{id}"))
                 .timeout(timeout),
@@ -381,7 +387,7 @@ impl ConsulClient {
             .unwrap_or_default())
     }
 
-    pub async fn check_deregister(&self, id: &str) -> Result<(), BackendError> {
+    pub(crate) async fn check_deregister(&self, id: &str) -> Result<(), BackendError> {
         self.send(
             self.request(Method::PUT, &format!("agent/check/deregister/{id}"))
                 .timeout(CLEANUP_TIMEOUT),
@@ -396,13 +402,13 @@ impl ConsulClient {
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// HTTP timeout for a blocking query of `wait`: Consul adds up to wait/16 of jitter.
-pub fn blocking_timeout(wait: Duration) -> Duration {
+pub(crate) fn blocking_timeout(wait: Duration) -> Duration {
     wait + wait / 16 + Duration::from_secs(5)
 }
 
 /// Next index for a blocking query: restart from 0 if the index went backwards (README, "Consul connection"),
 /// e.g. after a Consul restart or snapshot restore.
-pub fn next_index(previous: u64, answered: u64) -> u64 {
+pub(crate) fn next_index(previous: u64, answered: u64) -> u64 {
     if answered < previous {
         0
     } else {

@@ -16,7 +16,7 @@ pub use super::settings::{ConsulSettings, HttpAuth, SettingsError};
 
 /// Short requests (session create/renew, KV writes) should fail fast enough for retries to
 /// fit inside a lease; 10 s is far above a healthy Consul's latency.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A refused or blackholed address must not stall a CLI call for long.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -51,6 +51,8 @@ impl std::fmt::Debug for ConsulClient {
 }
 
 impl ConsulClient {
+    /// A client for `settings`: TLS files are read and the address checked now, so a bad setting
+    /// fails before any request.
     pub fn new(settings: &ConsulSettings) -> Result<Self, SettingsError> {
         let socket = unix_socket_path(&settings.address)?;
         let (scheme, host_port) = match &socket {
@@ -207,7 +209,7 @@ impl ConsulClient {
         self.namespace.as_deref()
     }
 
-    pub fn partition(&self) -> Option<&str> {
+    pub(crate) fn partition(&self) -> Option<&str> {
         self.partition.as_deref()
     }
 
@@ -334,7 +336,7 @@ impl ConsulClient {
 }
 
 /// The `X-Consul-Index` header of a response, if present and numeric.
-pub fn consul_index(response: &Response) -> Option<u64> {
+pub(crate) fn consul_index(response: &Response) -> Option<u64> {
     response
         .headers()
         .get("X-Consul-Index")

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::client::{ConsulSettings, HttpAuth, SettingsError};
 
 /// Consul's own environment variables and the setting each feeds.
-pub const CONSUL_ENV: &[(&str, &str)] = &[
+pub(crate) const CONSUL_ENV: &[(&str, &str)] = &[
     ("CONSUL_HTTP_ADDR", "consul_addr"),
     ("CONSUL_HTTP_SSL", "consul_ssl"),
     ("CONSUL_HTTP_TOKEN", "consul_token"),
@@ -27,16 +27,16 @@ pub const CONSUL_ENV: &[(&str, &str)] = &[
 /// consullock's variables, each honoured as the Consul variable it stands for (README,
 /// "Environment and config file"): `CONSUL_DC` names the datacenter, `CONSUL_SCHEME=https` turns
 /// on HTTPS like `CONSUL_HTTP_SSL=true`. When both are set they must agree.
-pub const CONSULLOCK_ENV: &[(&str, &str)] = &[
+pub(crate) const CONSULLOCK_ENV: &[(&str, &str)] = &[
     ("CONSUL_DC", "CONSUL_DATACENTER"),
     ("CONSUL_SCHEME", "CONSUL_HTTP_SSL"),
 ];
 
 /// The default agent address, as Consul's clients assume it.
-pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8500";
+pub(crate) const DEFAULT_ADDRESS: &str = "127.0.0.1:8500";
 
 /// Reads a token file: the trimmed contents, refused when unreadable or empty.
-pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+pub(crate) fn read_token_file(path: &std::path::Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
     let token = text.trim().to_string();
@@ -48,7 +48,7 @@ pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
 
 /// A boolean variable: every spelling Consul's own parsing accepts (`1`, `t`, `T`, `true`, `TRUE`,
 /// `True` and the false ones), and `yes`/`no`, `on`/`off` in any case.
-pub fn parse_bool(text: &str) -> Option<bool> {
+pub(crate) fn parse_bool(text: &str) -> Option<bool> {
     match text.trim().to_ascii_lowercase().as_str() {
         "1" | "t" | "true" | "yes" | "on" => Some(true),
         "0" | "f" | "false" | "no" | "off" => Some(false),
@@ -60,7 +60,7 @@ pub fn parse_bool(text: &str) -> Option<bool> {
 /// that stands for it (`CONSULLOCK_ENV`) filling in when Consul's is unset or empty. A consullock
 /// variable that contradicts Consul's, or a `CONSUL_SCHEME` other than http/https, is refused:
 /// the error names the variable to fix.
-pub fn consul_var(
+pub(crate) fn consul_var(
     var: &impl Fn(&str) -> Option<String>,
     name: &str,
 ) -> Result<Option<String>, (&'static str, String)> {
@@ -102,7 +102,7 @@ pub fn consul_var(
 
 /// Which variable gave `setting` its value in the process environment: Consul's own, or the
 /// consullock variable standing in for it (for error messages).
-pub fn env_var_of(setting: &str) -> Option<&'static str> {
+pub(crate) fn env_var_of(setting: &str) -> Option<&'static str> {
     let (var, _) = CONSUL_ENV.iter().find(|(_, s)| *s == setting)?;
     let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
     match CONSULLOCK_ENV

@@ -28,12 +28,12 @@ fn coordination_key(prefix: &str) -> String {
 
 /// Whether a KV entry belongs to a semaphore (its `.lock` or a contender key): listings show
 /// the semaphore once, under its prefix, and never these entries as locks.
-pub fn is_semaphore_entry(pair: &KvPair) -> bool {
+pub(crate) fn is_semaphore_entry(pair: &KvPair) -> bool {
     pair.flags == SEMAPHORE_FLAG_VALUE
 }
 
 /// The prefix whose semaphore `pair` coordinates, when it is a coordination entry.
-pub fn semaphore_prefix(pair: &KvPair) -> Option<&str> {
+pub(crate) fn semaphore_prefix(pair: &KvPair) -> Option<&str> {
     pair.key
         .strip_suffix("/.lock")
         .filter(|_| is_semaphore_entry(pair))
@@ -41,7 +41,7 @@ pub fn semaphore_prefix(pair: &KvPair) -> Option<&str> {
 
 /// `status` of the semaphore `key` from its coordination entry and the entries beside it
 /// (contender keys); `None` when no slot is taken, as for an unheld lock.
-pub fn semaphore_info(key: &str, lock: &KvPair, pairs: &[KvPair]) -> Option<LockInfo> {
+pub(crate) fn semaphore_info(key: &str, lock: &KvPair, pairs: &[KvPair]) -> Option<LockInfo> {
     let bytes = lock.value_bytes();
     let slots: Slots = serde_json::from_slice(&bytes).ok()?;
     let prefix = key.trim_end_matches('/');

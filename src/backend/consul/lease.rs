@@ -200,21 +200,8 @@ impl Lease {
         }
     }
 
-    pub fn key(&self) -> &str {
-        &self.info.key
-    }
-
-    pub fn session(&self) -> &str {
-        &self.session.id
-    }
-
-    /// The entry's `ModifyIndex` at acquisition: strictly increasing across holders.
-    pub fn fencing_token(&self) -> u64 {
-        self.info.fencing_token.unwrap_or_default()
-    }
-
     /// The loss reason if the lock is already lost.
-    pub fn loss(&self) -> Option<LossReason> {
+    fn loss(&self) -> Option<LossReason> {
         self.loss.borrow().clone()
     }
 

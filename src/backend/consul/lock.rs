@@ -11,8 +11,8 @@ use super::key_hold::KeyHold;
 use super::lease::{KeepAlive, Lease};
 use super::queue::QueueWait;
 use super::session::{self, OwnedSession};
-use super::value::{self, Identity};
-pub use super::wait::lock_key;
+use super::value;
+pub(crate) use super::wait::lock_key;
 use super::wait::{interruptible, Interrupt, STANDBY_WAIT};
 use super::ConsulBackend;
 use crate::backend::retry::{self, Backoff};
@@ -23,7 +23,7 @@ use crate::backend::{
 
 /// While waiting, name the current holder this often at debug level; the default-level lines
 /// (one when the wait starts, one a minute) come from the command (README, "Observability").
-pub const HOLDER_LOG_EVERY: Duration = Duration::from_secs(30);
+pub(crate) const HOLDER_LOG_EVERY: Duration = Duration::from_secs(30);
 /// Back-off bounds while a lock-delay blocks a free key: short first tries so a released key
 /// is taken within milliseconds, capped so a 15 s lock-delay costs ~30 requests at most.
 const LOCK_DELAY_RETRY_FIRST: Duration = Duration::from_millis(50);
@@ -667,9 +667,4 @@ fn check_flags(pair: Option<&KvPair>, lock_key: &str, layout: Layout) -> Result<
          not a lock of this layout (a semaphore or another tool's key); refusing to touch it",
         p.flags
     )))
-}
-
-/// Identity used for values and session names.
-pub fn identity() -> Identity {
-    Identity::current()
 }

@@ -1,21 +1,21 @@
 //! Everything Consul-specific: the HTTP client, API types, sessions, the lock and semaphore
 //! recipes, and the [`Lease`] that holds a lock.
 
-pub mod api;
-pub mod client;
-pub mod env;
-pub mod inspect;
-pub mod key_hold;
-pub mod lease;
-pub mod lock;
+pub(crate) mod api;
+pub(crate) mod client;
+pub(crate) mod env;
+pub(crate) mod inspect;
+pub(crate) mod key_hold;
+pub(crate) mod lease;
+pub(crate) mod lock;
 mod naming;
-pub mod queue;
-pub mod scope;
-pub mod semaphore;
-pub mod session;
-pub mod settings;
-pub mod value;
-pub mod wait;
+pub(crate) mod queue;
+pub(crate) mod scope;
+pub(crate) mod semaphore;
+pub(crate) mod session;
+pub(crate) mod settings;
+pub(crate) mod value;
+pub(crate) mod wait;
 
 use std::sync::Arc;
 
@@ -41,25 +41,17 @@ pub struct ConsulBackend {
 }
 
 impl ConsulBackend {
-    pub fn new(client: ConsulClient) -> Self {
+    pub(crate) fn new(client: ConsulClient) -> Self {
         Self::with_events(client, Arc::new(NoEvents))
     }
 
-    pub fn with_events(client: ConsulClient, telemetry: Arc<dyn BackendEvents>) -> Self {
+    pub(crate) fn with_events(client: ConsulClient, telemetry: Arc<dyn BackendEvents>) -> Self {
         let identity = Identity::current().in_scope(client.namespace(), client.partition());
         ConsulBackend {
             client,
             identity,
             telemetry,
         }
-    }
-
-    pub fn client(&self) -> &ConsulClient {
-        &self.client
-    }
-
-    pub fn events(&self) -> &Arc<dyn BackendEvents> {
-        &self.telemetry
     }
 }
 

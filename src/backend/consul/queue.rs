@@ -28,12 +28,12 @@ use crate::backend::{
 const QUEUE_TTL_MAX: Duration = Duration::from_secs(15);
 
 /// The prefix under which `key`'s queue entries live.
-pub fn queue_prefix(key: &str) -> String {
+pub(crate) fn queue_prefix(key: &str) -> String {
     format!("{}/.queue/", key.trim_end_matches('/'))
 }
 
 /// Whether a KV key is a queue entry (not a lock): listings skip them.
-pub fn is_queue_entry(kv_key: &str) -> bool {
+pub(crate) fn is_queue_entry(kv_key: &str) -> bool {
     kv_key.contains("/.queue/")
 }
 

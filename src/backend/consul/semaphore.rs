@@ -28,10 +28,9 @@ const ANNOUNCE_RETRY: Duration = Duration::from_millis(500);
 
 /// Where one semaphore slot lives.
 #[derive(Debug, Clone)]
-pub struct SemaphoreSlot {
+pub(crate) struct SemaphoreSlot {
     pub lock_key: String,
     pub contender_key: String,
-    pub limit: u32,
 }
 
 /// A slot this process took: what the lease starts from.
@@ -105,12 +104,11 @@ fn placeholder(creator: &str, n: u32) -> String {
     format!("unknown-holder-{n}-of-{creator}")
 }
 
-pub fn slot(prefix: &str, session: &str, limit: u32) -> SemaphoreSlot {
+pub(crate) fn slot(prefix: &str, session: &str) -> SemaphoreSlot {
     let prefix = prefix.trim_end_matches('/');
     SemaphoreSlot {
         lock_key: format!("{prefix}/.lock"),
         contender_key: format!("{prefix}/{session}"),
-        limit,
     }
 }
 
@@ -150,7 +148,7 @@ impl ConsulBackend {
             Err(Interrupt::Cancelled) => return Ok(Acquired::Cancelled),
             Err(Interrupt::TimedOut) => return Ok(Acquired::TimedOut),
         };
-        let slot = slot(prefix, &owned.id, request.limit);
+        let slot = slot(prefix, &owned.id);
         // Dropped midway (a library caller's timeout): the same cleanup as a failed acquisition.
         let (lock_key, contender_key, prefix_key) = (
             slot.lock_key.clone(),

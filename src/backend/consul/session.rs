@@ -19,6 +19,7 @@ use crate::duration;
 /// A session this process created, with the check it registered (if any).
 #[derive(Debug, Clone)]
 pub struct OwnedSession {
+    /// The session ID Consul gave.
     pub id: String,
     /// lockwrap's own TTL check and the task that keeps it passing.
     pub check: Option<CheckKeeper>,
@@ -29,10 +30,6 @@ pub struct OwnedSession {
 }
 
 impl OwnedSession {
-    pub fn check_id(&self) -> Option<&str> {
-        self.check.as_ref().map(|c| c.id.as_str())
-    }
-
     /// How long a destroy is retried: one TTL (after that nobody renews the session and Consul
     /// expires it), or [`DESTROY_PATIENCE_WITHOUT_TTL`] (docs/timing.md, "Consul trouble").
     fn destroy_patience(&self) -> Duration {
@@ -300,7 +297,11 @@ pub async fn destroy(client: &ConsulClient, session: &OwnedSession) {
 /// Destroys the session, retrying transient failures (no leader, agent restarting) with the
 /// project's back-off for up to `patience`, so a key is not left held by a dead session; then
 /// deregisters the check. A session that outlives `patience` expires with its TTL.
-pub async fn destroy_within(client: &ConsulClient, session: &OwnedSession, patience: Duration) {
+pub(crate) async fn destroy_within(
+    client: &ConsulClient,
+    session: &OwnedSession,
+    patience: Duration,
+) {
     let what = format!("destroying session {}", session.id);
     match retry_within(&what, patience, || destroy_once(client, &session.id)).await {
         Ok(()) => tracing::debug!(session = %session.id, "session destroyed"),
@@ -584,7 +585,7 @@ const CHECK_PREFIX: &str = "lockwrap:";
 /// the agent registers (a user-named check, most likely a typo). Our own checks and the agent's
 /// `serfHealth` are only briefly unknown to the servers (an agent that has just started, a check
 /// not yet synced), so those are retried as long as any transient error.
-pub fn names_foreign_missing_check(err: &BackendError) -> bool {
+pub(crate) fn names_foreign_missing_check(err: &BackendError) -> bool {
     match err {
         BackendError::Transient(message) => {
             message.contains("Missing check '")

@@ -11,20 +11,28 @@ pub struct ConsulSettings {
     pub address: String,
     /// Use HTTPS when the address has no scheme (`CONSUL_HTTP_SSL`).
     pub ssl: bool,
+    /// ACL token (`CONSUL_HTTP_TOKEN`), sent as `X-Consul-Token`; never logged.
     pub token: Option<String>,
+    /// CA bundle to verify Consul's certificate (`CONSUL_CACERT`).
     pub ca_file: Option<PathBuf>,
+    /// Directory of PEM CA certificates (`CONSUL_CAPATH`).
     pub ca_path: Option<PathBuf>,
+    /// Client certificate for mutual TLS (`CONSUL_CLIENT_CERT`).
     pub client_cert: Option<PathBuf>,
+    /// Key of the client certificate (`CONSUL_CLIENT_KEY`).
     pub client_key: Option<PathBuf>,
+    /// Name expected in Consul's certificate (SNI, `CONSUL_TLS_SERVER_NAME`).
     pub tls_server_name: Option<String>,
     /// `CONSUL_HTTP_SSL_VERIFY`; true unless explicitly disabled.
     pub ssl_verify: bool,
+    /// Datacenter for every request (`CONSUL_DATACENTER`); every contender must use the same.
     pub datacenter: Option<String>,
     /// Basic auth for a reverse proxy in front of Consul (`CONSUL_HTTP_AUTH`).
     pub http_auth: Option<HttpAuth>,
     /// Consul Enterprise namespace and admin partition, sent as `ns` / `partition` on every
     /// request as Consul's own clients do.
     pub namespace: Option<String>,
+    /// The admin partition (`CONSUL_PARTITION`), as `namespace`.
     pub partition: Option<String>,
 }
 
@@ -90,6 +98,7 @@ impl std::fmt::Debug for HttpAuth {
 pub struct SettingsError {
     /// The setting at fault (e.g. `ca_file`), so the caller can name its source.
     pub setting: &'static str,
+    /// What is wrong with it, in one line.
     pub message: String,
 }
 

@@ -11,19 +11,23 @@ use crate::backend::LockInfo;
 /// Who this process is, for the `holder` field and session names.
 #[derive(Debug, Clone)]
 pub struct Identity {
+    /// This host's name.
     pub hostname: String,
+    /// This process's PID.
     pub pid: u32,
     /// Kubernetes pod and node names when the downward API provides them.
     pub pod: Option<String>,
+    /// The Kubernetes node name (`NODE_NAME`), as `pod`.
     pub node: Option<String>,
     /// The Consul Enterprise namespace and partition the lock is taken in, so `status` shows
     /// which scope a holder used.
     pub namespace: Option<String>,
+    /// The partition, as `namespace`.
     pub partition: Option<String>,
 }
 
 impl Identity {
-    pub fn current() -> Self {
+    pub(crate) fn current() -> Self {
         let hostname = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -52,7 +56,7 @@ impl Identity {
         }
     }
 
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let mut holder = BTreeMap::new();
         holder.insert("hostname", json!(self.hostname));
         holder.insert("pid", json!(self.pid));
@@ -73,7 +77,7 @@ impl Identity {
 }
 
 /// The value written with the acquire.
-pub fn encode(
+pub(crate) fn encode(
     key: &str,
     session: &str,
     created: &str,
@@ -103,7 +107,7 @@ pub fn encode(
 
 /// Reads a lock entry written by lockwrap, consullock or anything else (unknown values are
 /// kept as "no details"); `key` is the user's name for the lock.
-pub fn decode(key: &str, pair: &KvPair) -> LockInfo {
+pub(crate) fn decode(key: &str, pair: &KvPair) -> LockInfo {
     let parsed: Option<Value> = serde_json::from_slice(&pair.value_bytes()).ok();
     let field = |name: &str| parsed.as_ref().and_then(|v| v.get(name)).cloned();
     LockInfo {
@@ -120,7 +124,7 @@ pub fn decode(key: &str, pair: &KvPair) -> LockInfo {
 }
 
 /// The `session` field of an entry value: the session that wrote it.
-pub fn written_by(value: &[u8]) -> Option<String> {
+pub(crate) fn written_by(value: &[u8]) -> Option<String> {
     let map = serde_json::from_slice::<BTreeMap<String, Value>>(value).ok()?;
     map.get("session")?.as_str().map(str::to_string)
 }
@@ -129,14 +133,14 @@ pub fn written_by(value: &[u8]) -> Option<String> {
 /// it (`consul-lock` layout, like Go's `Lock.Destroy`). Another holder's entry — even one that
 /// took and gave back the key between our release and this check — stays: its release may have
 /// been unclean, and deleting it would make the next holder take the key for never used.
-pub fn still_ours_unheld(pair: &KvPair, our_value: &[u8]) -> bool {
+pub(crate) fn still_ours_unheld(pair: &KvPair, our_value: &[u8]) -> bool {
     let ours = written_by(our_value);
     pair.holder().is_none() && ours.is_some() && written_by(&pair.value_bytes()) == ours
 }
 
 /// The value re-sent with `?release`: the holder's value plus `released` (UTC). It tells the next
 /// holder that this release was clean — the holder's command had already stopped.
-pub fn mark_released(value: &[u8]) -> Vec<u8> {
+pub(crate) fn mark_released(value: &[u8]) -> Vec<u8> {
     match serde_json::from_slice::<BTreeMap<String, Value>>(value) {
         Ok(mut map) => {
             map.insert("released".to_string(), json!(now_iso8601()));
@@ -148,7 +152,7 @@ pub fn mark_released(value: &[u8]) -> Vec<u8> {
 
 /// Whether the entry was last released cleanly by lockwrap (see [`mark_released`]). A deleted
 /// key, an expired or destroyed session, or a forced unlock all read as "not clean".
-pub fn released_cleanly(pair: &KvPair) -> bool {
+pub(crate) fn released_cleanly(pair: &KvPair) -> bool {
     pair.holder().is_none()
         && serde_json::from_slice::<Value>(&pair.value_bytes())
             .ok()
@@ -156,7 +160,7 @@ pub fn released_cleanly(pair: &KvPair) -> bool {
 }
 
 /// The takeover delay the holder that wrote `pair` announced (see [`encode`]).
-pub fn announced_takeover(pair: &KvPair) -> Option<std::time::Duration> {
+pub(crate) fn announced_takeover(pair: &KvPair) -> Option<std::time::Duration> {
     serde_json::from_slice::<Value>(&pair.value_bytes())
         .ok()?
         .get("takeoverDelaySeconds")?
@@ -166,7 +170,7 @@ pub fn announced_takeover(pair: &KvPair) -> Option<std::time::Duration> {
 }
 
 /// Now in UTC, as consullock writes it (see [`crate::output::now_iso8601`]).
-pub fn now_iso8601() -> String {
+pub(crate) fn now_iso8601() -> String {
     crate::output::now_iso8601()
 }
 

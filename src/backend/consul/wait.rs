@@ -9,9 +9,9 @@ use crate::backend::Layout;
 
 /// How long a standby's blocking query waits before re-asking: long, because Consul answers
 /// at once when the key changes, and every re-ask is a request (target ≤ 1 per minute).
-pub const STANDBY_WAIT: Duration = Duration::from_secs(300);
+pub(crate) const STANDBY_WAIT: Duration = Duration::from_secs(300);
 /// The KV key holding the lock for `key` in `layout`.
-pub fn lock_key(key: &str, layout: Layout) -> String {
+pub(crate) fn lock_key(key: &str, layout: Layout) -> String {
     match layout {
         Layout::Default => key.to_string(),
         Layout::ConsulLock => format!("{}/.lock", key.trim_end_matches('/')),
