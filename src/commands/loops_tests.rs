@@ -321,3 +321,34 @@ async fn library_refuses_a_deleting_session_for_a_supervised_hold() {
     assert!(err.to_string().contains("`delete`"), "{err}");
     assert_eq!(manager.find("lib/delete").await.expect("find"), None);
 }
+
+#[tokio::test]
+async fn library_errors_keep_the_store_error_as_their_source() {
+    let (store, manager) = manager();
+    store.fail_next(1);
+    let mut request = crate::backend::LockRequest::new("lib/source");
+    request.wait = crate::backend::Wait::NonBlocking;
+    let err = manager
+        .acquire_with(
+            &request,
+            &crate::backend::NoObserver,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+        .expect_err("the store fails");
+    assert_eq!(err.kind(), crate::exit::ErrorKind::ConsulUnavailable);
+    assert_eq!(err.to_string(), "acquiring lib/source");
+    let source = std::error::Error::source(&err).expect("the store's error is the source");
+    assert!(
+        matches!(
+            source.downcast_ref::<crate::backend::BackendError>(),
+            Some(crate::backend::BackendError::Transient(_))
+        ),
+        "{source:?}"
+    );
+    let expected = format!("acquiring lib/source: {source}");
+    // The CLI's line and exit code are what they were: context, then the store's message.
+    let cli = crate::exit::Error::from(err);
+    assert_eq!(cli.message, expected);
+    assert_eq!(cli.kind.exit_code(), 8);
+}
