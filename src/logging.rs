@@ -17,6 +17,12 @@ use tracing_subscriber::EnvFilter;
 /// shown at the default verbosity, silenced by `-q`.
 pub(crate) const WAITING: &str = "lockwrap::waiting";
 
+/// Lines the queue holds before new ones are dropped. tracing-appender's default (128,000) sets
+/// aside about 4 MiB up front, which would more than half again a waiting standby's whole
+/// footprint (docs/performance.md); a writer that keeps up never has more than a few lines
+/// queued, and one that does not (stderr nobody reads) drops lines either way.
+const QUEUED_LINES: usize = 4096;
+
 /// Keeps the writer thread's guard for the whole process: dropping it flushes the queue.
 static WRITER: Mutex<Option<WorkerGuard>> = Mutex::new(None);
 
@@ -32,6 +38,7 @@ pub(crate) fn init(verbose: u8, quiet: bool, json: bool) {
     // Lossy: a full queue drops lines instead of making the logging thread wait.
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
+        .buffered_lines_limit(QUEUED_LINES)
         .thread_name("lockwrap-log")
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()

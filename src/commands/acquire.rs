@@ -114,10 +114,7 @@ pub(super) async fn until_signal<B: LockBackend>(
     signals: &mut UnboundedReceiver<Signal>,
 ) -> (Result<Acquired<B::Lease>>, Option<Signal>) {
     let stop = CancellationToken::new();
-    let watching = Watching {
-        inner: observer,
-        taken: tokio::sync::Notify::new(),
-    };
+    let watching = Watching::new(observer);
     let acquire = manager.acquire_with(request, &watching, &stop);
     tokio::pin!(acquire);
     let mut received = None;
@@ -150,11 +147,11 @@ pub(super) async fn until_signal<B: LockBackend>(
                 return (result, received);
             }
             _ = watching.taken.notified(), if wait_log.first_due() && received.is_none() => {
-                wait_log.look(manager.backend(), request).await;
+                wait_log.look(manager.backend(), request, watching.attempts()).await;
             }
             _ = tokio::time::sleep_until(wait_log.next_look()),
                 if wait_log.waits() && received.is_none() => {
-                wait_log.look(manager.backend(), request).await;
+                wait_log.look(manager.backend(), request, watching.attempts()).await;
             }
             Some(signal) = signals.recv(), if received.is_none() => {
                 if ends_wait(signal) {

@@ -2,6 +2,7 @@
 //! taken, one a minute while it still waits, each naming the holder, and a `--timeout` failure
 //! that names the holder too. The lines show at the default verbosity; `-q` silences them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -24,12 +25,32 @@ const LOOKUP_BOUND: Duration = Duration::from_secs(2);
 
 /// The caller's observer, plus a signal each time the backend finds the key taken.
 pub(super) struct Watching<'a> {
-    pub inner: &'a dyn AcquireObserver,
+    inner: &'a dyn AcquireObserver,
     pub taken: Notify,
+    /// How many acquire attempts the backend began. It begins one only when its blocking query
+    /// returns (the key changed, or the query's wait ran out), so while this count stands still
+    /// the holder is the one last looked up.
+    attempts: AtomicU64,
+}
+
+impl<'a> Watching<'a> {
+    pub(super) fn new(inner: &'a dyn AcquireObserver) -> Self {
+        Watching {
+            inner,
+            taken: Notify::new(),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    /// The backend's acquire attempts so far (see [`Watching::attempts`]).
+    pub(super) fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Relaxed)
+    }
 }
 
 impl AcquireObserver for Watching<'_> {
     fn before_attempt<'a>(&'a self, key: &'a str) -> futures_lite::future::Boxed<()> {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
         self.inner.before_attempt(key)
     }
 
@@ -50,6 +71,10 @@ pub(super) struct WaitLog {
     waits: bool,
     announced: bool,
     next: Instant,
+    /// The last look-up and the backend's attempt count when it was made: a waiting standby's
+    /// once-a-minute line reuses it while the key has not changed, so the standby sends Consul
+    /// nothing but its blocking query (README, "Performance": ≤ 1 request a minute).
+    last: Option<(u64, WaitingFor)>,
 }
 
 impl WaitLog {
@@ -65,6 +90,7 @@ impl WaitLog {
             waits: request.wait != crate::backend::Wait::NonBlocking,
             announced: false,
             next: started + first_look,
+            last: None,
         }
     }
 
@@ -84,19 +110,15 @@ impl WaitLog {
     }
 
     /// The backend found the key taken, or a look is due: writes the first line (or, once
-    /// written, the once-a-minute line) naming whom the wait is for.
-    pub(super) async fn look<B: LockBackend>(&mut self, backend: &B, request: &LockRequest) {
-        let seen = match tokio::time::timeout(LOOKUP_BOUND, backend.waiting_for(request)).await {
-            Ok(Ok(seen)) => seen,
-            Ok(Err(err)) => {
-                tracing::debug!(%err, "could not read whom the wait is for");
-                WaitingFor::default()
-            }
-            Err(_) => {
-                tracing::debug!("reading whom the wait is for took too long");
-                WaitingFor::default()
-            }
-        };
+    /// written, the once-a-minute line) naming whom the wait is for. `attempts`: the backend's
+    /// acquire attempts so far ([`Watching::attempts`]).
+    pub(super) async fn look<B: LockBackend>(
+        &mut self,
+        backend: &B,
+        request: &LockRequest,
+        attempts: u64,
+    ) {
+        let seen = self.whom(backend, request, attempts).await;
         let now = Instant::now();
         let waited = now.duration_since(self.started);
         let text = describe(&seen);
@@ -151,6 +173,36 @@ impl WaitLog {
             self.announced = true;
         }
         self.next = now + STILL_WAITING_EVERY;
+    }
+
+    /// Whom the wait is for: the last look-up while the backend has not tried again since
+    /// (nothing changed under a blocking query that is still waiting), else a fresh one. A
+    /// queue's length changes without the key changing, so a queue waiter always looks again.
+    async fn whom<B: LockBackend>(
+        &mut self,
+        backend: &B,
+        request: &LockRequest,
+        attempts: u64,
+    ) -> WaitingFor {
+        if let Some((at, seen)) = &self.last {
+            if *at == attempts && !request.queue {
+                return seen.clone();
+            }
+        }
+        match tokio::time::timeout(LOOKUP_BOUND, backend.waiting_for(request)).await {
+            Ok(Ok(seen)) => {
+                self.last = Some((attempts, seen.clone()));
+                seen
+            }
+            Ok(Err(err)) => {
+                tracing::debug!(%err, "could not read whom the wait is for");
+                WaitingFor::default()
+            }
+            Err(_) => {
+                tracing::debug!("reading whom the wait is for took too long");
+                WaitingFor::default()
+            }
+        }
     }
 }
 
@@ -246,6 +298,63 @@ mod tests {
             describe(&seen),
             "held by web-1 pid 42 (session 5f2), session \"lockwrap jobs/x on web-1 pid 42\" \
              on node n1, since 2026-12-02T13:00:00.123456 (session create index 57)"
+        );
+    }
+
+    /// A waiting standby's once-a-minute line costs Consul nothing while the backend has not
+    /// tried again (its blocking query still waits); a new attempt means the key changed, and
+    /// the next line looks again. A queue waiter always looks again (its queue moves without
+    /// the key changing).
+    #[tokio::test]
+    async fn a_look_is_reused_until_the_backend_tries_again() {
+        use crate::backend::memory::MemoryBackend;
+        use crate::backend::{HeldLock, NoObserver};
+
+        let store = MemoryBackend::new();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let request = LockRequest::new("jobs/x".to_string());
+        let take = || async {
+            match store.acquire(&request, &NoObserver, &stop).await {
+                Ok(crate::backend::Acquired::Held(lease)) => lease,
+                other => panic!("not held: {:?}", other.map(|_| ())),
+            }
+        };
+        let first = take().await;
+        let first_session = first.info().session.clone();
+        let mut log = WaitLog::new(&request);
+        let session_of = |seen: &WaitingFor| seen.holder.as_ref().and_then(|h| h.session.clone());
+        assert_eq!(
+            session_of(&log.whom(&store, &request, 1).await),
+            first_session
+        );
+
+        first.release().await.expect("released");
+        let second = take().await;
+        let second_session = second.info().session.clone();
+        assert_ne!(first_session, second_session);
+        // No attempt since: the holder looked up before is still the answer, no request made.
+        assert_eq!(
+            session_of(&log.whom(&store, &request, 1).await),
+            first_session
+        );
+        // The backend tried again: the key changed, look again.
+        assert_eq!(
+            session_of(&log.whom(&store, &request, 2).await),
+            second_session
+        );
+
+        let mut queued = request.clone();
+        queued.queue = true;
+        let mut log = WaitLog::new(&queued);
+        assert_eq!(
+            session_of(&log.whom(&store, &queued, 1).await),
+            second_session
+        );
+        second.release().await.expect("released");
+        let third = take().await;
+        assert_eq!(
+            session_of(&log.whom(&store, &queued, 1).await),
+            third.info().session.clone()
         );
     }
 

@@ -490,19 +490,22 @@ impl Child {
     /// as gone: they run no code), false when something survived SIGKILL for [`KILL_SETTLE`]:
     /// then the lock must not be reported as released cleanly.
     async fn stop_tree(&self, first: Option<Signal>, grace: Duration) -> bool {
+        // The group's members get `first` (or had the forwarded signal) atomically, before the
+        // tree is read: reading `/proc` takes milliseconds, and a command whose lock is lost hears
+        // at once (README, "Performance": loss → SIGTERM). A group already gone gets nothing
+        // ([`Child::signal_group`]). The rest of the tree gets its SIGTERM below; processes
+        // forked in the group after this are part of the command's own shutdown (a trap's
+        // cleanup): they are not signalled, only killed if the grace runs out.
+        let group = self.pgid.filter(|_| self.group_alive()).map(Pid::as_raw);
+        if let Some(signal) = first {
+            self.send_logged(signal);
+        }
         let left = self.leftovers();
         // Nothing to stop only once the leader is reaped: until then it is signalled regardless.
         if left.is_empty() && self.try_status().is_some() {
             return true;
         }
         debug!(pid = %self.pid, count = left.len(), ?grace, "stopping the command's tree");
-        // The group's members get `first` (or had the forwarded signal) atomically; the rest of
-        // the tree its SIGTERM now. Processes forked after this are part of the command's own
-        // shutdown (a trap's cleanup): they are not signalled, only killed if the grace runs out.
-        let group = self.pgid.filter(|_| self.group_alive()).map(Pid::as_raw);
-        if let Some(signal) = first {
-            self.send_logged(signal);
-        }
         for proc in left.iter().filter(|proc| Some(proc.pgrp) != group) {
             tree::signal_if_same(proc, NixSignal::SIGTERM);
         }
