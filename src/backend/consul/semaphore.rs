@@ -11,13 +11,14 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::api::{next_index, KvPair, SEMAPHORE_FLAG_VALUE};
+use super::api::{next_index, KvPair, KvRead, SEMAPHORE_FLAG_VALUE};
 use super::client::ConsulClient;
 use super::lease::{declare, BoxFut, Holding, Lease, Watch};
 use super::session::{self, OwnedSession};
 use super::value;
 use super::wait::{interruptible, Interrupt, STANDBY_WAIT};
 use super::ConsulBackend;
+use crate::backend::retry::Backoff;
 use crate::backend::{
     AcquireObserver, Acquired, BackendError, LockInfo, LockRequest, LossReason, Wait,
 };
@@ -42,7 +43,7 @@ struct SlotTaken {
     takeover: Option<Option<Duration>>,
 }
 
-/// What a try that may have taken a slot owes (see `semaphore_loop`).
+/// What a try that may have taken a slot owes (see `SlotWait`).
 #[derive(Debug, Default)]
 struct Owed {
     /// `Some(announced)`: the slot was a dead holder's (or `.lock` was re-created).
@@ -212,7 +213,10 @@ impl ConsulBackend {
         }
     }
 
-    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    /// Waits for a slot with our session: creates our contender key, then tries until a try
+    /// takes a slot (`Some`), or finds every slot held and the request does not wait (`None`).
+    /// `Err(Ok)`: a stop signal or `--timeout`; `Err(Err)`: a failure.
+    #[allow(clippy::too_many_arguments)]
     async fn semaphore_loop(
         &self,
         request: &LockRequest,
@@ -222,7 +226,7 @@ impl ConsulBackend {
         deadline: Option<Instant>,
         owned: &mut OwnedSession,
         slot: &SemaphoreSlot,
-    ) -> Result<Option<SlotTaken>, Result<Interrupt, BackendError>> {
+    ) -> Result<Option<SlotTaken>, Ended> {
         let key = request.key.as_str();
         let value = self.holder_value(request, &owned.id, started, None);
         let contender_params = [
@@ -233,7 +237,7 @@ impl ConsulBackend {
         // can hang for seconds (the cleanup after the loop undoes what landed).
         let put = self
             .client
-            .kv_put(&slot.contender_key, value.clone(), &contender_params);
+            .kv_put(&slot.contender_key, value, &contender_params);
         if !interruptible(put, stop, deadline)
             .await
             .map_err(Ok)?
@@ -244,287 +248,461 @@ impl ConsulBackend {
                 slot.contender_key
             ))));
         }
-        let prefix = key.trim_end_matches('/');
-        let mut index = 0u64;
-        let mut backoff = crate::backend::retry::Backoff::default();
         // A waiter keeps its session: renewed between blocking queries no longer than a third
         // of the TTL, so it is alive when a slot frees.
         let ttl = owned.ttl.or(request.session.ttl);
-        let longest_wait = ttl.map_or(STANDBY_WAIT, |t| (t / 3).min(STANDBY_WAIT));
-        // What earlier tries owe whose write may have landed unseen (an unknown outcome, a
-        // confirm read that missed it): a later try that finds itself in `.lock` took the slot
-        // then, and owes what that try owed.
-        let mut uncertain = Owed::default();
+        let mut wait = SlotWait {
+            backend: self,
+            request,
+            observer,
+            stop,
+            started,
+            deadline,
+            owned,
+            slot,
+            key,
+            prefix: key.trim_end_matches('/'),
+            contender_params,
+            ttl,
+            longest_wait: ttl.map_or(STANDBY_WAIT, |t| (t / 3).min(STANDBY_WAIT)),
+            index: 0,
+            backoff: Backoff::default(),
+            uncertain: Owed::default(),
+        };
         loop {
-            // Judged afresh on every try, from the `.lock` this try writes: `Some(announced)`
-            // when the slot it takes is a dead holder's (the takeover is unclean), and the dead
-            // holders whose slot it takes (their contender keys go once we hold). A try whose
-            // write surely lost owes nothing: the slot it aimed at went to someone who waits.
-            let mut takeover: Option<Option<Duration>> = None;
-            let mut replaced: Vec<String> = Vec::new();
-            interruptible(observer.before_attempt(key), stop, deadline)
-                .await
-                .map_err(Ok)?;
-            if let Some(ttl) = ttl {
-                if owned.sent_at.elapsed() >= ttl / 3 {
-                    self.renew_waiter(owned, ttl).await.map_err(Err)?;
-                }
+            match wait.try_once().await {
+                Ok(taken) => return Ok(Some(taken)),
+                Err(Detour::Again) => continue,
+                Err(Detour::Full) => return Ok(None),
+                Err(Detour::Stopped(interrupt)) => return Err(Ok(interrupt)),
+                Err(Detour::Failed(err)) => return Err(Err(err)),
             }
-            let wait = if index == 0 {
-                None
-            } else {
-                Some((index, longest_wait))
-            };
-            let listed = interruptible(
-                self.client.kv_list(&format!("{prefix}/"), wait),
-                stop,
-                deadline,
-            )
-            .await
-            .map_err(Ok)?;
-            let read = match listed {
-                Ok(read) => {
-                    backoff.succeeded("waiting for a semaphore slot");
-                    self.telemetry.store_healthy(true);
-                    read
-                }
-                Err(err) if err.is_transient() && wait.is_some() => {
-                    // A standby rides out Consul outages; index 0 because a restarted agent
-                    // counts from a lower index.
-                    self.telemetry.store_healthy(false);
-                    let pause = backoff.failed("waiting for a semaphore slot", &err);
-                    index = 0;
-                    interruptible(tokio::time::sleep(pause), stop, deadline)
-                        .await
-                        .map_err(Ok)?;
-                    continue;
-                }
-                Err(err) => return Err(Err(err)),
-            };
-            index = next_index(index, read.index).max(1);
-            let lock_pair = read.value.iter().find(|p| p.key == slot.lock_key);
-            let mut lock = decode_lock(lock_pair, key).map_err(Err)?;
-            if lock_pair.is_some() {
-                check_limit(&lock, request.limit, key).map_err(Err)?;
-            }
-            lock.limit = request.limit;
-            if lock_pair.is_none() {
-                // Creating `.lock`: a prefix never used, or one whose `.lock` was deleted under
-                // holders that are still stopping and are listed nowhere now. If any session named
-                // for the key lives, the other slots get placeholders (dead from the start), so a
-                // second contender takes one through the dead-holder path below and waits the
-                // takeover delay too, instead of a free slot at once (docs/timing.md,
-                // "Semaphores"). Our own wait, if the create succeeds, is judged after the put.
-                let live = interruptible(self.holder_may_live(key, &owned.id), stop, deadline)
-                    .await
-                    .map_err(Ok)?
-                    .unwrap_or(Some(Duration::ZERO));
-                if live.is_some() {
-                    for n in 1..request.limit {
-                        lock.holders.insert(placeholder(&owned.id, n), true);
-                    }
-                }
-            }
-            // A holder whose contender key is gone or no longer held by it is dead, but its
-            // command may still be stopping: its entry keeps counting against the limit until
-            // a contender takes its place and waits the takeover delay (lock-delay does not
-            // guard a slot; docs/timing.md, "Semaphores").
-            let alive: HashSet<&str> = read.value.iter().filter_map(KvPair::holder).collect();
-            let dead: Vec<String> = lock
-                .holders
-                .keys()
-                .filter(|sid| sid.as_str() != owned.id && !alive.contains(sid.as_str()))
-                .cloned()
-                .collect();
-            let mine = lock.holders.contains_key(&owned.id);
-            if mine && uncertain.is_empty() {
-                // Only an earlier write of ours, landed unseen, can have put us there: count the
-                // take as unclean, whatever that write was.
-                takeover = Some(None);
-            }
-            if !mine && lock.holders.len() >= lock.limit as usize {
-                match dead.first() {
-                    Some(gone) => {
-                        let contender = format!("{prefix}/{gone}");
-                        let announced = read
-                            .value
-                            .iter()
-                            .find(|p| p.key == contender)
-                            .and_then(value::announced_takeover);
-                        tracing::debug!(key, dead = %gone, "taking the slot of a dead holder");
-                        lock.holders.remove(gone);
-                        replaced.push(gone.clone());
-                        let owed = takeover.get_or_insert(None);
-                        *owed = (*owed).max(announced);
-                    }
-                    None => {
-                        interruptible(observer.already_locked(key, None), stop, deadline)
-                            .await
-                            .map_err(Ok)?;
-                        if request.wait == Wait::NonBlocking {
-                            return Ok(None);
-                        }
-                        if let Some(poll) = request.wait.poll() {
-                            interruptible(tokio::time::sleep(poll), stop, deadline)
-                                .await
-                                .map_err(Ok)?;
-                            index = 0;
-                        }
-                        continue;
-                    }
-                }
-            }
-            if let Some(Some(delay)) = takeover {
-                // The dead holder announced a delay: announce it from our contender key before
-                // the slot is ours, so whoever takes our slot if we fail right after the write
-                // still waits it (the dead holder's own key goes once we hold).
-                // Stopping here is safe: nothing is written to `.lock` yet.
-                let carried = self.holder_value(request, &owned.id, started, Some(delay));
-                let announced = interruptible(
-                    self.announce_owed(&slot.contender_key, carried, &contender_params),
-                    stop,
-                    deadline,
-                )
-                .await
-                .map_err(Ok)?
-                .map_err(Err)?;
-                if !announced {
-                    // Not written (our session may have died in the same event as the holder's):
-                    // a write now could leave the slot listed under a key that announces less.
-                    // No write this try; a gone session shows at the renew.
-                    match ttl {
-                        Some(ttl) => interruptible(self.renew_waiter(owned, ttl), stop, deadline)
-                            .await
-                            .map_err(Ok)?
-                            .map_err(Err)?,
-                        // No TTL to renew: ask whether the session still exists.
-                        None => {
-                            let info = self.client.session_info(&owned.id);
-                            let known = interruptible(info, stop, deadline).await.map_err(Ok)?;
-                            if let Ok(None) = known {
-                                return Err(Err(BackendError::SessionGone(owned.id.clone())));
-                            }
-                        }
-                    }
-                    interruptible(tokio::time::sleep(ANNOUNCE_RETRY), stop, deadline)
-                        .await
-                        .map_err(Ok)?;
-                    index = 0;
-                    continue;
-                }
-            }
-            lock.holders.insert(owned.id.clone(), true);
-            let body = serde_json::to_vec(&lock).unwrap_or_default();
-            let cas = lock_pair.map(|p| p.modify_index).unwrap_or(0);
-            let created = lock_pair.is_none();
-            let cas_params = [
-                ("cas", cas.to_string()),
-                ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
-            ];
-            // Stoppable even now: if the write landed, the cleanup keeps our contender key (we
-            // may be listed), so the slot's next taker waits what it announces.
-            let put = self.client.kv_put(&slot.lock_key, body, &cas_params);
-            match interruptible(put, stop, deadline).await.map_err(Ok)? {
-                Ok(true) => {}
-                Ok(false) => {
-                    index = 0;
-                    continue;
-                }
-                Err(BackendError::Unknown(_)) => {
-                    uncertain.add(takeover, replaced, created);
-                    index = 0;
-                    continue;
-                }
-                Err(err) => return Err(Err(err)),
-            }
-            let after = interruptible(self.client.kv_get_retry(&slot.lock_key), stop, deadline)
-                .await
-                .map_err(Ok)?
-                .map_err(Err)?;
-            let confirmed = match after.value.as_ref() {
-                Some(pair) => decode_lock(Some(pair), key)
-                    .map_err(Err)?
-                    .holders
-                    .contains_key(&owned.id),
-                None => false,
-            };
-            let Some(pair) = after.value.as_ref().filter(|_| confirmed) else {
-                uncertain.add(takeover, replaced, created);
-                index = 0;
-                continue;
-            };
-            // This take may be an earlier try's that landed unseen: it owes what that try owed.
-            let owed_before = std::mem::take(&mut uncertain);
-            let created = created || owed_before.created;
-            if owed_before.takeover.is_some() {
-                let owed = takeover.get_or_insert(None);
-                *owed = (*owed).max(owed_before.takeover.flatten());
-            }
-            replaced.extend(owed_before.replaced);
-            // The lease's deadline counts from the last renew, and a waiter renews only every
-            // third of the TTL: renew now, or a slot taken after a long wait is lost at once.
-            if let Some(ttl) = ttl {
-                interruptible(self.renew_waiter(owned, ttl), stop, deadline)
-                    .await
-                    .map_err(Ok)?
-                    .map_err(Err)?;
-            }
-            let mut info = value::decode(key, pair);
-            info.session = Some(owned.id.clone());
-            let contender = interruptible(
-                self.client.kv_get_retry(&slot.contender_key),
-                stop,
-                deadline,
-            )
-            .await
-            .map_err(Ok)?
-            .map_err(Err)?;
-            if let Some(c) = contender.value.as_ref() {
-                let mine = value::decode(key, c);
-                info.created = mine.created;
-                info.seconds_to_lock = mine.seconds_to_lock;
-                info.metadata = mine.metadata;
-                info.holder = mine.holder;
-            }
-            info.fencing_token = Some(pair.modify_index);
-            // We created `.lock`: a prefix never used, or one whose `.lock` (or everything, with
-            // `kv delete -recurse`) was deleted under live holders that are still stopping. Those
-            // keep their sessions, named for the key, until their commands are dead; checked
-            // after our put, as for a lock (docs/timing.md, "First use").
-            let checked = created || takeover.is_some();
-            let live = if checked {
-                interruptible(self.holder_may_live(key, &owned.id), stop, deadline)
-                    .await
-                    .map_err(Ok)?
-                    .unwrap_or(Some(Duration::ZERO))
-            } else {
-                None
-            };
-            if let Some(delay) = live {
-                // A holder still stopping, maybe with a longer kill grace than the slot's
-                // owner announced: its session name says how long it needs.
-                let owed = takeover.get_or_insert(None);
-                *owed = (*owed).max(Some(delay));
-            }
-            if let Some(announced) = takeover {
-                // Owed: announce the dead holder's wait too, in case we end before it is over.
-                let carried = self.holder_value(request, &owned.id, started, announced);
-                let _ = self
-                    .announce_owed(&slot.contender_key, carried, &contender_params)
-                    .await;
-                for gone in &replaced {
-                    let _ = self
-                        .client
-                        .kv_delete(&format!("{prefix}/{gone}"), None)
-                        .await;
-                }
-            }
-            return Ok(Some(SlotTaken {
-                info,
-                index: after.index,
-                takeover,
-            }));
         }
+    }
+}
+
+/// How a semaphore acquisition ends without a slot: `Ok` a stop signal or `--timeout`, `Err` a
+/// failure. Kept apart so the caller answers `Cancelled` / `TimedOut` rather than an error.
+type Ended = Result<Interrupt, BackendError>;
+
+/// How one try of [`SlotWait`] ends short of a slot.
+enum Detour {
+    /// Go round again: the next try starts from a fresh read of the prefix.
+    Again,
+    /// Every slot is held by a live holder, and the request does not wait (`--non-blocking`).
+    Full,
+    /// A stop signal or `--timeout`.
+    Stopped(Interrupt),
+    /// A failure that ends the acquisition.
+    Failed(BackendError),
+}
+
+impl From<Interrupt> for Detour {
+    fn from(interrupt: Interrupt) -> Self {
+        Detour::Stopped(interrupt)
+    }
+}
+
+impl From<BackendError> for Detour {
+    fn from(err: BackendError) -> Self {
+        Detour::Failed(err)
+    }
+}
+
+/// The wait for a slot once our contender key exists: what every try shares, and what one try
+/// leaves to the next (the index to block on, the back-off, what an unseen take owes), so each
+/// try reads as its steps in [`SlotWait::try_once`].
+struct SlotWait<'a> {
+    backend: &'a ConsulBackend,
+    request: &'a LockRequest,
+    observer: &'a dyn AcquireObserver,
+    stop: &'a CancellationToken,
+    started: Instant,
+    deadline: Option<Instant>,
+    owned: &'a mut OwnedSession,
+    slot: &'a SemaphoreSlot,
+    key: &'a str,
+    prefix: &'a str,
+    /// How our contender key is written: held by our session, with Consul's semaphore flags.
+    contender_params: [(&'static str, String); 2],
+    /// Our session's TTL, if it has one: a waiter renews every third of it.
+    ttl: Option<Duration>,
+    /// The longest a blocking query on the prefix waits.
+    longest_wait: Duration,
+    /// The index the next read blocks on; 0 reads at once.
+    index: u64,
+    backoff: Backoff,
+    /// What earlier tries owe whose write may have landed unseen (an unknown outcome, a
+    /// confirm read that missed it): a later try that finds itself in `.lock` took the slot
+    /// then, and owes what that try owed.
+    uncertain: Owed,
+}
+
+/// What one try writes to `.lock`, and what it owes if the write lands.
+struct Take {
+    /// The entry to write, with the slot chosen (a dead holder's entry removed, placeholders
+    /// added); our own entry goes in at the write.
+    lock: SemaphoreLock,
+    /// The ModifyIndex the write checks; 0 when `.lock` does not exist yet.
+    cas: u64,
+    owed: Owed,
+}
+
+impl SlotWait<'_> {
+    /// One try: read the prefix, choose a slot, announce an owed delay before writing, write
+    /// `.lock` by check-and-set, read it back, settle what the take owes.
+    async fn try_once(&mut self) -> Result<SlotTaken, Detour> {
+        let read = self.read_prefix().await?;
+        let Take { lock, cas, owed } = self.choose_slot(&read).await?;
+        if let Some(Some(delay)) = owed.takeover {
+            self.announce_before_write(delay).await?;
+        }
+        let confirmed = match self.write_lock(lock, cas).await? {
+            true => self.read_back().await?,
+            false => None,
+        };
+        let Some((pair, index)) = confirmed else {
+            // The write's outcome is unknown, or the read back missed it: it may have landed.
+            self.uncertain
+                .add(owed.takeover, owed.replaced, owed.created);
+            self.index = 0;
+            return Err(Detour::Again);
+        };
+        self.settle(owed, &pair, index).await
+    }
+
+    /// Reads every key under the prefix (`.lock` and the contender keys), as a blocking query
+    /// once an index is known; renews our session first when a third of its TTL has passed. A
+    /// standby rides out Consul outages here.
+    async fn read_prefix(&mut self) -> Result<KvRead<Vec<KvPair>>, Detour> {
+        interruptible(
+            self.observer.before_attempt(self.key),
+            self.stop,
+            self.deadline,
+        )
+        .await?;
+        if let Some(ttl) = self.ttl {
+            if self.owned.sent_at.elapsed() >= ttl / 3 {
+                self.backend.renew_waiter(self.owned, ttl).await?;
+            }
+        }
+        let wait = if self.index == 0 {
+            None
+        } else {
+            Some((self.index, self.longest_wait))
+        };
+        let listed = interruptible(
+            self.backend
+                .client
+                .kv_list(&format!("{}/", self.prefix), wait),
+            self.stop,
+            self.deadline,
+        )
+        .await?;
+        match listed {
+            Ok(read) => {
+                self.backoff.succeeded("waiting for a semaphore slot");
+                self.backend.telemetry.store_healthy(true);
+                self.index = next_index(self.index, read.index).max(1);
+                Ok(read)
+            }
+            Err(err) if err.is_transient() && wait.is_some() => {
+                // Index 0 because a restarted agent counts from a lower index.
+                self.backend.telemetry.store_healthy(false);
+                let pause = self.backoff.failed("waiting for a semaphore slot", &err);
+                self.index = 0;
+                interruptible(tokio::time::sleep(pause), self.stop, self.deadline).await?;
+                Err(Detour::Again)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Judges `.lock` as `read` shows it, afresh on every try: the slot this try takes (a free
+    /// one, or a dead holder's) and what taking it owes. A try whose write surely lost owes
+    /// nothing: the slot it aimed at went to someone who waits. `Again` (or `Full`) when live
+    /// holders fill every slot.
+    async fn choose_slot(&mut self, read: &KvRead<Vec<KvPair>>) -> Result<Take, Detour> {
+        let key = self.key;
+        let lock_pair = read.value.iter().find(|p| p.key == self.slot.lock_key);
+        let mut lock = decode_lock(lock_pair, key)?;
+        if lock_pair.is_some() {
+            check_limit(&lock, self.request.limit, key)?;
+        }
+        lock.limit = self.request.limit;
+        if lock_pair.is_none() {
+            self.hold_slots_for_the_stopping(&mut lock).await?;
+        }
+        // `takeover` is `Some(announced)` when the slot this try takes is a dead holder's (the
+        // takeover is unclean); `replaced` lists the dead holders whose slot it takes (their
+        // contender keys go once we hold).
+        let mut owed = Owed {
+            takeover: None,
+            replaced: Vec::new(),
+            created: lock_pair.is_none(),
+        };
+        // A holder whose contender key is gone or no longer held by it is dead, but its
+        // command may still be stopping: its entry keeps counting against the limit until
+        // a contender takes its place and waits the takeover delay (lock-delay does not
+        // guard a slot; docs/timing.md, "Semaphores").
+        let alive: HashSet<&str> = read.value.iter().filter_map(KvPair::holder).collect();
+        let dead: Vec<String> = lock
+            .holders
+            .keys()
+            .filter(|sid| sid.as_str() != self.owned.id && !alive.contains(sid.as_str()))
+            .cloned()
+            .collect();
+        let mine = lock.holders.contains_key(&self.owned.id);
+        if mine && self.uncertain.is_empty() {
+            // Only an earlier write of ours, landed unseen, can have put us there: count the
+            // take as unclean, whatever that write was.
+            owed.takeover = Some(None);
+        }
+        if !mine && lock.holders.len() >= lock.limit as usize {
+            match dead.first() {
+                Some(gone) => {
+                    let contender = format!("{}/{gone}", self.prefix);
+                    let announced = read
+                        .value
+                        .iter()
+                        .find(|p| p.key == contender)
+                        .and_then(value::announced_takeover);
+                    tracing::debug!(key, dead = %gone, "taking the slot of a dead holder");
+                    lock.holders.remove(gone);
+                    owed.replaced.push(gone.clone());
+                    let takeover = owed.takeover.get_or_insert(None);
+                    *takeover = (*takeover).max(announced);
+                }
+                None => {
+                    interruptible(
+                        self.observer.already_locked(key, None),
+                        self.stop,
+                        self.deadline,
+                    )
+                    .await?;
+                    if self.request.wait == Wait::NonBlocking {
+                        return Err(Detour::Full);
+                    }
+                    if let Some(poll) = self.request.wait.poll() {
+                        interruptible(tokio::time::sleep(poll), self.stop, self.deadline).await?;
+                        self.index = 0;
+                    }
+                    return Err(Detour::Again);
+                }
+            }
+        }
+        Ok(Take {
+            lock,
+            cas: lock_pair.map(|p| p.modify_index).unwrap_or(0),
+            owed,
+        })
+    }
+
+    /// Before creating `.lock`: a prefix never used, or one whose `.lock` was deleted under
+    /// holders that are still stopping and are listed nowhere now. If any session named for the
+    /// key lives, the other slots get placeholders (dead from the start), so a second contender
+    /// takes one through the dead-holder path and waits the takeover delay too, instead of a
+    /// free slot at once (docs/timing.md, "Semaphores"). Our own wait, if the create succeeds,
+    /// is judged after the put.
+    async fn hold_slots_for_the_stopping(
+        &mut self,
+        lock: &mut SemaphoreLock,
+    ) -> Result<(), Detour> {
+        let live = interruptible(
+            self.backend.holder_may_live(self.key, &self.owned.id),
+            self.stop,
+            self.deadline,
+        )
+        .await?
+        .unwrap_or(Some(Duration::ZERO));
+        if live.is_some() {
+            for n in 1..self.request.limit {
+                lock.holders.insert(placeholder(&self.owned.id, n), true);
+            }
+        }
+        Ok(())
+    }
+
+    /// The dead holder whose slot we take announced `delay`: announce it from our contender key
+    /// before the slot is ours, so whoever takes our slot if we fail right after the write still
+    /// waits it (the dead holder's own key goes once we hold). Stopping here is safe: nothing is
+    /// written to `.lock` yet. `Again` when it could not be written: no write this try.
+    async fn announce_before_write(&mut self, delay: Duration) -> Result<(), Detour> {
+        let carried =
+            self.backend
+                .holder_value(self.request, &self.owned.id, self.started, Some(delay));
+        let announced = interruptible(
+            self.backend
+                .announce_owed(&self.slot.contender_key, carried, &self.contender_params),
+            self.stop,
+            self.deadline,
+        )
+        .await??;
+        if announced {
+            return Ok(());
+        }
+        // Not written (our session may have died in the same event as the holder's): a write
+        // now could leave the slot listed under a key that announces less. A gone session shows
+        // at the renew.
+        match self.ttl {
+            Some(ttl) => {
+                interruptible(
+                    self.backend.renew_waiter(self.owned, ttl),
+                    self.stop,
+                    self.deadline,
+                )
+                .await??
+            }
+            // No TTL to renew: ask whether the session still exists.
+            None => {
+                let info = self.backend.client.session_info(&self.owned.id);
+                let known = interruptible(info, self.stop, self.deadline).await?;
+                if let Ok(None) = known {
+                    return Err(BackendError::SessionGone(self.owned.id.clone()).into());
+                }
+            }
+        }
+        interruptible(tokio::time::sleep(ANNOUNCE_RETRY), self.stop, self.deadline).await?;
+        self.index = 0;
+        Err(Detour::Again)
+    }
+
+    /// Writes `.lock` with our entry, by check-and-set on the index it was read at: `true` when
+    /// it landed, `false` when its outcome is unknown, `Again` when another write came first.
+    async fn write_lock(&mut self, mut lock: SemaphoreLock, cas: u64) -> Result<bool, Detour> {
+        lock.holders.insert(self.owned.id.clone(), true);
+        let body = serde_json::to_vec(&lock).unwrap_or_default();
+        let cas_params = [
+            ("cas", cas.to_string()),
+            ("flags", SEMAPHORE_FLAG_VALUE.to_string()),
+        ];
+        // Stoppable even now: if the write landed, the cleanup keeps our contender key (we
+        // may be listed), so the slot's next taker waits what it announces.
+        let put = self
+            .backend
+            .client
+            .kv_put(&self.slot.lock_key, body, &cas_params);
+        match interruptible(put, self.stop, self.deadline).await? {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                self.index = 0;
+                Err(Detour::Again)
+            }
+            Err(BackendError::Unknown(_)) => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Reads `.lock` back after a write that landed: the entry and its index when it lists us,
+    /// `None` when it does not.
+    async fn read_back(&mut self) -> Result<Option<(KvPair, u64)>, Detour> {
+        let after = interruptible(
+            self.backend.client.kv_get_retry(&self.slot.lock_key),
+            self.stop,
+            self.deadline,
+        )
+        .await??;
+        let confirmed = match after.value.as_ref() {
+            Some(pair) => decode_lock(Some(pair), self.key)?
+                .holders
+                .contains_key(&self.owned.id),
+            None => false,
+        };
+        Ok(after
+            .value
+            .filter(|_| confirmed)
+            .map(|pair| (pair, after.index)))
+    }
+
+    /// The slot is ours: adds what earlier unseen takes owed, renews our session for the lease,
+    /// reads what the lease starts from, and settles the takeover delay this hold owes.
+    async fn settle(
+        &mut self,
+        mut owed: Owed,
+        pair: &KvPair,
+        index: u64,
+    ) -> Result<SlotTaken, Detour> {
+        // This take may be an earlier try's that landed unseen: it owes what that try owed.
+        let before = std::mem::take(&mut self.uncertain);
+        owed.add(before.takeover, before.replaced, before.created);
+        // The lease's deadline counts from the last renew, and a waiter renews only every
+        // third of the TTL: renew now, or a slot taken after a long wait is lost at once.
+        if let Some(ttl) = self.ttl {
+            interruptible(
+                self.backend.renew_waiter(self.owned, ttl),
+                self.stop,
+                self.deadline,
+            )
+            .await??;
+        }
+        let info = self.holder_info(pair).await?;
+        // We created `.lock`: a prefix never used, or one whose `.lock` (or everything, with
+        // `kv delete -recurse`) was deleted under live holders that are still stopping. Those
+        // keep their sessions, named for the key, until their commands are dead; checked
+        // after our put, as for a lock (docs/timing.md, "First use").
+        let checked = owed.created || owed.takeover.is_some();
+        let live = if checked {
+            interruptible(
+                self.backend.holder_may_live(self.key, &self.owned.id),
+                self.stop,
+                self.deadline,
+            )
+            .await?
+            .unwrap_or(Some(Duration::ZERO))
+        } else {
+            None
+        };
+        if let Some(delay) = live {
+            // A holder still stopping, maybe with a longer kill grace than the slot's
+            // owner announced: its session name says how long it needs.
+            let takeover = owed.takeover.get_or_insert(None);
+            *takeover = (*takeover).max(Some(delay));
+        }
+        if let Some(announced) = owed.takeover {
+            // Owed: announce the dead holder's wait too, in case we end before it is over.
+            let carried =
+                self.backend
+                    .holder_value(self.request, &self.owned.id, self.started, announced);
+            let _ = self
+                .backend
+                .announce_owed(&self.slot.contender_key, carried, &self.contender_params)
+                .await;
+            for gone in &owed.replaced {
+                let _ = self
+                    .backend
+                    .client
+                    .kv_delete(&format!("{}/{gone}", self.prefix), None)
+                    .await;
+            }
+        }
+        Ok(SlotTaken {
+            info,
+            index,
+            takeover: owed.takeover,
+        })
+    }
+
+    /// What the lease reports about this hold: the slot's entry, with the details our contender
+    /// key holds (the holder, its metadata, how long it waited) and the entry's index as the
+    /// fencing token.
+    async fn holder_info(&mut self, pair: &KvPair) -> Result<LockInfo, Detour> {
+        let mut info = value::decode(self.key, pair);
+        info.session = Some(self.owned.id.clone());
+        let contender = interruptible(
+            self.backend.client.kv_get_retry(&self.slot.contender_key),
+            self.stop,
+            self.deadline,
+        )
+        .await??;
+        if let Some(c) = contender.value.as_ref() {
+            let mine = value::decode(self.key, c);
+            info.created = mine.created;
+            info.seconds_to_lock = mine.seconds_to_lock;
+            info.metadata = mine.metadata;
+            info.holder = mine.holder;
+        }
+        info.fencing_token = Some(pair.modify_index);
+        Ok(info)
     }
 }
 
