@@ -142,23 +142,27 @@ impl ConsulBackend {
         deadline: Option<Instant>,
         session: &mut Option<OwnedSession>,
     ) -> Result<Attempt, BackendError> {
-        let mut state = AttemptState {
-            delay_backoff: LOCK_DELAY_RETRY_FIRST,
-            fresh: None,
-            lost_races: 0,
-            saw_lock_delay: false,
-            highest_index: 0,
-            saw_state_loss: false,
+        let mut attempts = Attempts {
+            backend: self,
+            request,
+            observer,
+            stop,
+            started,
+            deadline,
+            state: AttemptState {
+                delay_backoff: LOCK_DELAY_RETRY_FIRST,
+                fresh: None,
+                lost_races: 0,
+                saw_lock_delay: false,
+                highest_index: 0,
+                saw_state_loss: false,
+            },
         };
         let patience =
             (request.wait == Wait::NonBlocking).then(|| started + retry::NON_BLOCKING_PATIENCE);
         let mut backoff = Backoff::default();
         loop {
-            let result = self
-                .attempt(
-                    request, observer, stop, started, deadline, session, &mut state,
-                )
-                .await;
+            let result = attempts.attempt(session).await;
             let err = match result {
                 Ok(Some(decided)) => return Ok(decided),
                 Ok(None) => {
@@ -193,85 +197,143 @@ impl ConsulBackend {
             }
         }
     }
+}
 
-    /// One pass of the acquire recipe: read, wait while taken, create a session, acquire, read
-    /// back. `Ok(None)`: go round again.
-    #[allow(clippy::too_many_arguments)]
+/// One acquisition's attempts: what every attempt shares (the request, the stop signal and the
+/// deadline) and what survives from one to the next, so that an attempt reads as its steps.
+struct Attempts<'a> {
+    backend: &'a ConsulBackend,
+    request: &'a LockRequest,
+    observer: &'a dyn AcquireObserver,
+    stop: &'a CancellationToken,
+    started: Instant,
+    deadline: Option<Instant>,
+    state: AttemptState,
+}
+
+/// Our acquire write to a free key: what it wrote, and what the entry it replaced said.
+struct Write {
+    lock_key: String,
+    /// The entry as read before the write; `None` when the key had none.
+    before: Option<KvPair>,
+    /// The takeover delay the replaced entry announced.
+    previous_takeover: Option<Duration>,
+    /// The replaced entry carries the `released` marker.
+    marked_clean: bool,
+    /// The previous holder's wait this holder still owes (an unclean handoff).
+    carried: Option<Duration>,
+    /// The value written, announcing `carried` or our own delay, whichever is longer.
+    value: Vec<u8>,
+}
+
+impl Attempts<'_> {
+    /// One pass of the acquire recipe: read, then wait while taken, or take the free key.
+    /// `Ok(None)`: go round again.
     async fn attempt(
-        &self,
-        request: &LockRequest,
-        observer: &dyn AcquireObserver,
-        stop: &CancellationToken,
-        started: Instant,
-        deadline: Option<Instant>,
+        &mut self,
         session: &mut Option<OwnedSession>,
-        state: &mut AttemptState,
     ) -> Result<Option<Attempt>, BackendError> {
+        let (request, backend) = (self.request, self.backend);
+        let (stop, deadline) = (self.stop, self.deadline);
         let key = request.key.as_str();
         let lock_key = lock_key(key, request.layout);
-        step!(observer.before_attempt(key), stop, deadline);
-        let read = match state.fresh.take() {
+        step!(self.observer.before_attempt(key), stop, deadline);
+        let read = match self.state.fresh.take() {
             // Woken by a release after having lost a race before: others wait too. Spread the
             // wake-ups and look again before writing anything, so only the first few create a
             // session and try (the rest see the key taken and go back to waiting for free).
-            Some(_) if state.lost_races > 0 => {
+            Some(_) if self.state.lost_races > 0 => {
                 let spread = HERD_SPREAD.mul_f64(fastrand::f64());
                 step!(tokio::time::sleep(spread), stop, deadline);
-                step!(self.client.kv_get(&lock_key, None), stop, deadline)?
+                step!(backend.client.kv_get(&lock_key, None), stop, deadline)?
             }
             Some(read) => read,
             None => {
-                let read = step!(self.client.kv_get(&lock_key, None), stop, deadline);
-                self.telemetry.store_healthy(read.is_ok());
+                let read = step!(backend.client.kv_get(&lock_key, None), stop, deadline);
+                backend.telemetry.store_healthy(read.is_ok());
                 read?
             }
         };
         check_flags(read.value.as_ref(), &lock_key, request.layout)?;
-        if read.index < state.highest_index {
-            tracing::warn!(key, index = read.index, before = state.highest_index, "Consul's index went back: its state was lost; the next hold waits its takeover delay");
-            state.saw_state_loss = true;
+        if read.index < self.state.highest_index {
+            tracing::warn!(key, index = read.index, before = self.state.highest_index, "Consul's index went back: its state was lost; the next hold waits its takeover delay");
+            self.state.saw_state_loss = true;
         }
-        state.highest_index = state.highest_index.max(read.index);
+        self.state.highest_index = self.state.highest_index.max(read.index);
 
         if let Some(pair) = read.value.as_ref().filter(|p| p.holder().is_some()) {
             let info = value::decode(key, pair);
-            tracing::debug!(key, holder = %info.holder_summary(), "lock is taken");
-            self.telemetry.observed_holder(Some(&info));
-            step!(observer.already_locked(key, Some(&info)), stop, deadline);
-            if request.wait == Wait::NonBlocking {
-                return Ok(Some(Attempt::Locked(Some(info))));
-            }
-            // Whoever holds it now took it after any lock-delay we saw.
-            state.saw_lock_delay = false;
-            // A standby needs no session: drop ours until the key is free again.
-            if let Some(owned) = session.as_ref() {
-                session::destroy(&self.client, owned).await;
-            }
-            *session = None;
-            state.fresh = step!(
-                self.wait_until_free(
-                    key,
-                    &lock_key,
-                    request.layout,
-                    read.index,
-                    info,
-                    request.wait.poll()
-                ),
-                stop,
-                deadline
-            )?;
-            state.delay_backoff = LOCK_DELAY_RETRY_FIRST;
-            return Ok(None);
+            return self
+                .wait_while_taken(session, &lock_key, read.index, info)
+                .await;
         }
+        self.take_free_key(session, lock_key, read).await
+    }
 
-        // The key is free: take it with a session of our own.
+    /// The key is held by `info`: reports it, and unless the request does not wait, drops our
+    /// session (a standby needs none) and waits until the key is free. The read that shows it
+    /// free starts the next attempt.
+    async fn wait_while_taken(
+        &mut self,
+        session: &mut Option<OwnedSession>,
+        lock_key: &str,
+        index: u64,
+        info: LockInfo,
+    ) -> Result<Option<Attempt>, BackendError> {
+        let (request, backend) = (self.request, self.backend);
+        let (stop, deadline) = (self.stop, self.deadline);
+        let key = request.key.as_str();
+        tracing::debug!(key, holder = %info.holder_summary(), "lock is taken");
+        backend.telemetry.observed_holder(Some(&info));
+        step!(
+            self.observer.already_locked(key, Some(&info)),
+            stop,
+            deadline
+        );
+        if request.wait == Wait::NonBlocking {
+            return Ok(Some(Attempt::Locked(Some(info))));
+        }
+        // Whoever holds it now took it after any lock-delay we saw.
+        self.state.saw_lock_delay = false;
+        // A standby needs no session: drop ours until the key is free again.
+        if let Some(owned) = session.as_ref() {
+            session::destroy(&backend.client, owned).await;
+        }
+        *session = None;
+        self.state.fresh = step!(
+            backend.wait_until_free(
+                key,
+                lock_key,
+                request.layout,
+                index,
+                info,
+                request.wait.poll()
+            ),
+            stop,
+            deadline
+        )?;
+        self.state.delay_backoff = LOCK_DELAY_RETRY_FIRST;
+        Ok(None)
+    }
+
+    /// The key is free: takes it with a session of our own (created now if we have none), then
+    /// reads it back, which says whether the write made us the holder.
+    async fn take_free_key(
+        &mut self,
+        session: &mut Option<OwnedSession>,
+        lock_key: String,
+        read: KvRead<Option<KvPair>>,
+    ) -> Result<Option<Attempt>, BackendError> {
+        let (request, backend) = (self.request, self.backend);
+        let (stop, deadline) = (self.stop, self.deadline);
+        let key = request.key.as_str();
         let previous_takeover = read.value.as_ref().and_then(value::announced_takeover);
         if session.is_none() {
-            *session = Some(step!(self.create_session(request), stop, deadline)?);
+            *session = Some(step!(backend.create_session(request), stop, deadline)?);
             // Creating a session can take long (a slow agent, a leader election): whatever the
             // read said may be stale by now. Judge a changed key afresh.
             if let Some(before) = read.value.as_ref() {
-                let again = step!(self.client.kv_get(&lock_key, None), stop, deadline)?;
+                let again = step!(backend.client.kv_get(&lock_key, None), stop, deadline)?;
                 if again.value.as_ref().map(|p| p.modify_index) != Some(before.modify_index) {
                     tracing::debug!(key, "the key changed while our session was created");
                     return Ok(None);
@@ -281,7 +343,7 @@ impl ConsulBackend {
         let owned = session.as_ref().expect("session was just created");
         if read.value.is_none() {
             step!(
-                self.refuse_other_layout(key, request.layout),
+                backend.refuse_other_layout(key, request.layout),
                 stop,
                 deadline
             )?;
@@ -290,12 +352,16 @@ impl ConsulBackend {
         // stopped during its own takeover wait still makes the next one wait that long.
         let marked_clean = read.value.as_ref().is_some_and(value::released_cleanly);
         let carried = previous_takeover.filter(|_| !marked_clean);
-        let value = self.holder_value(request, &owned.id, started, carried);
+        let value = backend.holder_value(request, &owned.id, self.started, carried);
         let params = [
             ("acquire", owned.id.clone()),
             ("flags", LOCK_FLAG_VALUE.to_string()),
         ];
-        let acquired = match self.client.kv_put(&lock_key, value.clone(), &params).await {
+        let acquired = match backend
+            .client
+            .kv_put(&lock_key, value.clone(), &params)
+            .await
+        {
             Ok(acquired) => acquired,
             // The write may have landed: the entry says whether it is ours.
             Err(BackendError::Unknown(err)) => {
@@ -307,86 +373,126 @@ impl ConsulBackend {
         // Read back: confirms the holder and gives the fencing token (ModifyIndex).
         // Stoppable from here on too: if the write landed, the caller's cleanup destroys the
         // session, and with no clean marker the next holder waits its takeover delay.
-        let after = step!(self.client.kv_get(&lock_key, None), stop, deadline)?;
+        let after = step!(backend.client.kv_get(&lock_key, None), stop, deadline)?;
         match after.value.as_ref() {
             Some(pair) if pair.holder() == Some(owned.id.as_str()) => {
-                // Checked after our acquire: a holder that came and went before it keeps its
-                // session until its command is dead. `Some`: such a session lives, with the
-                // longest takeover delay those sessions announced.
-                let may_live = || async {
-                    self.holder_may_live(key, &owned.id)
-                        .await
-                        .unwrap_or(Some(Duration::ZERO))
-                };
-                let mut live = match read.value {
-                    Some(_) => None,
-                    None => step!(may_live(), stop, deadline),
-                };
-                // Judged against what this acquire replaced, not the read before it: another
-                // holder may have come and gone in between (docs/timing.md, "First use").
-                let previous_clean = !state.saw_lock_delay
-                    && !state.saw_state_loss
-                    && match read.value.as_ref() {
-                        // Nobody else acquired since the read: the same entry (not deleted and
-                        // re-created), its lock index moved by one.
-                        Some(before) => {
-                            marked_clean
-                                && pair.create_index == before.create_index
-                                && pair.lock_index == before.lock_index + 1
-                        }
-                        None => live.is_none(),
-                    };
-                if !previous_clean && read.value.is_some() {
-                    // Any holder still stopping may have a longer kill grace than the one whose
-                    // entry we replaced announced: its session name says how long it needs.
-                    live = step!(may_live(), stop, deadline);
-                }
-                let owed = previous_takeover.max(live);
-                // If this hold ends unclean before the wait is over, the next holder owes it too.
-                let value = match owed {
-                    Some(delay) if !previous_clean && Some(delay) > carried => {
-                        self.holder_value(request, &owned.id, started, Some(delay))
-                    }
-                    _ => value,
-                };
-                let info = value::decode(key, pair);
-                let owned = session.take().expect("session is set");
-                let keep_alive = self.keep_alive(request, after.index)?;
-                let hold = KeyHold {
+                let write = Write {
                     lock_key,
-                    layout: request.layout,
+                    before: read.value,
+                    previous_takeover,
+                    marked_clean,
+                    carried,
                     value,
                 };
-                let mut lease =
-                    Lease::start(self.client.clone(), info, owned, Box::new(hold), keep_alive);
-                lease.previous_release_clean = previous_clean;
-                lease.previous_takeover = owed;
-                Ok(Some(Attempt::Held(Box::new(lease))))
+                self.start_lease(session, write, pair, after.index).await
             }
             Some(pair) if pair.holder().is_some() => {
                 // Someone else won the race; go round and wait for them.
                 tracing::debug!(key, "another contender took the lock first");
-                state.lost_races += 1;
+                self.state.lost_races += 1;
                 Ok(None)
             }
             _ if acquired => Ok(None),
-            _ => {
-                // Free but refused: a lock-delay from an invalidated session is running.
-                if request.wait == Wait::NonBlocking {
-                    return Ok(Some(Attempt::Locked(None)));
-                }
-                tracing::debug!(key, retry_in = ?state.delay_backoff, "key is free but in lock-delay");
-                state.saw_lock_delay = true;
-                step!(tokio::time::sleep(state.delay_backoff), stop, deadline);
-                state.delay_backoff = (state.delay_backoff * 2).min(LOCK_DELAY_RETRY_MAX);
-                if let Some(owned) = session.as_mut() {
-                    self.refresh_session(request, owned).await?;
-                }
-                Ok(None)
-            }
+            _ => self.wait_out_lock_delay(session).await,
         }
     }
 
+    /// Our write made us the holder (`pair`, read back at `index`): judges whether the previous
+    /// holder surely stopped, settles the takeover delay this hold owes, and starts the lease.
+    async fn start_lease(
+        &mut self,
+        session: &mut Option<OwnedSession>,
+        write: Write,
+        pair: &KvPair,
+        index: u64,
+    ) -> Result<Option<Attempt>, BackendError> {
+        let (request, backend) = (self.request, self.backend);
+        let (stop, deadline) = (self.stop, self.deadline);
+        let key = request.key.as_str();
+        let owned = session.as_ref().expect("session was just created");
+        // Checked after our acquire: a holder that came and went before it keeps its
+        // session until its command is dead. `Some`: such a session lives, with the
+        // longest takeover delay those sessions announced.
+        let may_live = || async {
+            backend
+                .holder_may_live(key, &owned.id)
+                .await
+                .unwrap_or(Some(Duration::ZERO))
+        };
+        let mut live = match write.before {
+            Some(_) => None,
+            None => step!(may_live(), stop, deadline),
+        };
+        // Judged against what this acquire replaced, not the read before it: another
+        // holder may have come and gone in between (docs/timing.md, "First use").
+        let previous_clean = !self.state.saw_lock_delay
+            && !self.state.saw_state_loss
+            && match write.before.as_ref() {
+                // Nobody else acquired since the read: the same entry (not deleted and
+                // re-created), its lock index moved by one.
+                Some(before) => {
+                    write.marked_clean
+                        && pair.create_index == before.create_index
+                        && pair.lock_index == before.lock_index + 1
+                }
+                None => live.is_none(),
+            };
+        if !previous_clean && write.before.is_some() {
+            // Any holder still stopping may have a longer kill grace than the one whose
+            // entry we replaced announced: its session name says how long it needs.
+            live = step!(may_live(), stop, deadline);
+        }
+        let owed = write.previous_takeover.max(live);
+        // If this hold ends unclean before the wait is over, the next holder owes it too.
+        let value = match owed {
+            Some(delay) if !previous_clean && Some(delay) > write.carried => {
+                backend.holder_value(request, &owned.id, self.started, Some(delay))
+            }
+            _ => write.value,
+        };
+        let info = value::decode(key, pair);
+        let owned = session.take().expect("session is set");
+        let keep_alive = backend.keep_alive(request, index)?;
+        let hold = KeyHold {
+            lock_key: write.lock_key,
+            layout: request.layout,
+            value,
+        };
+        let mut lease = Lease::start(
+            backend.client.clone(),
+            info,
+            owned,
+            Box::new(hold),
+            keep_alive,
+        );
+        lease.previous_release_clean = previous_clean;
+        lease.previous_takeover = owed;
+        Ok(Some(Attempt::Held(Box::new(lease))))
+    }
+
+    /// The key is free but refused our write: a lock-delay from an invalidated session runs.
+    /// Backs off (doubling up to a cap), keeping our session alive meanwhile, and goes round.
+    async fn wait_out_lock_delay(
+        &mut self,
+        session: &mut Option<OwnedSession>,
+    ) -> Result<Option<Attempt>, BackendError> {
+        let (stop, deadline) = (self.stop, self.deadline);
+        if self.request.wait == Wait::NonBlocking {
+            return Ok(Some(Attempt::Locked(None)));
+        }
+        let key = self.request.key.as_str();
+        tracing::debug!(key, retry_in = ?self.state.delay_backoff, "key is free but in lock-delay");
+        self.state.saw_lock_delay = true;
+        step!(tokio::time::sleep(self.state.delay_backoff), stop, deadline);
+        self.state.delay_backoff = (self.state.delay_backoff * 2).min(LOCK_DELAY_RETRY_MAX);
+        if let Some(owned) = session.as_mut() {
+            self.backend.refresh_session(self.request, owned).await?;
+        }
+        Ok(None)
+    }
+}
+
+impl ConsulBackend {
     /// For a key with no entry: refuses when the same name is locked in the other layout — a
     /// `consul lock KEY` holds `KEY/.lock`, lockwrap's default layout holds `KEY` — since the
     /// two would never exclude each other (README, "Key layouts").
