@@ -151,18 +151,7 @@ impl ConsulBackend {
         };
         let slot = slot(prefix, &owned.id);
         // Dropped midway (a library caller's timeout): the same cleanup as a failed acquisition.
-        let (lock_key, contender_key, prefix_key) = (
-            slot.lock_key.clone(),
-            slot.contender_key.clone(),
-            key.to_string(),
-        );
-        pending.leftover = Some(Box::new(move |client, session| {
-            Box::pin(async move {
-                if !maybe_listed(&client, &lock_key, &session, &prefix_key).await {
-                    let _ = client.kv_delete(&contender_key, None).await;
-                }
-            })
-        }));
+        pending.leftover = Some(leftover(&slot, key));
         let outcome = self
             .semaphore_loop(request, observer, stop, started, deadline, owned, &slot)
             .await;
@@ -173,33 +162,11 @@ impl ConsulBackend {
                     .session
                     .take()
                     .expect("the session stays pending until here");
-                let keep_alive = self.keep_alive(request, taken.index)?;
-                let mut lease = Lease::start(
-                    self.client.clone(),
-                    taken.info,
-                    owned,
-                    Box::new(slot),
-                    keep_alive,
-                );
-                if let Some(announced) = taken.takeover {
-                    lease.previous_release_clean = false;
-                    lease.previous_takeover = announced;
-                }
-                Ok(Acquired::Held(lease))
+                self.lease_for_slot(request, taken, owned, slot)
+                    .map(Acquired::Held)
             }
             other => {
-                // A take whose write may have landed leaves our entry in `.lock`, dead once our
-                // session is gone: keep our contender key then, with the takeover delay it
-                // announces, for whoever takes that slot (it deletes the key). Still under the
-                // drop guard: a caller's own timeout firing now leaves the rest to it.
-                if let Some(owned) = pending.session.as_ref() {
-                    if !maybe_listed(&self.client, &slot.lock_key, &owned.id, key).await {
-                        let _ = self.client.kv_delete(&slot.contender_key, None).await;
-                    }
-                    pending.leftover = None;
-                    session::destroy(&self.client, owned).await;
-                }
-                pending.session = None;
+                self.abandon(&mut pending, &slot, key).await;
                 match other {
                     Ok(None) => Ok(Acquired::Locked(None)),
                     Err(Ok(interrupt)) => Ok(match interrupt {
@@ -211,6 +178,46 @@ impl ConsulBackend {
                 }
             }
         }
+    }
+
+    /// The lease of a slot we took, with our session; a dead holder's slot starts it unclean,
+    /// owing the takeover delay that holder announced.
+    fn lease_for_slot(
+        &self,
+        request: &LockRequest,
+        taken: SlotTaken,
+        owned: OwnedSession,
+        slot: SemaphoreSlot,
+    ) -> Result<Lease, BackendError> {
+        let keep_alive = self.keep_alive(request, taken.index)?;
+        let mut lease = Lease::start(
+            self.client.clone(),
+            taken.info,
+            owned,
+            Box::new(slot),
+            keep_alive,
+        );
+        if let Some(announced) = taken.takeover {
+            lease.previous_release_clean = false;
+            lease.previous_takeover = announced;
+        }
+        Ok(lease)
+    }
+
+    /// Undoes an acquisition that took no slot: destroys our session, and deletes our contender
+    /// key unless `.lock` may list us. A take whose write may have landed leaves our entry in
+    /// `.lock`, dead once our session is gone: keep our contender key then, with the takeover
+    /// delay it announces, for whoever takes that slot (it deletes the key). Runs under the
+    /// caller's drop guard (`pending`): a caller's own timeout firing now leaves the rest to it.
+    async fn abandon(&self, pending: &mut session::Pending, slot: &SemaphoreSlot, key: &str) {
+        if let Some(owned) = pending.session.as_ref() {
+            if !maybe_listed(&self.client, &slot.lock_key, &owned.id, key).await {
+                let _ = self.client.kv_delete(&slot.contender_key, None).await;
+            }
+            pending.leftover = None;
+            session::destroy(&self.client, owned).await;
+        }
+        pending.session = None;
     }
 
     /// Waits for a slot with our session: creates our contender key, then tries until a try
@@ -760,6 +767,24 @@ impl ConsulBackend {
         }
         Ok(())
     }
+}
+
+/// What a semaphore acquisition dropped midway still owes besides its session: our contender
+/// key, deleted unless `.lock` may list us (then it announces our takeover delay for whoever
+/// takes that slot, as `ConsulBackend::abandon` keeps it).
+fn leftover(slot: &SemaphoreSlot, key: &str) -> session::Leftover {
+    let (lock_key, contender_key, prefix_key) = (
+        slot.lock_key.clone(),
+        slot.contender_key.clone(),
+        key.to_string(),
+    );
+    Box::new(move |client, session| {
+        Box::pin(async move {
+            if !maybe_listed(&client, &lock_key, &session, &prefix_key).await {
+                let _ = client.kv_delete(&contender_key, None).await;
+            }
+        })
+    })
 }
 
 /// Whether `.lock` may list `session` (true when it cannot be read).
