@@ -409,7 +409,9 @@ impl Attempts<'_> {
         let (request, backend) = (self.request, self.backend);
         let (stop, deadline) = (self.stop, self.deadline);
         let key = request.key.as_str();
-        let owned = session.as_ref().expect("session was just created");
+        let owned = session
+            .as_ref()
+            .expect("the key was read back held by our session");
         // Checked after our acquire: a holder that came and went before it keeps its
         // session until its command is dead. `Some`: such a session lives, with the
         // longest takeover delay those sessions announced.
