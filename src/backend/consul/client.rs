@@ -64,86 +64,13 @@ impl ConsulClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .use_rustls_tls()
             .user_agent(concat!("lockwrap/", env!("CARGO_PKG_VERSION")));
-
-        for path in ca_files(settings)? {
-            let pem = std::fs::read(&path).map_err(|err| SettingsError {
-                setting: "consul_cacert",
-                message: format!("cannot read CA file {}: {err}", path.display()),
-            })?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| SettingsError {
-                    setting: "consul_cacert",
-                    message: format!("{} is not a PEM certificate bundle: {err}", path.display()),
-                })?;
-            if certs.is_empty() {
-                return Err(SettingsError {
-                    setting: "consul_cacert",
-                    message: format!("{} holds no PEM certificate", path.display()),
-                });
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        match (&settings.client_cert, &settings.client_key) {
-            (Some(cert), Some(key)) => {
-                let mut pem = read_setting(cert, "consul_client_cert")?;
-                pem.push(b'\n');
-                pem.extend(read_setting(key, "consul_client_key")?);
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|err| SettingsError {
-                    setting: "consul_client_cert",
-                    message: format!(
-                        "{} / {} are not a PEM certificate and key: {err}",
-                        cert.display(),
-                        key.display()
-                    ),
-                })?;
-                builder = builder.identity(identity);
-            }
-            (Some(_), None) => {
-                return Err(SettingsError {
-                    setting: "consul_client_cert",
-                    message: "a client certificate needs a client key too (--consul-client-key / CONSUL_CLIENT_KEY)".into(),
-                })
-            }
-            (None, Some(_)) => {
-                return Err(SettingsError {
-                    setting: "consul_client_key",
-                    message: "a client key needs a client certificate too (--consul-client-cert / CONSUL_CLIENT_CERT)".into(),
-                })
-            }
-            (None, None) => {}
-        }
+        builder = trust_ca_files(builder, settings)?;
+        builder = client_identity(builder, settings)?;
         if !settings.ssl_verify {
             builder = builder.danger_accept_invalid_certs(true);
         }
-
-        // SNI / certificate name override: address the server by that name and pin the name to
-        // the real address, so TLS checks the certificate against it.
-        let mut base_host = host_port.clone();
-        let mut display_address = format!("{scheme}://{host_port}");
-        if let Some(path) = &socket {
-            // Every connection goes to the socket; the URL's host only fills the Host header
-            // (and the TLS name, for an HTTPS listener on a socket).
-            builder = builder.unix_socket(path.as_path());
-            base_host = settings
-                .tls_server_name
-                .clone()
-                .unwrap_or_else(|| "localhost".to_string());
-            display_address = format!("unix://{}", path.display());
-        } else if let (Some(name), "https") = (&settings.tls_server_name, scheme) {
-            let addrs: Vec<_> = host_port
-                .to_socket_addrs()
-                .map_err(|err| SettingsError {
-                    setting: "consul_addr",
-                    message: format!("cannot resolve {host_port}: {err}"),
-                })?
-                .collect();
-            let port = addrs.first().map(|a| a.port()).unwrap_or(443);
-            builder = builder.resolve_to_addrs(name, &addrs);
-            base_host = format!("{name}:{port}");
-        }
-
+        let (builder, base_host, display_address) =
+            route(builder, settings, socket.as_deref(), scheme, &host_port)?;
         let http = builder.build().map_err(|err| SettingsError {
             setting: "consul_addr",
             message: format!("cannot build the HTTP client: {err}"),
@@ -333,6 +260,104 @@ impl ConsulClient {
             BackendError::Unknown(message)
         }
     }
+}
+
+/// Adds the CA certificates of `--consul-cacert` / `--consul-capath` as trust roots; a file
+/// that cannot be read or holds no PEM certificate is refused now, before any request.
+fn trust_ca_files(
+    mut builder: reqwest::ClientBuilder,
+    settings: &ConsulSettings,
+) -> Result<reqwest::ClientBuilder, SettingsError> {
+    for path in ca_files(settings)? {
+        let pem = std::fs::read(&path).map_err(|err| SettingsError {
+            setting: "consul_cacert",
+            message: format!("cannot read CA file {}: {err}", path.display()),
+        })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| SettingsError {
+            setting: "consul_cacert",
+            message: format!("{} is not a PEM certificate bundle: {err}", path.display()),
+        })?;
+        if certs.is_empty() {
+            return Err(SettingsError {
+                setting: "consul_cacert",
+                message: format!("{} holds no PEM certificate", path.display()),
+            });
+        }
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
+/// Adds the client certificate and key for mutual TLS; one without the other is refused.
+fn client_identity(
+    builder: reqwest::ClientBuilder,
+    settings: &ConsulSettings,
+) -> Result<reqwest::ClientBuilder, SettingsError> {
+    match (&settings.client_cert, &settings.client_key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read_setting(cert, "consul_client_cert")?;
+            pem.push(b'\n');
+            pem.extend(read_setting(key, "consul_client_key")?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|err| SettingsError {
+                setting: "consul_client_cert",
+                message: format!(
+                    "{} / {} are not a PEM certificate and key: {err}",
+                    cert.display(),
+                    key.display()
+                ),
+            })?;
+            Ok(builder.identity(identity))
+        }
+        (Some(_), None) => Err(SettingsError {
+            setting: "consul_client_cert",
+            message: "a client certificate needs a client key too (--consul-client-key / CONSUL_CLIENT_KEY)".into(),
+        }),
+        (None, Some(_)) => Err(SettingsError {
+            setting: "consul_client_key",
+            message: "a client key needs a client certificate too (--consul-client-cert / CONSUL_CLIENT_CERT)".into(),
+        }),
+        (None, None) => Ok(builder),
+    }
+}
+
+/// Where requests go: through the unix socket, or to `host_port`, pinned to the TLS server
+/// name when one is set. Returns the builder, the host the URLs name, and the address for
+/// messages.
+fn route(
+    mut builder: reqwest::ClientBuilder,
+    settings: &ConsulSettings,
+    socket: Option<&std::path::Path>,
+    scheme: &str,
+    host_port: &str,
+) -> Result<(reqwest::ClientBuilder, String, String), SettingsError> {
+    // SNI / certificate name override: address the server by that name and pin the name to
+    // the real address, so TLS checks the certificate against it.
+    let mut base_host = host_port.to_string();
+    let mut display_address = format!("{scheme}://{host_port}");
+    if let Some(path) = socket {
+        // Every connection goes to the socket; the URL's host only fills the Host header
+        // (and the TLS name, for an HTTPS listener on a socket).
+        builder = builder.unix_socket(path);
+        base_host = settings
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| "localhost".to_string());
+        display_address = format!("unix://{}", path.display());
+    } else if let (Some(name), "https") = (&settings.tls_server_name, scheme) {
+        let addrs: Vec<_> = host_port
+            .to_socket_addrs()
+            .map_err(|err| SettingsError {
+                setting: "consul_addr",
+                message: format!("cannot resolve {host_port}: {err}"),
+            })?
+            .collect();
+        let port = addrs.first().map(|a| a.port()).unwrap_or(443);
+        builder = builder.resolve_to_addrs(name, &addrs);
+        base_host = format!("{name}:{port}");
+    }
+    Ok((builder, base_host, display_address))
 }
 
 /// The `X-Consul-Index` header of a response, if present and numeric.
