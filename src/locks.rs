@@ -248,20 +248,7 @@ impl<B: LockBackend> LockManager<B> {
             Ok(command) => command,
             Err(not_started) => {
                 let _ = lease.release().await;
-                return Err(match not_started {
-                    NotStarted::Lost(reason) => Error::new(
-                        ErrorKind::LockLost,
-                        format!("lock {key} lost before the command started ({reason})"),
-                    ),
-                    NotStarted::Spawn(err) => {
-                        let kind = if err.exit_code() == 127 {
-                            ErrorKind::CommandNotFound
-                        } else {
-                            ErrorKind::NotExecutable
-                        };
-                        Error::new(kind, err.to_string())
-                    }
-                });
+                return Err(not_started_error(key, not_started));
             }
         };
         // Declared after the lease, so dropped before it if the caller drops this future: the
@@ -285,35 +272,61 @@ impl<B: LockBackend> LockManager<B> {
         // The hold stopped the command's tree: nothing is left for the drop guard to do.
         running.command = None;
         let released = hold::release_after(lease, &end).await;
-        match end {
-            HoldEnd::Lost { reason, status, .. } => Err(Error::new(
-                ErrorKind::LockLost,
-                format!(
-                    "lock {key} lost while the command ran ({reason}); it was stopped ({status})"
-                ),
-            )),
-            // Without signals the hold ends only by the command's exit or a loss.
-            HoldEnd::Exited { status, tree_gone }
-            | HoldEnd::Interrupted {
-                status, tree_gone, ..
-            } => {
-                // As `lockwrap execute`: the command's code is the answer. A release Consul did
-                // not take (an agent down) leaves the session to its TTL; the next holder waits
-                // its takeover delay, as after any unclean release (docs/timing.md).
-                if let Err(err) = released {
-                    tracing::warn!(%err, "releasing the lock failed; the session ends with its TTL");
-                }
-                if !tree_gone {
-                    // Something survived: the next holder must wait (docs/timing.md).
-                    return Err(Error::new(
-                        ErrorKind::Internal,
-                        format!(
-                            "lock {key} released, but a process of the command survived SIGKILL"
-                        ),
-                    ));
-                }
-                Ok(status.code())
+        executed(key, end, released)
+    }
+}
+
+/// The error of an `execute` whose command never started: the lock was lost first, or the
+/// command could not be spawned (127: not found, as a shell says).
+fn not_started_error(key: &str, not_started: NotStarted) -> Error {
+    match not_started {
+        NotStarted::Lost(reason) => Error::new(
+            ErrorKind::LockLost,
+            format!("lock {key} lost before the command started ({reason})"),
+        ),
+        NotStarted::Spawn(err) => {
+            let kind = if err.exit_code() == 127 {
+                ErrorKind::CommandNotFound
+            } else {
+                ErrorKind::NotExecutable
+            };
+            Error::new(kind, err.to_string())
+        }
+    }
+}
+
+/// What an `execute` whose command ran returns, once the hold has ended and the lock has been
+/// given back (`released`): the command's exit code, or an error when the lock was lost or a
+/// process of the command survived.
+fn executed(
+    key: &str,
+    end: HoldEnd,
+    released: std::result::Result<(), crate::backend::BackendError>,
+) -> Result<i32> {
+    match end {
+        HoldEnd::Lost { reason, status, .. } => Err(Error::new(
+            ErrorKind::LockLost,
+            format!("lock {key} lost while the command ran ({reason}); it was stopped ({status})"),
+        )),
+        // Without signals the hold ends only by the command's exit or a loss.
+        HoldEnd::Exited { status, tree_gone }
+        | HoldEnd::Interrupted {
+            status, tree_gone, ..
+        } => {
+            // As `lockwrap execute`: the command's code is the answer. A release Consul did
+            // not take (an agent down) leaves the session to its TTL; the next holder waits
+            // its takeover delay, as after any unclean release (docs/timing.md).
+            if let Err(err) = released {
+                tracing::warn!(%err, "releasing the lock failed; the session ends with its TTL");
             }
+            if !tree_gone {
+                // Something survived: the next holder must wait (docs/timing.md).
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("lock {key} released, but a process of the command survived SIGKILL"),
+                ));
+            }
+            Ok(status.code())
         }
     }
 }
