@@ -184,37 +184,11 @@ pub async fn create(
     // Unique per attempt, so an attempt whose outcome is unknown can be found again.
     let name = attempt_name(&base, attempt_nonce());
     let check = match settings.health_check_ttl {
-        Some(ttl) => {
-            let id = format!(
-                "{CHECK_PREFIX}{}:{}:{}",
-                identity.hostname,
-                identity.pid,
-                unique_suffix()
-            );
-            let registered_at = Instant::now();
-            client
-                .check_register(&id, &format!("lockwrap liveness for {key}"), ttl)
-                .await?;
-            let cadence = pass.unwrap_or_else(|| default_pass_cadence(ttl));
-            Some(CheckKeeper::start(
-                client.clone(),
-                id,
-                cadence,
-                registered_at,
-            ))
-        }
+        Some(ttl) => Some(register_check(client, key, identity, ttl, pass).await?),
         None => None,
     };
     let check_id = check.as_ref().map(|c| c.id.clone());
-    let mut checks = match &settings.checks {
-        Checks::AgentDefault if check_id.is_some() => Some(vec!["serfHealth".to_string()]),
-        Checks::AgentDefault => None,
-        Checks::None => Some(Vec::new()),
-        Checks::List(list) => Some(list.clone()),
-    };
-    if let Some(id) = &check_id {
-        checks.get_or_insert_with(Vec::new).push(id.clone());
-    }
+    let checks = session_checks(&settings.checks, check_id.as_deref());
     let request = SessionRequest {
         name: name.clone(),
         ttl: settings.ttl.map(duration::to_consul),
@@ -253,6 +227,51 @@ pub async fn create(
             Err(err)
         }
     }
+}
+
+/// Registers lockwrap's own TTL check for a session on `key` and keeps it passing at `pass`
+/// cadence from the moment it is registered: it registers passing, and a check nobody passes
+/// would kill its own session (docs/timing.md, "Health checks").
+async fn register_check(
+    client: &ConsulClient,
+    key: &str,
+    identity: &Identity,
+    ttl: Duration,
+    pass: Option<Cadence>,
+) -> Result<CheckKeeper, BackendError> {
+    let id = format!(
+        "{CHECK_PREFIX}{}:{}:{}",
+        identity.hostname,
+        identity.pid,
+        unique_suffix()
+    );
+    let registered_at = Instant::now();
+    client
+        .check_register(&id, &format!("lockwrap liveness for {key}"), ttl)
+        .await?;
+    let cadence = pass.unwrap_or_else(|| default_pass_cadence(ttl));
+    Ok(CheckKeeper::start(
+        client.clone(),
+        id,
+        cadence,
+        registered_at,
+    ))
+}
+
+/// The checks a session is bound to: the ones asked for, plus our own TTL check (`check_id`)
+/// when there is one. `None` leaves the agent's default (`serfHealth`), which is named
+/// explicitly once our check is added, since a list replaces the default.
+fn session_checks(asked: &Checks, check_id: Option<&str>) -> Option<Vec<String>> {
+    let mut checks = match asked {
+        Checks::AgentDefault if check_id.is_some() => Some(vec!["serfHealth".to_string()]),
+        Checks::AgentDefault => None,
+        Checks::None => Some(Vec::new()),
+        Checks::List(list) => Some(list.clone()),
+    };
+    if let Some(id) = check_id {
+        checks.get_or_insert_with(Vec::new).push(id.to_string());
+    }
+    checks
 }
 
 /// Without a plan (a request that is not kept alive) pass at a third of the check's TTL.
