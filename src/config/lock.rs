@@ -54,6 +54,48 @@ fn session_settings(
     s: &Settings,
     v: &Provenance,
 ) -> Result<SessionSettings> {
+    let ttl = session_ttl(defaults, s, v)?;
+    let lock_delay = s.lock_delay.map_or(defaults.lock_delay, |d| d.0);
+    if lock_delay > Duration::from_secs(60) {
+        return Err(v.bad(
+            "lock_delay",
+            format!("{} is more than 60s", duration::display(lock_delay)),
+        ));
+    }
+    let behavior = session_behavior(mode, defaults, s, v)?;
+    let checks = match &s.session_checks {
+        None | Some(types::Checks::ModeDefault) => defaults.session_checks.checks(),
+        Some(types::Checks::None) => Checks::None,
+        Some(types::Checks::List(ids)) => Checks::List(ids.clone()),
+    };
+    let health_check_ttl = s.health_check_ttl.map(|d| d.0);
+    if let Some(d) = health_check_ttl {
+        if d < Duration::from_secs(1) {
+            return Err(v.bad(
+                "health_check_ttl",
+                format!(
+                    "{} is below 1s; Consul's check reaper runs about once a second",
+                    duration::display(d)
+                ),
+            ));
+        }
+    }
+    Ok(SessionSettings {
+        name: s.session_name.as_ref().and_then(Text::non_empty),
+        ttl: (!ttl.is_zero()).then_some(ttl),
+        lock_delay,
+        behavior,
+        checks,
+        health_check_ttl,
+    })
+}
+
+/// The session TTL: the one given or the mode's default; 10 s…86400 s, or 0 for none.
+fn session_ttl(
+    defaults: &defaults::ModeDefaults,
+    s: &Settings,
+    v: &Provenance,
+) -> Result<Duration> {
     if s.session_ttl == Some(Ttl::Negative) {
         return Err(Error::new(
             ErrorKind::InvalidTtl,
@@ -80,13 +122,17 @@ fn session_settings(
             ),
         ));
     }
-    let lock_delay = s.lock_delay.map_or(defaults.lock_delay, |d| d.0);
-    if lock_delay > Duration::from_secs(60) {
-        return Err(v.bad(
-            "lock_delay",
-            format!("{} is more than 60s", duration::display(lock_delay)),
-        ));
-    }
+    Ok(ttl)
+}
+
+/// What Consul does to the key when the session ends: release (the default) or delete, never
+/// `delete` in a supervising mode.
+fn session_behavior(
+    mode: Mode,
+    defaults: &defaults::ModeDefaults,
+    s: &Settings,
+    v: &Provenance,
+) -> Result<Behavior> {
     let behavior =
         match s.session_behavior.as_ref().map(|t| t.0.as_str()) {
             None => defaults.session_behavior,
@@ -106,31 +152,7 @@ fn session_settings(
                 ))
             }
         };
-    let checks = match &s.session_checks {
-        None | Some(types::Checks::ModeDefault) => defaults.session_checks.checks(),
-        Some(types::Checks::None) => Checks::None,
-        Some(types::Checks::List(ids)) => Checks::List(ids.clone()),
-    };
-    let health_check_ttl = s.health_check_ttl.map(|d| d.0);
-    if let Some(d) = health_check_ttl {
-        if d < Duration::from_secs(1) {
-            return Err(v.bad(
-                "health_check_ttl",
-                format!(
-                    "{} is below 1s; Consul's check reaper runs about once a second",
-                    duration::display(d)
-                ),
-            ));
-        }
-    }
-    Ok(SessionSettings {
-        name: s.session_name.as_ref().and_then(Text::non_empty),
-        ttl: (!ttl.is_zero()).then_some(ttl),
-        lock_delay,
-        behavior,
-        checks,
-        health_check_ttl,
-    })
+    Ok(behavior)
 }
 
 /// How to wait: non-blocking, blocking, or blocking with a timeout or a poll interval (> 0).
