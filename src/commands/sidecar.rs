@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 
 use super::acquire;
@@ -67,45 +68,67 @@ pub(super) async fn run<B: LockBackend>(
             Acquired::Locked(_) => continue,
         };
         let ctx = acquire::record_acquired(&telemetry, &lease, started.elapsed());
-        let grace = config.lock.request.hold.kill_grace;
-        // The on-acquired hooks run beside the hold, which watches for a loss from the start,
-        // and end with the term like a command's (README, "The supervisor").
-        let term = CancellationToken::new();
-        let (acquired_done, acquired_ended) = tokio::sync::watch::channel(false);
-        let acquired_hooks = {
-            let running = hooks.fire_detached_until(Event::Acquired, &ctx, term.clone(), grace);
-            tokio::spawn(async move {
-                let _ = running.await;
-                let _ = acquired_done.send(true);
-            })
-        };
-        // The app beside us is the command: a loss or a stop signal withdraws leadership first,
-        // then the app has the kill grace to notice before the release (docs/timing.md).
-        let leadership = Leadership {
-            hooks: &hooks,
-            ctx: &ctx,
-            telemetry: &telemetry,
-            term: &term,
-            acquired_ended,
-        };
-        let end = hold::hold(
+        let end = lead(
+            config,
             &mut lease,
-            &mut AppBeside,
-            None,
-            &mut policy::Signals::new(&mut process.signals, Phase::Leading),
-            &leadership,
-            grace,
+            &hooks,
+            &ctx,
+            &telemetry,
+            &mut process.signals,
         )
         .await;
-        // Stopped at the loss or step-down, so they have had the grace: nothing of the term runs
-        // on past the release.
-        term.cancel();
-        let _ = acquired_hooks.await;
         if let Some(outcome) = conclude(config, lease, end, &hooks, &ctx).await {
             return Ok(outcome);
         }
         tokio::time::sleep(RECAMPAIGN_PAUSE).await;
     }
+}
+
+/// One term as leader, until a loss or a stop signal ends it: the on-acquired hooks run beside
+/// the hold and end with the term, so none runs on past the release that follows.
+async fn lead<L: HeldLock>(
+    config: &Supervised,
+    lease: &mut L,
+    hooks: &Hooks,
+    ctx: &EventContext,
+    telemetry: &Telemetry,
+    signals: &mut UnboundedReceiver<Signal>,
+) -> HoldEnd {
+    let grace = config.lock.request.hold.kill_grace;
+    // The on-acquired hooks run beside the hold, which watches for a loss from the start,
+    // and end with the term like a command's (README, "The supervisor").
+    let term = CancellationToken::new();
+    let (acquired_done, acquired_ended) = tokio::sync::watch::channel(false);
+    let acquired_hooks = {
+        let running = hooks.fire_detached_until(Event::Acquired, ctx, term.clone(), grace);
+        tokio::spawn(async move {
+            let _ = running.await;
+            let _ = acquired_done.send(true);
+        })
+    };
+    // The app beside us is the command: a loss or a stop signal withdraws leadership first,
+    // then the app has the kill grace to notice before the release (docs/timing.md).
+    let leadership = Leadership {
+        hooks,
+        ctx,
+        telemetry,
+        term: &term,
+        acquired_ended,
+    };
+    let end = hold::hold(
+        lease,
+        &mut AppBeside,
+        None,
+        &mut policy::Signals::new(signals, Phase::Leading),
+        &leadership,
+        grace,
+    )
+    .await;
+    // Stopped at the loss or step-down, so they have had the grace: nothing of the term runs
+    // on past the release.
+    term.cancel();
+    let _ = acquired_hooks.await;
+    end
 }
 
 /// Withdraws leadership as a term ends, before the app's kill grace starts: `/leader`, readiness

@@ -86,45 +86,55 @@ pub(super) async fn run<B: LockBackend>(
     // Hooks run beside the command: the command's start must not wait on them.
     let mut acquired_hooks = Some(hooks.fire_detached(Event::Acquired, &ctx));
 
-    let spec = command_spec(config, lease.info());
-    let end = match hold::start(&mut lease, &process.spawner(), &spec).await {
-        Ok(mut child) => {
-            tracing::info!(
-                event = "started",
-                pid = child.pid.as_raw(),
-                "command started"
-            );
-            let observer = LossToHooks {
-                hooks: &hooks,
-                ctx: &ctx,
-                telemetry: &telemetry,
-            };
-            let guardian = process.guardian();
-            let mut signals = policy::Signals::new(&mut process.signals, Phase::Supervising);
-            Ok(hold::hold(
-                &mut lease,
-                &mut child,
-                Some(&guardian),
-                &mut signals,
-                &observer,
-                config.lock.request.hold.kill_grace,
-            )
-            .await)
+    let end = start_and_hold(config, &mut lease, &mut process, &hooks, &ctx, &telemetry).await;
+    if end.is_err() {
+        // No command, so nothing stops the on-acquired hooks: they end (or time out) before
+        // the release, never beside another holder.
+        if let Some(running) = acquired_hooks.take() {
+            let _ = running.await;
         }
-        Err(not_started) => {
-            // No command, so nothing stops the on-acquired hooks: they end (or time out) before
-            // the release, never beside another holder.
-            if let Some(running) = acquired_hooks.take() {
-                let _ = running.await;
-            }
-            Err(not_started)
-        }
-    };
+    }
     let outcome = conclude(config, lease, end, &hooks, &ctx, &telemetry).await;
     if let Some(running) = acquired_hooks {
         let _ = running.await;
     }
     Ok(outcome)
+}
+
+/// Starts the command under the lease and holds until it exits, the lock is lost, or a stop
+/// signal ends the hold; the command's whole tree is stopped before this returns. `Err` when the
+/// command never started (the lock was lost first, or it could not be spawned).
+async fn start_and_hold<L: HeldLock>(
+    config: &Supervised,
+    lease: &mut L,
+    process: &mut ProcessControl,
+    hooks: &Hooks,
+    ctx: &EventContext,
+    telemetry: &Telemetry,
+) -> std::result::Result<HoldEnd, NotStarted> {
+    let spec = command_spec(config, lease.info());
+    let mut child = hold::start(lease, &process.spawner(), &spec).await?;
+    tracing::info!(
+        event = "started",
+        pid = child.pid.as_raw(),
+        "command started"
+    );
+    let observer = LossToHooks {
+        hooks,
+        ctx,
+        telemetry,
+    };
+    let guardian = process.guardian();
+    let mut signals = policy::Signals::new(&mut process.signals, Phase::Supervising);
+    Ok(hold::hold(
+        lease,
+        &mut child,
+        Some(&guardian),
+        &mut signals,
+        &observer,
+        config.lock.request.hold.kill_grace,
+    )
+    .await)
 }
 
 /// The lease the campaign won, or the outcome when it did not: the lock stayed taken or the
