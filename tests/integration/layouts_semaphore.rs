@@ -735,3 +735,70 @@ fn a_waiter_whose_session_died_with_the_holders_does_not_take_the_slot_unannounc
     }
     assert_no_sessions(consul, &key);
 }
+
+/// An agent restart that loses Consul's state takes the holders' sessions and `.lock` with it:
+/// the waiter then found an empty prefix and no live session named for the key, took it for
+/// never used and started 0.5 s after the agent came back, beside both holders' commands still
+/// stopping (3 on `-n 2` for 3.5 s; reproduced on a dev agent, found reading the semaphore path
+/// for what the lock's state-loss check covers). The index of `.lock` going back, or the
+/// waiter's own contender key gone, now makes its take unclean: it waits its takeover delay.
+#[test]
+fn a_semaphore_waiter_that_saw_consul_lose_its_state_waits_for_the_stopping_holders() {
+    let consul = Consul::start();
+    let key = unique_key("sem-state-loss");
+    let dir = Dir::new("sem-state-loss");
+    let child = dir.slow_stopper(4.0);
+    let opts = ["-n", "2", "--kill-grace", "5s", "--takeover-delay", "8s"];
+    let mut holders = Vec::new();
+    for id in ["a", "b"] {
+        holders.push((
+            id,
+            Proc::spawn(run_cmd(&consul, &key, &opts, &[&child, id])),
+        ));
+        assert!(
+            dir.wait_for(&format!("start.{id}"), Duration::from_secs(10)),
+            "{id} did not start"
+        );
+    }
+    let waiting = waiting_opts(&dir, "c");
+    let mut c_opts: Vec<&str> = waiting.iter().map(String::as_str).collect();
+    c_opts.extend(opts);
+    let c = Proc::spawn(run_cmd(&consul, &key, &c_opts, &[&child, "c"]));
+    wait_waiting(&dir, "c");
+
+    let restarted_at = now_ns();
+    consul.restart();
+    assert!(
+        dir.wait_for("start.c", Duration::from_secs(40)),
+        "c never started"
+    );
+    let last_end = ["a", "b"]
+        .iter()
+        .map(|id| {
+            dir.ns(&format!("end.{id}")).unwrap_or_else(|| {
+                panic!("c started while {id}'s command still ran (no end.{id} yet)")
+            })
+        })
+        .max()
+        .unwrap_or_default();
+    let start = dir.ns("start.c").expect("start");
+    eprintln!(
+        "c started {} ms after the restart; the old commands ended by {} ms",
+        ms(start - restarted_at),
+        ms(last_end - restarted_at)
+    );
+    assert!(
+        start > last_end,
+        "c started before the old holders' commands ended"
+    );
+    for id in ["a", "b", "c"] {
+        dir.touch(&format!("release.{id}"));
+    }
+    for (id, wrapper) in holders {
+        let out = wrapper.finish(Duration::from_secs(15));
+        assert_eq!(code(&out), 101, "{id}: {}", describe(&out));
+    }
+    let out = c.finish(Duration::from_secs(15));
+    assert_eq!(code(&out), 0, "c: {}", describe(&out));
+    assert_no_sessions(&consul, &key);
+}

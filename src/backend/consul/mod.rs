@@ -74,9 +74,19 @@ impl ConsulBackend {
             request.wait.deadline(started)
         };
         let mut backoff = retry::Backoff::default();
+        let mut history = semaphore::PrefixHistory::default();
         loop {
-            let err = match self.acquire_semaphore(request, observer, stop).await {
+            let err = match self
+                .acquire_semaphore(request, observer, stop, &mut history)
+                .await
+            {
                 Err(err) if err.is_transient() && self.client.answered() => err,
+                // Our waiting session vanished (the agent lost its state, or it expired while
+                // we could not renew): wait again with a new one, as a lock's waiter does.
+                Err(err @ BackendError::SessionGone(_)) => {
+                    history.session_gone(&request.key);
+                    err
+                }
                 other => return other,
             };
             let pause = backoff.failed("acquiring the semaphore", &err);

@@ -69,6 +69,44 @@ impl Owed {
     }
 }
 
+/// What one acquisition learns across its sessions (after a failure the riding-out loop starts
+/// again with a new one): the highest index `.lock` was read at, and whether Consul lost state
+/// this contender saw or wrote — that index going back, or our contender key gone from under
+/// our session. Holders of that time may still be stopping and are listed nowhere now, so a
+/// slot taken after it is taken unclean and waits the takeover delay (docs/timing.md,
+/// "Semaphores").
+#[derive(Debug, Default)]
+pub(crate) struct PrefixHistory {
+    highest_index: u64,
+    state_lost: bool,
+}
+
+impl PrefixHistory {
+    /// `.lock` read at `index`: its ModifyIndex, or Consul's KV index while it does not exist;
+    /// neither goes back unless Consul lost its state.
+    fn saw_lock_index(&mut self, key: &str, index: u64) {
+        if index < self.highest_index {
+            self.lost(key, "Consul's index went back: its state was lost");
+        }
+        self.highest_index = self.highest_index.max(index);
+    }
+
+    /// Our waiting session is gone (the riding-out loop saw `SessionGone`).
+    pub(super) fn session_gone(&mut self, key: &str) {
+        self.lost(key, "our waiting session is gone");
+    }
+
+    fn lost(&mut self, key: &str, why: &str) {
+        if !self.state_lost {
+            tracing::warn!(
+                key,
+                "{why}; the slot this wait takes waits its takeover delay"
+            );
+        }
+        self.state_lost = true;
+    }
+}
+
 /// The coordination entry, in Go's field names.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 struct SemaphoreLock {
@@ -122,6 +160,7 @@ impl ConsulBackend {
         request: &LockRequest,
         observer: &dyn AcquireObserver,
         stop: &CancellationToken,
+        history: &mut PrefixHistory,
     ) -> Result<Acquired<Lease>, BackendError> {
         let started = Instant::now();
         let deadline = request.wait.deadline(started);
@@ -141,6 +180,7 @@ impl ConsulBackend {
             Err(Interrupt::TimedOut) => return Ok(Acquired::TimedOut),
         };
         self.telemetry.store_healthy(true);
+        history.saw_lock_index(key, first.index);
         check_limit(&decode_lock(first.value.as_ref(), key)?, request.limit, key)?;
 
         let mut pending = session::Pending::new(&self.client);
@@ -153,7 +193,9 @@ impl ConsulBackend {
         // Dropped midway (a library caller's timeout): the same cleanup as a failed acquisition.
         pending.leftover = Some(leftover(&slot, key));
         let outcome = self
-            .semaphore_loop(request, observer, stop, started, deadline, owned, &slot)
+            .semaphore_loop(
+                request, observer, stop, started, deadline, owned, &slot, history,
+            )
             .await;
         match outcome {
             Ok(Some(taken)) => {
@@ -233,6 +275,7 @@ impl ConsulBackend {
         deadline: Option<Instant>,
         owned: &mut OwnedSession,
         slot: &SemaphoreSlot,
+        history: &mut PrefixHistory,
     ) -> Result<Option<SlotTaken>, Ended> {
         let key = request.key.as_str();
         let value = self.holder_value(request, &owned.id, started, None);
@@ -275,6 +318,7 @@ impl ConsulBackend {
             index: 0,
             backoff: Backoff::default(),
             uncertain: Owed::default(),
+            history,
         };
         loop {
             match wait.try_once().await {
@@ -343,6 +387,8 @@ struct SlotWait<'a> {
     /// confirm read that missed it): a later try that finds itself in `.lock` took the slot
     /// then, and owes what that try owed.
     uncertain: Owed,
+    /// What this acquisition saw of Consul's state, across its sessions.
+    history: &'a mut PrefixHistory,
 }
 
 /// What one try writes to `.lock`, and what it owes if the write lands.
@@ -390,7 +436,14 @@ impl SlotWait<'_> {
         .await?;
         if let Some(ttl) = self.ttl {
             if self.owned.sent_at.elapsed() >= ttl / 3 {
-                self.backend.renew_waiter(self.owned, ttl).await?;
+                // Stoppable like every other request of the wait (a slow agent must not hold
+                // up a stop signal or `--timeout`).
+                interruptible(
+                    self.backend.renew_waiter(self.owned, ttl),
+                    self.stop,
+                    self.deadline,
+                )
+                .await??;
             }
         }
         let wait = if self.index == 0 {
@@ -411,6 +464,7 @@ impl SlotWait<'_> {
                 self.backoff.succeeded("waiting for a semaphore slot");
                 self.backend.telemetry.store_healthy(true);
                 self.index = next_index(self.index, read.index).max(1);
+                self.check_state(&read)?;
                 Ok(read)
             }
             Err(err) if err.is_transient() && wait.is_some() => {
@@ -423,6 +477,27 @@ impl SlotWait<'_> {
             }
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Whether the prefix still holds what we saw and wrote: `.lock` not older than before, and
+    /// our contender key held by our session. A key gone from under a session we renew means
+    /// Consul lost its state (or an operator deleted the prefix): `SessionGone`, so the
+    /// acquisition starts again with a new session and key, and takes its slot unclean.
+    fn check_state(&mut self, read: &KvRead<Vec<KvPair>>) -> Result<(), Detour> {
+        if let Some(lock) = read.value.iter().find(|p| p.key == self.slot.lock_key) {
+            self.history.saw_lock_index(self.key, lock.modify_index);
+        }
+        let ours = read
+            .value
+            .iter()
+            .find(|p| p.key == self.slot.contender_key)
+            .and_then(KvPair::holder);
+        if ours == Some(self.owned.id.as_str()) {
+            return Ok(());
+        }
+        self.history
+            .lost(self.key, "our contender key is gone from under our session");
+        Err(BackendError::SessionGone(self.owned.id.clone()).into())
     }
 
     /// Judges `.lock` as `read` shows it, afresh on every try: the slot this try takes (a free
@@ -632,6 +707,10 @@ impl SlotWait<'_> {
         // This take may be an earlier try's that landed unseen: it owes what that try owed.
         let before = std::mem::take(&mut self.uncertain);
         owed.add(before.takeover, before.replaced, before.created);
+        if self.history.state_lost {
+            // Whoever held a slot when Consul lost its state may still be stopping.
+            owed.takeover.get_or_insert(None);
+        }
         // The lease's deadline counts from the last renew, and a waiter renews only every
         // third of the TTL: renew now, or a slot taken after a long wait is lost at once.
         if let Some(ttl) = self.ttl {
