@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::policy::{self, Action, Phase};
 use super::waiting::{self, WaitLog, Watching};
+use crate::backend::timing::TimingPlan;
 use crate::backend::{AcquireObserver, Acquired, HeldLock, LockBackend, LockRequest};
 use crate::exit::{ErrorKind, Result};
 use crate::hooks::EventContext;
@@ -73,12 +74,11 @@ pub(super) async fn campaign<B: LockBackend>(
     }
 }
 
-/// Logs, at start, each failure path the user accepted with `--unsafe-allow-overlap`.
-pub(super) fn warn_accepted_risks(request: &LockRequest) {
-    if let Ok(plan) = request.timing_plan() {
-        for risk in &plan.accepted {
-            tracing::warn!(risk = %risk.message, "--unsafe-allow-overlap: two commands may run at once");
-        }
+/// Logs, at start, each failure path the user accepted with `--unsafe-allow-overlap` (the plan
+/// the configuration check made).
+pub(super) fn warn_accepted_risks(plan: Option<&TimingPlan>) {
+    for risk in plan.iter().flat_map(|plan| &plan.accepted) {
+        tracing::warn!(risk = %risk.message, "--unsafe-allow-overlap: two commands may run at once");
     }
 }
 

@@ -28,7 +28,7 @@ pub(super) async fn run<B: LockBackend>(
     mut process: ProcessControl,
     telemetry: Arc<Telemetry>,
 ) -> Result<Outcome> {
-    acquire::warn_accepted_risks(&config.lock.request);
+    acquire::warn_accepted_risks(config.lock.plan.as_ref());
     start_reporting(config, &telemetry).await?;
     let hooks = Hooks::new(
         config.lock.hooks.clone(),

@@ -46,7 +46,7 @@ pub(super) async fn run<B: LockBackend>(
 ) -> Result<Outcome> {
     // A typo in the command must not take the lock from a healthy standby set.
     check_program(config)?;
-    acquire::warn_accepted_risks(&config.lock.request);
+    acquire::warn_accepted_risks(config.lock.plan.as_ref());
     start_reporting(config, &telemetry).await?;
     let hooks = Hooks::new(
         config.lock.hooks.clone(),

@@ -8,6 +8,7 @@ use super::sources::{Provenance, Source};
 use super::types::{self, Text, Ttl};
 use super::{switch, Mode};
 use crate::backend::defaults;
+use crate::backend::timing::TimingPlan;
 use crate::backend::{Behavior, Checks, HoldSettings, Layout, LockRequest, SessionSettings, Wait};
 use crate::duration;
 use crate::exit::{Error, ErrorKind, Result};
@@ -18,7 +19,7 @@ pub(super) fn lock_request(
     layout: Layout,
     s: &Settings,
     v: &Provenance,
-) -> Result<LockRequest> {
+) -> Result<(LockRequest, Option<TimingPlan>)> {
     // Every default below comes from the one per-mode table (docs/timing.md, "Defaults, per mode").
     let defaults = if mode == Mode::Lock {
         defaults::LOCK
@@ -40,10 +41,12 @@ pub(super) fn lock_request(
         hold,
         queue,
     };
-    if mode.supervises() {
-        check_timing(&request, v)?;
-    }
-    Ok(request)
+    let plan = if mode.supervises() {
+        Some(check_timing(&request, v)?)
+    } else {
+        None
+    };
+    Ok((request, plan))
 }
 
 /// The session: TTL (10 s…86400 s, or 0 for none), lock-delay (≤ 60 s), behavior (never
@@ -227,8 +230,8 @@ fn hold_settings(
 
 /// Refuses, before anything touches Consul, a configuration where the timing model finds a
 /// failure path that leaves the command less time to stop than it needs (docs/timing.md);
-/// with `--unsafe-allow-overlap` logs each such path as a warning instead.
-fn check_timing(request: &LockRequest, v: &Provenance) -> Result<()> {
+/// with `--unsafe-allow-overlap` the plan lists each such path, which start-up logs as a warning.
+fn check_timing(request: &LockRequest, v: &Provenance) -> Result<TimingPlan> {
     match request.timing_plan() {
         Err(refused) => {
             // Name the setting the user chose; a default is never the culprit on its own.
@@ -252,6 +255,6 @@ fn check_timing(request: &LockRequest, v: &Provenance) -> Result<()> {
             ))
         }
         // The accepted risks are logged at start, once logging is set up.
-        Ok(_) => Ok(()),
+        Ok(plan) => Ok(plan),
     }
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::backend::consul::{ConsulClient, ConsulSettings};
+use crate::backend::timing::TimingPlan;
 use crate::backend::{Layout, LockRequest};
 use crate::cli::{Cli, Command};
 use crate::exit::{Error, ErrorKind, Result};
@@ -84,6 +85,9 @@ pub(crate) struct Query {
 #[derive(Debug, Clone)]
 pub(crate) struct Acquiring {
     pub request: LockRequest,
+    /// The timing model's plan for `request`, made once when the configuration was checked
+    /// (`None` for `lock`, which supervises nothing): what start-up reports from it.
+    pub plan: Option<TimingPlan>,
     pub hooks: HookSet,
     pub hook_timeout: Duration,
 }
@@ -188,8 +192,10 @@ fn build(mode: Mode, cli: Cli, s: Settings, v: &Provenance) -> Result<Config> {
         }
     };
     let (consul, client) = consul_settings_and_client(&s, v)?;
+    let (request, plan) = lock_request(mode, key, layout, &s, v)?;
     let lock = Acquiring {
-        request: lock_request(mode, key, layout, &s, v)?,
+        request,
+        plan,
         hook_timeout: hook_timeout_of(&s, v)?,
         hooks: hooks_of(&s, v)?,
     };

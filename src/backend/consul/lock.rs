@@ -74,6 +74,7 @@ impl ConsulBackend {
     pub(crate) async fn acquire_lock(
         &self,
         request: &LockRequest,
+        plan: &TimingPlan,
         observer: &dyn AcquireObserver,
         stop: &CancellationToken,
     ) -> Result<Acquired<Lease>, BackendError> {
@@ -92,16 +93,24 @@ impl ConsulBackend {
             None
         };
         let mut pending = session::Pending::new(&self.client);
-        let result = self
-            .acquire_loop(
-                request,
-                observer,
-                stop,
-                started,
-                deadline,
-                &mut pending.session,
-            )
-            .await;
+        let mut attempts = Attempts {
+            backend: self,
+            request,
+            plan,
+            observer,
+            stop,
+            started,
+            deadline,
+            state: AttemptState {
+                delay_backoff: LOCK_DELAY_RETRY_FIRST,
+                fresh: None,
+                lost_races: 0,
+                saw_lock_delay: false,
+                highest_index: 0,
+                saw_state_loss: false,
+            },
+        };
+        let result = attempts.run(&mut pending.session).await;
         let session = &mut pending.session;
         let outcome = match result {
             Ok(Attempt::Held(lease)) => {
@@ -128,75 +137,6 @@ impl ConsulBackend {
         }
         outcome
     }
-
-    /// Runs attempts until one decides; rides out transient trouble (no leader, an agent
-    /// that has just started, a session lost with the agent's state) with jittered back-off:
-    /// a blocking acquire until `--timeout` or a stop signal, `--non-blocking` for
-    /// [`retry::NON_BLOCKING_PATIENCE`]. An address that never answered fails at once (exit 8).
-    async fn acquire_loop(
-        &self,
-        request: &LockRequest,
-        observer: &dyn AcquireObserver,
-        stop: &CancellationToken,
-        started: Instant,
-        deadline: Option<Instant>,
-        session: &mut Option<OwnedSession>,
-    ) -> Result<Attempt, BackendError> {
-        let mut attempts = Attempts {
-            backend: self,
-            request,
-            observer,
-            stop,
-            started,
-            deadline,
-            state: AttemptState {
-                delay_backoff: LOCK_DELAY_RETRY_FIRST,
-                fresh: None,
-                lost_races: 0,
-                saw_lock_delay: false,
-                highest_index: 0,
-                saw_state_loss: false,
-            },
-        };
-        let patience =
-            (request.wait == Wait::NonBlocking).then(|| started + retry::NON_BLOCKING_PATIENCE);
-        let mut backoff = Backoff::default();
-        loop {
-            let result = attempts.attempt(session).await;
-            let err = match result {
-                Ok(Some(decided)) => return Ok(decided),
-                Ok(None) => {
-                    backoff.succeeded("acquiring the lock");
-                    continue;
-                }
-                Err(err) => err,
-            };
-            if let BackendError::SessionGone(_) = err {
-                // Our session vanished (agent restarted with its state lost): make a new one.
-                if let Some(gone) = session.as_ref() {
-                    session::destroy(&self.client, gone).await;
-                }
-                *session = None;
-            } else if !(err.is_transient() && self.client.answered())
-                // A check the user named that Consul does not know is most likely a typo:
-                // say so at once rather than wait for it.
-                || session::names_foreign_missing_check(&err)
-            {
-                return Err(err);
-            }
-            if patience.is_some_and(|end| Instant::now() >= end) {
-                return Err(err);
-            }
-
-            self.telemetry.store_healthy(false);
-            let pause = backoff.failed("acquiring the lock", &err);
-            match interruptible(tokio::time::sleep(pause), stop, deadline).await {
-                Ok(()) => {}
-                Err(Interrupt::Cancelled) => return Ok(Attempt::Cancelled),
-                Err(Interrupt::TimedOut) => return Ok(Attempt::TimedOut),
-            }
-        }
-    }
 }
 
 /// One acquisition's attempts: what every attempt shares (the request, the stop signal and the
@@ -204,6 +144,7 @@ impl ConsulBackend {
 struct Attempts<'a> {
     backend: &'a ConsulBackend,
     request: &'a LockRequest,
+    plan: &'a TimingPlan,
     observer: &'a dyn AcquireObserver,
     stop: &'a CancellationToken,
     started: Instant,
@@ -227,6 +168,52 @@ struct Write {
 }
 
 impl Attempts<'_> {
+    /// Runs attempts until one decides; rides out transient trouble (no leader, an agent
+    /// that has just started, a session lost with the agent's state) with jittered back-off:
+    /// a blocking acquire until `--timeout` or a stop signal, `--non-blocking` for
+    /// [`retry::NON_BLOCKING_PATIENCE`]. An address that never answered fails at once (exit 8).
+    async fn run(&mut self, session: &mut Option<OwnedSession>) -> Result<Attempt, BackendError> {
+        let (backend, stop, deadline) = (self.backend, self.stop, self.deadline);
+        let patience = (self.request.wait == Wait::NonBlocking)
+            .then(|| self.started + retry::NON_BLOCKING_PATIENCE);
+        let mut backoff = Backoff::default();
+        loop {
+            let result = self.attempt(session).await;
+            let err = match result {
+                Ok(Some(decided)) => return Ok(decided),
+                Ok(None) => {
+                    backoff.succeeded("acquiring the lock");
+                    continue;
+                }
+                Err(err) => err,
+            };
+            if let BackendError::SessionGone(_) = err {
+                // Our session vanished (agent restarted with its state lost): make a new one.
+                if let Some(gone) = session.as_ref() {
+                    session::destroy(&backend.client, gone).await;
+                }
+                *session = None;
+            } else if !(err.is_transient() && backend.client.answered())
+                // A check the user named that Consul does not know is most likely a typo:
+                // say so at once rather than wait for it.
+                || session::names_foreign_missing_check(&err)
+            {
+                return Err(err);
+            }
+            if patience.is_some_and(|end| Instant::now() >= end) {
+                return Err(err);
+            }
+
+            backend.telemetry.store_healthy(false);
+            let pause = backoff.failed("acquiring the lock", &err);
+            match interruptible(tokio::time::sleep(pause), stop, deadline).await {
+                Ok(()) => {}
+                Err(Interrupt::Cancelled) => return Ok(Attempt::Cancelled),
+                Err(Interrupt::TimedOut) => return Ok(Attempt::TimedOut),
+            }
+        }
+    }
+
     /// One pass of the acquire recipe: read, then wait while taken, or take the free key.
     /// `Ok(None)`: go round again.
     async fn attempt(
@@ -329,7 +316,11 @@ impl Attempts<'_> {
         let key = request.key.as_str();
         let previous_takeover = read.value.as_ref().and_then(value::announced_takeover);
         if session.is_none() {
-            *session = Some(step!(backend.create_session(request), stop, deadline)?);
+            *session = Some(step!(
+                backend.create_session(request, self.plan),
+                stop,
+                deadline
+            )?);
             // Creating a session can take long (a slow agent, a leader election): whatever the
             // read said may be stale by now. Judge a changed key afresh.
             if let Some(before) = read.value.as_ref() {
@@ -454,7 +445,7 @@ impl Attempts<'_> {
         };
         let info = value::decode(key, pair);
         let owned = session.take().expect("session is set");
-        let keep_alive = backend.keep_alive(request, index)?;
+        let keep_alive = backend.keep_alive(request, self.plan, index);
         let hold = KeyHold {
             lock_key: write.lock_key,
             layout: request.layout,
@@ -585,6 +576,7 @@ impl ConsulBackend {
     pub(crate) async fn create_session(
         &self,
         request: &LockRequest,
+        plan: &TimingPlan,
     ) -> Result<OwnedSession, BackendError> {
         struct Orphan(
             Option<tokio::task::JoinHandle<Result<OwnedSession, BackendError>>>,
@@ -606,7 +598,7 @@ impl ConsulBackend {
         let key = request.key.clone();
         let settings = request.session.clone();
         let identity = self.identity.clone();
-        let pass = self.plan(request)?.pass;
+        let pass = plan.pass;
         let takeover = request
             .hold
             .keep_alive
@@ -700,28 +692,20 @@ impl ConsulBackend {
         }
     }
 
-    /// The timing plan of `request`; configuration validation refuses unsafe plans before
-    /// anything reaches Consul, so an error here is a library caller's mistake.
-    pub(crate) fn plan(&self, request: &LockRequest) -> Result<TimingPlan, BackendError> {
-        request
-            .timing_plan()
-            .map_err(|unsafe_plan| BackendError::Invalid(unsafe_plan.message))
-    }
-
+    /// What keeps a fresh lease alive (renews, the key watch, the stop deadline), from the
+    /// acquisition's timing plan; `None` for a lock left held on purpose (CLI `lock`).
     pub(crate) fn keep_alive(
         &self,
         request: &LockRequest,
+        plan: &TimingPlan,
         watch_index: u64,
-    ) -> Result<Option<KeepAlive>, BackendError> {
-        if !request.hold.keep_alive {
-            return Ok(None);
-        }
-        Ok(Some(KeepAlive {
-            plan: self.plan(request)?,
+    ) -> Option<KeepAlive> {
+        request.hold.keep_alive.then(|| KeepAlive {
+            plan: plan.clone(),
             monitor_retry: request.hold.monitor_retry,
             watch_index,
             telemetry: self.telemetry.clone(),
-        }))
+        })
     }
 
     /// Forces `key` free: releases it from the holder's session — no lock-delay, so a waiting

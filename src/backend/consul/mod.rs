@@ -25,6 +25,7 @@ pub use client::{ConsulClient, ConsulSettings, HttpAuth, SettingsError};
 pub use lease::Lease;
 
 use crate::backend::retry;
+use crate::backend::timing::TimingPlan;
 use crate::backend::{
     AcquireObserver, Acquired, BackendError, Layout, LockBackend, LockInfo, LockRequest, WaitingFor,
 };
@@ -63,6 +64,7 @@ impl ConsulBackend {
     async fn acquire_semaphore_riding_out(
         &self,
         request: &LockRequest,
+        plan: &TimingPlan,
         observer: &dyn AcquireObserver,
         stop: &CancellationToken,
     ) -> Result<Acquired<Lease>, BackendError> {
@@ -77,7 +79,7 @@ impl ConsulBackend {
         let mut history = semaphore::PrefixHistory::default();
         loop {
             let err = match self
-                .acquire_semaphore(request, observer, stop, &mut history)
+                .acquire_semaphore(request, plan, observer, stop, &mut history)
                 .await
             {
                 Err(err) if err.is_transient() && self.client.answered() => err,
@@ -114,11 +116,17 @@ impl LockBackend for ConsulBackend {
         observer: &dyn AcquireObserver,
         stop: &CancellationToken,
     ) -> Result<Acquired<Lease>, BackendError> {
+        // The timing plan, once per acquisition and before anything is created: what the
+        // session's check and the lease's cadences follow (docs/timing.md). Configuration
+        // validation refuses unsafe plans first, so an error here is a library caller's.
+        let plan = request
+            .timing_plan()
+            .map_err(|unsafe_plan| BackendError::Invalid(unsafe_plan.message))?;
         if request.limit > 1 {
-            self.acquire_semaphore_riding_out(request, observer, stop)
+            self.acquire_semaphore_riding_out(request, &plan, observer, stop)
                 .await
         } else {
-            self.acquire_lock(request, observer, stop).await
+            self.acquire_lock(request, &plan, observer, stop).await
         }
     }
 

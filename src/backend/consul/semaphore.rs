@@ -19,6 +19,7 @@ use super::value;
 use super::wait::{interruptible, Interrupt, STANDBY_WAIT};
 use super::ConsulBackend;
 use crate::backend::retry::Backoff;
+use crate::backend::timing::TimingPlan;
 use crate::backend::{
     AcquireObserver, Acquired, BackendError, LockInfo, LockRequest, LossReason, Wait,
 };
@@ -158,6 +159,7 @@ impl ConsulBackend {
     pub(crate) async fn acquire_semaphore(
         &self,
         request: &LockRequest,
+        plan: &TimingPlan,
         observer: &dyn AcquireObserver,
         stop: &CancellationToken,
         history: &mut PrefixHistory,
@@ -184,7 +186,7 @@ impl ConsulBackend {
         check_limit(&decode_lock(first.value.as_ref(), key)?, request.limit, key)?;
 
         let mut pending = session::Pending::new(&self.client);
-        let owned = match interruptible(self.create_session(request), stop, deadline).await {
+        let owned = match interruptible(self.create_session(request, plan), stop, deadline).await {
             Ok(created) => pending.session.insert(created?),
             Err(Interrupt::Cancelled) => return Ok(Acquired::Cancelled),
             Err(Interrupt::TimedOut) => return Ok(Acquired::TimedOut),
@@ -204,8 +206,9 @@ impl ConsulBackend {
                     .session
                     .take()
                     .expect("the session stays pending until here");
-                self.lease_for_slot(request, taken, owned, slot)
-                    .map(Acquired::Held)
+                Ok(Acquired::Held(
+                    self.lease_for_slot(request, plan, taken, owned, slot),
+                ))
             }
             other => {
                 self.abandon(&mut pending, &slot, key).await;
@@ -227,11 +230,12 @@ impl ConsulBackend {
     fn lease_for_slot(
         &self,
         request: &LockRequest,
+        plan: &TimingPlan,
         taken: SlotTaken,
         owned: OwnedSession,
         slot: SemaphoreSlot,
-    ) -> Result<Lease, BackendError> {
-        let keep_alive = self.keep_alive(request, taken.index)?;
+    ) -> Lease {
+        let keep_alive = self.keep_alive(request, plan, taken.index);
         let mut lease = Lease::start(
             self.client.clone(),
             taken.info,
@@ -243,7 +247,7 @@ impl ConsulBackend {
             lease.previous_release_clean = false;
             lease.previous_takeover = announced;
         }
-        Ok(lease)
+        lease
     }
 
     /// Undoes an acquisition that took no slot: destroys our session, and deletes our contender
