@@ -59,11 +59,15 @@ pub(super) async fn run<B: LockBackend>(
                     format!("timed out waiting for lock {}", config.lock.request.key),
                 )))
             }
-            Acquired::Locked(_) if config.lock.request.wait == Wait::NonBlocking => {
+            Acquired::Locked(holder) if config.lock.request.wait == Wait::NonBlocking => {
+                // Named as `run` names it (README, "Observability").
+                let who = holder
+                    .map(|h| format!(" (held by {})", h.holder_summary()))
+                    .unwrap_or_default();
                 return Ok(Outcome::Failed(Error::new(
                     ErrorKind::Locked,
-                    format!("lock {} is taken", config.lock.request.key),
-                )))
+                    format!("lock {} is taken{who}", config.lock.request.key),
+                )));
             }
             Acquired::Locked(_) => continue,
         };

@@ -121,6 +121,42 @@ fn timeout_names_the_holder_and_keeps_exit_code_5() {
     unlock_and_check(consul, &key);
 }
 
+/// `--non-blocking` that finds the lock taken names the holder in `run` and in `sidecar` alike
+/// (the sidecar's line said only "is taken").
+#[test]
+fn non_blocking_names_the_holder_in_run_and_sidecar() {
+    let consul = Consul::shared();
+    let key = unique_key("vis-non-blocking");
+    let held = lock_ok(consul, &key, &[]);
+    let session = session_of(&held);
+    let port = crate::harness::free_port().to_string();
+    let http = format!("127.0.0.1:{port}");
+    let runs: [&[&str]; 2] = [
+        &["run", "--key", &key, "--non-blocking", "--", "true"],
+        &[
+            "sidecar",
+            "--key",
+            &key,
+            "--non-blocking",
+            "--http-addr",
+            &http,
+        ],
+    ];
+    for args in runs {
+        let mut cmd = crate::harness::lockwrap(consul);
+        cmd.args(args);
+        let out = run_bounded(cmd, QUICK);
+        assert_eq!(code(&out), 100, "{args:?}: {}", describe(&out));
+        let text = crate::harness::stderr(&out);
+        assert!(
+            text.contains(&format!("lock {key} is taken (held by")) && text.contains(&session),
+            "{args:?} names the holder: {}",
+            describe(&out)
+        );
+    }
+    unlock_and_check(consul, &key);
+}
+
 #[test]
 fn status_shows_a_semaphores_holders_and_status_r_lists_it_once() {
     let consul = Consul::shared();
