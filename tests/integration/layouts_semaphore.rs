@@ -802,3 +802,92 @@ fn a_semaphore_waiter_that_saw_consul_lose_its_state_waits_for_the_stopping_hold
     assert_eq!(code(&out), 0, "c: {}", describe(&out));
     assert_no_sessions(&consul, &key);
 }
+
+/// A rollout that changes `-n 1` to `-n 2` (or back) on one name: a lock at `KEY` and a
+/// semaphore at `KEY/.lock` never exclude each other. Before, the semaphore checked only its
+/// own `.lock` and the lock checked the other layout only for a key with no entry: both
+/// directions ran 3 commands (review, dev agent: 15.5 s and 5.3 s). Now the newcomer is
+/// refused (exit 3) while the other structure is held, and never starts its command.
+#[test]
+fn a_lock_and_a_semaphore_of_one_name_refuse_each_other() {
+    let consul = Consul::shared();
+    let dir = Dir::new("crossed");
+    let child = dir.slow_stopper(0.5);
+
+    // A plain holder first; the name's key has an entry (used before), so no first-use check.
+    let key = unique_key("crossed-plain-first");
+    let out = run_bounded(run_cmd(consul, &key, &[], &["true"]), QUICK);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let a = Proc::spawn(run_cmd(consul, &key, &[], &[&child, "a"]));
+    assert!(
+        dir.wait_for("start.a", Duration::from_secs(10)),
+        "a did not start"
+    );
+    let out = run_bounded(run_cmd(consul, &key, &["-n", "2"], &[&child, "b"]), QUICK);
+    assert_eq!(code(&out), 3, "-n 2 beside a held lock: {}", describe(&out));
+    assert!(
+        stderr(&out).contains("never exclude each other"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!dir.exists("start.b"), "b started beside a");
+    dir.touch("release.a");
+    assert_eq!(code(&a.finish(Duration::from_secs(15))), 0);
+
+    // Semaphore holders first; the plain key has a clean entry from an earlier holder.
+    let key = unique_key("crossed-sem-first");
+    let out = run_bounded(run_cmd(consul, &key, &[], &["true"]), QUICK);
+    assert_eq!(code(&out), 0, "{}", describe(&out));
+    let c = Proc::spawn(run_cmd(consul, &key, &["-n", "2"], &[&child, "c"]));
+    assert!(
+        dir.wait_for("start.c", Duration::from_secs(10)),
+        "c did not start"
+    );
+    let out = run_bounded(run_cmd(consul, &key, &[], &[&child, "d"]), QUICK);
+    assert_eq!(
+        code(&out),
+        3,
+        "a lock beside a held semaphore: {}",
+        describe(&out)
+    );
+    assert!(!dir.exists("start.d"), "d started beside c");
+    dir.touch("release.c");
+    assert_eq!(code(&c.finish(Duration::from_secs(15))), 0);
+    assert_no_sessions(consul, &key);
+}
+
+/// A lock and a semaphore of one name started at the same moment: each checks the other
+/// structure after its own write landed, so at most one of them starts (both may give up).
+#[test]
+fn a_lock_and_a_semaphore_started_together_never_both_run() {
+    let consul = Consul::shared();
+    let dir = Dir::new("crossed-race");
+    let child = dir.slow_stopper(0.2);
+    for round in 0..5 {
+        let key = unique_key(&format!("crossed-race-{round}"));
+        let (p, s) = (format!("p{round}"), format!("s{round}"));
+        let mut plain = Proc::spawn(run_cmd(consul, &key, &[], &[&child, &p]));
+        let mut sem = Proc::spawn(run_cmd(consul, &key, &["-n", "2"], &[&child, &s]));
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                (dir.exists(&format!("start.{p}")) || !plain.running())
+                    && (dir.exists(&format!("start.{s}")) || !sem.running())
+            }),
+            "round {round}: neither started nor gave up"
+        );
+        assert!(
+            !(dir.exists(&format!("start.{p}")) && dir.exists(&format!("start.{s}"))),
+            "round {round}: a lock and a semaphore of one name both started"
+        );
+        dir.touch(&format!("release.{p}"));
+        dir.touch(&format!("release.{s}"));
+        for (id, proc) in [(&p, plain), (&s, sem)] {
+            let out = proc.finish(Duration::from_secs(20));
+            assert!(
+                [0, 3].contains(&code(&out)),
+                "round {round} {id}: {}",
+                describe(&out)
+            );
+        }
+    }
+}

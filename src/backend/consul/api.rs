@@ -256,6 +256,32 @@ impl ConsulClient {
         })
     }
 
+    /// Reads one key from the leader (`?consistent`): what a check right after our own write
+    /// must see.
+    pub(crate) async fn kv_get_consistent(
+        &self,
+        key: &str,
+    ) -> Result<KvRead<Option<KvPair>>, BackendError> {
+        let response = self
+            .send(
+                self.request(Method::GET, &format!("kv/{}", url_path(key)))
+                    .query(&[("consistent", "")]),
+            )
+            .await?;
+        let index = consul_index(&response).unwrap_or(0);
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(KvRead { value: None, index });
+        }
+        let mut pairs: Vec<KvPair> = response
+            .json()
+            .await
+            .map_err(|err| self.not_consul(&format!("GET /v1/kv/{key}?consistent"), err))?;
+        Ok(KvRead {
+            value: pairs.pop(),
+            index,
+        })
+    }
+
     /// Reads one key with retries (not blocking).
     pub async fn kv_get_retry(&self, key: &str) -> Result<KvRead<Option<KvPair>>, BackendError> {
         self.retry_read(|| self.kv_get(key, None)).await

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{KvPair, KvRead, LOCK_FLAG_VALUE};
 use super::client::ConsulClient;
+use super::crossed::{self, Structure};
 use super::key_hold::KeyHold;
 use super::lease::{KeepAlive, Lease};
 use super::queue::QueueWait;
@@ -364,9 +365,27 @@ impl Attempts<'_> {
         // Read back: confirms the holder and gives the fencing token (ModifyIndex).
         // Stoppable from here on too: if the write landed, the caller's cleanup destroys the
         // session, and with no clean marker the next holder waits its takeover delay.
-        let after = step!(backend.client.kv_get(&lock_key, None), stop, deadline)?;
+        // Beside it, the other structure of the name (`crossed`): costs no time on the path.
+        let mine = match request.layout {
+            Layout::Default => Structure::Plain,
+            Layout::ConsulLock => Structure::DotLock,
+        };
+        let (after, crossed) = step!(
+            async {
+                tokio::join!(
+                    backend.client.kv_get(&lock_key, None),
+                    crossed::refuse_if_other_held(&backend.client, key, mine)
+                )
+            },
+            stop,
+            deadline
+        );
+        let after = after?;
         match after.value.as_ref() {
             Some(pair) if pair.holder() == Some(owned.id.as_str()) => {
+                // Ours, but the same name is held as the other structure: give it back (the
+                // caller destroys the session; no clean marker) before anything starts.
+                crossed?;
                 let write = Write {
                     lock_key,
                     before: read.value,

@@ -3,6 +3,7 @@
 
 pub(crate) mod api;
 pub(crate) mod client;
+mod crossed;
 pub(crate) mod env;
 pub(crate) mod inspect;
 pub(crate) mod key_hold;

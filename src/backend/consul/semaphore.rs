@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{next_index, KvPair, KvRead, SEMAPHORE_FLAG_VALUE};
 use super::client::ConsulClient;
+use super::crossed::{self, Structure};
 use super::lease::{declare, BoxFut, Holding, Lease, Watch};
 use super::session::{self, OwnedSession};
 use super::value;
@@ -184,6 +185,8 @@ impl ConsulBackend {
         self.telemetry.store_healthy(true);
         history.saw_lock_index(key, first.index);
         check_limit(&decode_lock(first.value.as_ref(), key)?, request.limit, key)?;
+        // The name held as a plain lock: refused before anything is written (`crossed`).
+        crossed::refuse_if_other_held(&self.client, key, Structure::DotLock).await?;
 
         let mut pending = session::Pending::new(&self.client);
         let owned = match interruptible(self.create_session(request, plan), stop, deadline).await {
@@ -682,18 +685,32 @@ impl SlotWait<'_> {
     /// Reads `.lock` back after a write that landed: the entry and its index when it lists us,
     /// `None` when it does not.
     async fn read_back(&mut self) -> Result<Option<(KvPair, u64)>, Detour> {
-        let after = interruptible(
-            self.backend.client.kv_get_retry(&self.slot.lock_key),
+        // Beside it, the name's plain lock (`crossed`): costs no time on the path.
+        let client = &self.backend.client;
+        let (after, crossed) = interruptible(
+            async {
+                tokio::join!(
+                    client.kv_get_retry(&self.slot.lock_key),
+                    crossed::refuse_if_other_held(client, self.key, Structure::DotLock)
+                )
+            },
             self.stop,
             self.deadline,
         )
-        .await??;
+        .await?;
+        let after = after?;
         let confirmed = match after.value.as_ref() {
             Some(pair) => decode_lock(Some(pair), self.key)?
                 .holders
                 .contains_key(&self.owned.id),
             None => false,
         };
+        if confirmed {
+            // A slot is ours, but the name is held as a plain lock too: give the slot back
+            // (the cleanup keeps our contender key, and the next taker waits) before anything
+            // starts.
+            crossed?;
+        }
         Ok(after
             .value
             .filter(|_| confirmed)
