@@ -304,17 +304,26 @@ async fn library_execute_refuses_to_run_without_the_guardian() {
     assert_eq!(manager.find("lib/k").await.expect("find"), None);
 }
 
+/// One library acquisition of `request`, with no observer and no stop.
+async fn acquire_once(
+    manager: &LockManager<MemoryBackend>,
+    request: &crate::backend::LockRequest,
+) -> Result<Acquired<crate::backend::memory::MemoryLease>, crate::locks::Error> {
+    manager
+        .acquire_with(
+            request,
+            &crate::backend::NoObserver,
+            &tokio_util::sync::CancellationToken::new(),
+        )
+        .await
+}
+
 #[tokio::test]
 async fn library_refuses_a_deleting_session_for_a_supervised_hold() {
     let (_store, manager) = manager();
     let mut request = crate::backend::LockRequest::new("lib/delete");
     request.session.behavior = crate::backend::Behavior::Delete;
-    let err = manager
-        .acquire_with(
-            &request,
-            &crate::backend::NoObserver,
-            &tokio_util::sync::CancellationToken::new(),
-        )
+    let err = acquire_once(&manager, &request)
         .await
         .expect_err("delete is refused while a command runs");
     assert_eq!(err.kind(), crate::exit::ErrorKind::InvalidArgument);
@@ -328,12 +337,7 @@ async fn library_errors_keep_the_store_error_as_their_source() {
     store.fail_next(1);
     let mut request = crate::backend::LockRequest::new("lib/source");
     request.wait = crate::backend::Wait::NonBlocking;
-    let err = manager
-        .acquire_with(
-            &request,
-            &crate::backend::NoObserver,
-            &tokio_util::sync::CancellationToken::new(),
-        )
+    let err = acquire_once(&manager, &request)
         .await
         .expect_err("the store fails");
     assert_eq!(err.kind(), crate::exit::ErrorKind::ConsulUnavailable);

@@ -624,6 +624,21 @@ fn a_newcomer_spelling_the_key_without_its_slash_sees_the_stopping_holders() {
         dir.wait_for("start.c", Duration::from_secs(20)),
         "c never started"
     );
+    c_after_a_and_b(consul, &key, &dir, holders, c, deleted_at, "delete");
+}
+
+/// After a fault at `fault_at` under holders a and b (slow stoppers): c started only once both
+/// old commands had ended; then everyone is released, a and b exit 101 (lost), c 0, and no
+/// session of `key` is left.
+fn c_after_a_and_b(
+    consul: &Consul,
+    key: &str,
+    dir: &Dir,
+    holders: Vec<(&str, Proc)>,
+    c: Proc,
+    fault_at: i128,
+    fault: &str,
+) {
     let last_end = ["a", "b"]
         .iter()
         .map(|id| {
@@ -635,9 +650,9 @@ fn a_newcomer_spelling_the_key_without_its_slash_sees_the_stopping_holders() {
         .unwrap_or_default();
     let start = dir.ns("start.c").expect("start");
     eprintln!(
-        "c started {} ms after the delete; the old commands ended by {} ms",
-        ms(start - deleted_at),
-        ms(last_end - deleted_at)
+        "c started {} ms after the {fault}; the old commands ended by {} ms",
+        ms(start - fault_at),
+        ms(last_end - fault_at)
     );
     assert!(
         start > last_end,
@@ -652,7 +667,7 @@ fn a_newcomer_spelling_the_key_without_its_slash_sees_the_stopping_holders() {
     }
     let out = c.finish(Duration::from_secs(15));
     assert_eq!(code(&out), 0, "c: {}", describe(&out));
-    assert_no_sessions(consul, &key);
+    assert_no_sessions(consul, key);
 }
 
 /// The session of the lockwrap with pid `pid` among `key`'s.
@@ -772,35 +787,7 @@ fn a_semaphore_waiter_that_saw_consul_lose_its_state_waits_for_the_stopping_hold
         dir.wait_for("start.c", Duration::from_secs(40)),
         "c never started"
     );
-    let last_end = ["a", "b"]
-        .iter()
-        .map(|id| {
-            dir.ns(&format!("end.{id}")).unwrap_or_else(|| {
-                panic!("c started while {id}'s command still ran (no end.{id} yet)")
-            })
-        })
-        .max()
-        .unwrap_or_default();
-    let start = dir.ns("start.c").expect("start");
-    eprintln!(
-        "c started {} ms after the restart; the old commands ended by {} ms",
-        ms(start - restarted_at),
-        ms(last_end - restarted_at)
-    );
-    assert!(
-        start > last_end,
-        "c started before the old holders' commands ended"
-    );
-    for id in ["a", "b", "c"] {
-        dir.touch(&format!("release.{id}"));
-    }
-    for (id, wrapper) in holders {
-        let out = wrapper.finish(Duration::from_secs(15));
-        assert_eq!(code(&out), 101, "{id}: {}", describe(&out));
-    }
-    let out = c.finish(Duration::from_secs(15));
-    assert_eq!(code(&out), 0, "c: {}", describe(&out));
-    assert_no_sessions(&consul, &key);
+    c_after_a_and_b(&consul, &key, &dir, holders, c, restarted_at, "restart");
 }
 
 /// A rollout that changes `-n 1` to `-n 2` (or back) on one name: a lock at `KEY` and a

@@ -241,6 +241,27 @@ impl ConsulClient {
                 ])
                 .timeout(blocking_timeout(max));
         }
+        self.read_one(req, key).await
+    }
+
+    /// Reads one key from the leader (`?consistent`): what a check right after our own write
+    /// must see.
+    pub(crate) async fn kv_get_consistent(
+        &self,
+        key: &str,
+    ) -> Result<KvRead<Option<KvPair>>, BackendError> {
+        let req = self
+            .request(Method::GET, &format!("kv/{}", url_path(key)))
+            .query(&[("consistent", "")]);
+        self.read_one(req, key).await
+    }
+
+    /// Sends a read of one key: its entry (`None` on 404) and Consul's index.
+    async fn read_one(
+        &self,
+        req: reqwest::RequestBuilder,
+        key: &str,
+    ) -> Result<KvRead<Option<KvPair>>, BackendError> {
         let response = self.send(req).await?;
         let index = consul_index(&response).unwrap_or(0);
         if response.status() == reqwest::StatusCode::NOT_FOUND {
@@ -250,32 +271,6 @@ impl ConsulClient {
             .json()
             .await
             .map_err(|err| self.not_consul(&format!("GET /v1/kv/{key}"), err))?;
-        Ok(KvRead {
-            value: pairs.pop(),
-            index,
-        })
-    }
-
-    /// Reads one key from the leader (`?consistent`): what a check right after our own write
-    /// must see.
-    pub(crate) async fn kv_get_consistent(
-        &self,
-        key: &str,
-    ) -> Result<KvRead<Option<KvPair>>, BackendError> {
-        let response = self
-            .send(
-                self.request(Method::GET, &format!("kv/{}", url_path(key)))
-                    .query(&[("consistent", "")]),
-            )
-            .await?;
-        let index = consul_index(&response).unwrap_or(0);
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(KvRead { value: None, index });
-        }
-        let mut pairs: Vec<KvPair> = response
-            .json()
-            .await
-            .map_err(|err| self.not_consul(&format!("GET /v1/kv/{key}?consistent"), err))?;
         Ok(KvRead {
             value: pairs.pop(),
             index,
