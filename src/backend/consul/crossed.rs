@@ -28,17 +28,12 @@ pub(crate) async fn refuse_if_other_held(
     mine: Structure,
 ) -> Result<(), BackendError> {
     let base = name.trim_end_matches('/');
-    let (other, as_what, use_flags) = match mine {
+    let (other, as_what) = match mine {
         Structure::Plain => (
             format!("{base}/.lock"),
             "a semaphore (`-n N`) or a lock in the consul-lock layout",
-            "the same `--limit` and `--layout`",
         ),
-        Structure::DotLock => (
-            base.to_string(),
-            "a lock in the default layout (`-n 1`)",
-            "the same `--limit` and `--layout`",
-        ),
+        Structure::DotLock => (base.to_string(), "a lock in the default layout (`-n 1`)"),
     };
     let Ok(read) = client.kv_get_consistent(&other).await else {
         return Ok(());
@@ -46,7 +41,7 @@ pub(crate) async fn refuse_if_other_held(
     match read.value {
         Some(pair) if held(&pair) => Err(BackendError::Conflict(format!(
             "{other} is held as {as_what}: it and {name} never exclude each other; use \
-             {use_flags} for every contender of {name}"
+             the same `--limit` and `--layout` for every contender of {name}"
         ))),
         _ => Ok(()),
     }
